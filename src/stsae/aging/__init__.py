@@ -1,0 +1,1 @@
+"""aging stage of the stsae pipeline."""

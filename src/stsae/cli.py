@@ -1,0 +1,108 @@
+"""`stsae` command line: one subcommand per pipeline stage, plus `run` for all of them.
+
+Every option is a config override (`--set section.key=value`); the config file is the single source of
+truth. User errors (bad config, missing inputs, a locked run directory) print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from stsae.config import Config, load_config
+from stsae.errors import StsaeError
+from stsae.pipeline.lock import run_lock
+from stsae.pipeline.rundir import RunDir
+from stsae.pipeline.runner import StageContext, run_stages
+from stsae.pipeline.stages import STAGES
+from stsae.utils.dist import is_main_process
+from stsae.utils.logs import setup_logging
+
+app = typer.Typer(
+    help="ST-SAE: sparse, temporally coherent PPG concepts on PaPaGei-S embeddings, and vascular age.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+log = logging.getLogger("stsae.cli")
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (default: built-in defaults).")]
+RunDirOpt = Annotated[Path | None, typer.Option("--run-dir", help="Run directory (default: runs/<run.name>).")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a config key: section.key=value.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Rerun even if inputs and config are unchanged.")]
+VerboseOpt = Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logging (-vv: debug).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Warnings only, no progress bars.")]
+
+
+def _resolve(config_path: Path | None, overrides: list[str] | None, run_dir: Path | None) -> tuple[Config, RunDir]:
+    config = load_config(config_path, overrides or [])
+    return config, RunDir(run_dir or Path("runs") / config.run.name)
+
+
+@contextlib.contextmanager
+def _user_errors() -> Iterator[None]:
+    """Turn user-fixable errors into one line on stderr and exit code 2."""
+    try:
+        yield
+    except (StsaeError, FileNotFoundError) as exc:
+        logging.getLogger("stsae").debug("user error", exc_info=True)
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _execute(stage_names: list[str], config_path: Path | None, overrides: list[str] | None,
+             run_dir: Path | None, force: bool, verbose: int, quiet: bool, only: list[str] | None = None) -> RunDir:
+    with _user_errors():
+        config, paths = _resolve(config_path, overrides, run_dir)
+        setup_logging(-1 if quiet else verbose, paths.log)
+        ctx = StageContext(config, paths, fingerprint="", force=force, only=only or [])
+        lock = run_lock(paths.lock) if is_main_process() else contextlib.nullcontext()
+        with lock:
+            run_stages(ctx, stage_names)
+    return paths
+
+
+def _stage_command(stage_name: str, help_text: str, command_name: str | None = None) -> None:
+    def command(config: ConfigOpt = None, run_dir: RunDirOpt = None, set_: SetOpt = None,
+                force: ForceOpt = False, verbose: VerboseOpt = 0, quiet: QuietOpt = False) -> None:
+        _execute([stage_name], config, set_, run_dir, force, verbose, quiet)
+
+    command.__doc__ = help_text
+    app.command(name=command_name or stage_name, help=help_text)(command)
+
+
+for _stage in STAGES:
+    if _stage.name != "train":
+        _stage_command(_stage.name, _stage.help)
+_stage_command("prepare", "Alias of `prepare` (the synthetic cohort is the default source).", "simulate")
+
+
+@app.command(name="train")
+def train_command(
+    config: ConfigOpt = None, run_dir: RunDirOpt = None, set_: SetOpt = None, force: ForceOpt = False,
+    verbose: VerboseOpt = 0, quiet: QuietOpt = False,
+    only: Annotated[str | None, typer.Option(
+        "--only", help="Comma-separated filter of grid entries, e.g. 'full,K=4096' or 'vanilla,seed=1'.")] = None,
+) -> None:
+    """Train the ST-SAE grid: full, five ablations, K-sweep, seeds (finished models are skipped)."""
+    _execute(["train"], config, set_, run_dir, force, verbose, quiet,
+             only=[part.strip() for part in only.split(",")] if only else None)
+
+
+@app.command(name="run")
+def run_command(config: ConfigOpt = None, run_dir: RunDirOpt = None, set_: SetOpt = None,
+                force: ForceOpt = False, verbose: VerboseOpt = 0, quiet: QuietOpt = False) -> None:
+    """Run every stage in order; unchanged stages are skipped. Ends with the report path and headlines."""
+    paths = _execute([s.name for s in STAGES], config, set_, run_dir, force, verbose, quiet)
+    if is_main_process():
+        from stsae.report.headline import headline_lines
+
+        with _user_errors():
+            for line in headline_lines(paths):
+                typer.echo(line)
+

@@ -1,0 +1,312 @@
+"""Typed configuration: the single source of truth for every stage, the CLI and what a run records.
+
+Every YAML key maps to a documented pydantic field. Unknown keys, wrong types and out-of-range
+values fail with one line that names the dotted key (and, for typos, the closest valid key), so a
+misspelt hyperparameter can never be silently ignored.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from stsae.errors import StsaeError
+
+
+class ConfigError(StsaeError, ValueError):
+    """A config file or override is invalid; the message is one line naming the key."""
+
+
+class _Section(BaseModel):
+    """Base for every config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunSection(_Section):
+    name: str = Field("demo", description="Run name; the default run directory is runs/<name>.")
+    seed: int = Field(0, ge=0, description="The one seed every random choice in the pipeline flows from.")
+
+
+class SyntheticSection(_Section):
+    n_patients: int = Field(120, ge=1, description="Patients in the built-in synthetic cohort.")
+    records_per_patient: int = Field(2, ge=1, description="Separate recordings per patient.")
+    minutes_per_record: float = Field(2.0, gt=0, description="Length of each recording in minutes.")
+    fs: float = Field(125.0, gt=0, description="Sampling rate (Hz) the synthetic signal is generated at.")
+    age_min: float = Field(20.0, ge=0, description="Youngest chronological age in the cohort (years).")
+    age_max: float = Field(90.0, gt=0, description="Oldest chronological age in the cohort (years).")
+    htn_acceleration_years: float = Field(
+        6.0, description="Years of vascular age added by hypertension (planted effect)."
+    )
+    t2d_acceleration_years: float = Field(
+        4.0, description="Years of vascular age added by type-2 diabetes (planted effect)."
+    )
+    vascular_noise_years: float = Field(
+        3.0, ge=0, description="SD of the individual vascular-age deviation (years)."
+    )
+    artifact_fraction: float = Field(
+        0.08, ge=0, le=0.9, description="Fraction of windows given a motion/clipping/flat/dropout artifact."
+    )
+    noise_std: float = Field(0.02, ge=0, description="Sensor noise SD relative to pulse amplitude.")
+    chunk_windows: int = Field(
+        4096, ge=1, description="Windows generated per chunk; bounds peak memory while streaming."
+    )
+
+
+class WindowingSection(_Section):
+    fs_target: float = Field(125.0, gt=0, description="Sampling rate (Hz) windows are resampled to.")
+    window_s: float = Field(10.0, gt=0, description="Window length in seconds (PaPaGei-S: 10 s).")
+    stride_s: float = Field(10.0, gt=0, description="Stride between window starts in seconds.")
+    filter: Literal["butterworth", "cheby2", "none"] = Field(
+        "butterworth", description="Band-pass: butterworth (fast default) or cheby2 (PaPaGei parity)."
+    )
+    band_low_hz: float = Field(0.5, gt=0, description="Band-pass lower edge (Hz).")
+    band_high_hz: float = Field(12.0, gt=0, description="Band-pass upper edge (Hz).")
+    filter_order: int = Field(4, ge=1, le=12, description="Band-pass filter order.")
+
+
+class QCSection(_Section):
+    hr_min_bpm: float = Field(30.0, gt=0, description="Lowest plausible heart rate (bpm).")
+    hr_max_bpm: float = Field(200.0, gt=0, description="Highest plausible heart rate (bpm).")
+    flatline_min_std: float = Field(1e-3, ge=0, description="Raw-signal SD below which a run is flat.")
+    flatline_max_fraction: float = Field(
+        0.1, ge=0, le=1, description="Max fraction of a window allowed to be flat before rejection."
+    )
+    clipping_max_fraction: float = Field(
+        0.05, ge=0, le=1, description="Max fraction of samples pinned at the window's extremes."
+    )
+    min_template_sqi: float = Field(
+        0.75, ge=-1, le=1, description="Min mean beat-to-template correlation (template-matching SQI)."
+    )
+
+
+class AugmentSection(_Section):
+    amplitude_scale: tuple[float, float] = Field((0.8, 1.2), description="Uniform amplitude gain range.")
+    baseline_wander_amp: float = Field(0.2, ge=0, description="Baseline wander amplitude (window SD units).")
+    baseline_wander_hz: tuple[float, float] = Field((0.05, 0.3), description="Baseline wander freq range.")
+    noise_std: float = Field(0.05, ge=0, description="Additive Gaussian noise SD (window SD units).")
+    max_shift_s: float = Field(0.2, ge=0, description="Max circular time shift (s).")
+    max_warp: float = Field(0.03, ge=0, lt=0.5, description="Max relative time-warp (stretch) factor.")
+    motion_burst_prob: float = Field(0.1, ge=0, le=1, description="Probability of a short motion burst.")
+    motion_burst_s: float = Field(0.5, ge=0, description="Motion burst duration (s).")
+
+
+class SplitSection(_Section):
+    val_fraction: float = Field(0.15, gt=0, lt=1, description="Fraction of patients in validation.")
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="Fraction of patients in test.")
+    age_bin_edges: list[float] = Field(
+        [0, 40, 55, 70, 200], description="Age-bin edges for stratification (years)."
+    )
+
+
+class DataSection(_Section):
+    source: Literal["synthetic", "pulsedb", "mimic_iii", "mimic_iv"] = Field(
+        "synthetic", description="Where raw PPG comes from."
+    )
+    synthetic: SyntheticSection = Field(default_factory=SyntheticSection)
+    pulsedb_root: Path | None = Field(None, description="PulseDB root (holds Segment_Files/).")
+    pulsedb_signal: Literal["PPG_Raw", "PPG_F"] = Field("PPG_Raw", description="PulseDB PPG field.")
+    pulsedb_subset_info: Path | None = Field(
+        None, description="Optional PulseDB Info .mat (e.g. Train_Info.mat) selecting subjects."
+    )
+    mimic_iii_root: Path | None = Field(None, description="MIMIC-III waveform matched subset root.")
+    mimic_iii_clinical: Path | None = Field(None, description="MIMIC-III clinical CSV directory.")
+    mimic_iv_root: Path | None = Field(None, description="MIMIC-IV waveform database root.")
+    mimic_iv_clinical: Path | None = Field(None, description="MIMIC-IV hosp CSV directory.")
+    max_records: int | None = Field(None, ge=1, description="Cap on records read (None: all).")
+    windowing: WindowingSection = Field(default_factory=WindowingSection)
+    qc: QCSection = Field(default_factory=QCSection)
+    augment: AugmentSection = Field(default_factory=AugmentSection)
+    split: SplitSection = Field(default_factory=SplitSection)
+
+
+class EncoderSection(_Section):
+    weights: Path | None = Field(None, description="Path to the published papagei_s.pt state_dict.")
+    allow_random_weights: bool = Field(
+        False, description="Run with a seeded random PaPaGei-S when no weights are configured (demo only)."
+    )
+
+
+class ExtractSection(_Section):
+    batch_size: int = Field(256, ge=1, description="Windows per encoder forward pass.")
+    chunk_rows: int = Field(2048, ge=1, description="Rows flushed and committed per resumable chunk.")
+    precision: Literal["fp32", "bf16", "auto"] = Field(
+        "auto", description="auto picks bf16 autocast when it keeps cosine >= 0.999 to fp32, else fp32."
+    )
+    num_threads: int | None = Field(None, ge=1, description="Torch intra-op threads (None: all cores).")
+
+
+class LossWeights(_Section):
+    sp: float = Field(1e-3, ge=0, description="Weight of L_sp (L1 sparsity; relu activation only).")
+    div: float = Field(1e-2, ge=0, description="Weight of L_div (decoder atom decorrelation).")
+    stab: float = Field(0.05, ge=0, description="Weight of L_stab (f(z_t) vs f(z_aug_t)).")
+    smooth: float = Field(0.05, ge=0, description="Weight of L_smooth (f(z_t) vs f(z_{t+1})).")
+    auxk: float = Field(1 / 32, ge=0, description="Weight of the AuxK dead-latent loss (topk only).")
+
+
+ABLATIONS = ("no_smooth", "no_stab", "no_div", "no_renorm", "vanilla")
+
+
+class TrainSection(_Section):
+    activation: Literal["topk", "relu"] = Field("topk", description="Top-K (default) or ReLU + L1.")
+    d_dict: int = Field(1024, ge=1, description="Dictionary size K of the main ('full') model.")
+    k: int = Field(16, ge=1, description="Active concepts per window for Top-K.")
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate after warm-up.")
+    batch_size: int = Field(256, ge=1, description="Triplets per optimizer step.")
+    steps: int = Field(2000, ge=1, description="Optimizer steps per model.")
+    warmup_steps: int = Field(100, ge=0, description="Linear learning-rate warm-up steps.")
+    grad_clip: float = Field(1.0, gt=0, description="Global gradient-norm clip.")
+    bf16: bool = Field(False, description="bf16 autocast in the forward pass.")
+    loss_weights: LossWeights = Field(default_factory=LossWeights)
+    div_sample: int = Field(512, ge=2, description="Atoms sampled per step for L_div when K is larger.")
+    dead_after_samples: int = Field(
+        50_000, ge=1, description="A latent not fired for this many samples counts as dead (AuxK)."
+    )
+    aux_k: int = Field(256, ge=1, description="Dead latents used by the AuxK loss.")
+    checkpoint_every: int = Field(500, ge=1, description="Steps between resumable checkpoints.")
+    eval_every: int = Field(250, ge=1, description="Steps between validation evaluations.")
+    ablations: list[Literal["no_smooth", "no_stab", "no_div", "no_renorm", "vanilla"]] = Field(
+        list(ABLATIONS), description="Ablations trained next to 'full'."
+    )
+    d_dict_sweep: list[int] = Field([1024, 2048, 4096, 8192], description="K values of the K-sweep.")
+    seeds: list[int] = Field([0, 1, 2], description="Seeds trained per variant (seed stability).")
+
+    @model_validator(mode="after")
+    def _k_within_dictionary(self) -> TrainSection:
+        if self.activation == "topk" and self.k > self.d_dict:
+            raise ValueError(f"train.k={self.k} must be <= train.d_dict={self.d_dict}")
+        for size in self.d_dict_sweep:
+            if size < 1:
+                raise ValueError(f"train.d_dict_sweep entries must be >= 1, got {size}")
+            if self.activation == "topk" and self.k > size:
+                raise ValueError(f"train.k={self.k} must be <= every train.d_dict_sweep entry ({size})")
+        return self
+
+
+class BaselinesSection(_Section):
+    methods: list[Literal["pca", "ica", "nmf"]] = Field(["pca", "ica", "nmf"], description="Baselines fit.")
+    n_components: list[int] = Field([8, 16, 32, 64], description="Component counts swept per baseline.")
+    max_train_rows: int = Field(200_000, ge=1, description="Train rows subsampled for fitting.")
+    max_iter: int = Field(400, ge=1, description="Iteration cap for ICA / NMF.")
+
+
+class EvalSection(_Section):
+    probe_folds: int = Field(5, ge=2, description="Patient-grouped CV folds for linear probes.")
+    stability_subsamples: int = Field(2, ge=0, description="50% patient-subsample refits for stability.")
+    stability_steps: int = Field(1000, ge=1, description="Training steps of each subsample refit.")
+    max_eval_rows: int | None = Field(None, ge=1, description="Cap on evaluated test rows (None: all).")
+
+
+class AgingSection(_Section):
+    model: str = Field("full", description="ST-SAE variant whose concepts predict age.")
+    cv_folds: int = Field(5, ge=2, description="GroupKFold folds for ElasticNetCV.")
+    stability_selection: bool = Field(False, description="Run stability selection over concepts.")
+    stability_rounds: int = Field(100, ge=1, description="Half-sample refits in stability selection.")
+    stability_threshold: float = Field(0.6, gt=0, le=1, description="Selection frequency to keep.")
+    bias_correction_on: Literal["validation", "oof_train"] = Field(
+        "validation", description="Predictions the age-bias correction is fitted on (never test)."
+    )
+
+
+class GroundingSection(_Section):
+    top_concepts: int = Field(8, ge=1, description="Concepts grounded, ranked by age-predictor weight.")
+    decile: float = Field(0.1, gt=0, lt=0.5, description="High/low fraction of windows per concept.")
+    n_bootstrap: int = Field(200, ge=1, description="Bootstrap resamples for average-pulse bands.")
+    beat_samples: int = Field(100, ge=10, description="Samples each aligned beat is resampled to.")
+    max_windows: int = Field(5000, ge=1, description="Windows analysed for morphology (subsampled).")
+
+
+class ReportSection(_Section):
+    title: str = Field("ST-SAE vascular age report", description="Title of report.html.")
+
+
+class Config(_Section):
+    """The whole resolved configuration of one run."""
+
+    run: RunSection = Field(default_factory=RunSection)
+    data: DataSection = Field(default_factory=DataSection)
+    encoder: EncoderSection = Field(default_factory=EncoderSection)
+    extract: ExtractSection = Field(default_factory=ExtractSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+    baselines: BaselinesSection = Field(default_factory=BaselinesSection)
+    eval: EvalSection = Field(default_factory=EvalSection)
+    aging: AgingSection = Field(default_factory=AgingSection)
+    grounding: GroundingSection = Field(default_factory=GroundingSection)
+    report: ReportSection = Field(default_factory=ReportSection)
+
+
+def _valid_keys(model: type[BaseModel], loc: tuple[str | int, ...]) -> list[str]:
+    """Field names valid at the parent of `loc`, for typo suggestions."""
+    current: Any = model
+    for part in loc[:-1]:
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        current = field.annotation
+    return list(getattr(current, "model_fields", {}).keys())
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    loc = tuple(first["loc"])
+    key = ".".join(str(p) for p in loc) or "<root>"
+    if first["type"] == "extra_forbidden":
+        valid = _valid_keys(Config, loc)
+        close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+        hint = f" (did you mean '{'.'.join([*map(str, loc[:-1]), close[0]])}'?)" if close else ""
+        return f"{source}: unknown config key '{key}'{hint}"
+    given = first.get("input")
+    return f"{source}: invalid value for '{key}': {first['msg']} (got {given!r})"
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected section.key=value")
+    key, raw = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+
+
+def _apply_override(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    node = tree
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {'.'.join(path)}: '{part}' is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def load_config(path: Path | str | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config, apply `section.key=value` overrides, validate, and return it.
+
+    Raises ConfigError with a one-line message naming the offending key.
+    """
+    tree: dict[str, Any] = {}
+    source = "config"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections")
+        tree = loaded or {}
+    for text in overrides or []:
+        _apply_override(tree, *_parse_override(text))
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err, source)) from None
+
+
+def config_to_yaml(config: Config) -> str:
+    """Serialise a config to YAML (paths as strings) so it can be reloaded with `load_config`."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

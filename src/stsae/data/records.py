@@ -1,0 +1,34 @@
+"""The one record contract every source produces, so windowing, QC and all later stages are source-blind."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+CLINICAL_FIELDS = ("age", "sex", "htn", "t2d")
+
+
+@dataclass
+class RawRecord:
+    """One contiguous PPG recording of one patient (a gap-free run: gaps start a new record).
+
+    signal: float64[n] raw PPG at `fs` Hz (NaN allowed; QC will reject those windows).
+    clinical: age (years, float or NaN), sex ("M"/"F"/None), htn, t2d (0/1 or None).
+    extra: per-record columns copied to every window's metadata (e.g. age_capped for MIMIC-III).
+    """
+
+    patient_id: str
+    record_id: str
+    signal: np.ndarray
+    fs: float
+    source: str
+    t_start_s: float = 0.0
+    clinical: dict[str, object] = field(default_factory=dict)
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.signal.ndim != 1:
+            raise ValueError(f"record {self.record_id}: signal must be 1-D, got shape {self.signal.shape}")
+        if not self.fs > 0:
+            raise ValueError(f"record {self.record_id}: sampling rate must be > 0, got {self.fs}")

@@ -1,0 +1,1 @@
+"""grounding stage of the stsae pipeline."""

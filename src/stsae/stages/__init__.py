@@ -1,0 +1,1 @@
+"""stages stage of the stsae pipeline."""

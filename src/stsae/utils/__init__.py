@@ -1,0 +1,1 @@
+"""utils stage of the stsae pipeline."""
