@@ -117,6 +117,16 @@ class DataSection(_Section):
     mimic_iii_clinical: Path | None = Field(None, description="MIMIC-III clinical CSV directory.")
     mimic_iv_root: Path | None = Field(None, description="MIMIC-IV waveform database root.")
     mimic_iv_clinical: Path | None = Field(None, description="MIMIC-IV hosp CSV directory.")
+    pulsedb_folders: list[Literal["PulseDB_MIMIC", "PulseDB_Vital"]] = Field(
+        ["PulseDB_MIMIC", "PulseDB_Vital"], description="PulseDB Segment_Files sub-folders read."
+    )
+    mimic_ppg_channels: list[str] = Field(
+        ["PLETH", "Pleth"], description="WFDB channel names taken as PPG (first match per segment wins)."
+    )
+    max_record_s: float = Field(
+        3600.0, gt=0, description="Longest record yielded (s); longer gap-free runs are split so memory "
+        "per record stays bounded."
+    )
     max_records: int | None = Field(None, ge=1, description="Cap on records read (None: all).")
     windowing: WindowingSection = Field(default_factory=WindowingSection)
     qc: QCSection = Field(default_factory=QCSection)
@@ -159,6 +169,9 @@ class TrainSection(_Section):
     batch_size: int = Field(256, ge=1, description="Triplets per optimizer step.")
     steps: int = Field(2000, ge=1, description="Optimizer steps per model.")
     warmup_steps: int = Field(100, ge=0, description="Linear learning-rate warm-up steps.")
+    lr_decay_start: float = Field(
+        0.8, ge=0, le=1, description="Fraction of steps after which the lr decays linearly to 0."
+    )
     grad_clip: float = Field(1.0, gt=0, description="Global gradient-norm clip.")
     bf16: bool = Field(False, description="bf16 autocast in the forward pass.")
     loss_weights: LossWeights = Field(default_factory=LossWeights)
@@ -169,6 +182,17 @@ class TrainSection(_Section):
     aux_k: int = Field(256, ge=1, description="Dead latents used by the AuxK loss.")
     checkpoint_every: int = Field(500, ge=1, description="Steps between resumable checkpoints.")
     eval_every: int = Field(250, ge=1, description="Steps between validation evaluations.")
+    val_triplets: int = Field(1024, ge=1, description="Validation triplets (fixed subset) per evaluation.")
+    patience: int = Field(
+        0, ge=0, description="Stop after this many evaluations without val-loss improvement (0: never)."
+    )
+    keep_best: bool = Field(True, description="Return the weights of the best validation evaluation.")
+    stats_max_rows: int = Field(
+        100_000, ge=2, description="Train rows sampled for the input mean/scale and effective rank."
+    )
+    sparse_decode: bool = Field(
+        True, description="Top-K: decode by gathering the k active atoms instead of a dense matmul."
+    )
     ablations: list[Literal["no_smooth", "no_stab", "no_div", "no_renorm", "vanilla"]] = Field(
         list(ABLATIONS), description="Ablations trained next to 'full'."
     )
@@ -199,6 +223,10 @@ class EvalSection(_Section):
     stability_subsamples: int = Field(2, ge=0, description="50% patient-subsample refits for stability.")
     stability_steps: int = Field(1000, ge=1, description="Training steps of each subsample refit.")
     max_eval_rows: int | None = Field(None, ge=1, description="Cap on evaluated test rows (None: all).")
+    probe_max_rows: int = Field(
+        5000, ge=10, description="Test windows (whole patients, seeded) the linear probes are fit on."
+    )
+    chunk_rows: int = Field(8192, ge=1, description="Rows encoded per chunk while streaming metrics.")
 
 
 class AgingSection(_Section):
@@ -209,6 +237,12 @@ class AgingSection(_Section):
     stability_threshold: float = Field(0.6, gt=0, le=1, description="Selection frequency to keep.")
     bias_correction_on: Literal["validation", "oof_train"] = Field(
         "validation", description="Predictions the age-bias correction is fitted on (never test)."
+    )
+    l1_ratios: list[float] = Field(
+        [0.1, 0.5, 0.7, 0.9, 0.95, 1.0], description="ElasticNetCV l1_ratio grid (1.0 = lasso)."
+    )
+    min_events: int = Field(
+        10, ge=1, description="Fewest cases and non-cases an HTN/T2D logistic regression needs; else skipped."
     )
 
 

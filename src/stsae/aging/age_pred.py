@@ -1,0 +1,296 @@
+"""Vascular age from concepts: patient-level elastic net, a frozen age-bias correction, and Δage.
+
+Why patient level: age is a property of the patient, and averaging concept activations over a patient's
+windows removes beat-to-beat noise while keeping one row per person, so cross-validation folds and the
+train/val/test split can never leak a patient. The bias correction removes the regression-to-the-mean
+that every age regressor shows (young predicted too old, old too young); it is fitted on validation
+predictions (or out-of-fold train predictions), frozen, and only then applied to test, so Δage on test
+is never shaped by test ages.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import ElasticNet, ElasticNetCV
+from sklearn.model_selection import GroupKFold
+
+from stsae.aging.stability_selection import stability_selection
+from stsae.config import AgingSection
+from stsae.errors import InputDataError, StsaeError
+from stsae.utils.seeding import derive_seed, rng
+
+log = logging.getLogger(__name__)
+
+PATIENT_COLUMNS = ("patient_id", "split", "age", "sex", "htn", "t2d")
+PLANTED_COLUMN = "vascular_acceleration"
+MIN_BIAS_SLOPE = 0.05
+"""A predicted-vs-age slope below this means the predictor does not track age; inverting it is meaningless."""
+
+
+@dataclass(frozen=True)
+class AgePredictor:
+    """A fitted linear age model on standardised patient features.
+
+    mean, scale: float64[K] standardisation; coef: float64[K] in standardised units (years per SD of a
+    feature, so |coef| ranks concepts); selected: int64[S] features with a nonzero coefficient.
+    """
+
+    mean: np.ndarray
+    scale: np.ndarray
+    coef: np.ndarray
+    intercept: float
+    alpha: float
+    l1_ratio: float
+    selected: np.ndarray
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """x: float[P, K] patient features -> float64[P] predicted age."""
+        if x.ndim != 2 or x.shape[1] != self.coef.shape[0]:
+            raise ValueError(f"expected features [P, {self.coef.shape[0]}], got {list(x.shape)}")
+        return ((x - self.mean) / self.scale) @ self.coef + self.intercept
+
+
+@dataclass(frozen=True)
+class BiasCorrection:
+    """predicted ≈ intercept + slope · age, fitted on `fitted_on` rows only; corrected = inverse of that line."""
+
+    slope: float
+    intercept: float
+    fitted_on: str
+
+    def apply(self, predicted: np.ndarray) -> np.ndarray:
+        return (predicted - self.intercept) / self.slope
+
+
+@dataclass(frozen=True)
+class AgingResult:
+    """Everything one predictor yields.
+
+    predictions: val + test patients (PATIENT_COLUMNS + age_pred, age_pred_corrected); delta: the same
+    patients with delta_age (+ vascular_acceleration on the synthetic cohort); metrics: test-split numbers;
+    correction_patient_ids: the patients the bias correction was fitted on (never a test patient).
+    """
+
+    predictor: AgePredictor
+    correction: BiasCorrection
+    predictions: pd.DataFrame
+    delta: pd.DataFrame
+    metrics: dict[str, float | None]
+    val_mae: float
+    correction_patient_ids: np.ndarray
+
+
+def patient_table(meta: pd.DataFrame) -> pd.DataFrame:
+    """One row per patient (sorted by patient_id) from per-window meta.parquet rows.
+
+    Patient-level fields must be constant across a patient's windows; a patient split across train/val/test
+    would leak, so it is an input error.
+    """
+    missing = [c for c in PATIENT_COLUMNS if c not in meta.columns]
+    if missing:
+        raise InputDataError(f"meta.parquet: missing column(s) {missing}")
+    columns = [*PATIENT_COLUMNS, *([PLANTED_COLUMN] if PLANTED_COLUMN in meta.columns else [])]
+    frame = meta[columns].copy()
+    frame["patient_id"] = frame["patient_id"].astype(str)
+    n_splits = frame.groupby("patient_id")["split"].nunique()
+    if (n_splits > 1).any():
+        raise InputDataError(f"meta.parquet: patient {n_splits.index[n_splits > 1][0]} appears in several splits")
+    return frame.groupby("patient_id", sort=True).first().reset_index()
+
+
+def patient_mean_codes(
+    encode: Callable[[np.ndarray], np.ndarray],
+    z: np.ndarray,
+    patient_ids: np.ndarray,
+    batch_rows: int = 4096,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean code per patient, streaming over z so a memmap is never loaded whole.
+
+    encode: float32[B, 512] -> float[B, K]; z: float32[M, 512]; patient_ids: [M].
+    Returns (ids: str[P] sorted, means: float64[P, K]).
+    """
+    if z.ndim != 2 or len(patient_ids) != z.shape[0]:
+        raise ValueError(f"z {list(z.shape)} and patient_ids ({len(patient_ids)}) must share rows")
+    inverse, ids = pd.factorize(np.asarray(patient_ids).astype(str), sort=True)
+    sums: np.ndarray | None = None
+    for start in range(0, z.shape[0], batch_rows):
+        stop = min(start + batch_rows, z.shape[0])
+        codes = np.asarray(encode(np.asarray(z[start:stop], dtype=np.float32)), dtype=np.float64)
+        if codes.ndim != 2 or codes.shape[0] != stop - start:
+            raise ValueError(f"encode returned {list(codes.shape)} for {stop - start} rows")
+        one_hot = sp.csr_matrix(
+            (np.ones(stop - start), (inverse[start:stop], np.arange(stop - start))), shape=(len(ids), stop - start)
+        )
+        block = one_hot @ codes
+        sums = block if sums is None else sums + block
+    if sums is None:
+        raise ValueError("patient_mean_codes: z has no rows")
+    counts = np.bincount(inverse, minlength=len(ids)).astype(np.float64)
+    return np.asarray(ids, dtype=str), sums / counts[:, None]
+
+
+def _group_folds(n_splits: int, seed: int) -> GroupKFold:
+    return GroupKFold(n_splits=n_splits, shuffle=True, random_state=derive_seed(seed, "aging", "folds") % 2**31)
+
+
+def _standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Column mean and SD; constant columns (dead concepts) get SD 1 so they standardise to 0, not NaN."""
+    mean = x.mean(axis=0)
+    scale = x.std(axis=0)
+    return mean, np.where(scale > 1e-12, scale, 1.0)
+
+
+def _elastic_net_cv(x: np.ndarray, y: np.ndarray, groups: np.ndarray, config: AgingSection, seed: int) -> ElasticNetCV:
+    folds = list(_group_folds(config.cv_folds, seed).split(x, y, groups))
+    model = ElasticNetCV(l1_ratio=config.l1_ratios, cv=folds, max_iter=5000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(x, y)
+    return model
+
+
+def fit_age_predictor(
+    x: np.ndarray, age: np.ndarray, groups: np.ndarray, config: AgingSection, seed: int
+) -> AgePredictor:
+    """ElasticNetCV (GroupKFold over patients) on standardised train features; optional stability selection.
+
+    x: float64[P, K] patient features of the train split; age: float64[P]; groups: [P] patient ids.
+    With `aging.stability_selection`, the CV-chosen (alpha, l1_ratio) is refit on half-samples, only the
+    stable features are kept, and ElasticNetCV is refit on them.
+    """
+    n_groups = len(np.unique(groups))
+    if n_groups < config.cv_folds:
+        raise StsaeError(
+            f"aging.cv_folds={config.cv_folds} exceeds the {n_groups} train patients with a known age"
+        )
+    mean, scale = _standardise(x)
+    xs = (x - mean) / scale
+    model = _elastic_net_cv(xs, age, groups, config, seed)
+    coef = np.asarray(model.coef_, dtype=np.float64)
+    intercept, alpha, l1_ratio = float(model.intercept_), float(model.alpha_), float(model.l1_ratio_)
+    if config.stability_selection:
+        stable = stability_selection(
+            xs, age, groups, alpha=alpha, l1_ratio=l1_ratio, rounds=config.stability_rounds,
+            threshold=config.stability_threshold, rng=rng(seed, "aging", "stability"),
+        )
+        log.info("stability selection kept %d of %d features", len(stable.selected), x.shape[1])
+        coef = np.zeros(x.shape[1])
+        intercept = float(age.mean())
+        if len(stable.selected) == 0:
+            log.warning("stability selection kept no feature: the age model predicts the train mean age")
+        else:
+            refit = _elastic_net_cv(xs[:, stable.selected], age, groups, config, seed)
+            coef[stable.selected] = refit.coef_
+            intercept, alpha, l1_ratio = float(refit.intercept_), float(refit.alpha_), float(refit.l1_ratio_)
+    return AgePredictor(mean=mean, scale=scale, coef=coef, intercept=intercept, alpha=alpha,
+                        l1_ratio=l1_ratio, selected=np.flatnonzero(coef))
+
+
+def out_of_fold_predictions(
+    x: np.ndarray, age: np.ndarray, groups: np.ndarray, predictor: AgePredictor, config: AgingSection, seed: int
+) -> np.ndarray:
+    """float64[P] train predictions, each from a model that did not see that patient.
+
+    Each fold refits the elastic net with the full fit's (alpha, l1_ratio) on its selected features; the
+    hyperparameters themselves were chosen on all train rows, a small optimism documented here.
+    """
+    oof = np.empty(len(age))
+    features = predictor.selected if len(predictor.selected) else np.arange(x.shape[1])
+    for fit_rows, held_rows in _group_folds(config.cv_folds, seed).split(x, age, groups):
+        mean, scale = _standardise(x[fit_rows][:, features])
+        model = ElasticNet(alpha=predictor.alpha, l1_ratio=predictor.l1_ratio, max_iter=5000)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            model.fit((x[fit_rows][:, features] - mean) / scale, age[fit_rows])
+        oof[held_rows] = model.predict((x[held_rows][:, features] - mean) / scale)
+    return oof
+
+
+def fit_bias_correction(predicted: np.ndarray, age: np.ndarray, fitted_on: str) -> BiasCorrection:
+    """Least-squares line predicted = intercept + slope · age (Cole et al. 2018 / Smith et al. 2019 style)."""
+    if len(age) < 3:
+        raise StsaeError(f"age-bias correction needs at least 3 {fitted_on} patients with a known age, got {len(age)}")
+    slope, intercept = np.polyfit(age, predicted, deg=1)
+    if not slope > MIN_BIAS_SLOPE:
+        raise StsaeError(
+            f"age-bias correction on {fitted_on}: predicted-vs-age slope {slope:.3f} <= {MIN_BIAS_SLOPE}; the age "
+            "model does not track age (check aging.model, or set aging.bias_correction_on)"
+        )
+    return BiasCorrection(slope=float(slope), intercept=float(intercept), fitted_on=fitted_on)
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float | None:
+    if len(a) < 3 or np.std(a) == 0 or np.std(b) == 0:
+        return None
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def _test_metrics(age: np.ndarray, predicted: np.ndarray, delta: np.ndarray, planted: np.ndarray | None) -> dict:
+    residual = predicted - age
+    ss_tot = float(((age - age.mean()) ** 2).sum())
+    return {
+        "mae": float(np.abs(residual).mean()),
+        "r": _pearson(predicted, age),
+        "r2": 1.0 - float((residual**2).sum()) / ss_tot if ss_tot > 0 else None,
+        "delta_age_age_r": _pearson(delta, age),
+        "delta_age_planted_r": None if planted is None else _pearson(delta, planted),
+    }
+
+
+def aging_pipeline(x: np.ndarray, patients: pd.DataFrame, config: AgingSection, seed: int) -> AgingResult:
+    """Fit on train, predict val + test, correct the age bias without touching test, and score test.
+
+    x: float64[P, K] patient features, row p ↔ patients.iloc[p] (from `patient_table`). Patients with an
+    unknown age are dropped. MAE, r and R² are on UNCORRECTED test predictions (the correction uses age,
+    so corrected predictions would flatter the model); delta_age_age_r (≈ 0 when the correction works) and
+    delta_age_planted_r use corrected Δage on test.
+    """
+    if x.ndim != 2 or x.shape[0] != len(patients):
+        raise ValueError(f"x {list(x.shape)} must have one row per patient ({len(patients)})")
+    known = patients["age"].notna().to_numpy()
+    if (~known).any():
+        log.warning("aging: %d patients without an age are left out", int((~known).sum()))
+    x, patients = x[known], patients[known].reset_index(drop=True)
+    split = patients["split"].to_numpy()
+    age = patients["age"].to_numpy(dtype=np.float64)
+    ids = patients["patient_id"].to_numpy()
+    train, val, test = (split == "train"), (split == "val"), (split == "test")
+    if test.sum() < 3:
+        raise StsaeError(f"aging: test split has {int(test.sum())} patients with a known age; need at least 3")
+    predictor = fit_age_predictor(x[train], age[train], ids[train], config, seed)
+    predicted = predictor.predict(x)
+    if config.bias_correction_on == "validation":
+        fit_rows = np.flatnonzero(val)
+        fit_pred = predicted[fit_rows]
+    else:
+        fit_rows = np.flatnonzero(train)
+        fit_pred = out_of_fold_predictions(x[train], age[train], ids[train], predictor, config, seed)
+    correction = fit_bias_correction(fit_pred, age[fit_rows], config.bias_correction_on)
+    corrected = correction.apply(predicted)
+    keep = val | test
+    base = patients.loc[keep, [c for c in patients.columns if c in PATIENT_COLUMNS]].reset_index(drop=True)
+    predictions = base.assign(age_pred=predicted[keep], age_pred_corrected=corrected[keep])
+    delta = base.assign(delta_age=corrected[keep] - age[keep])
+    planted = None
+    if PLANTED_COLUMN in patients.columns:
+        delta[PLANTED_COLUMN] = patients.loc[keep, PLANTED_COLUMN].to_numpy(dtype=np.float64)
+        planted = patients.loc[test, PLANTED_COLUMN].to_numpy(dtype=np.float64)
+    metrics = _test_metrics(age[test], predicted[test], corrected[test] - age[test], planted)
+    val_mae = float(np.abs(predicted[val] - age[val]).mean()) if val.any() else float("nan")
+    return AgingResult(predictor=predictor, correction=correction, predictions=predictions, delta=delta,
+                       metrics=metrics, val_mae=val_mae, correction_patient_ids=ids[fit_rows])
+
+
+def age_model_record(model_name: str, predictor: AgePredictor) -> dict[str, Any]:
+    """The age_model.json payload (docs/CONTRACTS.md): coef in standardised units, one per concept."""
+    return {"model": model_name, "coef": predictor.coef.tolist(), "intercept": predictor.intercept,
+            "alpha": predictor.alpha, "l1_ratio": predictor.l1_ratio, "selected": predictor.selected.tolist()}

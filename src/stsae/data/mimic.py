@@ -1,0 +1,222 @@
+"""MIMIC-III matched subset and MIMIC-IV waveform loaders: WFDB multi-segment records → gap-free PPG runs.
+
+Layouts read (PhysioNet):
+- MIMIC-III Waveform Database Matched Subset: `pXX/pXXXXXX/pXXXXXX-YYYY-MM-DD-hh-mm.hea`, a multi-segment
+  master header whose segments (`3000063_0001`, …, a `_layout` segment of length 0, and `~` gap
+  segments) hold the signals; PPG channel `PLETH`, 125 Hz.
+- MIMIC-IV Waveform Database: `waves/pNNN/pSSSSSSSS/RRRRRRRR/RRRRRRRR.hea`, the same multi-segment scheme
+  with FLAC-compressed (format 516) segment files and several samples per frame (`Pleth` at 2 × the
+  62.47 Hz frame rate); the sampling rate is always frame rate × samples per frame from the header.
+
+A run is a stretch of consecutive segments that all carry the PPG channel at one rate; a `~` gap, a
+segment without PPG, an unreadable segment or a change of rate ends it. Each run becomes a RawRecord
+with record_id `<record>#run<k>`, so no window or temporal pair can span a gap. Runs longer than
+`data.max_record_s` are cut into pieces (each its own record) and segments are read in slices of at
+most that length, so memory is bounded by one record whatever the number or length of records.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import wfdb
+
+from stsae.data.clinical import ClinicalTables
+from stsae.data.records import RawRecord
+
+log = logging.getLogger(__name__)
+
+# What wfdb / soundfile raise for missing, truncated or malformed headers and signal files.
+WFDB_ERRORS = (OSError, ValueError, IndexError, KeyError, RuntimeError, EOFError)
+
+_MIMIC_III_DIRS = (re.compile(r"p\d{2}$"), re.compile(r"p\d{6}$"))
+_MIMIC_III_MASTER = re.compile(r"p\d{6}-\d{4}-\d{2}-\d{2}-\d{2}-\d{2}\.hea$")
+_MIMIC_IV_DIRS = (re.compile(r"p\d{3}$"), re.compile(r"p\d{8}$"), re.compile(r"\d+$"))
+
+
+def _subdirs(directory: Path, pattern: re.Pattern[str]) -> list[Path]:
+    """Sub-directories whose name matches `pattern`, sorted (one directory listing at a time)."""
+    with os.scandir(directory) as entries:
+        return sorted(Path(e.path) for e in entries if e.is_dir() and pattern.match(e.name))
+
+
+def _subject_dirs(root: Path, source: str) -> Iterator[Path]:
+    if source == "mimic_iii":
+        for group in _subdirs(root, _MIMIC_III_DIRS[0]):
+            yield from _subdirs(group, _MIMIC_III_DIRS[1])
+    else:
+        waves = root / "waves" if (root / "waves").is_dir() else root
+        for group in _subdirs(waves, _MIMIC_IV_DIRS[0]):
+            yield from _subdirs(group, _MIMIC_IV_DIRS[1])
+
+
+def subject_ids(root: Path, source: str) -> list[int]:
+    """Numeric subject ids of every subject directory (pXXXXXX → XXXXXX), for clinical filtering."""
+    return [int(d.name[1:]) for d in _subject_dirs(root, source)]
+
+
+def master_headers(root: Path, source: str) -> Iterator[Path]:
+    """Master `.hea` paths of every waveform record under `root`, lazily, in sorted order."""
+    for subject in _subject_dirs(root, source):
+        if source == "mimic_iii":
+            with os.scandir(subject) as entries:
+                names = sorted(e.name for e in entries if _MIMIC_III_MASTER.match(e.name))
+            yield from (subject / name for name in names)
+        else:
+            for record in _subdirs(subject, _MIMIC_IV_DIRS[2]):
+                header = record / f"{record.name}.hea"
+                if header.is_file():
+                    yield header
+
+
+@dataclass
+class _Run:
+    """PPG samples collected for the record being built."""
+
+    fs: float
+    t_start_s: float
+    pieces: list[np.ndarray]
+    n: int = 0
+
+    def add(self, samples: np.ndarray) -> None:
+        self.pieces.append(samples)
+        self.n += samples.size
+
+
+def _segments(header: wfdb.Record | wfdb.MultiRecord, stem: Path) -> list[tuple[str, int]]:
+    """(segment name, length in frames) of a multi-segment record; a single-segment record is its own."""
+    if isinstance(header, wfdb.MultiRecord):
+        return list(zip(header.seg_name, (int(n) for n in header.seg_len), strict=True))
+    return [(stem.name, int(header.sig_len or 0))]
+
+
+def _ppg_channel(sig_names: Sequence[str] | None, channels: Sequence[str]) -> int | None:
+    names = list(sig_names or [])
+    for wanted in channels:
+        if wanted in names:
+            return names.index(wanted)
+    return None
+
+
+def iter_record_runs(
+    header_path: Path, channels: Sequence[str], max_record_s: float, source: str, patient_id: str
+) -> Iterator[RawRecord]:
+    """Gap-free PPG runs of one (multi-segment) WFDB record, each as a RawRecord without clinical data.
+
+    Skips (with a logged reason) a record whose header cannot be read or that has no PPG channel, and
+    segments whose header or signal file is missing or broken (they end the current run).
+    """
+    stem = header_path.with_suffix("")
+    try:
+        header = wfdb.rdheader(str(stem))
+    except WFDB_ERRORS as exc:
+        log.warning("%s: unreadable WFDB header (%s); record skipped", header_path, exc)
+        return
+    frame_fs = float(header.fs)
+    record = stem.name
+    state = {"k": 0, "found_ppg": False}
+    run: _Run | None = None
+
+    def finish() -> Iterator[RawRecord]:
+        nonlocal run
+        if run is not None and run.n:
+            signal = np.concatenate(run.pieces)
+            if np.isfinite(signal).any():
+                yield RawRecord(patient_id=patient_id, record_id=f"{record}#run{state['k']}", signal=signal,
+                                fs=run.fs, source=source, t_start_s=run.t_start_s)
+                state["k"] += 1
+            else:
+                log.warning("%s: PPG run at %.1f s is all NaN; skipped", header_path, run.t_start_s)
+        run = None
+
+    offset = 0
+    for name, length in _segments(header, stem):
+        start_s = offset / frame_fs
+        offset += length
+        if name == "~" or length == 0:
+            yield from finish()
+            continue
+        segment = stem.parent / name
+        try:
+            seg_header = header if segment == stem else wfdb.rdheader(str(segment))
+        except WFDB_ERRORS as exc:
+            log.warning("%s: segment %s unreadable (%s); run ended", header_path, name, exc)
+            yield from finish()
+            continue
+        index = _ppg_channel(seg_header.sig_name, channels)
+        if index is None:
+            yield from finish()
+            continue
+        state["found_ppg"] = True
+        spf = int((seg_header.samps_per_frame or [1] * (index + 1))[index] or 1)
+        fs = float(seg_header.fs) * spf
+        if run is not None and run.fs != fs:
+            yield from finish()
+        limit = max(1, int(max_record_s * fs))
+        frame = 0
+        while frame < length:
+            if run is None:
+                run = _Run(fs=fs, t_start_s=start_s + frame / float(seg_header.fs), pieces=[])
+            take = max(1, min(length - frame, (limit - run.n) // spf))
+            try:
+                read = wfdb.rdrecord(str(segment), sampfrom=frame, sampto=frame + take,
+                                     channel_names=[seg_header.sig_name[index]], smooth_frames=False)
+            except WFDB_ERRORS as exc:
+                log.warning("%s: segment %s signal unreadable (%s); run ended", header_path, name, exc)
+                yield from finish()
+                break
+            run.add(np.asarray(read.e_p_signal[0], dtype=np.float64))
+            frame += take
+            if run.n >= limit:
+                yield from finish()
+    yield from finish()
+    if not state["found_ppg"]:
+        log.info("%s: no PPG channel (%s) in any segment; record skipped", header_path, "/".join(channels))
+
+
+def _record_start(header_path: Path) -> datetime | None:
+    try:
+        header = wfdb.rdheader(str(header_path.with_suffix("")))
+    except WFDB_ERRORS:
+        return None
+    return header.base_datetime
+
+
+def iter_mimic_records(
+    root: Path,
+    source: str,
+    channels: Sequence[str] = ("PLETH", "Pleth"),
+    max_record_s: float = 3600.0,
+    clinical: ClinicalTables | None = None,
+) -> Iterator[RawRecord]:
+    """Stream every PPG run of a MIMIC-III matched / MIMIC-IV waveform tree, record by record.
+
+    source: "mimic_iii" or "mimic_iv" (directory layout and record naming). clinical: tables from
+    stsae.data.clinical; when given, each record gets age/sex/htn/t2d and `extra["age_capped"]`, and the
+    number of records without a clinical match is logged at the end.
+    """
+    total = unmatched = 0
+    for header_path in master_headers(root, source):
+        patient = header_path.parent.name if source == "mimic_iii" else header_path.parent.parent.name
+        facts = None
+        if clinical is not None:
+            start = _record_start(header_path)
+            facts = clinical.lookup(int(patient[1:]), start)
+        for raw in iter_record_runs(header_path, channels, max_record_s, source, patient):
+            total += 1
+            if facts is not None:
+                raw.clinical, raw.extra = dict(facts[0]), dict(facts[1])
+            else:
+                raw.clinical = {"age": float("nan"), "sex": None, "htn": None, "t2d": None}
+                unmatched += clinical is not None
+            yield raw
+    if clinical is not None:
+        log.info("%s: %d of %d records had no clinical match", source, unmatched, total)
+

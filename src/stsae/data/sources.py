@@ -1,0 +1,92 @@
+"""One entry point for real-data sources: check the configured paths, then stream RawRecords.
+
+`iter_source_records(data_cfg)` dispatches on `data.source` (pulsedb | mimic_iii | mimic_iv) so the
+prepare stage never needs to know which loader runs. Path problems are caught before any reading
+starts, each as one line naming the config key and the path.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+from stsae.config import DataSection
+from stsae.data.clinical import ClinicalTables, load_mimic_iii_clinical, load_mimic_iv_clinical
+from stsae.data.mimic import iter_mimic_records, subject_ids
+from stsae.data.pulsedb import iter_pulsedb_records
+from stsae.data.records import RawRecord
+from stsae.errors import StsaeError
+
+log = logging.getLogger(__name__)
+
+REAL_SOURCES = ("pulsedb", "mimic_iii", "mimic_iv")
+
+
+def check_directory(key: str, path: Path | None) -> Path:
+    """Return `path` if it is a non-empty directory, else raise StsaeError naming config key and path."""
+    if path is None:
+        raise StsaeError(f"{key}: not set (point it at the downloaded data; see DATA_GUIDE.md)")
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise StsaeError(f"{key}: {path} does not exist")
+    if not path.is_dir():
+        raise StsaeError(f"{key}: {path} is not a directory")
+    if next(path.iterdir(), None) is None:
+        raise StsaeError(f"{key}: {path} is empty")
+    return path
+
+
+def check_file(key: str, path: Path) -> Path:
+    """Return `path` if it is an existing file, else raise StsaeError naming config key and path."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise StsaeError(f"{key}: {path} does not exist")
+    return path
+
+
+def _clinical(data_cfg: DataSection, root: Path) -> ClinicalTables | None:
+    key = f"data.{data_cfg.source}_clinical"
+    directory = getattr(data_cfg, f"{data_cfg.source}_clinical")
+    if directory is None:
+        log.warning("%s not set: records carry no age, sex, HTN or T2D", key)
+        return None
+    directory = check_directory(key, directory)
+    ids = subject_ids(root, data_cfg.source)
+    loader = load_mimic_iii_clinical if data_cfg.source == "mimic_iii" else load_mimic_iv_clinical
+    return loader(directory, ids)
+
+
+def _records(data_cfg: DataSection) -> Iterator[RawRecord]:
+    if data_cfg.source == "pulsedb":
+        root = check_directory("data.pulsedb_root", data_cfg.pulsedb_root)
+        info = data_cfg.pulsedb_subset_info
+        return iter_pulsedb_records(
+            root,
+            signal_field=data_cfg.pulsedb_signal,
+            folders=data_cfg.pulsedb_folders,
+            subset_info=check_file("data.pulsedb_subset_info", info) if info is not None else None,
+        )
+    root_key = f"data.{data_cfg.source}_root"
+    root = check_directory(root_key, getattr(data_cfg, f"{data_cfg.source}_root"))
+    return iter_mimic_records(
+        root,
+        data_cfg.source,
+        channels=data_cfg.mimic_ppg_channels,
+        max_record_s=data_cfg.max_record_s,
+        clinical=_clinical(data_cfg, root),
+    )
+
+
+def iter_source_records(data_cfg: DataSection) -> Iterator[RawRecord]:
+    """Stream the configured real source's records (at most data.max_records of them).
+
+    Raises StsaeError at once (before the first record is read) when data.source is not a real source
+    or a configured path is missing or empty.
+    """
+    if data_cfg.source not in REAL_SOURCES:
+        choices = ", ".join(REAL_SOURCES)
+        raise StsaeError(f"data.source: '{data_cfg.source}' is not a real-data source ({choices})")
+    records = _records(data_cfg)
+    return itertools.islice(records, data_cfg.max_records) if data_cfg.max_records else records

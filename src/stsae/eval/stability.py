@@ -1,0 +1,119 @@
+"""Seed stability: do two trainings find the same atoms? Hungarian matching of decoder dictionaries.
+
+For dictionaries A, B (float32[K, 512], unit-norm rows) the cosine matrix C = A Bᵀ is matched
+one-to-one by `scipy.optimize.linear_sum_assignment` (maximising Σ C); the matched cosines summarise
+agreement: their mean and the fractions above 0.7 and 0.9. Over several dictionaries every pair is
+matched and the matched cosines are pooled.
+
+Null: independent random unit dictionaries of the same K and d. For large K the cost of the edge at
+a vertex of the optimal random assignment, in tail-probability units x = K·P(C > c), has the limit
+density (Aldous 2001, the ζ(2) limit)  g(x) = e^{-x} (e^{-x} − 1 + x) / (1 − e^{-x})²,  and the cosine
+of two random unit vectors in d dimensions satisfies (1 + c)/2 ~ Beta((d−1)/2, (d−1)/2). Hence
+
+    E[matched cos] ≈ ∫ g(x) · Q(x / K) dx,   Q(p) = 2·Beta.isf(p) − 1,
+
+which `analytical_null_mean_cos` evaluates (within about 1 % of simulation for K ≥ 64, d = 512).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import integrate, stats
+from scipy.optimize import linear_sum_assignment
+
+THRESHOLDS = (0.7, 0.9)
+
+
+@dataclass
+class StabilityResult:
+    """mean_cos: mean matched cosine; frac_07 / frac_09: fraction of matched cosines above 0.7 / 0.9."""
+
+    mean_cos: float
+    frac_07: float
+    frac_09: float
+    n_pairs: int
+
+
+def _check_dictionary(d: np.ndarray, name: str) -> np.ndarray:
+    if d.ndim != 2:
+        raise ValueError(f"{name}: expected float32[K, D], got shape {list(d.shape)}")
+    norms = np.linalg.norm(d, axis=1, keepdims=True)
+    return (d / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+
+
+def matched_cosines(a: np.ndarray, b: np.ndarray, sign_invariant: bool = False) -> np.ndarray:
+    """Cosines of the Hungarian-matched atom pairs of a, b: float[K, D] each -> float32[K].
+
+    sign_invariant: match on |cos| (PCA/ICA atoms have arbitrary sign; ST-SAE atoms do not).
+    Rows are re-normalised here, so any non-zero dictionaries can be passed.
+    """
+    a, b = _check_dictionary(a, "a"), _check_dictionary(b, "b")
+    if a.shape != b.shape:
+        raise ValueError(f"dictionaries must have the same shape, got {list(a.shape)} and {list(b.shape)}")
+    cos = a @ b.T
+    if sign_invariant:
+        cos = np.abs(cos)
+    rows, cols = linear_sum_assignment(cos, maximize=True)
+    return cos[rows, cols]
+
+
+def _summarise(matched: list[np.ndarray], n_pairs: int) -> StabilityResult:
+    values = np.concatenate(matched)
+    return StabilityResult(float(values.mean()), float((values > THRESHOLDS[0]).mean()),
+                           float((values > THRESHOLDS[1]).mean()), n_pairs)
+
+
+def seed_stability(dictionaries: list[np.ndarray], sign_invariant: bool = False) -> StabilityResult:
+    """Pooled matched cosines over every pair of dictionaries (at least two, all float[K, D])."""
+    if len(dictionaries) < 2:
+        raise ValueError(f"seed stability needs at least two dictionaries, got {len(dictionaries)}")
+    pairs = list(itertools.combinations(range(len(dictionaries)), 2))
+    matched = [matched_cosines(dictionaries[i], dictionaries[j], sign_invariant) for i, j in pairs]
+    return _summarise(matched, len(pairs))
+
+
+def stability_against(reference: np.ndarray, others: list[np.ndarray],
+                      sign_invariant: bool = False) -> StabilityResult:
+    """Pooled matched cosines of one dictionary against each of `others` (the row of one model)."""
+    if not others:
+        raise ValueError("stability_against needs at least one other dictionary")
+    return _summarise([matched_cosines(reference, o, sign_invariant) for o in others], len(others))
+
+
+def random_unit_dictionary(n_atoms: int, dim: int, generator: np.random.Generator) -> np.ndarray:
+    """float32[n_atoms, dim] with rows uniform on the unit sphere."""
+    d = generator.standard_normal((n_atoms, dim)).astype(np.float32)
+    return d / np.linalg.norm(d, axis=1, keepdims=True)
+
+
+def random_null(n_atoms: int, dim: int, generator: np.random.Generator,
+                sign_invariant: bool = False) -> StabilityResult:
+    """Matched-cosine summary of two independent random unit dictionaries (the empirical null)."""
+    a = random_unit_dictionary(n_atoms, dim, generator)
+    b = random_unit_dictionary(n_atoms, dim, generator)
+    return _summarise([matched_cosines(a, b, sign_invariant)], 1)
+
+
+def _assignment_edge_density(x: np.ndarray | float) -> np.ndarray | float:
+    """Aldous' limit density of the optimal-assignment edge cost at a vertex (mean ζ(2))."""
+    em = np.exp(-x)
+    return em * (em - 1 + x) / (-np.expm1(-x)) ** 2
+
+
+def analytical_null_mean_cos(n_atoms: int, dim: int, sign_invariant: bool = False) -> float:
+    """Large-K expectation of the mean matched cosine of two random unit dictionaries (see module doc)."""
+    if n_atoms < 1 or dim < 2:
+        raise ValueError(f"need n_atoms >= 1 and dim >= 2, got {n_atoms}, {dim}")
+    half = (dim - 1) / 2
+    tail_scale = 2.0 if sign_invariant else 1.0
+
+    def quantile(x: float) -> float:
+        p = min(x / (n_atoms * tail_scale), 1.0)
+        return 2.0 * stats.beta.isf(p, half, half) - 1.0
+
+    upper = min(float(n_atoms), 60.0)
+    value, _ = integrate.quad(lambda x: _assignment_edge_density(x) * quantile(x), 0.0, upper, limit=200)
+    return float(value)

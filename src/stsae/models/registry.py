@@ -1,0 +1,195 @@
+"""One numpy interface over every concept model of a run (ST-SAE checkpoints and PCA/ICA/NMF baselines).
+
+Evaluation, aging and grounding never care which family a model is: they call
+`list_models(run_dir)` and `load_concept_model(path)` and get `encode / decode / dictionary` on
+numpy arrays. ST-SAE metadata comes from the checkpoint's JSON sidecar (never from the file name);
+baseline metadata from the joblib payload.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from stsae.errors import InputDataError
+from stsae.models.baselines import EMBEDDING_DIM, Baseline
+from stsae.pipeline.rundir import RunDir
+
+log = logging.getLogger(__name__)
+
+STSAE_FAMILY = "stsae"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What is known about a model file without running it.
+
+    name: file stem (`stsae-full-K1024-s0`, `pca-n16`); family: stsae|pca|ica|nmf; variant: the ST-SAE
+    variant (`full`, ablations) or, for baselines, the method name; d_dict: K (atoms); seed: training seed.
+    """
+
+    name: str
+    family: str
+    variant: str
+    d_dict: int
+    seed: int
+    path: Path
+
+
+class ConceptModel(ABC):
+    """encode: float32[N, 512] -> float32[N, K]; decode: float32[N, K] -> float32[N, 512] (raw z space)."""
+
+    def __init__(self, info: ModelInfo, batch_size: int = 4096):
+        self.info = info
+        self.batch_size = batch_size
+
+    name = property(lambda self: self.info.name)
+    family = property(lambda self: self.info.family)
+    variant = property(lambda self: self.info.variant)
+    d_dict = property(lambda self: self.info.d_dict)
+    seed = property(lambda self: self.info.seed)
+
+    @property
+    @abstractmethod
+    def dictionary(self) -> np.ndarray:
+        """float32[K, 512] unit-norm decoder atoms in z space."""
+
+    @abstractmethod
+    def _encode_batch(self, z: np.ndarray) -> np.ndarray: ...
+
+    @abstractmethod
+    def _decode_batch(self, codes: np.ndarray) -> np.ndarray: ...
+
+    def _batched(self, x: np.ndarray, width: int, fn: Any, out_width: int, what: str) -> np.ndarray:
+        if x.ndim != 2 or x.shape[1] != width:
+            raise ValueError(f"{self.name}: {what} expects float32[N, {width}], got shape {list(x.shape)}")
+        out = np.empty((x.shape[0], out_width), dtype=np.float32)
+        for start in range(0, x.shape[0], self.batch_size):
+            chunk = np.asarray(x[start:start + self.batch_size], dtype=np.float32)
+            out[start:start + len(chunk)] = fn(chunk)
+        return out
+
+    def encode(self, z: np.ndarray) -> np.ndarray:
+        """z: float32[N, 512] (memmap slices fine) -> codes float32[N, K], in batches of batch_size."""
+        return self._batched(z, EMBEDDING_DIM, self._encode_batch, self.d_dict, "encode")
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        """codes: float32[N, K] -> ẑ float32[N, 512] in raw z space."""
+        return self._batched(codes, self.d_dict, self._decode_batch, EMBEDDING_DIM, "decode")
+
+
+class StsaeConceptModel(ConceptModel):
+    """Wraps a torch module with `encode(Tensor[B,512]) -> Tensor[B,K]`, `decode`, `W_dec: [K,512]`."""
+
+    def __init__(self, module: torch.nn.Module, info: ModelInfo, batch_size: int = 4096):
+        super().__init__(info, batch_size)
+        self.module = module.eval()
+        with torch.inference_mode():
+            w_dec = module.W_dec.detach().float().cpu().numpy()
+        if w_dec.shape != (info.d_dict, EMBEDDING_DIM):
+            raise InputDataError(f"{info.path}: W_dec has shape {list(w_dec.shape)}, expected "
+                                 f"[{info.d_dict}, {EMBEDDING_DIM}] (field d_dict of the .json sidecar)")
+        norms = np.linalg.norm(w_dec, axis=1, keepdims=True)
+        self._dictionary = (w_dec / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+
+    @property
+    def dictionary(self) -> np.ndarray:
+        return self._dictionary
+
+    def _encode_batch(self, z: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return self.module.encode(torch.from_numpy(z)).float().numpy()
+
+    def _decode_batch(self, codes: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return self.module.decode(torch.from_numpy(codes)).float().numpy()
+
+
+class BaselineConceptModel(ConceptModel):
+    """Wraps a fitted `Baseline` (PCA / ICA / NMF)."""
+
+    def __init__(self, baseline: Baseline, info: ModelInfo, batch_size: int = 4096):
+        super().__init__(info, batch_size)
+        self.baseline = baseline
+
+    @property
+    def dictionary(self) -> np.ndarray:
+        return self.baseline.dictionary
+
+    def _encode_batch(self, z: np.ndarray) -> np.ndarray:
+        return self.baseline.encode(z)
+
+    def _decode_batch(self, codes: np.ndarray) -> np.ndarray:
+        return self.baseline.decode(codes)
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_suffix(".json")
+
+
+def _stsae_info(path: Path) -> ModelInfo | None:
+    """ModelInfo from the checkpoint's .json sidecar, or None when the checkpoint is incomplete."""
+    side = _sidecar(path)
+    if not side.is_file():
+        return None
+    try:
+        meta = json.loads(side.read_text())
+    except json.JSONDecodeError as exc:
+        raise InputDataError(f"{side}: not valid JSON ({exc.msg})") from None
+    if meta.get("complete") is not True:
+        return None
+    missing = [key for key in ("variant", "d_dict", "seed") if key not in meta]
+    if missing:
+        raise InputDataError(f"{side}: missing field(s) {missing}")
+    return ModelInfo(path.stem, STSAE_FAMILY, str(meta["variant"]), int(meta["d_dict"]), int(meta["seed"]),
+                     path)
+
+
+def _baseline_info(path: Path, baseline: Baseline) -> ModelInfo:
+    return ModelInfo(path.stem, baseline.method, baseline.method, baseline.n_components, baseline.seed, path)
+
+
+def list_models(run_dir: RunDir) -> list[ModelInfo]:
+    """Every complete ST-SAE checkpoint (sidecar `complete: true`) and every baseline, sorted by name."""
+    infos: list[ModelInfo] = []
+    if run_dir.models_dir.is_dir():
+        for path in sorted(run_dir.models_dir.glob("stsae-*.safetensors")):
+            info = _stsae_info(path)
+            if info is None:
+                log.info("skipping %s: no complete .json sidecar (training unfinished?)", path.name)
+            else:
+                infos.append(info)
+    if run_dir.baselines_dir.is_dir():
+        for path in sorted(run_dir.baselines_dir.glob("*.joblib")):
+            infos.append(_baseline_info(path, Baseline.load(path)))
+    return infos
+
+
+def _load_stsae_module(path: Path) -> torch.nn.Module:
+    """Import lazily so baselines-only tools work without the ST-SAE module loaded."""
+    from stsae.models.stsae import STSAE
+
+    return STSAE.load(path)
+
+
+def load_concept_model(path: Path | str, batch_size: int = 4096) -> ConceptModel:
+    """Load an ST-SAE checkpoint (`.safetensors` + `.json`) or a baseline (`.joblib`)."""
+    path = Path(path)
+    if path.suffix == ".joblib":
+        baseline = Baseline.load(path)
+        return BaselineConceptModel(baseline, _baseline_info(path, baseline), batch_size)
+    if path.suffix == ".safetensors":
+        if not path.is_file():
+            raise InputDataError(f"{path}: missing (run `stsae train` first)")
+        info = _stsae_info(path)
+        if info is None:
+            raise InputDataError(f"{_sidecar(path)}: missing or not marked complete (training unfinished)")
+        return StsaeConceptModel(_load_stsae_module(path), info, batch_size)
+    raise InputDataError(f"{path}: unknown model file type (expected .safetensors or .joblib)")

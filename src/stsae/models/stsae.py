@@ -1,0 +1,381 @@
+"""ST-SAE: a Top-K (or ReLU) sparse autoencoder over standardised PaPaGei-S embeddings.
+
+    x = (z − input_mean) / input_scale                 standardise (DESIGN §6: ‖μ‖/‖σ‖ ≈ 10)
+    f = act(W_enc (x − b_dec) + b_enc)                 act = Top-K of ReLU, or ReLU
+    x̂ = W_dec^T f + b_dec,   ẑ = x̂ · input_scale + input_mean
+
+Public SAE practice this follows, and where from:
+- Top-K activation, tied init (W_enc = W_decᵀ), unit-norm decoder rows, AuxK on dead latents with its
+  loss normalised by the residual's variance: OpenAI "openai/sparse_autoencoder" (Gao et al. 2024).
+- `forward` returning a typed NamedTuple, `W_dec` as [K, d_in] rows, sparse decode by gathering the
+  active atoms with `embedding_bag`, the two `@torch.no_grad()` decoder-norm helpers, safetensors + JSON:
+  EleutherAI "sparsify" (sparse_coder.py, fused_encoder.py).
+- b_dec initialised to the geometric median of the data: "saprmarks/dictionary_learning" top_k.py.
+- Encoder initialised *from data* (atoms = random standardised train rows): our embeddings have
+  effective rank ≈ 12 of 512, so random atoms would mostly point where no data lives (DESIGN §6).
+
+The Top-K encoder has a sparse backward pass (only the k selected latents, plus the AuxK latents, get
+gradient), so a training step costs one dense GEMM instead of three; see `_TopKEncode`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from stsae.errors import StsaeError
+from stsae.utils import io
+
+log = logging.getLogger(__name__)
+
+ACTIVATIONS = ("topk", "relu")
+FORMAT = "stsae/1"
+_TENSORS = ("W_enc", "b_enc", "W_dec", "b_dec", "input_mean", "input_scale")
+_INIT_NOISE = 0.1  # relative isotropic noise mixed into data-sampled atoms so duplicates never tie
+
+
+class CheckpointError(StsaeError, ValueError):
+    """A model file is missing, corrupted, not safetensors (e.g. a pickle) or has mismatched shapes."""
+
+
+@dataclass(frozen=True)
+class InputStats:
+    """How the train embeddings look before standardisation (logged and saved for every model)."""
+
+    mean_norm_over_std: float
+    effective_rank: float
+    n_rows: int
+
+
+class Codes(NamedTuple):
+    """Concept codes of a batch.
+
+    f: float32[B, K] dense codes (differentiable). For Top-K also idx: int64[B, k] and vals: float32[B, k]
+    (the active latents) and, when a dead mask was given, aux_idx: int64[B_aux, k_aux], aux_vals:
+    float32[B_aux, k_aux] (the largest dead latents of the first B_aux rows, for AuxK); else None.
+    """
+
+    f: Tensor
+    idx: Tensor | None
+    vals: Tensor | None
+    aux_idx: Tensor | None
+    aux_vals: Tensor | None
+
+
+class STSAEOutput(NamedTuple):
+    """Output of `STSAE.forward`: z_hat float32[B, d_in] (raw z space), f float32[B, K] codes,
+    x / x_hat float32[B, d_in] (standardised space, where the losses are computed), codes (Codes)."""
+
+    z_hat: Tensor
+    f: Tensor
+    x: Tensor
+    x_hat: Tensor
+    codes: Codes
+
+
+def _transposed_bag_sum(idx: Tensor, weights: Tensor, rows: Tensor, n_out: int) -> Tensor:
+    """out[j] = Σ_{(b,i): idx[b,i]=j} weights[b,i] · rows[b], as one `embedding_bag` with atoms as bags.
+
+    idx: int64[B, m], weights: float32[B, m], rows: float32[B, d] -> float32[n_out, d]. Never
+    materialises the [B·m, d] products (sorting the B·m selections by atom is all it needs).
+    """
+    flat = idx.reshape(-1)
+    order = torch.argsort(flat, stable=True)
+    row_of = torch.arange(idx.shape[0], device=idx.device).repeat_interleave(idx.shape[1])[order]
+    counts = torch.bincount(flat, minlength=n_out)
+    offsets = torch.cumsum(counts, 0) - counts
+    return F.embedding_bag(row_of, rows, offsets, mode="sum", per_sample_weights=weights.reshape(-1)[order])
+
+
+class _TopKEncode(torch.autograd.Function):
+    """Top-K (and AuxK) selection of relu(W_enc (x − b_dec) + b_enc) with a sparse backward.
+
+    Forward: one GEMM. Backward: only the selected latents carry gradient, so W_enc's gradient is a
+    gather-sum over B·(k + k_aux) rows and b_dec's is a [K]·[K, d] product: no [B, K] GEMMs.
+    Like EleutherAI's fused_encoder, but the AuxK latents' encoder gradient is kept, not dropped.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, b_dec: Tensor, w_enc: Tensor, b_enc: Tensor, k: int,
+                dead_mask: Tensor | None, k_aux: int, aux_rows: int) -> tuple[Tensor, ...]:
+        centred = x - b_dec
+        pre = F.relu(F.linear(centred, w_enc, b_enc).float())
+        vals, idx = pre.topk(k, dim=1, sorted=False)
+        if dead_mask is not None and k_aux > 0:
+            dead_pre = pre[:aux_rows].masked_fill(~dead_mask, float("-inf"))
+            aux_vals, aux_idx = dead_pre.topk(k_aux, dim=1, sorted=False)
+            aux_vals = aux_vals.clamp_min(0.0)
+        else:
+            aux_vals = pre.new_zeros(0, 0)
+            aux_idx = idx.new_zeros(0, 0)
+        ctx.save_for_backward(centred.float(), w_enc, vals, idx, aux_vals, aux_idx)
+        ctx.mark_non_differentiable(idx, aux_idx)
+        return vals, idx, aux_vals, aux_idx
+
+    @staticmethod
+    def backward(ctx: Any, g_vals: Tensor, _g_idx: Tensor | None, g_aux: Tensor | None,
+                 _g_aux_idx: Tensor | None) -> tuple[Tensor | None, ...]:
+        centred, w_enc, vals, idx, aux_vals, aux_idx = ctx.saved_tensors
+        n_latents = w_enc.shape[0]
+        g = g_vals * (vals > 0)
+        grad_w = _transposed_bag_sum(idx, g, centred, n_latents)
+        grad_b_enc = torch.bincount(idx.reshape(-1), weights=g.reshape(-1), minlength=n_latents)
+        if g_aux is not None and aux_idx.numel() > 0:
+            ga = g_aux * (aux_vals > 0)
+            grad_w = grad_w + _transposed_bag_sum(aux_idx, ga, centred[: aux_idx.shape[0]], n_latents)
+            grad_b_enc = grad_b_enc + torch.bincount(aux_idx.reshape(-1), weights=ga.reshape(-1),
+                                                     minlength=n_latents)
+        grad_b_dec = -(grad_b_enc.to(w_enc.dtype) @ w_enc)
+        return None, grad_b_dec, grad_w, grad_b_enc.to(w_enc.dtype), None, None, None, None
+
+
+@torch.no_grad()
+def geometric_median(points: Tensor, max_iter: int = 100, tol: float = 1e-5) -> Tensor:
+    """Weiszfeld iterations (as in dictionary_learning): points float32[N, d] -> float32[d]."""
+    guess = points.mean(0)
+    for _ in range(max_iter):
+        weights = 1.0 / torch.linalg.vector_norm(points - guess, dim=1).clamp_min(1e-8)
+        new = (weights[:, None] * points).sum(0) / weights.sum()
+        if torch.linalg.vector_norm(new - guess) < tol:
+            return new
+        guess = new
+    return guess
+
+
+def effective_rank(centred: np.ndarray) -> float:
+    """Entropy effective rank (Roy & Vetterli 2007): exp(H(λ/Σλ)) of the covariance eigenvalues.
+
+    centred: float[N, d] rows minus their mean. 1 for a line, d for isotropic data.
+    """
+    singular = np.linalg.svd(centred.astype(np.float64), compute_uv=False)
+    power = singular**2
+    p = power[power > 0] / power.sum()
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
+class STSAE(nn.Module):
+    """Sparse autoencoder with a dictionary of K unit-norm atoms (rows of `W_dec`: float32[K, d_in]).
+
+    Parameters: W_enc float32[K, d_in], b_enc float32[K], W_dec float32[K, d_in], b_dec float32[d_in]
+    (standardised space). Buffers: input_mean float32[d_in], input_scale float32[] (train split).
+    """
+
+    def __init__(self, d_in: int = 512, d_dict: int = 1024, activation: str = "topk", k: int = 16,
+                 sparse_decode: bool = True, generator: torch.Generator | None = None):
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise StsaeError(f"train.activation: must be one of {ACTIVATIONS}, got {activation!r}")
+        if activation == "topk" and not 1 <= k <= d_dict:
+            raise StsaeError(f"train.k={k} must be between 1 and the dictionary size {d_dict}")
+        self.d_in, self.d_dict, self.activation, self.k = d_in, d_dict, activation, k
+        self.sparse_decode = sparse_decode
+        atoms = torch.randn(d_dict, d_in, generator=generator)
+        atoms /= torch.linalg.vector_norm(atoms, dim=1, keepdim=True)
+        self.W_dec = nn.Parameter(atoms)
+        self.W_enc = nn.Parameter(atoms.clone())
+        self.b_enc = nn.Parameter(torch.zeros(d_dict))
+        self.b_dec = nn.Parameter(torch.zeros(d_in))
+        self.register_buffer("input_mean", torch.zeros(d_in))
+        self.register_buffer("input_scale", torch.ones(()))
+        self.stats: InputStats | None = None
+
+    # ---- initialisation -------------------------------------------------------------------------
+    @torch.no_grad()
+    def init_from_data(self, z: np.ndarray, generator: torch.Generator) -> InputStats:
+        """Set mean/scale, b_dec and the tied atoms from train rows z: float32[N, d_in]; log the stats.
+
+        scale = sqrt(mean ‖z − μ‖²), so E‖x‖² = 1 and code magnitudes are O(1) whatever the encoder:
+        the loss weights in the config then mean the same on every dataset.
+        """
+        if z.ndim != 2 or z.shape[1] != self.d_in or z.shape[0] < 2:
+            raise StsaeError(f"train rows: expected float32[N>=2, {self.d_in}], got {list(z.shape)}")
+        z64 = np.asarray(z, dtype=np.float64)
+        mean = z64.mean(0)
+        centred = z64 - mean
+        scale = float(np.sqrt((centred**2).sum(1).mean()))
+        if not scale > 0:
+            raise StsaeError("train embeddings are constant (zero spread); check the extract stage")
+        stats = InputStats(float(np.linalg.norm(mean) / scale), effective_rank(centred), int(z.shape[0]))
+        log.info("train embeddings: ‖μ‖/‖σ‖ = %.2f, effective rank = %.1f of %d (%d rows)",
+                 stats.mean_norm_over_std, stats.effective_rank, self.d_in, stats.n_rows)
+        self.input_mean.copy_(torch.from_numpy(mean).float())
+        self.input_scale.fill_(scale)
+        x = torch.from_numpy(centred / scale).float()
+        self.b_dec.copy_(geometric_median(x))
+        n = x.shape[0]
+        rows = torch.randperm(n, generator=generator)[: self.d_dict] if n >= self.d_dict else \
+            torch.randint(n, (self.d_dict,), generator=generator)
+        atoms = F.normalize(x[rows] - self.b_dec, dim=1)
+        noise = torch.randn(self.d_dict, self.d_in, generator=generator) / math.sqrt(self.d_in)
+        atoms = F.normalize(atoms + _INIT_NOISE * noise, dim=1)
+        self.W_dec.copy_(atoms)
+        self.W_enc.copy_(atoms)
+        self.b_enc.zero_()
+        self.stats = stats
+        return stats
+
+    # ---- decoder geometry -----------------------------------------------------------------------
+    @torch.no_grad()
+    def renormalize_decoder(self) -> None:
+        """Project every atom (row of W_dec) back to unit norm; call after every optimizer step."""
+        self.W_dec.div_(torch.linalg.vector_norm(self.W_dec, dim=1, keepdim=True).clamp_min(1e-12))
+
+    @torch.no_grad()
+    def remove_parallel_gradient(self) -> None:
+        """Remove from W_dec.grad the component along each (unit) atom, before the optimizer step.
+
+        With unit atoms, that component would only change atom norms, which renormalisation undoes;
+        keeping it would leak into Adam's moments (OpenAI/sparsify practice).
+        """
+        if self.W_dec.grad is None:
+            return
+        parallel = (self.W_dec.grad * self.W_dec).sum(1, keepdim=True)
+        self.W_dec.grad.sub_(parallel * self.W_dec)
+
+    # ---- encode / decode ------------------------------------------------------------------------
+    def standardise(self, z: Tensor) -> Tensor:
+        """z: float32[B, d_in] raw embeddings -> x: float32[B, d_in] standardised."""
+        if z.ndim != 2 or z.shape[1] != self.d_in:
+            raise StsaeError(f"ST-SAE input: expected z of shape [B, {self.d_in}], got {list(z.shape)}")
+        return (z.float() - self.input_mean) / self.input_scale
+
+    def codes(self, x: Tensor, dead_mask: Tensor | None = None, k_aux: int = 0,
+              aux_rows: int | None = None) -> Codes:
+        """Codes of standardised x: float32[B, d_in]. dead_mask: bool[K] enables AuxK selection of the
+        k_aux largest dead latents for the first `aux_rows` rows (default all)."""
+        if self.activation == "relu":
+            f = F.relu(F.linear(x - self.b_dec, self.W_enc, self.b_enc).float())
+            return Codes(f, None, None, None, None)
+        k_aux = min(k_aux, int(dead_mask.sum())) if dead_mask is not None else 0
+        n_aux = x.shape[0] if aux_rows is None else aux_rows
+        vals, idx, aux_vals, aux_idx = _TopKEncode.apply(
+            x, self.b_dec, self.W_enc, self.b_enc, self.k, dead_mask if k_aux > 0 else None, k_aux, n_aux)
+        f = torch.zeros(x.shape[0], self.d_dict, dtype=vals.dtype, device=x.device).scatter(1, idx, vals)
+        if k_aux == 0:
+            return Codes(f, idx, vals, None, None)
+        return Codes(f, idx, vals, aux_idx, aux_vals)
+
+    def decode_codes(self, codes: Codes, rows: int | None = None) -> Tensor:
+        """x̂: float32[rows, d_in] (standardised) for the first `rows` rows of `codes` (default all)."""
+        n = codes.f.shape[0] if rows is None else rows
+        if self.activation == "topk" and self.sparse_decode:
+            assert codes.idx is not None and codes.vals is not None
+            return self.sparse_combination(codes.idx[:n], codes.vals[:n]) + self.b_dec
+        return codes.f[:n] @ self.W_dec + self.b_dec
+
+    def sparse_combination(self, idx: Tensor, vals: Tensor) -> Tensor:
+        """Σ_i vals[b,i] · W_dec[idx[b,i]] by gathering atoms: int64[B, m], float32[B, m] -> [B, d_in]."""
+        return F.embedding_bag(idx, self.W_dec, mode="sum", per_sample_weights=vals.to(self.W_dec.dtype))
+
+    def encode(self, z: Tensor) -> Tensor:
+        """Raw z: float32[B, d_in] -> codes f: float32[B, K] (non-negative; k non-zero for Top-K)."""
+        return self.codes(self.standardise(z)).f
+
+    def decode(self, f: Tensor) -> Tensor:
+        """Codes f: float32[B, K] -> ẑ: float32[B, d_in] in raw z space."""
+        if f.ndim != 2 or f.shape[1] != self.d_dict:
+            raise StsaeError(f"ST-SAE decode: expected f of shape [B, {self.d_dict}], got {list(f.shape)}")
+        return (f.float() @ self.W_dec + self.b_dec) * self.input_scale + self.input_mean
+
+    def forward(self, z: Tensor, dead_mask: Tensor | None = None, k_aux: int = 0) -> STSAEOutput:
+        """Encode and reconstruct raw z: float32[B, d_in]; see STSAEOutput for what comes back."""
+        x = self.standardise(z)
+        codes = self.codes(x, dead_mask, k_aux)
+        x_hat = self.decode_codes(codes)
+        return STSAEOutput(x_hat * self.input_scale + self.input_mean, codes.f, x, x_hat, codes)
+
+    # ---- persistence ----------------------------------------------------------------------------
+    def header(self) -> dict[str, str]:
+        """Architecture facts stored in the safetensors header (strings, as safetensors requires)."""
+        header = {"format": FORMAT, "d_in": str(self.d_in), "d_dict": str(self.d_dict),
+                  "activation": self.activation, "k": str(self.k)}
+        if self.stats is not None:
+            header["input_stats"] = json.dumps(self.stats.__dict__)
+        return header
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {name: getattr(self, name).detach().contiguous().clone() for name in _TENSORS}
+
+    def save(self, path: Path | str, sidecar: dict[str, Any]) -> None:
+        """Write `path` (.safetensors) then its `.json` sidecar (which marks the model complete)."""
+        path = Path(path)
+        with io.atomic_path(path) as tmp:
+            save_file(self.tensors(), str(tmp), metadata=self.header())
+        info = {"d_dict": self.d_dict, "activation": self.activation, "k": self.k, **sidecar}
+        if self.stats is not None:
+            info.setdefault("input_mean_norm_over_std", self.stats.mean_norm_over_std)
+            info.setdefault("effective_rank", self.stats.effective_rank)
+        io.write_json(path.with_suffix(".json"), info)
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, Tensor], header: dict[str, str], source: Path) -> STSAE:
+        """Rebuild a model from safetensors contents, refusing anything inconsistent (names `source`)."""
+        try:
+            if header.get("format") != FORMAT:
+                raise ValueError(f"format {header.get('format')!r} is not {FORMAT!r}")
+            d_in, d_dict, k = int(header["d_in"]), int(header["d_dict"]), int(header["k"])
+            activation = header["activation"]
+        except (KeyError, ValueError) as exc:
+            raise CheckpointError(f"{source}: not an ST-SAE model file ({exc})") from None
+        expected = {"W_enc": (d_dict, d_in), "b_enc": (d_dict,), "W_dec": (d_dict, d_in),
+                    "b_dec": (d_in,), "input_mean": (d_in,), "input_scale": ()}
+        for name, shape in expected.items():
+            if name not in tensors:
+                raise CheckpointError(f"{source}: tensor '{name}' missing")
+            got = tuple(tensors[name].shape)
+            if got != shape:
+                raise CheckpointError(f"{source}: tensor '{name}' has shape {list(got)}, expected {list(shape)}")
+            if not torch.isfinite(tensors[name]).all():
+                raise CheckpointError(f"{source}: tensor '{name}' holds NaN or inf")
+        model = cls(d_in, d_dict, activation, k, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            for name in _TENSORS:
+                getattr(model, name).copy_(tensors[name])
+        if "input_stats" in header:
+            model.stats = InputStats(**json.loads(header["input_stats"]))
+        return model
+
+    @classmethod
+    def load(cls, path: Path | str) -> STSAE:
+        """Load a model written by `save`; only safetensors is read (a pickle is refused, never run)."""
+        path = Path(path)
+        tensors, header = read_safetensors(path)
+        model = cls.from_tensors(tensors, header, path)
+        sidecar = path.with_suffix(".json")
+        if sidecar.is_file():
+            try:
+                info = json.loads(sidecar.read_text())
+            except json.JSONDecodeError:
+                raise CheckpointError(f"{sidecar}: not valid JSON") from None
+            for key in ("d_dict", "activation", "k"):
+                if key in info and info[key] != getattr(model, key):
+                    raise CheckpointError(
+                        f"{sidecar}: '{key}' is {info[key]!r} but {path.name} holds {getattr(model, key)!r}")
+        model.eval()
+        return model
+
+
+def read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """All tensors and the header of a safetensors file; any failure is one CheckpointError naming it."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: model file missing (run `stsae train`)")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            header = dict(handle.metadata() or {})
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(
+            f"{path}: not a readable safetensors file (corrupted, or a pickle?): {reason}") from None
+    return tensors, header

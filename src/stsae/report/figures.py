@@ -1,0 +1,572 @@
+"""Every figure of the report, drawn headless (Agg) from the run directory's files as PNG + SVG.
+
+Figures are built on `matplotlib.figure.Figure` directly (no pyplot), so no global figure state leaks
+between plots or tests. Each plot returns a `FigureInfo`; when its inputs are missing it returns one
+marked unavailable with the reason, so the report says "not available" instead of the stage crashing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib as mpl
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.axis import Axis
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+from stsae.errors import InputDataError
+from stsae.pipeline.rundir import RunDir
+from stsae.report.scorecard import (
+    associations_path,
+    finite,
+    front_keys,
+    leaderboard_rows,
+    main_dictionary_size,
+    read_optional_json,
+    read_optional_parquet,
+    row_key,
+    stsae_rows,
+)
+from stsae.utils import io
+
+log = logging.getLogger(__name__)
+
+ABLATION_ORDER = ("full", "no_smooth", "no_stab", "no_div", "no_renorm", "vanilla")
+FAMILY_COLORS = {"pca": "#d95f02", "ica": "#7570b3", "nmf": "#1b9e77"}
+VARIANT_COLORS = {"full": "#0b4f8a", "no_smooth": "#6baed6", "no_stab": "#e6ab02", "no_div": "#a6761d",
+                  "no_renorm": "#e7298a", "vanilla": "#666666"}
+HIGH_COLOR, LOW_COLOR = "#c0392b", "#2471a3"
+PNG_DPI = 130
+STYLE = {
+    "font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "xtick.labelsize": 9,
+    "ytick.labelsize": 9, "legend.fontsize": 8.5, "axes.spines.top": False, "axes.spines.right": False,
+    "axes.grid": True, "grid.alpha": 0.25, "figure.facecolor": "white", "svg.hashsalt": "stsae",
+    "savefig.bbox": "tight",
+}
+ABLATION_METRICS = (("ev", "EV", True), ("consistency_jaccard", "Consistency (Jaccard)", True),
+                    ("lag1_autocorr", "Lag-1 autocorrelation", True),
+                    ("stability_mean_cos", "Seed stability (mean cos)", True),
+                    ("dead_fraction", "Dead fraction", False))
+
+
+@dataclass(frozen=True)
+class FigureInfo:
+    """One figure of the report: files `figures/<name>.png|svg` when `available`, else the reason."""
+
+    name: str
+    section: str
+    title: str
+    caption: str
+    available: bool = True
+    note: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> FigureInfo:
+        return cls(**{k: data[k] for k in ("name", "section", "title", "caption", "available", "note")})
+
+
+def _unavailable(name: str, section: str, title: str, reason: str) -> FigureInfo:
+    log.info("figure %s not drawn: %s", name, reason)
+    return FigureInfo(name, section, title, "", available=False, note=reason)
+
+
+@contextmanager
+def _figure(width: float, height: float) -> Iterator[Figure]:
+    with mpl.rc_context(STYLE):
+        yield Figure(figsize=(width, height), layout="constrained")
+
+
+def save_figure(fig: Figure, out_dir: Path, name: str) -> None:
+    """Write `<name>.png` and `<name>.svg` atomically (a killed run never leaves half a figure)."""
+    with mpl.rc_context(STYLE):
+        with io.atomic_path(out_dir / f"{name}.png") as tmp:
+            fig.savefig(tmp, format="png", dpi=PNG_DPI, metadata={"Software": None})
+        with io.atomic_path(out_dir / f"{name}.svg") as tmp:
+            fig.savefig(tmp, format="svg", metadata={"Date": None})
+
+
+def _plain_log_axis(axis: Axis) -> None:
+    """Log-scale ticks at 1-2-5 steps written as plain numbers (2, 5, 10), not 2×10^0."""
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _no_data(ax: Axes, text: str = "not available") -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="#888888")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+# --- Models: Pareto, ablations, K-sweep, stability ---------------------------------------------
+
+
+def plot_pareto(rows: list[dict[str, Any]], pareto: dict[str, Any] | None, out_dir: Path) -> FigureInfo:
+    """EV vs L0 for ST-SAE variants, the K-sweep and baselines (matched-sparsity curves), front marked."""
+    name, title = "pareto", "Reconstruction vs sparsity"
+    points = [r for r in rows if finite(r.get("ev")) is not None and finite(r.get("l0")) is not None
+              and r["l0"] > 0]
+    if not points:
+        return _unavailable(name, "models", title, "no leaderboard row has both EV and L0")
+    main_k = main_dictionary_size(rows)
+    with _figure(7.2, 4.6) as fig:
+        ax = fig.subplots()
+        sweep = sorted((r for r in stsae_rows(points, "full") if r.get("seed") == _min_seed(rows)),
+                       key=lambda r: r["K"])
+        if len(sweep) > 1:
+            ax.plot([r["l0"] for r in sweep], [r["ev"] for r in sweep], color=VARIANT_COLORS["full"],
+                    lw=1, alpha=0.5, zorder=2)
+            for r in sweep:
+                ax.annotate(f"K={r['K']}", (r["l0"], r["ev"]), textcoords="offset points", xytext=(6, -3),
+                            fontsize=7.5, color=VARIANT_COLORS["full"])
+        for variant in ABLATION_ORDER:
+            chosen = [r for r in stsae_rows(points, variant) if r.get("K") == main_k]
+            if chosen:
+                ax.scatter([r["l0"] for r in chosen], [r["ev"] for r in chosen], s=55 if variant == "full" else 30,
+                           color=VARIANT_COLORS[variant], edgecolor="white", zorder=4,
+                           label=f"ST-SAE {variant} (K={main_k})")
+        for family, color in FAMILY_COLORS.items():
+            matched = sorted((r for r in points if r.get("family") == family and r.get("matched_sparsity")),
+                             key=lambda r: r["l0"])
+            dense = [r for r in points if r.get("family") == family and not r.get("matched_sparsity")]
+            if matched:
+                ax.plot([r["l0"] for r in matched], [r["ev"] for r in matched], "-o", color=color, ms=4,
+                        lw=1.2, zorder=3, label=f"{family.upper()} matched sparsity")
+            if dense:
+                ax.scatter([r["l0"] for r in dense], [r["ev"] for r in dense], marker="s", s=22,
+                           facecolor="none", edgecolor=color, zorder=3, label=f"{family.upper()} dense")
+        note = ""
+        if pareto is None:
+            note = "eval/pareto.json not available: frontier not drawn."
+        else:
+            on_front = front_keys(pareto)
+            front = sorted((r for r in points if row_key(r) in on_front), key=lambda r: r["l0"])
+            if front:
+                ax.step([r["l0"] for r in front], [r["ev"] for r in front], where="post", color="#222222",
+                        lw=1.6, ls="--", zorder=5, label="Pareto frontier")
+                ax.scatter([r["l0"] for r in front], [r["ev"] for r in front], s=120, facecolor="none",
+                           edgecolor="#222222", lw=1.2, zorder=5)
+        ax.set_xscale("log")
+        _plain_log_axis(ax.xaxis)
+        ax.set_xlabel("L0 (mean active concepts per window, log scale)")
+        ax.set_ylabel("Explained variance (test split)")
+        ax.set_title(title)
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+        save_figure(fig, out_dir, name)
+    return FigureInfo(name, "models", title,
+                      "Every model on the held-out test split. Filled circles: ST-SAE variants at the main "
+                      "dictionary size; the thin line joins the K-sweep; coloured lines: baselines restricted "
+                      "to their top-k components per window; open squares: dense baselines. Circled points "
+                      "form the Pareto frontier (no model has higher EV at lower or equal L0).", note=note)
+
+
+def _min_seed(rows: list[dict[str, Any]]) -> int | None:
+    seeds = [r.get("seed") for r in stsae_rows(rows) if isinstance(r.get("seed"), int)]
+    return min(seeds) if seeds else None
+
+
+def _seed_spread(rows: list[dict[str, Any]], metric: str) -> tuple[float, float, float, int] | None:
+    """(mean, min, max, n) of `metric` over the rows (seeds), or None if no row has it."""
+    values = [v for v in (finite(r.get(metric)) for r in rows) if v is not None]
+    if not values:
+        return None
+    return float(np.mean(values)), min(values), max(values), len(values)
+
+
+def plot_ablations(rows: list[dict[str, Any]], out_dir: Path) -> FigureInfo:
+    """Each metric for full vs the ablations at the main K; error bars span the seeds."""
+    name, title = "ablations", "Ablations: what each loss term buys"
+    main_k = main_dictionary_size(rows)
+    by_variant = {v: [r for r in stsae_rows(rows, v) if r.get("K") == main_k] for v in ABLATION_ORDER}
+    variants = [v for v in ABLATION_ORDER if by_variant[v]]
+    if len(variants) < 2:
+        return _unavailable(name, "models", title, "needs the full model and at least one ablation")
+    n_seeds = max(len(by_variant[v]) for v in variants)
+    with _figure(12.5, 3.4) as fig:
+        axes = fig.subplots(1, len(ABLATION_METRICS))
+        for ax, (metric, label, higher_better) in zip(axes, ABLATION_METRICS, strict=True):
+            stats = [_seed_spread(by_variant[v], metric) for v in variants]
+            if all(s is None for s in stats):
+                _no_data(ax)
+            else:
+                x = np.arange(len(variants))
+                means = [s[0] if s else np.nan for s in stats]
+                err = np.array([[s[0] - s[1], s[2] - s[0]] if s else [0, 0] for s in stats]).T
+                ax.bar(x, means, yerr=err, capsize=3, color=[VARIANT_COLORS[v] for v in variants],
+                       error_kw={"lw": 1})
+                ax.set_xticks(x, variants, rotation=40, ha="right")
+            ax.set_title(f"{label} {'↑' if higher_better else '↓'}")
+            ax.grid(axis="x", visible=False)
+        axes[0].set_ylabel("value on test split")
+        save_figure(fig, out_dir, name)
+    return FigureInfo(name, "models", title,
+                      f"Full ST-SAE vs the ablations at K={main_k}. Bars: mean over {n_seeds} seed(s); "
+                      "error bars: min–max over seeds. Arrows show which direction is better.")
+
+
+def plot_k_sweep(rows: list[dict[str, Any]], out_dir: Path) -> FigureInfo:
+    """EV, dead fraction, consistency and lag-1 of the full model as the dictionary grows."""
+    name, title = "k_sweep", "Dictionary size sweep (full ST-SAE)"
+    by_k: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for r in stsae_rows(rows, "full"):
+        if isinstance(r.get("K"), int):
+            by_k[r["K"]].append(r)
+    if len(by_k) < 2:
+        return _unavailable(name, "models", title, "fewer than two dictionary sizes in the leaderboard")
+    ks = sorted(by_k)
+    panels = ((("ev", "EV"),), (("dead_fraction", "dead fraction"),),
+              (("consistency_jaccard", "consistency (Jaccard)"), ("lag1_autocorr", "lag-1 autocorr.")))
+    ylabels = ("Explained variance", "Dead concept fraction", "Temporal / augmentation agreement")
+    with _figure(11, 3.3) as fig:
+        axes = fig.subplots(1, 3)
+        for ax, panel, ylabel in zip(axes, panels, ylabels, strict=True):
+            for (metric, label), color in zip(panel, (VARIANT_COLORS["full"], "#e6ab02"), strict=False):
+                means = [s[0] if (s := _seed_spread(by_k[k], metric)) else np.nan for k in ks]
+                ax.plot(ks, means, "-o", color=color, ms=5, label=label)
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(ks, [str(k) for k in ks])
+            ax.minorticks_off()
+            ax.set_xlabel("dictionary size K (concepts)")
+            ax.set_ylabel(ylabel)
+            if panel[0][0] == "dead_fraction":
+                ax.set_ylim(bottom=0, top=max(0.01, ax.get_ylim()[1]))
+            if len(panel) > 1:
+                ax.legend(frameon=False)
+        save_figure(fig, out_dir, name)
+    return FigureInfo(name, "models", title,
+                      "The full model trained at each K of the sweep (mean over seeds where several exist).")
+
+
+def plot_seed_stability(rows: list[dict[str, Any]], out_dir: Path) -> FigureInfo:
+    """Mean Hungarian-matched decoder cosine across seeds per variant, against the random-dictionary null.
+
+    The leaderboard stores summary statistics only (mean cosine, fractions above 0.7 / 0.9, null mean),
+    so the figure compares means; the caption says so rather than pretending to show a distribution.
+    """
+    name, title = "seed_stability", "Seed stability vs random-dictionary null"
+    main_k = main_dictionary_size(rows)
+    variants, stats = [], []
+    for variant in ABLATION_ORDER:
+        chosen = [r for r in stsae_rows(rows, variant) if r.get("K") == main_k]
+        spread = _seed_spread(chosen, "stability_mean_cos")
+        if spread is not None:
+            variants.append(variant)
+            stats.append((spread, _seed_spread(chosen, "stability_null_mean_cos"),
+                          _seed_spread(chosen, "stability_frac_07"), _seed_spread(chosen, "stability_frac_09")))
+    if not variants:
+        return _unavailable(name, "models", title, "no leaderboard row has stability_mean_cos")
+    with _figure(7.2, 3.8) as fig:
+        ax = fig.subplots()
+        x = np.arange(len(variants))
+        width = 0.38
+        means = [s[0][0] for s in stats]
+        err = np.array([[s[0][0] - s[0][1], s[0][2] - s[0][0]] for s in stats]).T
+        ax.bar(x - width / 2, means, width, yerr=err, capsize=3, color=[VARIANT_COLORS[v] for v in variants],
+               label="matched atoms across seeds")
+        nulls = [s[1][0] if s[1] else np.nan for s in stats]
+        ax.bar(x + width / 2, nulls, width, color="#cccccc", hatch="//", edgecolor="#888888",
+               label="random-dictionary null")
+        for xi, s in zip(x, stats, strict=True):
+            if s[2] and s[3]:
+                ax.annotate(f"≥0.7: {s[2][0]:.0%}\n≥0.9: {s[3][0]:.0%}", (xi - width / 2, s[0][2]),
+                            textcoords="offset points", xytext=(0, 4), ha="center", fontsize=7)
+        ax.set_xticks(x, variants)
+        ax.set_ylim(0, 1.15)
+        ax.set_ylabel("mean cosine of Hungarian-matched atoms")
+        ax.set_title(title)
+        ax.legend(frameon=False, loc="upper right", ncols=2)
+        save_figure(fig, out_dir, name)
+    return FigureInfo(name, "models", title,
+                      f"Decoder atoms of each variant (K={main_k}) matched across seeds/subsamples with the "
+                      "Hungarian algorithm; hatched bars: the same statistic for random unit-norm "
+                      "dictionaries. Labels: share of atoms with matched cosine ≥ 0.7 and ≥ 0.9.",
+                      note="Per-atom matched cosines are not stored in the leaderboard, so means are shown "
+                           "instead of a histogram.")
+
+
+# --- Aging: Δage -------------------------------------------------------------------------------
+
+
+def _require_columns(frame: pd.DataFrame, columns: tuple[str, ...], path: Path) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise InputDataError(f"{path}: missing column(s) {missing}")
+
+
+def _test_or_all(frame: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    test = frame[frame["split"] == "test"] if "split" in frame.columns else frame.iloc[:0]
+    return (test, "test split") if len(test) else (frame, "all splits")
+
+
+def plot_age_scatter(predictions: pd.DataFrame, out_dir: Path) -> FigureInfo:
+    """Bias-corrected predicted age vs chronological age, one point per test patient."""
+    name, title = "age_scatter", "Predicted vs chronological age"
+    data, scope = _test_or_all(predictions.dropna(subset=["age", "age_pred_corrected"]))
+    if len(data) < 3:
+        return _unavailable(name, "aging", title, "fewer than 3 patients with predictions")
+    age, pred = data["age"].to_numpy(float), data["age_pred_corrected"].to_numpy(float)
+    mae, r = float(np.mean(np.abs(pred - age))), float(np.corrcoef(age, pred)[0, 1])
+    with _figure(4.8, 4.4) as fig:
+        ax = fig.subplots()
+        lo, hi = float(min(age.min(), pred.min())) - 2, float(max(age.max(), pred.max())) + 2
+        ax.plot([lo, hi], [lo, hi], ls="--", color="#888888", lw=1, label="identity")
+        ax.scatter(age, pred, s=22, color=VARIANT_COLORS["full"], alpha=0.75, edgecolor="white", lw=0.4)
+        ax.text(0.04, 0.96, f"n = {len(age)}\nMAE = {mae:.1f} y\nr = {r:.2f}", transform=ax.transAxes,
+                va="top", fontsize=9, bbox={"facecolor": "white", "edgecolor": "#dddddd"})
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi)
+        ax.set_aspect("equal")
+        ax.set_xlabel("chronological age (years)")
+        ax.set_ylabel("predicted age, bias-corrected (years)")
+        ax.set_title(title)
+        save_figure(fig, out_dir, name)
+    return FigureInfo(name, "aging", title, f"One point per patient ({scope}); MAE and r computed from the "
+                      "points shown.")
+
+
+def plot_delta_age_groups(delta: pd.DataFrame, out_dir: Path) -> FigureInfo:
+    """Δage distributions with vs without hypertension and type-2 diabetes."""
+    name, title = "delta_age_groups", "Δage by condition"
+    data, scope = _test_or_all(delta.dropna(subset=["delta_age"]))
+    outcomes = [o for o in ("htn", "t2d") if o in data.columns and data[o].notna().any()]
+    if not outcomes:
+        return _unavailable(name, "aging", title, "no HTN/T2D labels")
+    jitter = np.random.default_rng(0)
+    with _figure(3.0 * len(outcomes) + 0.6, 3.8) as fig:
+        axes = np.atleast_1d(fig.subplots(1, len(outcomes), sharey=True))
+        for ax, outcome in zip(axes, outcomes, strict=True):
+            groups = [data.loc[data[outcome] == value, "delta_age"].to_numpy(float) for value in (0, 1)]
+            labels = [f"no {outcome.upper()}\n(n={len(groups[0])})", f"{outcome.upper()}\n(n={len(groups[1])})"]
+            present = [i for i, g in enumerate(groups) if len(g)]
+            ax.boxplot([groups[i] for i in present], positions=present, widths=0.5, showfliers=False,
+                       medianprops={"color": "#222222"})
+            for i in present:
+                ax.scatter(i + jitter.uniform(-0.12, 0.12, len(groups[i])), groups[i], s=12, alpha=0.6,
+                           color=(LOW_COLOR, HIGH_COLOR)[i], zorder=3)
+            ax.axhline(0, color="#888888", lw=0.8, ls="--")
+            ax.set_xticks([0, 1], labels)
+            ax.set_xlim(-0.6, 1.6)
+            ax.grid(axis="x", visible=False)
+        axes[0].set_ylabel("Δage = corrected predicted − chronological (years)")
+        fig.suptitle(title)
+        save_figure(fig, out_dir, name)
+    return FigureInfo(name, "aging", title, f"Per-patient Δage ({scope}); boxes: median and quartiles.")
+
+
+_SOURCE_LABELS = {"concepts": "ST-SAE concepts", "raw_embedding": "raw embedding", "best_baseline": "best baseline"}
+
+
+def plot_forest(associations: dict[str, Any], out_dir: Path) -> FigureInfo:
+    """Odds ratios of HTN and T2D per 5 years of Δage (age- and sex-adjusted) with 95% CI, per feature set."""
+    name, title = "forest", "Δage associations (odds ratio per 5 years)"
+    table = associations.get("associations") or {}
+    entries = [(f"{_SOURCE_LABELS.get(source, source)} · {outcome.upper()}", table[source][outcome])
+               for source in table if isinstance(table[source], dict)
+               for outcome in ("htn", "t2d") if isinstance(table[source].get(outcome), dict)]
+    if not entries:
+        return _unavailable(name, "aging", title, "associations.json has no entries")
+    with _figure(6.8, 0.45 * len(entries) + 1.4) as fig:
+        ax = fig.subplots()
+        y = np.arange(len(entries))[::-1]
+        for yi, (label, entry) in zip(y, entries, strict=True):
+            odds, low, high = (finite(entry.get(k)) for k in ("or_per_5y", "ci_low", "ci_high"))
+            if odds is None or low is None or high is None:
+                reason = entry.get("skipped", "not available")
+                ax.text(1.0, yi, f"  skipped: {reason}", va="center", fontsize=8, color="#888888")
+                continue
+            color = HIGH_COLOR if low > 1 or high < 1 else "#555555"
+            ax.plot([low, high], [yi, yi], color=color, lw=2)
+            ax.plot(odds, yi, "D", color=color, ms=6)
+            ax.annotate(f"{odds:.2f} [{low:.2f}, {high:.2f}]", (high, yi), textcoords="offset points",
+                        xytext=(6, -3), fontsize=8)
+        ax.axvline(1, color="#888888", ls="--", lw=1)
+        ax.set_xscale("log")
+        _plain_log_axis(ax.xaxis)
+        ax.set_ylim(-0.6, len(entries) - 0.4)
+        ax.set_yticks(y, [label for label, _ in entries])
+        ax.set_xlabel("odds ratio per 5 years of Δage (95% CI, log scale; adjusted for age and sex)")
+        ax.set_title(title)
+        ax.grid(axis="y", visible=False)
+        ax.margins(x=0.35)
+        save_figure(fig, out_dir, name)
+    return FigureInfo(name, "aging", title, "Logistic regressions of each condition on Δage; red: the 95% "
+                      "confidence interval excludes 1.")
+
+
+# --- Concepts: grounding -----------------------------------------------------------------------
+
+
+def plot_concept_card(concept: int, pulses: dict[str, np.ndarray], row: int, correlations: pd.DataFrame | None,
+                      out_dir: Path) -> FigureInfo:
+    """Average pulse of the concept's highest vs lowest decile windows (bands), plus top morphology rho.
+
+    pulses: arrays of concept_pulses.npz, each float[C, L]; `row` selects this concept's row.
+    """
+    name, title = f"concept_{concept}", f"Concept {concept}"
+    length = pulses["high_mean"].shape[1]
+    phase = np.linspace(0, 1, length)
+    top = pd.DataFrame()
+    if correlations is not None:
+        own = correlations[correlations["concept"] == concept].dropna(subset=["rho"])
+        top = own.reindex(own["rho"].abs().sort_values(ascending=False).index).head(5)
+    with _figure(8.4, 3.0) as fig:
+        ax, bars = fig.subplots(1, 2, width_ratios=[1.3, 1])
+        for part, color, label in (("high", HIGH_COLOR, "highest decile"), ("low", LOW_COLOR, "lowest decile")):
+            ax.fill_between(phase, pulses[f"{part}_lo"][row], pulses[f"{part}_hi"][row], color=color, alpha=0.2,
+                            lw=0)
+            ax.plot(phase, pulses[f"{part}_mean"][row], color=color, lw=2, label=label)
+        ax.set_xlabel("beat phase (onset to onset, fraction of cycle)")
+        ax.set_ylabel("amplitude (normalised)")
+        ax.set_title(f"{title}: average pulse")
+        ax.legend(frameon=False)
+        if top.empty:
+            _no_data(bars, "no morphology correlations")
+        else:
+            yy = np.arange(len(top))[::-1]
+            bars.barh(yy, top["rho"], color=[HIGH_COLOR if v > 0 else LOW_COLOR for v in top["rho"]])
+            q = top["q"] if "q" in top.columns else pd.Series(np.nan, index=top.index)
+            bars.set_yticks(yy, [f"{f}\n(q={qv:.1g})" if np.isfinite(qv) else str(f)
+                                 for f, qv in zip(top["feature"], q, strict=True)])
+            bars.axvline(0, color="#888888", lw=0.8)
+            bars.set_xlim(-1, 1)
+            bars.set_xlabel("Spearman ρ with concept activation")
+            bars.set_title("top morphology correlations")
+            bars.grid(axis="y", visible=False)
+        save_figure(fig, out_dir, name)
+    return FigureInfo(name, "concepts", title, "Red: mean beat of the windows where the concept is most "
+                      "active; blue: least active; bands: bootstrap interval. Bars: strongest Spearman "
+                      "correlations with pulse morphology (q: Benjamini–Hochberg FDR).")
+
+
+PULSE_KEYS = ("concepts", "high_mean", "high_lo", "high_hi", "low_mean", "low_lo", "low_hi")
+
+
+def read_concept_pulses(path: Path) -> dict[str, np.ndarray] | None:
+    """concept_pulses.npz with shapes checked (concepts int[C]; the rest float[C, L]), or None if absent."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as npz:
+            arrays = {k: np.asarray(npz[k]) for k in PULSE_KEYS}
+    except KeyError as exc:
+        raise InputDataError(f"{path}: missing array {exc}") from None
+    except (OSError, ValueError) as exc:
+        raise InputDataError(f"{path}: not a readable .npz ({exc})") from None
+    n = arrays["concepts"].shape[0]
+    for key in PULSE_KEYS[1:]:
+        if arrays[key].ndim != 2 or arrays[key].shape != arrays["high_mean"].shape or arrays[key].shape[0] != n:
+            raise InputDataError(f"{path}: '{key}' has shape {arrays[key].shape}, expected [{n}, L]")
+    return arrays
+
+
+def read_concept_correlations(path: Path) -> pd.DataFrame | None:
+    """concept_morphology.csv (concept, feature, rho, p, q), or None if absent."""
+    if not path.is_file():
+        return None
+    frame = pd.read_csv(path)
+    _require_columns(frame, ("concept", "feature", "rho"), path)
+    return frame
+
+
+# --- Data: example windows (drawn by stsae.report.example_windows) -----------------------------
+
+
+def _example_window_figures(run_dir: RunDir, out_dir: Path) -> list[FigureInfo]:
+    specs = (("example_windows", "Example windows per age decile"), ("qc_rejections", "QC rejection examples"))
+    try:
+        example_windows = importlib.import_module("stsae.report.example_windows")
+    except ModuleNotFoundError as exc:
+        if exc.name != "stsae.report.example_windows":
+            raise
+        return [_unavailable(n, "data", t, "example-window plots are not installed") for n, t in specs]
+    meta, qc = read_optional_parquet(run_dir.meta), read_optional_parquet(run_dir.qc)
+    if meta is None or not run_dir.windows.is_file():
+        return [_unavailable(n, "data", t, "windows/ not available") for n, t in specs]
+    windows = io.open_memmap_rows(run_dir.windows)
+    with mpl.rc_context(STYLE):
+        example_windows.plot_windows_by_age_decile(windows, meta, out_dir / "example_windows.png")
+        if qc is not None:
+            example_windows.plot_qc_rejections(windows, meta, qc, out_dir / "qc_rejections.png")
+    captions = ("Preprocessed 10 s windows (125 Hz), one row per age decile.",
+                "Windows rejected by quality control, with the reason recorded for each.")
+    return [FigureInfo(n, "data", t, c) if (out_dir / f"{n}.png").is_file()
+            else _unavailable(n, "data", t, "not drawn")
+            for (n, t), c in zip(specs, captions, strict=True)]
+
+
+# --- The figures stage's work ------------------------------------------------------------------
+
+
+def draw_figures(run_dir: RunDir) -> list[FigureInfo]:
+    """Draw every figure into `figures/` from the run's files; unavailable ones carry their reason.
+
+    Requires eval/leaderboard.json; every other input is optional.
+    """
+    out_dir = run_dir.figures_dir
+    rows = leaderboard_rows(run_dir)
+    infos = [plot_pareto(rows, read_optional_json(run_dir.pareto), out_dir), plot_ablations(rows, out_dir),
+             plot_k_sweep(rows, out_dir), plot_seed_stability(rows, out_dir)]
+
+    predictions_path = run_dir.aging_dir / "predictions.parquet"
+    predictions = read_optional_parquet(predictions_path)
+    if predictions is None:
+        infos.append(_unavailable("age_scatter", "aging", "Predicted vs chronological age",
+                                  f"{predictions_path.name} not available"))
+    else:
+        _require_columns(predictions, ("patient_id", "age", "age_pred_corrected"), predictions_path)
+        infos.append(plot_age_scatter(predictions, out_dir))
+    delta_path = run_dir.aging_dir / "delta_age.parquet"
+    delta = read_optional_parquet(delta_path)
+    if delta is None:
+        infos.append(_unavailable("delta_age_groups", "aging", "Δage by condition",
+                                  f"{delta_path.name} not available"))
+    else:
+        _require_columns(delta, ("patient_id", "delta_age"), delta_path)
+        infos.append(plot_delta_age_groups(delta, out_dir))
+    associations = read_optional_json(associations_path(run_dir))
+    infos.append(plot_forest(associations, out_dir) if isinstance(associations, dict) else
+                 _unavailable("forest", "aging", "Δage associations", "associations.json not available"))
+
+    pulses = read_concept_pulses(run_dir.grounding_dir / "concept_pulses.npz")
+    correlations = read_concept_correlations(run_dir.grounding_dir / "concept_morphology.csv")
+    if pulses is None:
+        infos.append(_unavailable("concepts", "concepts", "Concept cards", "concept_pulses.npz not available"))
+    else:
+        infos.extend(plot_concept_card(int(c), pulses, i, correlations, out_dir)
+                     for i, c in enumerate(pulses["concepts"]))
+    infos.extend(_example_window_figures(run_dir, out_dir))
+    return infos
+
+
+def figure_index_path(run_dir: RunDir) -> Path:
+    """figures/index.json: what the figures stage drew (or why not), read by the report stage."""
+    return run_dir.figures_dir / "index.json"
+
+
+def write_figure_index(run_dir: RunDir, infos: list[FigureInfo]) -> None:
+    io.write_json(figure_index_path(run_dir), {"figures": [info.to_json() for info in infos]})
+
+
+def read_figure_index(run_dir: RunDir) -> list[FigureInfo]:
+    """The figures stage's index (required by the report: run `stsae figures` first)."""
+    path = figure_index_path(run_dir)
+    data = read_optional_json(path)
+    if data is None:
+        raise InputDataError(f"{path}: missing (run `stsae figures` first)")
+    try:
+        return [FigureInfo.from_json(entry) for entry in data["figures"]]
+    except (KeyError, TypeError) as exc:
+        raise InputDataError(f"{path}: malformed figure entry ({exc})") from None

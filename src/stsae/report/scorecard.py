@@ -1,0 +1,297 @@
+"""Planted-truth scorecard: does the synthetic run recover what the simulator planted?
+
+The synthetic cohort saves its ground truth (vascular age, heart rate, ...), so a run can be graded
+against it. Each check is computed from the run directory's files alone and compares a measured value
+with a stated threshold; nothing is hard-coded to pass, and a missing input shows as "not available"
+instead of a pass. This module also holds the defensive readers the figures, report and headline share,
+because the scorecard is defined as a pure function of those same files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import operator
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from stsae.errors import InputDataError
+from stsae.pipeline.rundir import RunDir
+
+log = logging.getLogger(__name__)
+
+PLANTED_FACTORS = ("vascular_age", "hr_bpm", "resp_rate", "reflection_time", "aix")
+BASELINE_FAMILIES = ("pca", "ica", "nmf")
+VASCULAR_AGE_MIN_ABS_R = 0.8
+PROBE_MIN_RATIO = 0.95
+DEAD_MAX_FRACTION = 0.01
+DELTA_AGE_PLANTED_MIN_R = 0.6
+QC_MIN_RATE = 0.95
+
+_OP_SYMBOLS = {">=": "≥", ">": ">", "<": "<"}
+_OPS: dict[str, Callable[[float, float], bool]] = {">=": operator.ge, ">": operator.gt, "<": operator.lt}
+
+
+# --- Reading the run directory -------------------------------------------------------------------
+
+
+def read_optional_json(path: Path) -> Any | None:
+    """JSON content, or None when the file is absent; a present but corrupt file is a user error."""
+    if not path.is_file():
+        log.info("%s: not available", path)
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise InputDataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+
+
+def read_optional_parquet(path: Path) -> pd.DataFrame | None:
+    """A parquet table, or None when the file is absent."""
+    if not path.is_file():
+        log.info("%s: not available", path)
+        return None
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError) as exc:
+        raise InputDataError(f"{path}: not a readable parquet file ({exc})") from None
+
+
+def associations_path(run_dir: RunDir) -> Path:
+    """aging/associations.json (RunDir has no property for the aging stage's files yet)."""
+    return run_dir.aging_dir / "associations.json"
+
+
+def leaderboard_rows(run_dir: RunDir) -> list[dict[str, Any]]:
+    """The evaluate stage's rows (required: figures and report are built around them)."""
+    path = run_dir.leaderboard
+    board = read_optional_json(path)
+    if board is None:
+        raise InputDataError(f"{path}: missing (run `stsae evaluate` first)")
+    rows = board.get("rows") if isinstance(board, dict) else None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise InputDataError(f"{path}: field 'rows' must be a list of objects")
+    return rows
+
+
+def finite(value: Any) -> float | None:
+    """`value` as a float if it is a finite number, else None (JSON null, NaN, strings)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def stsae_rows(rows: list[dict[str, Any]], variant: str | None = None) -> list[dict[str, Any]]:
+    """ST-SAE rows (never matched-sparsity), optionally of one variant."""
+    return [r for r in rows if r.get("family") == "stsae" and not r.get("matched_sparsity")
+            and (variant is None or r.get("variant") == variant)]
+
+
+def main_dictionary_size(rows: list[dict[str, Any]]) -> int | None:
+    """K of the main grid: the K the ablations were trained at, else the full model's most common K."""
+    ablation_ks = [r.get("K") for r in stsae_rows(rows) if r.get("variant") != "full"]
+    ks = [k for k in ablation_ks if isinstance(k, int)] or [
+        k for k in (r.get("K") for r in stsae_rows(rows, "full")) if isinstance(k, int)]
+    if not ks:
+        return None
+    counts = Counter(ks)
+    return min(ks, key=lambda k: (-counts[k], k))
+
+
+def main_row(rows: list[dict[str, Any]], variant: str = "full") -> dict[str, Any] | None:
+    """The row of `variant` at the main K with the lowest seed (the model the aging stage uses)."""
+    k = main_dictionary_size(rows)
+    candidates = [r for r in stsae_rows(rows, variant) if r.get("K") == k]
+    if not candidates:
+        return None
+    return min(candidates, key=lambda r: r.get("seed") if isinstance(r.get("seed"), int) else 0)
+
+
+def front_keys(pareto: Any) -> set[tuple[Any, Any, Any]]:
+    """(model, l0, ev) of the Pareto-front points; a model name alone is ambiguous because a
+    baseline's dense and matched-sparsity rows share it."""
+    points = pareto.get("points", []) if isinstance(pareto, dict) else []
+    return {(p.get("model"), p.get("l0"), p.get("ev")) for p in points if isinstance(p, dict) and p.get("on_front")}
+
+
+def row_key(row: dict[str, Any]) -> tuple[Any, Any, Any]:
+    return row.get("model"), row.get("l0"), row.get("ev")
+
+
+def is_synthetic(meta: pd.DataFrame | None) -> bool:
+    """Planted-truth checks apply only when the windows carry the simulator's factors."""
+    return meta is not None and "vascular_age" in meta.columns and "artifact" in meta.columns
+
+
+# --- Checks --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Check:
+    """One graded claim: `passed` is None when the value is unavailable or the line is informational."""
+
+    name: str
+    value: float | None
+    op: str | None
+    threshold: float | None
+    passed: bool | None
+    detail: str = ""
+
+    @property
+    def threshold_text(self) -> str:
+        if self.op is None or self.threshold is None:
+            return "—"
+        return f"{_OP_SYMBOLS[self.op]} {self.threshold:g}"
+
+
+def _check(name: str, value: float | None, op: str | None, threshold: float | None,
+           detail: str = "") -> Check:
+    """Judge `value op threshold`; an unavailable value is never a pass."""
+    if value is None:
+        return Check(name, None, op, threshold, None, detail or "not available")
+    passed = None if op is None or threshold is None else bool(_OPS[op](value, threshold))
+    return Check(name, value, op, threshold, passed, detail)
+
+
+@dataclass(frozen=True)
+class ScorecardInputs:
+    """What the scorecard reads: leaderboard rows, associations.json, and per-window artifact + QC.
+
+    windows: one row per window with columns `artifact` (str, "none" when clean) and `qc_pass` (bool).
+    """
+
+    rows: list[dict[str, Any]]
+    associations: dict[str, Any] | None
+    windows: pd.DataFrame | None
+
+
+def _factor_checks(full: dict[str, Any] | None) -> list[Check]:
+    checks = []
+    for factor in PLANTED_FACTORS:
+        single = ((full or {}).get("single_concept") or {}).get(factor) or {}
+        abs_r = finite(single.get("abs_r"))
+        concept = single.get("concept")
+        detail = f"concept {concept}" if abs_r is not None else ""
+        if factor == "vascular_age":
+            checks.append(_check(f"{factor}: best single concept |r|", abs_r, ">=",
+                                 VASCULAR_AGE_MIN_ABS_R, detail))
+        else:
+            checks.append(_check(f"{factor}: best single concept |r|", abs_r, None, None, detail))
+        probe = ((full or {}).get("probe") or {}).get(factor) or {}
+        value, raw = finite(probe.get("value")), finite(probe.get("raw_value"))
+        if value is None or raw is None:
+            checks.append(_check(f"{factor}: concept probe / raw-embedding probe", None, ">=",
+                                 PROBE_MIN_RATIO))
+        elif raw <= 0:
+            checks.append(_check(f"{factor}: concept probe / raw-embedding probe", None, ">=",
+                                 PROBE_MIN_RATIO, f"raw-embedding probe {raw:.3f} ≤ 0: ratio undefined"))
+        else:
+            checks.append(_check(f"{factor}: concept probe / raw-embedding probe", value / raw, ">=",
+                                 PROBE_MIN_RATIO, f"{probe.get('metric', 'r2')} {value:.3f} vs {raw:.3f}"))
+    return checks
+
+
+def _baseline_checks(rows: list[dict[str, Any]], full: dict[str, Any] | None) -> list[Check]:
+    """Full ST-SAE vs each family's matched-sparsity row closest in EV, on consistency and lag-1."""
+    checks = []
+    full_ev = finite((full or {}).get("ev"))
+    for family in BASELINE_FAMILIES:
+        matched = [r for r in rows if r.get("family") == family and r.get("matched_sparsity")
+                   and finite(r.get("ev")) is not None]
+        rival = None
+        if matched and full_ev is not None:
+            rival = min(matched, key=lambda r: abs(r["ev"] - full_ev))
+        for metric, label in (("consistency_jaccard", "consistency"), ("lag1_autocorr", "lag-1")):
+            name = f"full ST-SAE − matched {family.upper()}: {label}"
+            ours = finite((full or {}).get(metric))
+            theirs = finite((rival or {}).get(metric))
+            if rival is None or ours is None or theirs is None:
+                checks.append(_check(name, None, ">", 0.0))
+                continue
+            detail = (f"{ours:.3f} vs {theirs:.3f} ({rival.get('model')}, "
+                      f"EV {full_ev:.3f} vs {rival['ev']:.3f})")
+            checks.append(_check(name, ours - theirs, ">", 0.0, detail))
+    return checks
+
+
+def _association_checks(associations: dict[str, Any] | None) -> list[Check]:
+    metrics = (associations or {}).get("metrics") or {}
+    checks = [_check("Δage vs planted vascular acceleration: r", finite(metrics.get("delta_age_planted_r")),
+                     ">=", DELTA_AGE_PLANTED_MIN_R)]
+    concepts = ((associations or {}).get("associations") or {}).get("concepts") or {}
+    for outcome in ("htn", "t2d"):
+        entry = concepts.get(outcome) or {}
+        odds, low, high = (finite(entry.get(k)) for k in ("or_per_5y", "ci_low", "ci_high"))
+        name = f"{outcome.upper()}: odds ratio per 5 y Δage, lower 95% CI"
+        if odds is None or low is None or high is None:
+            reason = f"skipped: {entry['skipped']}" if "skipped" in entry else "not available"
+            checks.append(_check(name, None, ">", 1.0, reason))
+        else:
+            checks.append(_check(name, low, ">", 1.0, f"OR {odds:.2f} [{low:.2f}, {high:.2f}]"))
+    return checks
+
+
+def _qc_checks(windows: pd.DataFrame | None) -> list[Check]:
+    names = ("QC sensitivity (artifact windows rejected)", "QC specificity (clean windows kept)")
+    if windows is None or not {"artifact", "qc_pass"} <= set(windows.columns):
+        return [_check(name, None, ">=", QC_MIN_RATE) for name in names]
+    bad = windows["artifact"].fillna("none").astype(str) != "none"
+    passed = windows["qc_pass"].astype(bool)
+    checks = []
+    for name, mask, hit in ((names[0], bad, ~passed), (names[1], ~bad, passed)):
+        n = int(mask.sum())
+        if n == 0:
+            checks.append(_check(name, None, ">=", QC_MIN_RATE, "no such windows"))
+        else:
+            hits = int((mask & hit).sum())
+            checks.append(_check(name, hits / n, ">=", QC_MIN_RATE, f"{hits}/{n} windows"))
+    return checks
+
+
+def build_scorecard(inputs: ScorecardInputs) -> list[Check]:
+    """Every planted-truth check, in report order, judged from `inputs` alone."""
+    full = main_row(inputs.rows, "full")
+    dead = finite((full or {}).get("dead_fraction"))
+    return [
+        *_factor_checks(full),
+        *_baseline_checks(inputs.rows, full),
+        _check("dead concepts in full model (fraction)", dead, "<", DEAD_MAX_FRACTION,
+               f"{full.get('model')}" if full and dead is not None else ""),
+        *_association_checks(inputs.associations),
+        *_qc_checks(inputs.windows),
+    ]
+
+
+def scorecard_inputs(run_dir: RunDir) -> ScorecardInputs | None:
+    """Read the scorecard's inputs, or None when the run is not on the synthetic cohort."""
+    meta = read_optional_parquet(run_dir.meta)
+    if meta is None or not is_synthetic(meta):
+        return None
+    qc = read_optional_parquet(run_dir.qc)
+    windows = None
+    if qc is not None:
+        for path, frame, column in ((run_dir.meta, meta, "window_id"), (run_dir.qc, qc, "window_id"),
+                                    (run_dir.qc, qc, "qc_pass")):
+            if column not in frame.columns:
+                raise InputDataError(f"{path}: missing column '{column}'")
+        windows = meta[["window_id", "artifact"]].merge(qc[["window_id", "qc_pass"]], on="window_id")
+    associations = read_optional_json(associations_path(run_dir))
+    return ScorecardInputs(leaderboard_rows(run_dir), associations, windows)
+
+
+def scorecard(run_dir: RunDir) -> list[Check] | None:
+    """The planted-truth scorecard of a run directory; None for real (non-synthetic) data."""
+    inputs = scorecard_inputs(run_dir)
+    return None if inputs is None else build_scorecard(inputs)
+
+
+def pass_count(checks: list[Check]) -> tuple[int, int]:
+    """(passed, graded): every check with a threshold is graded; an unavailable one is not passed."""
+    graded = [c for c in checks if c.op is not None]
+    return sum(c.passed is True for c in graded), len(graded)

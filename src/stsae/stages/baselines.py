@@ -1,0 +1,44 @@
+"""`baselines` stage: fit PCA / ICA / NMF at every configured component count on the train split.
+
+Each (method, n) pair is its own model, so each method traces its own (L0, EV) curve on the
+leaderboard. Training rows are a seeded subsample of at most `baselines.max_train_rows` rows.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from stsae.data.store import load_embeddings
+from stsae.errors import InputDataError
+from stsae.models.baselines import Baseline
+from stsae.pipeline.runner import StageContext
+from stsae.utils.seeding import derive_seed, rng
+
+log = logging.getLogger(__name__)
+
+
+def baseline_path(ctx: StageContext, method: str, n_components: int) -> Path:
+    """models/baselines/<method>-n<n>.joblib."""
+    return ctx.run_dir.baselines_dir / f"{method}-n{n_components}.joblib"
+
+
+def run(ctx: StageContext) -> None:
+    cfg = ctx.config.baselines
+    seed = ctx.config.run.seed
+    emb = load_embeddings(ctx.run_dir)
+    rows = emb.rows("train")
+    if len(rows) == 0:
+        raise InputDataError(f"{ctx.run_dir.index}: no rows with split == 'train'")
+    if len(rows) > cfg.max_train_rows:
+        rows = np.sort(rng(seed, "baselines", "subsample").choice(rows, cfg.max_train_rows, replace=False))
+    z_train = np.asarray(emb.z[rows], dtype=np.float32)
+    log.info("fitting baselines on %d train rows", len(rows))
+    for method in cfg.methods:
+        for n in cfg.n_components:
+            model = Baseline(method, n, seed=derive_seed(seed, "baselines", method, n), max_iter=cfg.max_iter)
+            model.fit(z_train)
+            model.save(baseline_path(ctx, method, n))
+            log.info("baseline %s fitted", model.name)

@@ -1,0 +1,12 @@
+"""report stage: write the self-contained report.html from the run directory's files."""
+
+from __future__ import annotations
+
+from stsae.pipeline.runner import StageContext
+from stsae.report.html import write_report
+
+
+def run(ctx: StageContext) -> None:
+    """Render report.html (title from `report.title`) and record its path in the manifest."""
+    path = write_report(ctx.run_dir, ctx.config.report.title)
+    ctx.record("report", {"path": str(path.relative_to(ctx.run_dir.root))})

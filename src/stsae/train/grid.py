@@ -1,0 +1,88 @@
+"""The config-driven training grid: which (variant, K, seed) models the train stage owes, and filters.
+
+`full` and every ablation at train.d_dict for every seed in train.seeds, then the K-sweep (`full` at
+each K in train.d_dict_sweep) for the first seed; an entry that appears twice is trained once.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from stsae.config import TrainSection
+from stsae.errors import StsaeError
+from stsae.train.trainer import VARIANTS
+
+
+@dataclass(frozen=True)
+class GridEntry:
+    """One model of the grid."""
+
+    variant: str
+    d_dict: int
+    seed: int
+
+    def matches(self, variants: set[str], sizes: set[int], seeds: set[int]) -> bool:
+        return ((not variants or self.variant in variants) and (not sizes or self.d_dict in sizes)
+                and (not seeds or self.seed in seeds))
+
+
+def build_grid(cfg: TrainSection) -> list[GridEntry]:
+    """Every model the config asks for, main grid first, in a stable order, without duplicates."""
+    entries = [GridEntry(variant, cfg.d_dict, seed)
+               for seed in cfg.seeds for variant in ("full", *cfg.ablations)]
+    if cfg.seeds:
+        entries += [GridEntry("full", size, cfg.seeds[0]) for size in cfg.d_dict_sweep]
+    return list(dict.fromkeys(entries))
+
+
+def _parse_int(token: str, key: str) -> int:
+    try:
+        return int(token.split("=", 1)[1])
+    except ValueError:
+        raise StsaeError(f"--only {token!r}: {key}= needs an integer") from None
+
+
+def select(entries: list[GridEntry], only: list[str]) -> list[GridEntry]:
+    """Filter by tokens like ["full", "K=4096"] or ["vanilla", "seed=1"].
+
+    Tokens of one kind are alternatives (OR); kinds combine with AND. Unknown tokens are errors.
+    """
+    variants: set[str] = set()
+    sizes: set[int] = set()
+    seeds: set[int] = set()
+    for raw in only:
+        token = raw.strip()
+        if token.lower().startswith("k="):
+            sizes.add(_parse_int(token, "K"))
+        elif token.lower().startswith("seed="):
+            seeds.add(_parse_int(token, "seed"))
+        elif token in VARIANTS:
+            variants.add(token)
+        elif token:
+            raise StsaeError(f"--only {token!r}: expected a variant ({', '.join(VARIANTS)}), K=<int> or seed=<int>")
+    chosen = [e for e in entries if e.matches(variants, sizes, seeds)]
+    if only and not chosen:
+        raise StsaeError(f"--only {','.join(only)}: matches no model of the configured grid")
+    return chosen
+
+
+def expected_sidecar(entry: GridEntry, cfg: TrainSection) -> dict[str, Any]:
+    """The sidecar fields a finished model must carry to count as done under this config."""
+    return {"variant": entry.variant, "d_dict": entry.d_dict, "seed": entry.seed,
+            "activation": cfg.activation, "k": cfg.k, "steps": cfg.steps, "complete": True,
+            "train_config": cfg.model_dump(mode="json")}
+
+
+def is_finished(weights: Path, entry: GridEntry, cfg: TrainSection) -> bool:
+    """True when `weights` exists and its JSON sidecar is complete with matching settings."""
+    sidecar = weights.with_suffix(".json")
+    if not (weights.is_file() and sidecar.is_file()):
+        return False
+    try:
+        info = json.loads(sidecar.read_text())
+    except json.JSONDecodeError:
+        return False
+    return all(info.get(key) == value for key, value in expected_sidecar(entry, cfg).items())

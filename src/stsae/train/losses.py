@@ -1,0 +1,96 @@
+"""The five ST-SAE losses (plus AuxK), each a small pure function on one triplet batch.
+
+All codes are float32[B, K], inputs float32[B, d]. Reductions take an optional global normaliser
+(`n` rows, or a total variance) so that under DDP each rank's share sums to exactly the loss of the
+whole global batch; left out, they normalise by the local batch, which is the single-process case.
+
+L_rec is computed in standardised space: ‖z − ẑ‖² / ‖z − z̄‖² is invariant to z ↦ (z − μ)/s, so it
+equals the raw-space definition in DESIGN §4 while staying well conditioned.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from stsae.config import LossWeights
+
+
+def centred_sum_of_squares(x: Tensor) -> Tensor:
+    """Σ_b ‖x_b − x̄‖² for x: float32[B, d] (the denominator of a normalised MSE), no gradient."""
+    x = x.detach().double()
+    return ((x - x.mean(0)) ** 2).sum().float()
+
+
+def l_rec(x: Tensor, x_hat: Tensor, total_variance: Tensor | None = None) -> Tensor:
+    """Normalised MSE Σ‖x − x̂‖² / Σ‖x − x̄‖² (fraction of variance unexplained = 1 − EV)."""
+    if total_variance is None:
+        total_variance = centred_sum_of_squares(x)
+    return (x - x_hat).pow(2).sum() / total_variance
+
+
+def l_sp(f: Tensor, n: int | None = None) -> Tensor:
+    """Mean L1 norm of the codes, mean_b ‖f_b‖₁ (ReLU variant's sparsity penalty)."""
+    return f.abs().sum() / (n or f.shape[0])
+
+
+def l_div(w_dec: Tensor, sample: Tensor | None = None) -> Tensor:
+    """Mean squared off-diagonal cosine between decoder atoms (rows of w_dec: float32[K, d]).
+
+    sample: int64[m] atom ids; when given, only the m×K cosines of those atoms against all atoms are
+    averaged (an unbiased estimate costing O(m·K·d) instead of O(K²·d)).
+    """
+    unit = F.normalize(w_dec, dim=1)
+    rows = unit if sample is None else unit[sample]
+    cos = rows @ unit.T
+    self_pairs = torch.arange(unit.shape[0], device=w_dec.device) if sample is None else sample
+    cos_sq = cos.pow(2)
+    diag = cos_sq.gather(1, self_pairs[:, None]).sum()
+    n_off = rows.shape[0] * (unit.shape[0] - 1)
+    return (cos_sq.sum() - diag) / n_off
+
+
+def l_stab(f_t: Tensor, f_aug: Tensor, n: int | None = None) -> Tensor:
+    """Augmentation stability: mean_b ‖f(z_t) − f(z_aug_t)‖₁."""
+    return (f_t - f_aug).abs().sum() / (n or f_t.shape[0])
+
+
+def l_smooth(f_t: Tensor, f_t1: Tensor, n: int | None = None) -> Tensor:
+    """Temporal smoothness: mean_b ‖f(z_t) − f(z_{t+1})‖₁ (pairs never cross a record boundary)."""
+    return (f_t - f_t1).abs().sum() / (n or f_t.shape[0])
+
+
+def l_auxk(residual: Tensor, aux_recon: Tensor, residual_variance: Tensor | None = None) -> Tensor:
+    """AuxK (OpenAI, Gao et al. 2024): dead latents predict the main model's residual.
+
+    residual: float32[B, d] = x − x̂ (detached here), aux_recon: float32[B, d] from the top dead latents
+    (no bias). Normalised by the residual's own centred variance, as in openai/sparse_autoencoder.
+    """
+    residual = residual.detach()
+    if residual_variance is None:
+        residual_variance = centred_sum_of_squares(residual)
+    return (residual - aux_recon).pow(2).sum() / residual_variance.clamp_min(1e-12)
+
+
+class LossTerms(NamedTuple):
+    """Every term of one step, each a scalar tensor (zero when the variant does not use it)."""
+
+    rec: Tensor
+    sp: Tensor
+    div: Tensor
+    stab: Tensor
+    smooth: Tensor
+    auxk: Tensor
+
+    def total(self, weights: LossWeights, activation: str) -> Tensor:
+        """Weighted sum; L_sp only counts for ReLU (Top-K fixes the L0 at k, so L1 there is moot)."""
+        sp_weight = weights.sp if activation == "relu" else 0.0
+        auxk_weight = weights.auxk if activation == "topk" else 0.0
+        return (self.rec + sp_weight * self.sp + weights.div * self.div + weights.stab * self.stab
+                + weights.smooth * self.smooth + auxk_weight * self.auxk)
+
+    def as_floats(self) -> dict[str, float]:
+        return {f"l_{name}": float(value) for name, value in self._asdict().items()}

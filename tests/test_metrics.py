@@ -1,0 +1,93 @@
+"""Streaming metrics: EV, L0, dead fraction, consistency, top-k sparsification, one-pass driver."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stsae.eval.metrics import Consistency, Sparsity, explained_variance, stream_metrics, streamed_mean, top_k_codes
+from stsae.eval.temporal import lag1_autocorrelation
+
+GEN = np.random.default_rng(0)
+Z = GEN.standard_normal((64, 512)).astype(np.float32) + 3.0
+
+
+def test_perfect_reconstruction_has_ev_one() -> None:
+    assert explained_variance(Z, Z, Z.mean(0)) == pytest.approx(1.0)
+
+
+def test_predicting_the_train_mean_has_ev_zero() -> None:
+    mean = Z.mean(0)
+    assert explained_variance(Z, np.broadcast_to(mean, Z.shape), mean) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_l0_counts_nonzero_codes_and_dead_counts_never_active_atoms() -> None:
+    codes = np.zeros((4, 5), dtype=np.float32)
+    codes[0, [0, 1]] = 1.0
+    codes[1, 0] = -2.0
+    acc = Sparsity(5)
+    acc.update(codes)
+    assert acc.l0() == pytest.approx(3 / 4)
+    assert acc.dead_fraction() == pytest.approx(3 / 5)
+
+
+def test_consistency_of_identical_codes_is_one() -> None:
+    acc = Consistency()
+    acc.update(top_k_codes(Z, 8), top_k_codes(Z, 8))
+    assert (acc.jaccard(), acc.cosine()) == (pytest.approx(1.0), pytest.approx(1.0))
+
+
+def test_consistency_of_disjoint_codes_is_zero() -> None:
+    a, b = np.eye(4, dtype=np.float32), np.roll(np.eye(4, dtype=np.float32), 1, axis=1)
+    acc = Consistency()
+    acc.update(a, b)
+    assert (acc.jaccard(), acc.cosine()) == (0.0, 0.0)
+
+
+def test_two_empty_codes_count_as_identical_and_one_empty_as_orthogonal() -> None:
+    acc = Consistency()
+    acc.update(np.zeros((2, 3), np.float32), np.array([[0, 0, 0], [1, 0, 0]], np.float32))
+    assert acc.jaccard() == pytest.approx(0.5) and acc.cosine() == pytest.approx(0.5)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 20), st.integers(0, 10_000))
+def test_top_k_keeps_exactly_the_k_largest_magnitudes(k: int, seed: int) -> None:
+    codes = np.random.default_rng(seed).standard_normal((6, 20)).astype(np.float32)
+    kept = top_k_codes(codes, k)
+    assert ((kept != 0).sum(axis=1) == k).all()
+    threshold = np.sort(np.abs(codes), axis=1)[:, -k][:, None]
+    np.testing.assert_array_equal(kept, np.where(np.abs(codes) >= threshold, codes, 0))
+
+
+def test_streamed_metrics_do_not_depend_on_chunk_size() -> None:
+    z_aug = Z + 0.1 * GEN.standard_normal(Z.shape).astype(np.float32)
+    rows = np.arange(0, 64, dtype=np.int64)
+    pairs = np.stack([rows[:-1], rows[1:]], axis=1)
+    w = GEN.standard_normal((512, 32)).astype(np.float32)
+
+    def encode(x: np.ndarray) -> np.ndarray:
+        return top_k_codes(np.maximum(x @ w, 0), 4)
+
+    def decode(c: np.ndarray) -> np.ndarray:
+        return c @ np.linalg.pinv(w)
+
+    mean = Z.mean(0)
+    whole = stream_metrics(encode, decode, 32, Z, z_aug, rows, pairs, mean, chunk_rows=64)
+    chunked = stream_metrics(encode, decode, 32, Z, z_aug, rows, pairs, mean, chunk_rows=7)
+    for name in ("ev", "l0", "dead_fraction", "consistency_jaccard", "consistency_cosine"):
+        assert getattr(chunked, name) == pytest.approx(getattr(whole, name), rel=1e-6)
+    assert chunked.lag1.value == pytest.approx(lag1_autocorrelation(encode(Z), pairs).value, abs=1e-6)
+    assert chunked.lag1.n_pairs == 63
+
+
+def test_stream_metrics_rejects_pairs_outside_the_rows() -> None:
+    with pytest.raises(ValueError, match="both rows"):
+        stream_metrics(lambda x: x, lambda c: c, 512, Z, Z, np.arange(10), np.array([[9, 10]]), Z.mean(0))
+
+
+def test_streamed_mean_equals_numpy_mean() -> None:
+    rows = np.arange(3, 50)
+    np.testing.assert_allclose(streamed_mean(Z, rows, chunk_rows=5), Z[rows].mean(0), rtol=1e-5)

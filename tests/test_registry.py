@@ -1,0 +1,82 @@
+"""Model registry: one numpy interface over ST-SAE checkpoints and baselines; only complete models listed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from stsae.errors import InputDataError
+from stsae.models.baselines import Baseline
+from stsae.models.registry import list_models, load_concept_model
+from stsae.models.stsae import STSAE
+from stsae.pipeline.rundir import RunDir
+
+
+def write_stsae(run_dir: RunDir, z_train: np.ndarray, variant: str, d_dict: int, seed: int, k: int = 4,
+                complete: bool = True) -> Path:
+    """An untrained (data-initialised) ST-SAE checkpoint in the train stage's file format."""
+    model = STSAE(512, d_dict, "topk", k, generator=torch.Generator().manual_seed(seed))
+    model.init_from_data(z_train, torch.Generator().manual_seed(seed))
+    path = run_dir.stsae_checkpoint(variant, d_dict, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(path, {"variant": variant, "seed": seed, "steps": 0, "complete": complete,
+                      "train_config": {"d_dict": d_dict, "k": k, "steps": 5, "batch_size": 16}})
+    return path
+
+
+@pytest.fixture
+def z() -> np.ndarray:
+    gen = np.random.default_rng(0)
+    return (gen.standard_normal((200, 8)) @ gen.standard_normal((8, 512)) + 3).astype(np.float32)
+
+
+def test_list_models_finds_complete_checkpoints_and_baselines(tmp_path, z) -> None:
+    run_dir = RunDir(tmp_path)
+    write_stsae(run_dir, z, "full", 32, 0)
+    write_stsae(run_dir, z, "full", 32, 1, complete=False)
+    Baseline("pca", 4).fit(z).save(run_dir.baselines_dir / "pca-n4.joblib")
+    infos = list_models(run_dir)
+    assert [(i.name, i.family, i.variant, i.d_dict, i.seed) for i in infos] == [
+        ("stsae-full-K32-s0", "stsae", "full", 32, 0), ("pca-n4", "pca", "pca", 4, 0)]
+
+
+def test_stsae_and_baseline_share_one_numpy_interface(tmp_path, z) -> None:
+    run_dir = RunDir(tmp_path)
+    paths = [write_stsae(run_dir, z, "full", 32, 0), run_dir.baselines_dir / "ica-n4.joblib"]
+    Baseline("ica", 4).fit(z).save(paths[1])
+    for path, k in zip(paths, (32, 4), strict=True):
+        model = load_concept_model(path, batch_size=64)
+        codes = model.encode(z)
+        assert codes.shape == (200, k) and codes.dtype == np.float32
+        assert model.decode(codes).shape == (200, 512)
+        np.testing.assert_allclose(np.linalg.norm(model.dictionary, axis=1), 1.0, rtol=1e-5)
+
+
+def test_stsae_batched_encode_equals_one_batch(tmp_path, z) -> None:
+    path = write_stsae(RunDir(tmp_path), z, "full", 32, 0)
+    small, big = load_concept_model(path, batch_size=7), load_concept_model(path, batch_size=1000)
+    np.testing.assert_allclose(small.encode(z), big.encode(z), atol=1e-5)
+
+
+def test_stsae_metadata_comes_from_the_sidecar(tmp_path, z) -> None:
+    path = write_stsae(RunDir(tmp_path), z, "no_div", 32, 5)
+    model = load_concept_model(path)
+    assert (model.name, model.family, model.variant, model.d_dict, model.seed) == (
+        "stsae-no_div-K32-s5", "stsae", "no_div", 32, 5)
+
+
+def test_incomplete_checkpoint_is_refused_naming_the_sidecar(tmp_path, z) -> None:
+    path = write_stsae(RunDir(tmp_path), z, "full", 32, 0)
+    side = path.with_suffix(".json")
+    side.write_text(json.dumps({**json.loads(side.read_text()), "complete": False}))
+    with pytest.raises(InputDataError, match=r"stsae-full-K32-s0\.json"):
+        load_concept_model(path)
+
+
+def test_unknown_model_file_type_is_refused(tmp_path) -> None:
+    with pytest.raises(InputDataError, match="unknown model file type"):
+        load_concept_model(tmp_path / "model.pt")

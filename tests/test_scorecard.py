@@ -1,0 +1,165 @@
+"""The planted-truth scorecard: every check passes on a good run and each one can fail on its own."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from run_fixture import write_fake_run
+
+from stsae.report.scorecard import (
+    PLANTED_FACTORS,
+    Check,
+    ScorecardInputs,
+    build_scorecard,
+    pass_count,
+    scorecard,
+)
+from stsae.utils import io
+
+
+def _full_row(seed: int = 0) -> dict[str, Any]:
+    return {
+        "model": f"stsae-full-K64-s{seed}", "family": "stsae", "variant": "full", "K": 64, "seed": seed,
+        "matched_sparsity": False, "k_active": None, "ev": 0.95, "l0": 8.0, "dead_fraction": 0.0,
+        "consistency_jaccard": 0.8, "lag1_autocorr": 0.7,
+        "probe": {f: {"metric": "r2", "value": 0.96, "raw_value": 0.98} for f in PLANTED_FACTORS},
+        "single_concept": {f: {"concept": 1, "abs_r": 0.9} for f in PLANTED_FACTORS},
+    }
+
+
+def _baseline(family: str, ev: float = 0.9, consistency: float = 0.5, lag1: float = 0.4) -> dict[str, Any]:
+    return {"model": f"{family}-n16", "family": family, "variant": family, "K": 16, "seed": None,
+            "matched_sparsity": True, "k_active": 8, "ev": ev, "l0": 8.0,
+            "consistency_jaccard": consistency, "lag1_autocorr": lag1}
+
+
+def _good_inputs() -> ScorecardInputs:
+    rows = [_full_row(0), _full_row(1), *(_baseline(f) for f in ("pca", "ica", "nmf"))]
+    associations = {
+        "metrics": {"delta_age_planted_r": 0.75},
+        "associations": {"concepts": {"htn": {"or_per_5y": 2.0, "ci_low": 1.3, "ci_high": 3.0},
+                                      "t2d": {"or_per_5y": 1.7, "ci_low": 1.1, "ci_high": 2.6}}},
+    }
+    windows = pd.DataFrame({"artifact": ["none"] * 40 + ["motion"] * 20,
+                            "qc_pass": [True] * 40 + [False] * 20})
+    return ScorecardInputs(rows, associations, windows)
+
+
+def _by_name(checks: list[Check]) -> dict[str, Check]:
+    return {c.name: c for c in checks}
+
+
+def test_good_run_passes_every_graded_check() -> None:
+    checks = build_scorecard(_good_inputs())
+    passed, graded = pass_count(checks)
+    assert graded == 18
+    assert passed == graded
+
+
+def _set(path: tuple[Any, ...], value: Any) -> Callable[[ScorecardInputs], ScorecardInputs]:
+    """A mutation that sets rows/associations entry at `path` (first element: 'rows', 'assoc')."""
+
+    def mutate(inputs: ScorecardInputs) -> ScorecardInputs:
+        rows, assoc = copy.deepcopy(inputs.rows), copy.deepcopy(inputs.associations)
+        node: Any = rows if path[0] == "rows" else assoc
+        for key in path[1:-1]:
+            node = node[key]
+        node[path[-1]] = value
+        return ScorecardInputs(rows, assoc, inputs.windows)
+
+    return mutate
+
+
+def _qc(artifact: str, qc_pass: bool) -> Callable[[ScorecardInputs], ScorecardInputs]:
+    def mutate(inputs: ScorecardInputs) -> ScorecardInputs:
+        windows = inputs.windows.copy()
+        idx = windows.index[windows["artifact"] == artifact][:5]
+        windows.loc[idx, "qc_pass"] = qc_pass
+        return ScorecardInputs(inputs.rows, inputs.associations, windows)
+
+    return mutate
+
+
+MUTATIONS = {
+    "vascular_age: best single concept |r|": _set(("rows", 0, "single_concept", "vascular_age", "abs_r"), 0.7),
+    "hr_bpm: concept probe / raw-embedding probe": _set(("rows", 0, "probe", "hr_bpm", "value"), 0.8),
+    "aix: concept probe / raw-embedding probe": _set(("rows", 0, "probe", "aix", "value"), 0.9),
+    "full ST-SAE − matched PCA: consistency": _set(("rows", 2, "consistency_jaccard"), 0.85),
+    "full ST-SAE − matched ICA: lag-1": _set(("rows", 3, "lag1_autocorr"), 0.71),
+    "full ST-SAE − matched NMF: consistency": _set(("rows", 4, "consistency_jaccard"), 0.81),
+    "dead concepts in full model (fraction)": _set(("rows", 0, "dead_fraction"), 0.02),
+    "Δage vs planted vascular acceleration: r": _set(("assoc", "metrics", "delta_age_planted_r"), 0.5),
+    "HTN: odds ratio per 5 y Δage, lower 95% CI": _set(("assoc", "associations", "concepts", "htn", "ci_low"),
+                                                       0.95),
+    "T2D: odds ratio per 5 y Δage, lower 95% CI": _set(("assoc", "associations", "concepts", "t2d", "ci_low"),
+                                                       1.0),
+    "QC sensitivity (artifact windows rejected)": _qc("motion", True),
+    "QC specificity (clean windows kept)": _qc("none", False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MUTATIONS))
+def test_each_check_fails_when_its_value_misses(name: str) -> None:
+    checks = _by_name(build_scorecard(MUTATIONS[name](_good_inputs())))
+    assert checks[name].passed is False
+    assert [c.name for c in checks.values() if c.passed is False] == [name]
+
+
+def test_probe_ratio_with_nonpositive_raw_value_is_not_available() -> None:
+    inputs = _set(("rows", 0, "probe", "resp_rate", "raw_value"), -0.1)(_good_inputs())
+    check = _by_name(build_scorecard(inputs))["resp_rate: concept probe / raw-embedding probe"]
+    assert check.passed is None
+    assert "undefined" in check.detail
+
+
+def test_missing_associations_are_not_available_and_not_passed() -> None:
+    inputs = _good_inputs()
+    checks = build_scorecard(ScorecardInputs(inputs.rows, None, inputs.windows))
+    delta = _by_name(checks)["Δage vs planted vascular acceleration: r"]
+    assert delta.passed is None and delta.value is None
+    passed, graded = pass_count(checks)
+    assert passed == graded - 3
+
+
+def test_skipped_association_shows_the_reason() -> None:
+    inputs = _set(("assoc", "associations", "concepts", "t2d"), {"skipped": "no positives"})(_good_inputs())
+    check = _by_name(build_scorecard(inputs))["T2D: odds ratio per 5 y Δage, lower 95% CI"]
+    assert check.passed is None
+    assert check.detail == "skipped: no positives"
+
+
+def test_baseline_is_compared_at_the_closest_ev() -> None:
+    inputs = _good_inputs()
+    rows = [*inputs.rows, _baseline("pca", ev=0.94, consistency=0.9), _baseline("pca", ev=0.6, consistency=0.1)]
+    check = _by_name(build_scorecard(ScorecardInputs(rows, inputs.associations, inputs.windows)))[
+        "full ST-SAE − matched PCA: consistency"]
+    assert check.passed is False
+    assert "EV 0.950 vs 0.940" in check.detail
+
+
+def test_scorecard_uses_the_lowest_seed_of_the_main_full_model() -> None:
+    inputs = _good_inputs()
+    rows = copy.deepcopy(inputs.rows)
+    rows[1]["dead_fraction"] = 0.5
+    rows.reverse()
+    check = _by_name(build_scorecard(ScorecardInputs(rows, inputs.associations, inputs.windows)))[
+        "dead concepts in full model (fraction)"]
+    assert check.passed is True
+
+
+def test_fake_run_scorecard_reads_files(tmp_path: Path) -> None:
+    checks = _by_name(scorecard(write_fake_run(tmp_path / "run")))
+    assert checks["QC sensitivity (artifact windows rejected)"].passed is False
+    assert checks["vascular_age: best single concept |r|"].passed is True
+
+
+def test_real_data_run_has_no_scorecard(tmp_path: Path) -> None:
+    run_dir = write_fake_run(tmp_path / "run")
+    meta = io.read_parquet(run_dir.meta)
+    io.write_parquet(run_dir.meta, meta.drop(columns=["vascular_age", "artifact"]))
+    assert scorecard(run_dir) is None
