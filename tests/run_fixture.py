@@ -7,6 +7,7 @@ synthetic run whose planted-truth scorecard passes, and tests edit single files 
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import pandas as pd
 
 from stsae.config import Config, config_to_yaml
 from stsae.pipeline.rundir import RunDir
+from stsae.report.figures import draw_figures, write_figure_index
 from stsae.utils import io
 
 FS = 125.0
@@ -45,7 +47,8 @@ def _windows_and_meta(rng: np.random.Generator, n_patients: int) -> tuple[np.nda
                 artifact = "none"
                 if len(rows) % 13 == 5:
                     artifact = ("motion", "clipping", "flatline", "dropout")[len(rows) % 4]
-                    pulse = np.zeros_like(pulse) if artifact == "flatline" else pulse + rng.normal(0, 2, len(t))
+                    noisy = pulse + rng.normal(0, 2, len(t))
+                    pulse = np.zeros_like(pulse) if artifact == "flatline" else noisy
                 windows.append(((pulse - pulse.mean()) / (pulse.std() + 1e-6)).astype(np.float32))
                 rows.append({
                     "window_id": len(rows), "patient_id": f"P{p:03d}", "record_id": f"P{p:03d}-R{rec}",
@@ -58,14 +61,15 @@ def _windows_and_meta(rng: np.random.Generator, n_patients: int) -> tuple[np.nda
     meta = pd.DataFrame(rows)
     qc_pass = (meta["artifact"] == "none").to_numpy().copy()
     qc_pass[np.flatnonzero(~qc_pass)[0]] = True
-    reasons = np.where(qc_pass, "", meta["artifact"].map({"motion": "low SQI", "clipping": "clipping",
+    reasons = np.where(qc_pass, "", meta["artifact"].map({"motion": "low_sqi", "clipping": "clipping",
                                                           "flatline": "flatline", "dropout": "flatline"}))
     qc = pd.DataFrame({"window_id": meta["window_id"], "qc_pass": qc_pass, "qc_reason": reasons})
     return np.stack(windows), meta, qc
 
 
 def _row(model: str, family: str, variant: str | None, k: int, seed: int | None, matched: bool,
-         k_active: int | None, ev: float, l0: float, rng: np.random.Generator, **extra: Any) -> dict[str, Any]:
+         k_active: int | None, ev: float, l0: float, rng: np.random.Generator,
+         **extra: Any) -> dict[str, Any]:
     jitter = rng.normal(0, 0.01)
     row = {
         "model": model, "family": family, "variant": variant, "K": k, "seed": seed,
@@ -80,8 +84,9 @@ def _row(model: str, family: str, variant: str | None, k: int, seed: int | None,
 
 def _stsae_extra(variant: str, rng: np.random.Generator) -> dict[str, Any]:
     good = variant == "full"
-    probe = {f: {"metric": "r2", "value": (0.95 if good else 0.85) + rng.normal(0, 0.005),
-                 "raw_value": 0.97} for f in ("vascular_age", "hr_bpm", "resp_rate", "reflection_time", "aix")}
+    factors = ("vascular_age", "hr_bpm", "resp_rate", "reflection_time", "aix")
+    probe = {f: {"metric": "r2", "value": (0.95 if good else 0.85) + rng.normal(0, 0.005), "raw_value": 0.97}
+             for f in factors}
     probe["htn"] = {"metric": "auroc", "value": 0.7, "raw_value": 0.72}
     single = {"vascular_age": {"concept": 17, "abs_r": 0.86 if good else 0.7},
               "hr_bpm": {"concept": 3, "abs_r": 0.55}, "resp_rate": {"concept": 250, "abs_r": 0.48},
@@ -147,8 +152,10 @@ def _aging(meta: pd.DataFrame, rng: np.random.Generator, *, skip_t2d: bool) -> t
                          "t2d": t2d},
             "raw_embedding": {"htn": {"or_per_5y": 1.9, "ci_low": 1.2, "ci_high": 3.0, "p": 0.004,
                                       "n": len(age)},
-                              "t2d": {"or_per_5y": 1.4, "ci_low": 0.9, "ci_high": 2.2, "p": 0.12, "n": len(age)}},
-            "best_baseline": {"htn": {"skipped": "no baseline model"}, "t2d": {"skipped": "no baseline model"}},
+                              "t2d": {"or_per_5y": 1.4, "ci_low": 0.9, "ci_high": 2.2, "p": 0.12,
+                                      "n": len(age)}},
+            "best_baseline": {"htn": {"skipped": "no baseline model"},
+                              "t2d": {"skipped": "no baseline model"}},
         },
     }
     return predictions, delta, associations
@@ -157,10 +164,11 @@ def _aging(meta: pd.DataFrame, rng: np.random.Generator, *, skip_t2d: bool) -> t
 def _grounding(run_dir: RunDir, meta: pd.DataFrame, rng: np.random.Generator) -> None:
     concepts = np.array([17, 3, 250])
     phase = np.linspace(0, 1, 100)
-    high = np.stack([np.exp(-((phase - 0.2) / 0.08) ** 2) + (0.6 - 0.1 * i) * np.exp(-((phase - 0.4) / 0.1) ** 2)
-                     for i in range(len(concepts))])
-    low = np.stack([np.exp(-((phase - 0.25) / 0.09) ** 2) + 0.3 * np.exp(-((phase - 0.55) / 0.1) ** 2)
-                    for _ in concepts])
+    def wave(centre: float, width: float) -> np.ndarray:
+        return np.exp(-(((phase - centre) / width) ** 2))
+
+    high = np.stack([wave(0.2, 0.08) + (0.6 - 0.1 * i) * wave(0.4, 0.1) for i in range(len(concepts))])
+    low = np.stack([wave(0.25, 0.09) + 0.3 * wave(0.55, 0.1) for _ in concepts])
     band = 0.05
     with io.atomic_path(run_dir.grounding_dir / "concept_pulses.npz") as tmp, open(tmp, "wb") as handle:
         np.savez(handle, concepts=concepts, high_mean=high, high_lo=high - band, high_hi=high + band,
@@ -207,7 +215,23 @@ def write_fake_run(root: Path, *, encoder_sha256: str = SHA256, skip_t2d: bool =
     io.write_json(run_dir.manifest, {
         "run_name": "fixture", "seed": seed, "data_source": "synthetic", "git_commit": "abc1234",
         "versions": {"stsae": "0.1.0", "torch": "2.13.0"},
-        "encoder": {"weights": None if encoder_sha256 == "RANDOM" else "papagei_s.pt", "sha256": encoder_sha256},
+        "encoder": {"weights": None if encoder_sha256 == "RANDOM" else "papagei_s.pt",
+                    "sha256": encoder_sha256},
         "stages": stages,
     })
+    return run_dir
+
+
+_DRAWN_FIGURES: list[Path] = []
+
+
+def write_fake_run_with_figures(root: Path, cache_root: Path, **options: Any) -> RunDir:
+    """`write_fake_run` plus the figures stage's output. Drawing takes seconds, so the figures are drawn
+    once per test process (under `cache_root`) and copied; they depend only on the seeded data."""
+    run_dir = write_fake_run(root, **options)
+    if not _DRAWN_FIGURES:
+        source = write_fake_run(cache_root / "drawn")
+        write_figure_index(source, draw_figures(source))
+        _DRAWN_FIGURES.append(source.figures_dir)
+    shutil.copytree(_DRAWN_FIGURES[0], run_dir.figures_dir)
     return run_dir

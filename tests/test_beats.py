@@ -18,13 +18,14 @@ FOOT = SYSTOLIC_MU - 2 * SYSTOLIC_SIGMA
 def template(n: int, start: float = 0.0) -> np.ndarray:
     """A two-wave pulse (systolic + diastolic), one period sampled at n points from phase `start`."""
     t = (np.linspace(0, 1, n) + start) % 1.0
-    return (np.exp(-0.5 * ((t - SYSTOLIC_MU) / SYSTOLIC_SIGMA) ** 2)
-            + 0.4 * np.exp(-0.5 * ((t - 0.55) / 0.08) ** 2))
+    return np.exp(-0.5 * ((t - SYSTOLIC_MU) / SYSTOLIC_SIGMA) ** 2) + 0.4 * np.exp(
+        -0.5 * ((t - 0.55) / 0.08) ** 2
+    )
 
 
 def pulse_train(period_s: float, n_samples: int = 1250, noise: float = 0.02, seed: int = 0) -> np.ndarray:
     """Window of back-to-back template beats, z-scored like windows.npy, with white noise."""
-    beat = template(int(round(period_s * FS)))
+    beat = template(round(period_s * FS))
     signal = np.tile(beat, n_samples // len(beat) + 1)[:n_samples]
     signal = signal + noise * np.random.default_rng(seed).standard_normal(n_samples)
     return ((signal - signal.mean()) / signal.std()).astype(np.float32)

@@ -155,4 +155,5 @@ def test_records_of_subjects_missing_from_tables_are_counted_and_logged(
         records = list(iter_mimic_records(waves, "mimic_iii", clinical=tables))
     assert records[0].clinical["sex"] == "F" and records[0].extra == {"age_capped": False}
     assert np.isnan(records[1].clinical["age"]) and records[1].clinical["htn"] is None
+    assert records[1].extra == {"age_capped": False}
     assert "1 of 2 records had no clinical match" in caplog.text

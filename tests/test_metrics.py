@@ -7,7 +7,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stsae.eval.metrics import Consistency, Sparsity, explained_variance, stream_metrics, streamed_mean, top_k_codes
+from stsae.eval.metrics import (
+    Consistency,
+    Sparsity,
+    explained_variance,
+    stream_metrics,
+    streamed_mean,
+    top_k_codes,
+)
 from stsae.eval.temporal import lag1_autocorrelation
 
 GEN = np.random.default_rng(0)

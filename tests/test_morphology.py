@@ -82,11 +82,13 @@ def test_sdppg_ratios_match_analytic_second_derivative() -> None:
 
 def stiffened_beat(stiffness: float) -> np.ndarray:
     """Vascular-age-like stiffening: the reflected wave arrives earlier and larger, the notch flattens."""
-    return sampled_beat([
-        (1.0, 0.18, 0.05),
-        (0.3 + 0.3 * stiffness, 0.42 - 0.08 * stiffness, 0.06),
-        (0.25 - 0.2 * stiffness, 0.62, 0.06),
-    ])
+    return sampled_beat(
+        [
+            (1.0, 0.18, 0.05),
+            (0.3 + 0.3 * stiffness, 0.42 - 0.08 * stiffness, 0.06),
+            (0.25 - 0.2 * stiffness, 0.62, 0.06),
+        ]
+    )
 
 
 def test_b_over_a_rises_and_d_over_a_falls_with_stiffening() -> None:
@@ -111,3 +113,10 @@ def test_missing_pulse_gives_all_nan_and_its_reason() -> None:
     assert table.loc[1, list(FEATURES)].isna().all()
     assert table.loc[1, "reason"] == "fewer than 3 beats detected"
     assert table.loc[0, list(FEATURES)].notna().all()
+
+
+def test_pulse_without_an_upstroke_acceleration_gives_nan_ratios_not_sign_flipped_ones() -> None:
+    falling = np.linspace(1.0, 0.0, 100) ** 2
+    values, reason = pulse_morphology(falling, PERIOD_S)
+    assert np.isnan(values["sdppg_b_a"]) and np.isnan(values["aging_index"])
+    assert "a wave" in reason

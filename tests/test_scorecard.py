@@ -9,8 +9,8 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from run_fixture import write_fake_run
 
+from run_fixture import write_fake_run
 from stsae.report.scorecard import (
     PLANTED_FACTORS,
     Check,
@@ -86,7 +86,8 @@ def _qc(artifact: str, qc_pass: bool) -> Callable[[ScorecardInputs], ScorecardIn
 
 
 MUTATIONS = {
-    "vascular_age: best single concept |r|": _set(("rows", 0, "single_concept", "vascular_age", "abs_r"), 0.7),
+    "vascular_age: best single concept |r|": _set(("rows", 0, "single_concept", "vascular_age", "abs_r"),
+                                                  0.7),
     "hr_bpm: concept probe / raw-embedding probe": _set(("rows", 0, "probe", "hr_bpm", "value"), 0.8),
     "aix: concept probe / raw-embedding probe": _set(("rows", 0, "probe", "aix", "value"), 0.9),
     "full ST-SAE − matched PCA: consistency": _set(("rows", 2, "consistency_jaccard"), 0.85),
@@ -135,7 +136,8 @@ def test_skipped_association_shows_the_reason() -> None:
 
 def test_baseline_is_compared_at_the_closest_ev() -> None:
     inputs = _good_inputs()
-    rows = [*inputs.rows, _baseline("pca", ev=0.94, consistency=0.9), _baseline("pca", ev=0.6, consistency=0.1)]
+    rows = [*inputs.rows, _baseline("pca", ev=0.94, consistency=0.9),
+            _baseline("pca", ev=0.6, consistency=0.1)]
     check = _by_name(build_scorecard(ScorecardInputs(rows, inputs.associations, inputs.windows)))[
         "full ST-SAE − matched PCA: consistency"]
     assert check.passed is False

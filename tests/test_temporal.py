@@ -23,7 +23,8 @@ def test_never_active_concepts_are_left_out_of_the_mean() -> None:
     codes = np.zeros((200, 3), dtype=np.float32)
     codes[:, 0] = np.sin(t / 20)  # slow: r close to 1
     result = lag1_autocorrelation(codes, _pairs(200))
-    assert result.n_defined == 1 and result.value == pytest.approx(np.corrcoef(codes[:-1, 0], codes[1:, 0])[0, 1])
+    expected = np.corrcoef(codes[:-1, 0], codes[1:, 0])[0, 1]
+    assert result.n_defined == 1 and result.value == pytest.approx(expected)
 
 
 def test_white_noise_has_near_zero_lag1() -> None:

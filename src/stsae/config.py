@@ -72,7 +72,9 @@ class WindowingSection(_Section):
 class QCSection(_Section):
     hr_min_bpm: float = Field(30.0, gt=0, description="Lowest plausible heart rate (bpm).")
     hr_max_bpm: float = Field(200.0, gt=0, description="Highest plausible heart rate (bpm).")
-    flatline_min_std: float = Field(1e-3, ge=0, description="Raw-signal SD below which a run is flat.")
+    flatline_min_std: float = Field(
+        1e-3, ge=0, description="A 0.25 s block is flat if its SD is below this fraction of the window's range."
+    )
     flatline_max_fraction: float = Field(
         0.1, ge=0, le=1, description="Max fraction of a window allowed to be flat before rejection."
     )
@@ -80,7 +82,12 @@ class QCSection(_Section):
         0.05, ge=0, le=1, description="Max fraction of samples pinned at the window's extremes."
     )
     min_template_sqi: float = Field(
-        0.75, ge=-1, le=1, description="Min mean beat-to-template correlation (template-matching SQI)."
+        0.86, ge=-1, le=1,
+        description="Min mean beat-to-median-beat correlation (template SQI; 0.86 as Orphanidou 2015).",
+    )
+    max_poor_beat_fraction: float = Field(
+        0.2, ge=0, le=1,
+        description="Max fraction of beats whose template correlation is below min_template_sqi.",
     )
 
 
@@ -93,6 +100,7 @@ class AugmentSection(_Section):
     max_warp: float = Field(0.03, ge=0, lt=0.5, description="Max relative time-warp (stretch) factor.")
     motion_burst_prob: float = Field(0.1, ge=0, le=1, description="Probability of a short motion burst.")
     motion_burst_s: float = Field(0.5, ge=0, description="Motion burst duration (s).")
+    motion_burst_amp: float = Field(1.0, ge=0, description="Motion burst peak amplitude (window SD units).")
 
 
 class SplitSection(_Section):
@@ -145,9 +153,13 @@ class ExtractSection(_Section):
     batch_size: int = Field(256, ge=1, description="Windows per encoder forward pass.")
     chunk_rows: int = Field(2048, ge=1, description="Rows flushed and committed per resumable chunk.")
     precision: Literal["fp32", "bf16", "auto"] = Field(
-        "auto", description="auto picks bf16 autocast when it keeps cosine >= 0.999 to fp32, else fp32."
+        "auto",
+        description="auto picks bf16 autocast only on CPUs with native bf16 and only when it keeps min "
+        "cosine >= 0.999 to fp32 on a calibration batch, else fp32.",
     )
-    num_threads: int | None = Field(None, ge=1, description="Torch intra-op threads (None: all cores).")
+    num_threads: int | None = Field(
+        None, ge=1, description="Torch intra-op threads per process (None: usable cores / torchrun ranks)."
+    )
 
 
 class LossWeights(_Section):
@@ -175,7 +187,10 @@ class TrainSection(_Section):
     grad_clip: float = Field(1.0, gt=0, description="Global gradient-norm clip.")
     bf16: bool = Field(False, description="bf16 autocast in the forward pass.")
     loss_weights: LossWeights = Field(default_factory=LossWeights)
-    div_sample: int = Field(512, ge=2, description="Atoms sampled per step for L_div when K is larger.")
+    div_sample: int = Field(
+        256, ge=2, description="Atoms sampled per step for L_div when K is larger "
+        "(pairs among them: O(div_sample² · d) per step)."
+    )
     dead_after_samples: int = Field(
         50_000, ge=1, description="A latent not fired for this many samples counts as dead (AuxK)."
     )

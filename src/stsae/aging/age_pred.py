@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 PATIENT_COLUMNS = ("patient_id", "split", "age", "sex", "htn", "t2d")
 PLANTED_COLUMN = "vascular_acceleration"
+N_ALPHAS = 50
+"""Regularisation strengths ElasticNetCV tries per l1_ratio (log-spaced, sklearn's automatic range)."""
 MIN_BIAS_SLOPE = 0.05
 """A predicted-vs-age slope below this means the predictor does not track age; inverting it is meaningless."""
 
@@ -61,7 +63,7 @@ class AgePredictor:
 
 @dataclass(frozen=True)
 class BiasCorrection:
-    """predicted ≈ intercept + slope · age, fitted on `fitted_on` rows only; corrected = inverse of that line."""
+    """predicted ≈ intercept + slope · age, fitted on `fitted_on` rows only; corrected inverts that line."""
 
     slope: float
     intercept: float
@@ -103,7 +105,9 @@ def patient_table(meta: pd.DataFrame) -> pd.DataFrame:
     frame["patient_id"] = frame["patient_id"].astype(str)
     n_splits = frame.groupby("patient_id")["split"].nunique()
     if (n_splits > 1).any():
-        raise InputDataError(f"meta.parquet: patient {n_splits.index[n_splits > 1][0]} appears in several splits")
+        raise InputDataError(
+            f"meta.parquet: patient {n_splits.index[n_splits > 1][0]} appears in several splits"
+        )
     return frame.groupby("patient_id", sort=True).first().reset_index()
 
 
@@ -124,11 +128,12 @@ def patient_mean_codes(
     sums: np.ndarray | None = None
     for start in range(0, z.shape[0], batch_rows):
         stop = min(start + batch_rows, z.shape[0])
-        codes = np.asarray(encode(np.asarray(z[start:stop], dtype=np.float32)), dtype=np.float64)
+        codes = np.asarray(encode(np.array(z[start:stop], dtype=np.float32)), dtype=np.float64)
         if codes.ndim != 2 or codes.shape[0] != stop - start:
             raise ValueError(f"encode returned {list(codes.shape)} for {stop - start} rows")
         one_hot = sp.csr_matrix(
-            (np.ones(stop - start), (inverse[start:stop], np.arange(stop - start))), shape=(len(ids), stop - start)
+            (np.ones(stop - start), (inverse[start:stop], np.arange(stop - start))),
+            shape=(len(ids), stop - start),
         )
         block = one_hot @ codes
         sums = block if sums is None else sums + block
@@ -139,7 +144,9 @@ def patient_mean_codes(
 
 
 def _group_folds(n_splits: int, seed: int) -> GroupKFold:
-    return GroupKFold(n_splits=n_splits, shuffle=True, random_state=derive_seed(seed, "aging", "folds") % 2**31)
+    return GroupKFold(
+        n_splits=n_splits, shuffle=True, random_state=derive_seed(seed, "aging", "folds") % 2**31
+    )
 
 
 def _standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -149,9 +156,11 @@ def _standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, np.where(scale > 1e-12, scale, 1.0)
 
 
-def _elastic_net_cv(x: np.ndarray, y: np.ndarray, groups: np.ndarray, config: AgingSection, seed: int) -> ElasticNetCV:
+def _elastic_net_cv(
+    x: np.ndarray, y: np.ndarray, groups: np.ndarray, config: AgingSection, seed: int
+) -> ElasticNetCV:
     folds = list(_group_folds(config.cv_folds, seed).split(x, y, groups))
-    model = ElasticNetCV(l1_ratio=config.l1_ratios, cv=folds, max_iter=5000)
+    model = ElasticNetCV(l1_ratio=config.l1_ratios, alphas=N_ALPHAS, cv=folds, max_iter=5000)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         model.fit(x, y)
@@ -179,8 +188,14 @@ def fit_age_predictor(
     intercept, alpha, l1_ratio = float(model.intercept_), float(model.alpha_), float(model.l1_ratio_)
     if config.stability_selection:
         stable = stability_selection(
-            xs, age, groups, alpha=alpha, l1_ratio=l1_ratio, rounds=config.stability_rounds,
-            threshold=config.stability_threshold, rng=rng(seed, "aging", "stability"),
+            xs,
+            age,
+            groups,
+            alpha=alpha,
+            l1_ratio=l1_ratio,
+            rounds=config.stability_rounds,
+            threshold=config.stability_threshold,
+            rng=rng(seed, "aging", "stability"),
         )
         log.info("stability selection kept %d of %d features", len(stable.selected), x.shape[1])
         coef = np.zeros(x.shape[1])
@@ -191,12 +206,24 @@ def fit_age_predictor(
             refit = _elastic_net_cv(xs[:, stable.selected], age, groups, config, seed)
             coef[stable.selected] = refit.coef_
             intercept, alpha, l1_ratio = float(refit.intercept_), float(refit.alpha_), float(refit.l1_ratio_)
-    return AgePredictor(mean=mean, scale=scale, coef=coef, intercept=intercept, alpha=alpha,
-                        l1_ratio=l1_ratio, selected=np.flatnonzero(coef))
+    return AgePredictor(
+        mean=mean,
+        scale=scale,
+        coef=coef,
+        intercept=intercept,
+        alpha=alpha,
+        l1_ratio=l1_ratio,
+        selected=np.flatnonzero(coef),
+    )
 
 
 def out_of_fold_predictions(
-    x: np.ndarray, age: np.ndarray, groups: np.ndarray, predictor: AgePredictor, config: AgingSection, seed: int
+    x: np.ndarray,
+    age: np.ndarray,
+    groups: np.ndarray,
+    predictor: AgePredictor,
+    config: AgingSection,
+    seed: int,
 ) -> np.ndarray:
     """float64[P] train predictions, each from a model that did not see that patient.
 
@@ -218,12 +245,14 @@ def out_of_fold_predictions(
 def fit_bias_correction(predicted: np.ndarray, age: np.ndarray, fitted_on: str) -> BiasCorrection:
     """Least-squares line predicted = intercept + slope · age (Cole et al. 2018 / Smith et al. 2019 style)."""
     if len(age) < 3:
-        raise StsaeError(f"age-bias correction needs at least 3 {fitted_on} patients with a known age, got {len(age)}")
+        raise StsaeError(
+            f"age-bias correction needs at least 3 {fitted_on} patients with a known age, got {len(age)}"
+        )
     slope, intercept = np.polyfit(age, predicted, deg=1)
     if not slope > MIN_BIAS_SLOPE:
         raise StsaeError(
-            f"age-bias correction on {fitted_on}: predicted-vs-age slope {slope:.3f} <= {MIN_BIAS_SLOPE}; the age "
-            "model does not track age (check aging.model, or set aging.bias_correction_on)"
+            f"age-bias correction on {fitted_on}: predicted-vs-age slope {slope:.3f} <= {MIN_BIAS_SLOPE}; "
+            "the age model does not track age (check aging.model, or set aging.bias_correction_on)"
         )
     return BiasCorrection(slope=float(slope), intercept=float(intercept), fitted_on=fitted_on)
 
@@ -234,7 +263,9 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float | None:
     return float(np.corrcoef(a, b)[0, 1])
 
 
-def _test_metrics(age: np.ndarray, predicted: np.ndarray, delta: np.ndarray, planted: np.ndarray | None) -> dict:
+def _test_metrics(
+    age: np.ndarray, predicted: np.ndarray, delta: np.ndarray, planted: np.ndarray | None
+) -> dict:
     residual = predicted - age
     ss_tot = float(((age - age.mean()) ** 2).sum())
     return {
@@ -265,7 +296,9 @@ def aging_pipeline(x: np.ndarray, patients: pd.DataFrame, config: AgingSection, 
     ids = patients["patient_id"].to_numpy()
     train, val, test = (split == "train"), (split == "val"), (split == "test")
     if test.sum() < 3:
-        raise StsaeError(f"aging: test split has {int(test.sum())} patients with a known age; need at least 3")
+        raise StsaeError(
+            f"aging: test split has {int(test.sum())} patients with a known age; need at least 3"
+        )
     predictor = fit_age_predictor(x[train], age[train], ids[train], config, seed)
     predicted = predictor.predict(x)
     if config.bias_correction_on == "validation":
@@ -286,11 +319,24 @@ def aging_pipeline(x: np.ndarray, patients: pd.DataFrame, config: AgingSection, 
         planted = patients.loc[test, PLANTED_COLUMN].to_numpy(dtype=np.float64)
     metrics = _test_metrics(age[test], predicted[test], corrected[test] - age[test], planted)
     val_mae = float(np.abs(predicted[val] - age[val]).mean()) if val.any() else float("nan")
-    return AgingResult(predictor=predictor, correction=correction, predictions=predictions, delta=delta,
-                       metrics=metrics, val_mae=val_mae, correction_patient_ids=ids[fit_rows])
+    return AgingResult(
+        predictor=predictor,
+        correction=correction,
+        predictions=predictions,
+        delta=delta,
+        metrics=metrics,
+        val_mae=val_mae,
+        correction_patient_ids=ids[fit_rows],
+    )
 
 
 def age_model_record(model_name: str, predictor: AgePredictor) -> dict[str, Any]:
     """The age_model.json payload (docs/CONTRACTS.md): coef in standardised units, one per concept."""
-    return {"model": model_name, "coef": predictor.coef.tolist(), "intercept": predictor.intercept,
-            "alpha": predictor.alpha, "l1_ratio": predictor.l1_ratio, "selected": predictor.selected.tolist()}
+    return {
+        "model": model_name,
+        "coef": predictor.coef.tolist(),
+        "intercept": predictor.intercept,
+        "alpha": predictor.alpha,
+        "l1_ratio": predictor.l1_ratio,
+        "selected": predictor.selected.tolist(),
+    }

@@ -16,7 +16,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import statsmodels.api as sm
-from statsmodels.tools.sm_exceptions import ConvergenceWarning, PerfectSeparationError, PerfectSeparationWarning
+from statsmodels.tools.sm_exceptions import (
+    ConvergenceWarning,
+    PerfectSeparationError,
+    PerfectSeparationWarning,
+)
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +29,7 @@ PER_YEARS = 5.0
 
 
 def logistic_association(delta: pd.DataFrame, label: str, *, min_events: int) -> dict[str, Any]:
-    """OR of `label` (0/1) per PER_YEARS (5) years of delta_age, adjusted for age and sex (dropped if constant).
+    """OR of `label` (0/1) per PER_YEARS (5) years of delta_age, adjusted for age and sex (if it varies).
 
     delta: one row per patient with delta_age, age, sex ("M"/"F"), `label`; rows with a missing value
     are left out. Returns {"or_per_5y", "ci_low", "ci_high", "p", "n"} or {"skipped": reason}.
@@ -36,23 +40,37 @@ def logistic_association(delta: pd.DataFrame, label: str, *, min_events: int) ->
     y = frame[label].to_numpy(dtype=np.float64)
     events = int(y.sum())
     if min(events, n - events) < min_events:
-        return {"skipped": f"{label}: {events} cases and {n - events} non-cases among {n} patients; "
-                           f"need at least {min_events} of each (aging.min_events)"}
-    covariates = frame[["delta_age", "age"]].astype(np.float64).assign(male=(frame["sex"] == "M").astype(float))
+        return {
+            "skipped": f"{label}: {events} cases and {n - events} non-cases among {n} patients; "
+            f"need at least {min_events} of each (aging.min_events)"
+        }
+    covariates = (
+        frame[["delta_age", "age"]].astype(np.float64).assign(male=(frame["sex"] == "M").astype(float))
+    )
     if covariates["male"].nunique() < 2:
         covariates = covariates.drop(columns="male")
     design = sm.add_constant(covariates.to_numpy(), has_constant="add")
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), np.errstate(over="ignore"):
         warnings.simplefilter("error", PerfectSeparationWarning)
         warnings.simplefilter("error", ConvergenceWarning)
         try:
             fit = sm.Logit(y, design).fit(disp=0, maxiter=200)
-        except (PerfectSeparationError, PerfectSeparationWarning, ConvergenceWarning, np.linalg.LinAlgError) as exc:
+        except (
+            PerfectSeparationError,
+            PerfectSeparationWarning,
+            ConvergenceWarning,
+            np.linalg.LinAlgError,
+        ) as exc:
             return {"skipped": f"{label}: logistic regression could not be fitted ({type(exc).__name__})"}
     beta = float(fit.params[1])
     low, high = (float(v) for v in fit.conf_int(alpha=0.05)[1])
-    return {"or_per_5y": float(np.exp(PER_YEARS * beta)), "ci_low": float(np.exp(PER_YEARS * low)),
-            "ci_high": float(np.exp(PER_YEARS * high)), "p": float(fit.pvalues[1]), "n": n}
+    return {
+        "or_per_5y": float(np.exp(PER_YEARS * beta)),
+        "ci_low": float(np.exp(PER_YEARS * low)),
+        "ci_high": float(np.exp(PER_YEARS * high)),
+        "p": float(fit.pvalues[1]),
+        "n": n,
+    }
 
 
 def condition_associations(delta: pd.DataFrame, *, min_events: int) -> dict[str, dict[str, Any]]:

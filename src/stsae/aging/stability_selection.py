@@ -1,4 +1,4 @@
-"""Stability selection (Meinshausen & Bühlmann 2010): keep the concepts an elastic net picks on most half-samples.
+"""Stability selection (Meinshausen & Bühlmann 2010): keep concepts an elastic net picks on most half-samples.
 
 Why: with many correlated concepts the lasso's single selected set is arbitrary; a concept chosen in most
 refits on random halves of the patients is one whose link to age does not hinge on a few people.

@@ -21,7 +21,6 @@ import logging
 import os
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -76,18 +75,38 @@ def master_headers(root: Path, source: str) -> Iterator[Path]:
                     yield header
 
 
-@dataclass
-class _Run:
-    """PPG samples collected for the record being built."""
+class _RunBuilder:
+    """Collects PPG slices of the current gap-free run and turns each finished run into a RawRecord."""
 
-    fs: float
-    t_start_s: float
-    pieces: list[np.ndarray]
-    n: int = 0
+    def __init__(self, header_path: Path, patient_id: str, source: str) -> None:
+        self.header_path = header_path
+        self.patient_id = patient_id
+        self.source = source
+        self.n_runs = 0
+        self.fs = 0.0
+        self.t_start_s = 0.0
+        self.pieces: list[np.ndarray] = []
+        self.n = 0
 
-    def add(self, samples: np.ndarray) -> None:
+    def add(self, samples: np.ndarray, fs: float, t_start_s: float) -> None:
+        if not self.pieces:
+            self.fs, self.t_start_s = fs, t_start_s
         self.pieces.append(samples)
         self.n += samples.size
+
+    def flush(self) -> Iterator[RawRecord]:
+        """Yield the collected run as a record (nothing if empty; all-NaN runs are skipped, logged)."""
+        if not self.pieces:
+            return
+        signal = np.concatenate(self.pieces)
+        self.pieces, self.n = [], 0
+        if not np.isfinite(signal).any():
+            log.warning("%s: PPG run at %.1f s is all NaN; skipped", self.header_path, self.t_start_s)
+            return
+        record_id = f"{self.header_path.stem}#run{self.n_runs}"
+        self.n_runs += 1
+        yield RawRecord(patient_id=self.patient_id, record_id=record_id, signal=signal, fs=self.fs,
+                        source=self.source, t_start_s=self.t_start_s)
 
 
 def _segments(header: wfdb.Record | wfdb.MultiRecord, stem: Path) -> list[tuple[str, int]]:
@@ -120,64 +139,48 @@ def iter_record_runs(
         log.warning("%s: unreadable WFDB header (%s); record skipped", header_path, exc)
         return
     frame_fs = float(header.fs)
-    record = stem.name
-    state = {"k": 0, "found_ppg": False}
-    run: _Run | None = None
-
-    def finish() -> Iterator[RawRecord]:
-        nonlocal run
-        if run is not None and run.n:
-            signal = np.concatenate(run.pieces)
-            if np.isfinite(signal).any():
-                yield RawRecord(patient_id=patient_id, record_id=f"{record}#run{state['k']}", signal=signal,
-                                fs=run.fs, source=source, t_start_s=run.t_start_s)
-                state["k"] += 1
-            else:
-                log.warning("%s: PPG run at %.1f s is all NaN; skipped", header_path, run.t_start_s)
-        run = None
-
+    builder = _RunBuilder(header_path, patient_id, source)
+    found_ppg = False
     offset = 0
     for name, length in _segments(header, stem):
         start_s = offset / frame_fs
         offset += length
         if name == "~" or length == 0:
-            yield from finish()
+            yield from builder.flush()
             continue
         segment = stem.parent / name
         try:
             seg_header = header if segment == stem else wfdb.rdheader(str(segment))
         except WFDB_ERRORS as exc:
             log.warning("%s: segment %s unreadable (%s); run ended", header_path, name, exc)
-            yield from finish()
+            yield from builder.flush()
             continue
         index = _ppg_channel(seg_header.sig_name, channels)
         if index is None:
-            yield from finish()
+            yield from builder.flush()
             continue
-        state["found_ppg"] = True
+        found_ppg = True
         spf = int((seg_header.samps_per_frame or [1] * (index + 1))[index] or 1)
         fs = float(seg_header.fs) * spf
-        if run is not None and run.fs != fs:
-            yield from finish()
-        limit = max(1, int(max_record_s * fs))
+        if builder.n and builder.fs != fs:
+            yield from builder.flush()
+        limit = max(spf, int(max_record_s * fs))
         frame = 0
         while frame < length:
-            if run is None:
-                run = _Run(fs=fs, t_start_s=start_s + frame / float(seg_header.fs), pieces=[])
-            take = max(1, min(length - frame, (limit - run.n) // spf))
+            take = max(1, min(length - frame, (limit - builder.n) // spf))
             try:
                 read = wfdb.rdrecord(str(segment), sampfrom=frame, sampto=frame + take,
                                      channel_names=[seg_header.sig_name[index]], smooth_frames=False)
             except WFDB_ERRORS as exc:
                 log.warning("%s: segment %s signal unreadable (%s); run ended", header_path, name, exc)
-                yield from finish()
+                yield from builder.flush()
                 break
-            run.add(np.asarray(read.e_p_signal[0], dtype=np.float64))
+            builder.add(np.asarray(read.e_p_signal[0], dtype=np.float64), fs, start_s + frame / frame_fs)
             frame += take
-            if run.n >= limit:
-                yield from finish()
-    yield from finish()
-    if not state["found_ppg"]:
+            if builder.n >= limit:
+                yield from builder.flush()
+    yield from builder.flush()
+    if not found_ppg:
         log.info("%s: no PPG channel (%s) in any segment; record skipped", header_path, "/".join(channels))
 
 
@@ -215,7 +218,9 @@ def iter_mimic_records(
                 raw.clinical, raw.extra = dict(facts[0]), dict(facts[1])
             else:
                 raw.clinical = {"age": float("nan"), "sex": None, "htn": None, "t2d": None}
-                unmatched += clinical is not None
+                if clinical is not None:
+                    raw.extra = {"age_capped": False}
+                    unmatched += 1
             yield raw
     if clinical is not None:
         log.info("%s: %d of %d records had no clinical match", source, unmatched, total)

@@ -55,25 +55,38 @@ def _decode_text(values: np.ndarray) -> str:
 
 
 def _is_empty(dataset: h5py.Dataset) -> bool:
-    return bool(dataset.attrs.get("MATLAB_empty", 0))
+    """MATLAB stores [] as a uint64 array of its dimensions flagged MATLAB_empty (attrs read only then)."""
+    return dataset.dtype == np.uint64 and bool(dataset.attrs.get("MATLAB_empty", 0))
 
 
-def _field_values(handle: h5py.File, field: h5py.Dataset) -> list[h5py.Dataset | None]:
-    """One h5py Dataset per struct element (None for MATLAB empties); scalar structs give one element."""
-    if field.dtype != h5py.ref_dtype:
-        return [None if _is_empty(field) else field]
-    out: list[h5py.Dataset | None] = []
-    for ref in np.asarray(field[()]).ravel():
-        target = handle[ref] if ref else None
-        out.append(None if target is None or _is_empty(target) else target)
-    return out
+class _Field:
+    """One struct field: its per-element object references, dereferenced only when an element is read.
+
+    A scalar (1×1) struct stores the value itself instead of a reference; it counts as one element.
+    """
+
+    def __init__(self, handle: h5py.File, dataset: h5py.Dataset) -> None:
+        self._handle = handle
+        self._direct = dataset if dataset.dtype != h5py.ref_dtype else None
+        self._refs = None if self._direct is not None else np.asarray(dataset[()]).ravel()
+
+    def __len__(self) -> int:
+        return 1 if self._refs is None else self._refs.size
+
+    def __getitem__(self, element: int) -> h5py.Dataset | None:
+        if self._refs is None:
+            target = self._direct
+        else:
+            ref = self._refs[element]
+            target = self._handle[ref] if ref else None
+        return None if target is None or _is_empty(target) else target
 
 
 def _as_text(dataset: h5py.Dataset | None) -> str | None:
     if dataset is None:
         return None
     values = dataset[()]
-    if dataset.attrs.get("MATLAB_class", b"") in (b"char", "char") or values.dtype == np.uint16:
+    if values.dtype == np.uint16:  # MATLAB char arrays are UTF-16 code units
         return _decode_text(values)
     number = np.asarray(values, dtype=np.float64).ravel()
     if number.size != 1 or not np.isfinite(number[0]):
@@ -117,8 +130,8 @@ class PulseDBSubject:
             if signal_field not in group:
                 raise InputDataError(f"{path}: '{STRUCT_NAME}' has no field '{signal_field}'")
             self._group = group
-            self._fields: dict[str, list[h5py.Dataset | None]] = {}
-            self._signals = _field_values(self._handle, group[signal_field])
+            self._fields: dict[str, _Field] = {}
+            self._signals = _Field(self._handle, group[signal_field])
             self.n_segments = len(self._signals)
         except BaseException:
             self._handle.close()
@@ -133,44 +146,45 @@ class PulseDBSubject:
     def __exit__(self, *_: object) -> None:
         self.close()
 
-    def _field(self, name: str) -> list[h5py.Dataset | None]:
-        """Per-element datasets of one field (dereferenced once, then cached; values read lazily)."""
-        if name in self._fields:
-            return self._fields[name]
-        if name not in self._group:
-            return [None] * self.n_segments
-        values = _field_values(self._handle, self._group[name])
+    def _value(self, name: str, element: int) -> h5py.Dataset | None:
+        """The dataset of one element of one field (None when the field is absent or the value empty)."""
+        if name not in self._fields:
+            if name not in self._group:
+                return None
+            self._fields[name] = self._checked_field(name)
+        return self._fields[name][element]
+
+    def _checked_field(self, name: str) -> _Field:
+        values = _Field(self._handle, self._group[name])
         if len(values) != self.n_segments:
             raise InputDataError(
                 f"{self.path}: field '{name}' has {len(values)} elements but "
                 f"'{self.signal_field}' has {self.n_segments}"
             )
-        self._fields[name] = values
         return values
 
     def subject_id(self) -> str:
         """SubjectID of the first segment (PulseDB: shared by all segments), else the file stem."""
-        ids = self._field("SubjectID")
-        return (_as_text(ids[0]) if ids else None) or self.path.stem
+        if self.n_segments == 0:
+            return self.path.stem
+        return _as_text(self._value("SubjectID", 0)) or self.path.stem
 
     def demographics(self) -> tuple[float, str | None]:
         """(age in years or NaN, sex "M"/"F"/None) from the first segment's Age and Gender."""
         if self.n_segments == 0:
             return float("nan"), None
-        return _as_float(self._field("Age")[0]), _as_sex(_as_text(self._field("Gender")[0]))
+        return _as_float(self._value("Age", 0)), _as_sex(_as_text(self._value("Gender", 0)))
 
     def segment_keys(self, keep: set[int] | None = None) -> list[SegmentKey]:
         """Keys of the segments to read, sorted by (CaseID, SegmentID); keep: 1-based elements (Info)."""
-        cases = self._field("CaseID")
-        segment_ids = self._field("SegmentID")
         keys = []
         for element in range(self.n_segments):
             if keep is not None and element + 1 not in keep:
                 continue
-            seg = _as_float(segment_ids[element])
+            seg = _as_float(self._value("SegmentID", element))
             keys.append(SegmentKey(
                 element=element,
-                case_id=_as_text(cases[element]) or "",
+                case_id=_as_text(self._value("CaseID", element)) or "",
                 segment_id=int(seg) if np.isfinite(seg) else element + 1,
             ))
         return sorted(keys, key=lambda k: (k.case_id, k.segment_id, k.element))
@@ -189,7 +203,7 @@ class PulseDBSubject:
         """(t_start_s, fs) from the element's per-sample time vector `T`, when it has one that is usable."""
         if not self.has_time_vector():
             return None
-        dataset = self._field("T")[element]
+        dataset = self._value("T", element)
         if dataset is None:
             return None
         t = np.asarray(dataset[()], dtype=np.float64).ravel()
@@ -229,8 +243,10 @@ def read_subset_info(path: Path) -> dict[tuple[str, str], set[int]]:
             raise InputDataError(
                 f"data.pulsedb_subset_info: {path} has no struct array with Subj_Name and Subj_SegIDX"
             )
-        names = [_as_text(d) or "" for d in _field_values(handle, groups[0]["Subj_Name"])]
-        indices = [_as_float(d) for d in _field_values(handle, groups[0]["Subj_SegIDX"])]
+        name_field = _Field(handle, groups[0]["Subj_Name"])
+        index_field = _Field(handle, groups[0]["Subj_SegIDX"])
+        names = [_as_text(name_field[i]) or "" for i in range(len(name_field))]
+        indices = [_as_float(index_field[i]) for i in range(len(index_field))]
     selection: dict[tuple[str, str], set[int]] = {}
     for name, index in zip(names, indices, strict=True):
         subject, _, tag = name.rpartition("_")

@@ -287,19 +287,22 @@ def _render_chunk(records: pd.DataFrame, cfg: SyntheticSection, seed: int, n: in
     dev = records[[f"dev_{j}" for j in range(_N_MORPH_DEV)]].to_numpy()
     shape = _as_rows(beat_shape(records["vascular_age"].to_numpy()[row], np.concatenate(beat_hr),
                                 female[row], dev[row]), np.float32)
+    # Overlap-add every beat into a row buffer padded on both sides (no masking of beats at the edges).
     span = int(np.ceil(_BEAT_SPAN_S * fs))
+    lead = int(np.ceil(_LEAD_S * fs))
+    padded = lead + n + lead + span  # beats start up to _LEAD_S before and after the record
     first = np.ceil(onset * fs).astype(np.int64)
-    idx = first[:, None] + np.arange(span)[None, :]
     tau = (np.arange(span, dtype=np.float32)[None, :] / np.float32(fs)
            + (first / fs - onset).astype(np.float32)[:, None])
     values = np.concatenate(beat_amp).astype(np.float32)[:, None] * shape(tau)
-    inside = (idx >= 0) & (idx < n)
-    pulse = np.bincount((row[:, None] * n + idx)[inside], weights=values[inside], minlength=r_count * n)
+    flat = (row * padded + lead + first)[:, None] + np.arange(span)[None, :]
+    pulse = np.bincount(flat.ravel(), weights=values.ravel(), minlength=r_count * padded)
+    pulse = pulse.reshape(r_count, padded)[:, lead:lead + n]
 
     pos = (np.arange(n) / fs + _LEAD_S) * _SLOW_FS
     lo = np.floor(pos).astype(np.int64)
     w = pos - lo
-    signal = (baseline[:, lo] * (1.0 - w) + baseline[:, lo + 1] * w + pulse.reshape(r_count, n)
+    signal = (baseline[:, lo] * (1.0 - w) + baseline[:, lo + 1] * w + pulse
               + amplitude * cfg.noise_std * sc["noise_scale"] * np.stack([d.noise for d in draws]))
     artifact = np.zeros((r_count, n), dtype=np.int8)
     for r, g in enumerate(generators):

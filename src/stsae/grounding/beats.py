@@ -8,6 +8,7 @@ so thousands of windows take seconds); each beat's onset is its foot by intersec
 
 from __future__ import annotations
 
+import itertools
 import logging
 import warnings
 from dataclasses import dataclass
@@ -46,10 +47,12 @@ def beat_onsets(window: np.ndarray, fs: float) -> np.ndarray:
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        peaks = np.asarray(nk.ppg_findpeaks(window, sampling_rate=fs, method="elgendi")["PPG_Peaks"], dtype=np.int64)
+        peaks = np.asarray(
+            nk.ppg_findpeaks(window, sampling_rate=fs, method="elgendi")["PPG_Peaks"], dtype=np.int64
+        )
     slope = np.gradient(window)
     onsets = []
-    for start, stop in zip(peaks[:-1], peaks[1:]):
+    for start, stop in itertools.pairwise(peaks):
         steepest = start + int(np.argmax(slope[start:stop]))
         trough = float(window[start : steepest + 1].min())
         rise = (window[steepest] - trough) / slope[steepest] if slope[steepest] > 0 else 0.0
@@ -81,7 +84,8 @@ def average_pulse(window: np.ndarray, fs: float, beat_samples: int) -> tuple[np.
     median = float(np.median(durations))
     keep = np.abs(durations - median) <= PERIOD_TOLERANCE * median
     beats = [
-        beat for start, stop in zip(onsets[:-1][keep], onsets[1:][keep])
+        beat
+        for start, stop in zip(onsets[:-1][keep], onsets[1:][keep], strict=True)
         if (beat := _normalised_beat(window[start : stop + 1].astype(np.float64), beat_samples)) is not None
     ]
     if len(beats) < MIN_BEATS:
@@ -101,7 +105,9 @@ def average_pulses(windows: np.ndarray, fs: float, beat_samples: int) -> Average
     reason = np.empty(n, dtype=object)
     with progress(n, "average pulses", "window") as bar:
         for i in range(n):
-            pulses[i], period[i], n_beats[i], reason[i] = average_pulse(np.asarray(windows[i]), fs, beat_samples)
+            pulses[i], period[i], n_beats[i], reason[i] = average_pulse(
+                np.asarray(windows[i]), fs, beat_samples
+            )
             bar.update()
     n_failed = int((reason != "").sum())
     if n_failed:

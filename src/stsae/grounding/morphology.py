@@ -25,20 +25,31 @@ import pandas as pd
 from scipy.signal import find_peaks, savgol_filter
 
 FEATURES = (
-    "crest_time_s", "pulse_width_s", "delta_t_s", "stiffness_index", "reflection_index",
-    "augmentation_index", "sdppg_b_a", "sdppg_d_a", "aging_index",
+    "crest_time_s",
+    "pulse_width_s",
+    "delta_t_s",
+    "stiffness_index",
+    "reflection_index",
+    "augmentation_index",
+    "sdppg_b_a",
+    "sdppg_d_a",
+    "aging_index",
 )
 EDGE_FRACTION = 0.03
 """Extrema this close to the beat's end belong to the next upstroke, not to this beat."""
 PROMINENCE_FRACTION = 0.01
-"""SDPPG waves smaller than this fraction of the SDPPG range are numerical ripples, not waves."""
+"""SDPPG waves less prominent than this fraction of max |SDPPG| are numerical ripples, not waves."""
 
 
-def _derivatives(pulse: np.ndarray, dt: float) -> tuple[np.ndarray, np.ndarray]:
-    """First and second derivative by a cubic Savitzky–Golay filter (window ≈ 7 % of the beat, odd)."""
-    window = max(5, int(round(0.07 * len(pulse))) | 1)
-    return (savgol_filter(pulse, window, 3, deriv=1, delta=dt, mode="interp"),
-            savgol_filter(pulse, window, 3, deriv=2, delta=dt, mode="interp"))
+def _derivatives(pulses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample first and second derivatives of float[N, L] pulses (cubic Savitzky–Golay, window ≈ 7 %
+    of the beat, odd), all rows in one call. Only zero crossings, extrema and ratios are read from them,
+    so the time unit does not matter."""
+    window = max(5, round(0.07 * pulses.shape[1]) | 1)
+    return (
+        savgol_filter(pulses, window, 3, deriv=1, axis=1, mode="interp"),
+        savgol_filter(pulses, window, 3, deriv=2, axis=1, mode="interp"),
+    )
 
 
 def _half_height_width(pulse: np.ndarray, peak: int, dt: float) -> float | None:
@@ -68,10 +79,12 @@ def _sdppg_waves(d2: np.ndarray, peak: int, end: int) -> tuple[dict[str, int], s
     a is the largest acceleration of the upstroke (before the systolic peak); b..e alternate after it and
     must lie before `end`.
     """
-    prominence = PROMINENCE_FRACTION * float(d2.max() - d2.min())
+    prominence = PROMINENCE_FRACTION * float(np.abs(d2).max())
     maxima, _ = find_peaks(d2[:end], prominence=prominence)
     minima, _ = find_peaks(-d2[:end], prominence=prominence)
     waves: dict[str, int] = {"a": int(np.argmax(d2[: max(peak, 1)]))}
+    if peak < 2 or d2[waves["a"]] <= 0:
+        return waves, "SDPPG a wave not found before the systolic peak"
     position = waves["a"]
     for name, candidates in (("b", minima), ("c", maxima), ("d", minima), ("e", maxima)):
         later = candidates[candidates > position]
@@ -81,18 +94,12 @@ def _sdppg_waves(d2: np.ndarray, peak: int, end: int) -> tuple[dict[str, int], s
     return waves, ""
 
 
-def pulse_morphology(pulse: np.ndarray, period_s: float) -> tuple[dict[str, float], str]:
-    """Features of one average pulse. pulse: float[L] (onset 0, peak 1); period_s: its duration in seconds.
-
-    Returns ({feature: value or NaN} over FEATURES, reason) where reason lists the missing fiducials.
-    """
+def _features(
+    pulse: np.ndarray, d1: np.ndarray, d2: np.ndarray, period_s: float
+) -> tuple[dict[str, float], str]:
     values = dict.fromkeys(FEATURES, float("nan"))
-    if not np.all(np.isfinite(pulse)) or not np.isfinite(period_s):
-        return values, "no average pulse"
-    pulse = np.asarray(pulse, dtype=np.float64)
     dt = period_s / (len(pulse) - 1)
-    d1, d2 = _derivatives(pulse, dt)
-    end = len(pulse) - max(1, int(round(EDGE_FRACTION * len(pulse))))
+    end = len(pulse) - max(1, round(EDGE_FRACTION * len(pulse)))
     reasons = []
     peak = int(np.argmax(pulse))
     values["crest_time_s"] = peak * dt
@@ -107,16 +114,16 @@ def pulse_morphology(pulse: np.ndarray, period_s: float) -> tuple[dict[str, floa
     else:
         values["delta_t_s"] = (diastolic - peak) * dt
         values["stiffness_index"] = 1.0 / values["delta_t_s"]
-        values["reflection_index"] = pulse[diastolic] / pulse[peak]
+        values["reflection_index"] = float(pulse[diastolic] / pulse[peak])
     waves, wave_reason = _sdppg_waves(d2, peak, end)
     a = d2[waves["a"]]
     if "b" in waves:
-        values["sdppg_b_a"] = d2[waves["b"]] / a
+        values["sdppg_b_a"] = float(d2[waves["b"]] / a)
     if "d" in waves:
-        values["sdppg_d_a"] = d2[waves["d"]] / a
-        values["augmentation_index"] = (pulse[waves["d"]] - pulse[waves["b"]]) / pulse[peak]
+        values["sdppg_d_a"] = float(d2[waves["d"]] / a)
+        values["augmentation_index"] = float((pulse[waves["d"]] - pulse[waves["b"]]) / pulse[peak])
     if "e" in waves:
-        values["aging_index"] = (d2[waves["b"]] - d2[waves["c"]] - d2[waves["d"]] - d2[waves["e"]]) / a
+        values["aging_index"] = float((d2[waves["b"]] - d2[waves["c"]] - d2[waves["d"]] - d2[waves["e"]]) / a)
     if wave_reason:
         reasons.append(wave_reason)
     return values, "; ".join(reasons)
@@ -125,17 +132,33 @@ def pulse_morphology(pulse: np.ndarray, period_s: float) -> tuple[dict[str, floa
 def morphology_table(pulses: np.ndarray, period_s: np.ndarray, pulse_reason: np.ndarray) -> pd.DataFrame:
     """One row per window: FEATURES columns (NaN where a fiducial is missing) + `reason`.
 
-    pulses: float32[N, L] average pulses; period_s: float64[N]; pulse_reason: str[N] why a pulse is
-    missing ("" when present), as from `grounding.beats.average_pulses`.
+    pulses: float32[N, L] average pulses (onset 0, peak 1); period_s: float64[N] their durations;
+    pulse_reason: str[N] why a pulse is missing ("" when present), as from `grounding.beats.average_pulses`.
     """
     if pulses.ndim != 2 or not len(pulses) == len(period_s) == len(pulse_reason):
         raise ValueError(f"pulses {list(pulses.shape)}, period_s and pulse_reason must share rows")
-    rows = []
-    reasons = []
-    for pulse, period, missing in zip(pulses, period_s, pulse_reason):
-        values, reason = pulse_morphology(pulse, period)
+    pulses = np.asarray(pulses, dtype=np.float64)
+    valid = np.isfinite(pulses).all(axis=1) & np.isfinite(period_s)
+    d1, d2 = np.full_like(pulses, np.nan), np.full_like(pulses, np.nan)
+    if valid.any():
+        d1[valid], d2[valid] = _derivatives(pulses[valid])
+    rows, reasons = [], []
+    for i in range(len(pulses)):
+        if valid[i]:
+            values, reason = _features(pulses[i], d1[i], d2[i], float(period_s[i]))
+        else:
+            values, reason = dict.fromkeys(FEATURES, float("nan")), pulse_reason[i] or "no average pulse"
         rows.append(values)
-        reasons.append(missing or reason)
+        reasons.append(reason)
     frame = pd.DataFrame(rows, columns=list(FEATURES))
     frame["reason"] = reasons
     return frame
+
+
+def pulse_morphology(pulse: np.ndarray, period_s: float) -> tuple[dict[str, float], str]:
+    """Features of one average pulse (float[L], onset 0, peak 1, lasting period_s seconds).
+
+    Returns ({feature: value or NaN}, reason listing the fiducials that were not found).
+    """
+    row = morphology_table(np.asarray(pulse)[None, :], np.array([period_s]), np.array([""])).iloc[0]
+    return {name: float(row[name]) for name in FEATURES}, str(row["reason"])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import pickle
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Literal, NamedTuple
 
@@ -20,7 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stsae.config import EncoderSection
 from stsae.errors import StsaeError
+from stsae.utils.seeding import derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +31,7 @@ EMBEDDING_DIM = 512
 Precision = Literal["fp32", "bf16"]
 
 
-def _same_padding(length: int, kernel_size: int, stride: int) -> tuple[int, int]:
+def same_padding(length: int, kernel_size: int, stride: int) -> tuple[int, int]:
     """TensorFlow-style 'same' padding: output length ceil(length / stride), extra pad on the right."""
     out_len = (length + stride - 1) // stride
     total = max(0, (out_len - 1) * stride + kernel_size - length)
@@ -46,7 +48,7 @@ class Conv1dSame(nn.Module):
         self.conv = nn.Conv1d(in_channels, out_channels, kernel_size, stride=stride, groups=groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.pad(x, _same_padding(x.shape[-1], self.kernel_size, self.stride)))
+        return self.conv(F.pad(x, same_padding(x.shape[-1], self.kernel_size, self.stride)))
 
 
 def _max_pool_same(x: torch.Tensor, kernel_size: int) -> torch.Tensor:
@@ -55,7 +57,7 @@ def _max_pool_same(x: torch.Tensor, kernel_size: int) -> torch.Tensor:
     Upstream pads with zeros, not -inf, so a trailing negative sample can be replaced by 0; kept
     as is because the published weights were trained with it.
     """
-    return F.max_pool1d(F.pad(x, _same_padding(x.shape[-1], kernel_size, 1)), kernel_size)
+    return F.max_pool1d(F.pad(x, same_padding(x.shape[-1], kernel_size, 1)), kernel_size)
 
 
 class BasicBlock(nn.Module):
@@ -164,7 +166,7 @@ class ResNet1DMoE(nn.Module):
         )
 
 
-def PaPaGeiS() -> ResNet1DMoE:  # noqa: N802 - named after the published model
+def PaPaGeiS() -> ResNet1DMoE:
     """The PaPaGei-S architecture (5,785,612 parameters), randomly initialised, in eval mode."""
     model = ResNet1DMoE(in_channels=1, base_filters=32, kernel_size=3, stride=2, groups=1, n_block=18,
                         n_classes=EMBEDDING_DIM, n_experts=3)
@@ -193,7 +195,8 @@ def _read_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise StsaeError(f"{path}: not a plain tensor checkpoint, refusing to unpickle it ({reason})") from None
+        raise StsaeError(
+            f"{path}: holds pickled objects other than tensors; refusing to load it ({reason})") from None
     except (RuntimeError, EOFError, OSError) as exc:
         raise StsaeError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {exc})") from None
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -226,25 +229,55 @@ def load_papagei_s(path: Path | str) -> ResNet1DMoE:
     return model.eval()
 
 
-def _check_windows(windows: np.ndarray | torch.Tensor) -> torch.Tensor:
+def load_encoder(section: EncoderSection, seed: int) -> tuple[ResNet1DMoE, dict[str, str | None]]:
+    """Apply the weights policy of `encoder.*`; returns (model in eval mode, manifest identity).
+
+    Published weights when `encoder.weights` is set; otherwise a seeded random init, but only when
+    `encoder.allow_random_weights` is true (demo), with a loud warning, because random-weight
+    embeddings must never be mistaken for PaPaGei-S results. Identity: {"weights", "sha256"|"RANDOM"}.
+    """
+    if section.weights is not None:
+        model = load_papagei_s(section.weights)
+        return model, {"weights": str(section.weights), "sha256": file_sha256(Path(section.weights))}
+    if not section.allow_random_weights:
+        raise StsaeError("encoder.weights is not set: point it at papagei_s.pt (see DATA_GUIDE.md), or set "
+                         "encoder.allow_random_weights: true for a demo with random weights")
+    log.warning("PaPaGei-S is running with RANDOM weights (encoder.allow_random_weights: true): embeddings "
+                "are NOT the published model's; use this for demos only")
+    return random_papagei_s(derive_seed(seed, "papagei_init")), {"weights": None, "sha256": "RANDOM"}
+
+
+def check_windows(windows: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Windows as a float32[N, 1250] tensor (no copy), or ValueError naming the actual dtype/shape."""
     tensor = torch.as_tensor(windows)
     if tensor.dtype != torch.float32 or tensor.ndim != 2 or tensor.shape[1] != WINDOW_SAMPLES:
-        raise ValueError(f"windows must be float32[N, {WINDOW_SAMPLES}], got {tensor.dtype}{list(tensor.shape)}")
+        raise ValueError(
+            f"windows must be float32[N, {WINDOW_SAMPLES}], got {tensor.dtype}{list(tensor.shape)}")
     return tensor
 
 
-def encode(model: nn.Module, windows: np.ndarray | torch.Tensor, *, batch_size: int = 256,
-           precision: Precision = "fp32") -> np.ndarray:
-    """Embed windows with PaPaGei-S: float32[N, 1250] (band-passed, z-scored, 125 Hz) → float32[N, 512].
+def embed_batches(embedder: Callable[[torch.Tensor], torch.Tensor], windows: np.ndarray | torch.Tensor,
+                  batch_size: int, precision: Precision) -> np.ndarray:
+    """Apply `embedder` ([B, 1, 1250] → [B, 512]) to windows float32[N, 1250] → float32[N, 512].
 
-    Runs under `torch.inference_mode()` in fixed batches of `batch_size`, so the same inputs and
-    arguments give the same bytes. precision "bf16" uses CPU bf16 autocast (output cast to float32).
+    Fixed batch boundaries under `torch.inference_mode()` keep the bytes reproducible; "bf16" runs
+    under CPU bf16 autocast and the output is cast back to float32.
     """
-    tensor = _check_windows(windows)
-    model.eval()
+    tensor = check_windows(windows)
     out = np.empty((tensor.shape[0], EMBEDDING_DIM), dtype=np.float32)
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
         for start in range(0, tensor.shape[0], batch_size):
             batch = tensor[start:start + batch_size].unsqueeze(1)
-            out[start:start + batch.shape[0]] = model(batch).embedding.float().numpy()
+            out[start:start + batch.shape[0]] = embedder(batch).float().numpy()
     return out
+
+
+def encode(model: ResNet1DMoE, windows: np.ndarray | torch.Tensor, *, batch_size: int = 256,
+           precision: Precision = "fp32") -> np.ndarray:
+    """Embed windows with PaPaGei-S: float32[N, 1250] (band-passed, z-scored, 125 Hz) → float32[N, 512].
+
+    The reference path (eager upstream graph, eval mode); the extract stage runs the equivalent,
+    faster `encoder_runtime.FastEmbedder` through the same `embed_batches`.
+    """
+    model.eval()
+    return embed_batches(lambda batch: model(batch).embedding, windows, batch_size, precision)

@@ -61,12 +61,13 @@ class InputStats:
 class Codes(NamedTuple):
     """Concept codes of a batch.
 
-    f: float32[B, K] dense codes (differentiable). For Top-K also idx: int64[B, k] and vals: float32[B, k]
+    f: float32[B, K] dense codes (differentiable; None if not asked for). For Top-K also
+    idx: int64[B, k] and vals: float32[B, k]
     (the active latents) and, when a dead mask was given, aux_idx: int64[B_aux, k_aux], aux_vals:
     float32[B_aux, k_aux] (the largest dead latents of the first B_aux rows, for AuxK); else None.
     """
 
-    f: Tensor
+    f: Tensor | None
     idx: Tensor | None
     vals: Tensor | None
     aux_idx: Tensor | None
@@ -110,8 +111,9 @@ class _TopKEncode(torch.autograd.Function):
     def forward(ctx: Any, x: Tensor, b_dec: Tensor, w_enc: Tensor, b_enc: Tensor, k: int,
                 dead_mask: Tensor | None, k_aux: int, aux_rows: int) -> tuple[Tensor, ...]:
         centred = x - b_dec
-        pre = F.relu(F.linear(centred, w_enc, b_enc).float())
+        pre = F.linear(centred, w_enc, b_enc).float()
         vals, idx = pre.topk(k, dim=1, sorted=False)
+        vals = vals.clamp_min(0.0)  # ReLU after the selection: same result, one pass over [B, K] less
         if dead_mask is not None and k_aux > 0:
             dead_pre = pre[:aux_rows].masked_fill(~dead_mask, float("-inf"))
             aux_vals, aux_idx = dead_pre.topk(k_aux, dim=1, sorted=False)
@@ -251,9 +253,10 @@ class STSAE(nn.Module):
         return (z.float() - self.input_mean) / self.input_scale
 
     def codes(self, x: Tensor, dead_mask: Tensor | None = None, k_aux: int = 0,
-              aux_rows: int | None = None) -> Codes:
+              aux_rows: int | None = None, dense: bool = True) -> Codes:
         """Codes of standardised x: float32[B, d_in]. dead_mask: bool[K] enables AuxK selection of the
-        k_aux largest dead latents for the first `aux_rows` rows (default all)."""
+        k_aux largest dead latents for the first `aux_rows` rows (default all). dense=False skips
+        building the [B, K] codes for Top-K (f is then None; use `dense_codes` on row slices)."""
         if self.activation == "relu":
             f = F.relu(F.linear(x - self.b_dec, self.W_enc, self.b_enc).float())
             return Codes(f, None, None, None, None)
@@ -261,18 +264,25 @@ class STSAE(nn.Module):
         n_aux = x.shape[0] if aux_rows is None else aux_rows
         vals, idx, aux_vals, aux_idx = _TopKEncode.apply(
             x, self.b_dec, self.W_enc, self.b_enc, self.k, dead_mask if k_aux > 0 else None, k_aux, n_aux)
-        f = torch.zeros(x.shape[0], self.d_dict, dtype=vals.dtype, device=x.device).scatter(1, idx, vals)
+        f = self.dense_codes(idx, vals) if dense else None
         if k_aux == 0:
             return Codes(f, idx, vals, None, None)
         return Codes(f, idx, vals, aux_idx, aux_vals)
 
+    def dense_codes(self, idx: Tensor, vals: Tensor) -> Tensor:
+        """Scatter Top-K codes int64[B, k], float32[B, k] into dense float32[B, K] (differentiable)."""
+        out = torch.zeros(idx.shape[0], self.d_dict, dtype=vals.dtype, device=vals.device)
+        return out.scatter(1, idx, vals)
+
     def decode_codes(self, codes: Codes, rows: int | None = None) -> Tensor:
         """x̂: float32[rows, d_in] (standardised) for the first `rows` rows of `codes` (default all)."""
-        n = codes.f.shape[0] if rows is None else rows
-        if self.activation == "topk" and self.sparse_decode:
-            assert codes.idx is not None and codes.vals is not None
-            return self.sparse_combination(codes.idx[:n], codes.vals[:n]) + self.b_dec
-        return codes.f[:n] @ self.W_dec + self.b_dec
+        if codes.idx is not None and codes.vals is not None:
+            n = codes.idx.shape[0] if rows is None else rows
+            if self.sparse_decode:
+                return self.sparse_combination(codes.idx[:n], codes.vals[:n]) + self.b_dec
+            return self.dense_codes(codes.idx[:n], codes.vals[:n]) @ self.W_dec + self.b_dec
+        assert codes.f is not None
+        return codes.f[: codes.f.shape[0] if rows is None else rows] @ self.W_dec + self.b_dec
 
     def sparse_combination(self, idx: Tensor, vals: Tensor) -> Tensor:
         """Σ_i vals[b,i] · W_dec[idx[b,i]] by gathering atoms: int64[B, m], float32[B, m] -> [B, d_in]."""
@@ -280,7 +290,9 @@ class STSAE(nn.Module):
 
     def encode(self, z: Tensor) -> Tensor:
         """Raw z: float32[B, d_in] -> codes f: float32[B, K] (non-negative; k non-zero for Top-K)."""
-        return self.codes(self.standardise(z)).f
+        f = self.codes(self.standardise(z)).f
+        assert f is not None
+        return f
 
     def decode(self, f: Tensor) -> Tensor:
         """Codes f: float32[B, K] -> ẑ: float32[B, d_in] in raw z space."""
@@ -293,6 +305,7 @@ class STSAE(nn.Module):
         x = self.standardise(z)
         codes = self.codes(x, dead_mask, k_aux)
         x_hat = self.decode_codes(codes)
+        assert codes.f is not None
         return STSAEOutput(x_hat * self.input_scale + self.input_mean, codes.f, x, x_hat, codes)
 
     # ---- persistence ----------------------------------------------------------------------------
@@ -335,7 +348,8 @@ class STSAE(nn.Module):
                 raise CheckpointError(f"{source}: tensor '{name}' missing")
             got = tuple(tensors[name].shape)
             if got != shape:
-                raise CheckpointError(f"{source}: tensor '{name}' has shape {list(got)}, expected {list(shape)}")
+                raise CheckpointError(
+                    f"{source}: tensor '{name}' has shape {list(got)}, expected {list(shape)}")
             if not torch.isfinite(tensors[name]).all():
                 raise CheckpointError(f"{source}: tensor '{name}' holds NaN or inf")
         model = cls(d_in, d_dict, activation, k, generator=torch.Generator().manual_seed(0))

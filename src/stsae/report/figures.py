@@ -7,7 +7,6 @@ marked unavailable with the reason, so the report says "not available" instead o
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections import defaultdict
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from stsae.errors import InputDataError
 from stsae.pipeline.rundir import RunDir
+from stsae.report.example_windows import plot_qc_rejections, plot_windows_by_age_decile
 from stsae.report.scorecard import (
     associations_path,
     finite,
@@ -51,7 +51,6 @@ STYLE = {
     "font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "xtick.labelsize": 9,
     "ytick.labelsize": 9, "legend.fontsize": 8.5, "axes.spines.top": False, "axes.spines.right": False,
     "axes.grid": True, "grid.alpha": 0.25, "figure.facecolor": "white", "svg.hashsalt": "stsae",
-    "savefig.bbox": "tight",
 }
 ABLATION_METRICS = (("ev", "EV", True), ("consistency_jaccard", "Consistency (Jaccard)", True),
                     ("lag1_autocorr", "Lag-1 autocorrelation", True),
@@ -135,9 +134,9 @@ def plot_pareto(rows: list[dict[str, Any]], pareto: dict[str, Any] | None, out_d
         for variant in ABLATION_ORDER:
             chosen = [r for r in stsae_rows(points, variant) if r.get("K") == main_k]
             if chosen:
-                ax.scatter([r["l0"] for r in chosen], [r["ev"] for r in chosen], s=55 if variant == "full" else 30,
-                           color=VARIANT_COLORS[variant], edgecolor="white", zorder=4,
-                           label=f"ST-SAE {variant} (K={main_k})")
+                ax.scatter([r["l0"] for r in chosen], [r["ev"] for r in chosen],
+                           s=55 if variant == "full" else 30, color=VARIANT_COLORS[variant],
+                           edgecolor="white", zorder=4, label=f"ST-SAE {variant} (K={main_k})")
         for family, color in FAMILY_COLORS.items():
             matched = sorted((r for r in points if r.get("family") == family and r.get("matched_sparsity")),
                              key=lambda r: r["l0"])
@@ -167,10 +166,11 @@ def plot_pareto(rows: list[dict[str, Any]], pareto: dict[str, Any] | None, out_d
         ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
         save_figure(fig, out_dir, name)
     return FigureInfo(name, "models", title,
-                      "Every model on the held-out test split. Filled circles: ST-SAE variants at the main "
-                      "dictionary size; the thin line joins the K-sweep; coloured lines: baselines restricted "
-                      "to their top-k components per window; open squares: dense baselines. Circled points "
-                      "form the Pareto frontier (no model has higher EV at lower or equal L0).", note=note)
+                      "Every model on the held-out test split. Filled circles: ST-SAE variants at the "
+                      "main dictionary size; the thin line joins the K-sweep; coloured lines: baselines "
+                      "restricted to their top-k components per window; open squares: dense baselines. "
+                      "Circled points form the Pareto frontier (no model has higher EV at lower or equal "
+                      "L0).", note=note)
 
 
 def _min_seed(rows: list[dict[str, Any]]) -> int | None:
@@ -264,8 +264,8 @@ def plot_seed_stability(rows: list[dict[str, Any]], out_dir: Path) -> FigureInfo
         spread = _seed_spread(chosen, "stability_mean_cos")
         if spread is not None:
             variants.append(variant)
-            stats.append((spread, _seed_spread(chosen, "stability_null_mean_cos"),
-                          _seed_spread(chosen, "stability_frac_07"), _seed_spread(chosen, "stability_frac_09")))
+            stats.append((spread, *(_seed_spread(chosen, f"stability_{key}")
+                                    for key in ("null_mean_cos", "frac_07", "frac_09"))))
     if not variants:
         return _unavailable(name, "models", title, "no leaderboard row has stability_mean_cos")
     with _figure(7.2, 3.8) as fig:
@@ -344,17 +344,17 @@ def plot_delta_age_groups(delta: pd.DataFrame, out_dir: Path) -> FigureInfo:
     outcomes = [o for o in ("htn", "t2d") if o in data.columns and data[o].notna().any()]
     if not outcomes:
         return _unavailable(name, "aging", title, "no HTN/T2D labels")
-    jitter = np.random.default_rng(0)
     with _figure(3.0 * len(outcomes) + 0.6, 3.8) as fig:
         axes = np.atleast_1d(fig.subplots(1, len(outcomes), sharey=True))
         for ax, outcome in zip(axes, outcomes, strict=True):
             groups = [data.loc[data[outcome] == value, "delta_age"].to_numpy(float) for value in (0, 1)]
-            labels = [f"no {outcome.upper()}\n(n={len(groups[0])})", f"{outcome.upper()}\n(n={len(groups[1])})"]
+            labels = [f"{prefix}{outcome.upper()}\n(n={len(group)})"
+                      for prefix, group in zip(("no ", ""), groups, strict=True)]
             present = [i for i, g in enumerate(groups) if len(g)]
             ax.boxplot([groups[i] for i in present], positions=present, widths=0.5, showfliers=False,
                        medianprops={"color": "#222222"})
             for i in present:
-                ax.scatter(i + jitter.uniform(-0.12, 0.12, len(groups[i])), groups[i], s=12, alpha=0.6,
+                ax.scatter(i + _spread(len(groups[i])), groups[i], s=12, alpha=0.6,
                            color=(LOW_COLOR, HIGH_COLOR)[i], zorder=3)
             ax.axhline(0, color="#888888", lw=0.8, ls="--")
             ax.set_xticks([0, 1], labels)
@@ -366,7 +366,14 @@ def plot_delta_age_groups(delta: pd.DataFrame, out_dir: Path) -> FigureInfo:
     return FigureInfo(name, "aging", title, f"Per-patient Δage ({scope}); boxes: median and quartiles.")
 
 
-_SOURCE_LABELS = {"concepts": "ST-SAE concepts", "raw_embedding": "raw embedding", "best_baseline": "best baseline"}
+def _spread(n: int, half_width: float = 0.12) -> np.ndarray:
+    """Deterministic horizontal offsets (golden-ratio sequence) so overlapping points stay visible
+    without a random draw."""
+    return ((np.arange(n) * 0.6180339887) % 1.0 - 0.5) * 2 * half_width
+
+
+_SOURCE_LABELS = {"concepts": "ST-SAE concepts", "raw_embedding": "raw embedding",
+                  "best_baseline": "best baseline"}
 
 
 def plot_forest(associations: dict[str, Any], out_dir: Path) -> FigureInfo:
@@ -381,7 +388,7 @@ def plot_forest(associations: dict[str, Any], out_dir: Path) -> FigureInfo:
     with _figure(6.8, 0.45 * len(entries) + 1.4) as fig:
         ax = fig.subplots()
         y = np.arange(len(entries))[::-1]
-        for yi, (label, entry) in zip(y, entries, strict=True):
+        for yi, (_, entry) in zip(y, entries, strict=True):
             odds, low, high = (finite(entry.get(k)) for k in ("or_per_5y", "ci_low", "ci_high"))
             if odds is None or low is None or high is None:
                 reason = entry.get("skipped", "not available")
@@ -409,8 +416,8 @@ def plot_forest(associations: dict[str, Any], out_dir: Path) -> FigureInfo:
 # --- Concepts: grounding -----------------------------------------------------------------------
 
 
-def plot_concept_card(concept: int, pulses: dict[str, np.ndarray], row: int, correlations: pd.DataFrame | None,
-                      out_dir: Path) -> FigureInfo:
+def plot_concept_card(concept: int, pulses: dict[str, np.ndarray], row: int,
+                      correlations: pd.DataFrame | None, out_dir: Path) -> FigureInfo:
     """Average pulse of the concept's highest vs lowest decile windows (bands), plus top morphology rho.
 
     pulses: arrays of concept_pulses.npz, each float[C, L]; `row` selects this concept's row.
@@ -424,9 +431,10 @@ def plot_concept_card(concept: int, pulses: dict[str, np.ndarray], row: int, cor
         top = own.reindex(own["rho"].abs().sort_values(ascending=False).index).head(5)
     with _figure(8.4, 3.0) as fig:
         ax, bars = fig.subplots(1, 2, width_ratios=[1.3, 1])
-        for part, color, label in (("high", HIGH_COLOR, "highest decile"), ("low", LOW_COLOR, "lowest decile")):
-            ax.fill_between(phase, pulses[f"{part}_lo"][row], pulses[f"{part}_hi"][row], color=color, alpha=0.2,
-                            lw=0)
+        for part, color, label in (("high", HIGH_COLOR, "highest decile"),
+                                   ("low", LOW_COLOR, "lowest decile")):
+            ax.fill_between(phase, pulses[f"{part}_lo"][row], pulses[f"{part}_hi"][row], color=color,
+                            alpha=0.2, lw=0)
             ax.plot(phase, pulses[f"{part}_mean"][row], color=color, lw=2, label=label)
         ax.set_xlabel("beat phase (onset to onset, fraction of cycle)")
         ax.set_ylabel("amplitude (normalised)")
@@ -467,7 +475,8 @@ def read_concept_pulses(path: Path) -> dict[str, np.ndarray] | None:
         raise InputDataError(f"{path}: not a readable .npz ({exc})") from None
     n = arrays["concepts"].shape[0]
     for key in PULSE_KEYS[1:]:
-        if arrays[key].ndim != 2 or arrays[key].shape != arrays["high_mean"].shape or arrays[key].shape[0] != n:
+        shape = arrays[key].shape
+        if len(shape) != 2 or shape != arrays["high_mean"].shape or shape[0] != n:
             raise InputDataError(f"{path}: '{key}' has shape {arrays[key].shape}, expected [{n}, L]")
     return arrays
 
@@ -485,26 +494,22 @@ def read_concept_correlations(path: Path) -> pd.DataFrame | None:
 
 
 def _example_window_figures(run_dir: RunDir, out_dir: Path) -> list[FigureInfo]:
-    specs = (("example_windows", "Example windows per age decile"), ("qc_rejections", "QC rejection examples"))
-    try:
-        example_windows = importlib.import_module("stsae.report.example_windows")
-    except ModuleNotFoundError as exc:
-        if exc.name != "stsae.report.example_windows":
-            raise
-        return [_unavailable(n, "data", t, "example-window plots are not installed") for n, t in specs]
+    """Example windows per age decile and QC rejections (drawn by stsae.report.example_windows)."""
+    ages_title, qc_title = "Example windows per age decile", "QC rejection examples"
     meta, qc = read_optional_parquet(run_dir.meta), read_optional_parquet(run_dir.qc)
     if meta is None or not run_dir.windows.is_file():
-        return [_unavailable(n, "data", t, "windows/ not available") for n, t in specs]
+        return [_unavailable(name, "data", title, "windows/ not available")
+                for name, title in (("example_windows", ages_title), ("qc_rejections", qc_title))]
     windows = io.open_memmap_rows(run_dir.windows)
-    with mpl.rc_context(STYLE):
-        example_windows.plot_windows_by_age_decile(windows, meta, out_dir / "example_windows.png")
-        if qc is not None:
-            example_windows.plot_qc_rejections(windows, meta, qc, out_dir / "qc_rejections.png")
-    captions = ("Preprocessed 10 s windows (125 Hz), one row per age decile.",
-                "Windows rejected by quality control, with the reason recorded for each.")
-    return [FigureInfo(n, "data", t, c) if (out_dir / f"{n}.png").is_file()
-            else _unavailable(n, "data", t, "not drawn")
-            for (n, t), c in zip(specs, captions, strict=True)]
+    plot_windows_by_age_decile(windows, meta, out_dir / "example_windows.png", qc=qc)
+    infos = [FigureInfo("example_windows", "data", ages_title,
+                        "One preprocessed window (band-passed, z-scored, 125 Hz) per age decile; the first "
+                        "5 s of each 10 s window are shown.")]
+    if qc is None:
+        return [*infos, _unavailable("qc_rejections", "data", qc_title, "windows/qc.parquet not available")]
+    plot_qc_rejections(windows, meta, qc, out_dir / "qc_rejections.png")
+    return [*infos, FigureInfo("qc_rejections", "data", qc_title,
+                               "One rejected window per QC reason, with the planted artifact where known.")]
 
 
 # --- The figures stage's work ------------------------------------------------------------------
@@ -543,7 +548,8 @@ def draw_figures(run_dir: RunDir) -> list[FigureInfo]:
     pulses = read_concept_pulses(run_dir.grounding_dir / "concept_pulses.npz")
     correlations = read_concept_correlations(run_dir.grounding_dir / "concept_morphology.csv")
     if pulses is None:
-        infos.append(_unavailable("concepts", "concepts", "Concept cards", "concept_pulses.npz not available"))
+        infos.append(_unavailable("concepts", "concepts", "Concept cards",
+                                  "concept_pulses.npz not available"))
     else:
         infos.extend(plot_concept_card(int(c), pulses, i, correlations, out_dir)
                      for i, c in enumerate(pulses["concepts"]))

@@ -55,8 +55,8 @@ class Headline:
         return self.encoder_sha256 == RANDOM_SHA256
 
 
-def _number(value: float | None, fmt: str) -> str:
-    return NOT_AVAILABLE if value is None else format(value, fmt)
+def _number(value: float | None, fmt: str, unit: str = "") -> str:
+    return NOT_AVAILABLE if value is None else format(value, fmt) + unit
 
 
 def _odds_ratio(entry: Any) -> OddsRatio:
@@ -95,7 +95,7 @@ def headline_lines(run_dir: RunDir) -> list[str]:
         lines.append("WARNING: encoder weights identity not recorded in manifest.json")
     lines.append(f"Full ST-SAE ({head.full_model or NOT_AVAILABLE}): EV {_number(head.ev, '.3f')}, "
                  f"L0 {_number(head.l0, '.1f')}")
-    lines.append(f"Age (test): MAE {_number(head.age_mae, '.2f')} y, r {_number(head.age_r, '.3f')}")
+    lines.append(f"Age (test): MAE {_number(head.age_mae, '.2f', ' y')}, r {_number(head.age_r, '.3f')}")
     lines.append("Δage odds ratio per 5 y: " + "; ".join(
         f"{outcome.upper()} {ratio.text()}" for outcome, ratio in head.odds_ratios.items()))
     if head.scorecard is not None:

@@ -15,11 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-import pandas as pd
 
 from stsae.errors import InputDataError
 from stsae.pipeline.rundir import RunDir
-from stsae.report.figures import FigureInfo, read_concept_correlations, read_figure_index
+from stsae.report.figures import FigureInfo, read_figure_index
 from stsae.report.headline import NOT_AVAILABLE, RANDOM_WARNING, Headline, headline
 from stsae.report.scorecard import (
     Check,
@@ -73,11 +72,14 @@ def _embed(run_dir: RunDir, info: FigureInfo) -> EmbeddedFigure:
     if not info.available:
         return EmbeddedFigure(info, None)
     if not path.is_file():
-        raise InputDataError(f"{path}: listed in figures/index.json but missing (rerun `stsae figures --force`)")
-    return EmbeddedFigure(info, "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii"))
+        raise InputDataError(f"{path}: listed in figures/index.json but missing "
+                             "(rerun `stsae figures --force`)")
+    encoded = base64.b64encode(path.read_bytes()).decode("ascii")
+    return EmbeddedFigure(info, f"data:image/png;base64,{encoded}")
 
 
-def _run_summary(run_dir: RunDir, manifest: dict[str, Any], rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
+def _run_summary(run_dir: RunDir, manifest: dict[str, Any],
+                 rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
     meta = read_optional_parquet(run_dir.meta)
     qc = read_optional_parquet(run_dir.qc)
     encoder = manifest.get("encoder") if isinstance(manifest.get("encoder"), dict) else {}
@@ -98,7 +100,8 @@ def _run_summary(run_dir: RunDir, manifest: dict[str, Any], rows: list[dict[str,
     full = main_row(rows, "full")
     sidecar = None
     if full and isinstance(full.get("K"), int) and isinstance(full.get("seed"), int):
-        sidecar = read_optional_json(run_dir.stsae_checkpoint("full", full["K"], full["seed"]).with_suffix(".json"))
+        checkpoint = run_dir.stsae_checkpoint("full", full["K"], full["seed"])
+        sidecar = read_optional_json(checkpoint.with_suffix(".json"))
     if isinstance(sidecar, dict):
         items.append(("Embedding ‖mean‖/‖std‖, effective rank",
                       f"{_fmt(sidecar.get('input_mean_norm_over_std'), '.1f')}, "
@@ -130,7 +133,8 @@ def _leaderboard_table(rows: list[dict[str, Any]], pareto: dict[str, Any] | None
 
 def _probe_table(rows: list[dict[str, Any]]) -> list[tuple[str, str, str, str]]:
     probe = (main_row(rows, "full") or {}).get("probe") or {}
-    return [(factor, str(entry.get("metric", "")), _fmt(entry.get("value"), ".3f"), _fmt(entry.get("raw_value"), ".3f"))
+    return [(factor, str(entry.get("metric", "")), _fmt(entry.get("value"), ".3f"),
+             _fmt(entry.get("raw_value"), ".3f"))
             for factor, entry in probe.items() if isinstance(entry, dict)]
 
 
@@ -148,28 +152,14 @@ def _aging(associations: dict[str, Any] | None) -> dict[str, Any] | None:
             if "skipped" in entry:
                 assoc_rows.append((label, outcome.upper(), f"skipped: {entry['skipped']}", "", ""))
             else:
-                assoc_rows.append((label, outcome.upper(), f"{_fmt(entry.get('or_per_5y'), '.2f')} "
-                                   f"[{_fmt(entry.get('ci_low'), '.2f')}, {_fmt(entry.get('ci_high'), '.2f')}]",
+                odds, low, high = (_fmt(entry.get(k), ".2f") for k in ("or_per_5y", "ci_low", "ci_high"))
+                assoc_rows.append((label, outcome.upper(), f"{odds} [{low}, {high}]",
                                    _fmt(entry.get("p"), ".2g"), _fmt(entry.get("n"), None)))
     bias = associations.get("bias_correction") or {}
     return {"metrics": [(label, _fmt(metrics.get(key), spec)) for key, label, spec in AGE_METRICS],
             "bias": (f"fitted on {bias.get('fitted_on', '?')}: slope {_fmt(bias.get('slope'), '.3f')}, "
                      f"intercept {_fmt(bias.get('intercept'), '.2f')}") if bias else NOT_AVAILABLE,
             "associations": assoc_rows}
-
-
-def _concept_correlations(run_dir: RunDir) -> dict[str, list[tuple[str, str, str]]]:
-    """Top three morphology correlations per concept figure name, for the card's text."""
-    table = read_concept_correlations(run_dir.grounding_dir / "concept_morphology.csv")
-    if table is None:
-        return {}
-    cards = {}
-    for concept, group in table.dropna(subset=["rho"]).groupby("concept"):
-        top = group.reindex(group["rho"].abs().sort_values(ascending=False).index).head(3)
-        q = top["q"] if "q" in top.columns else pd.Series(float("nan"), index=top.index)
-        cards[f"concept_{concept}"] = [(str(f), f"{rho:+.2f}", _fmt(qv, ".2g"))
-                                       for f, rho, qv in zip(top["feature"], top["rho"], q, strict=True)]
-    return cards
 
 
 def _qc_reasons(run_dir: RunDir) -> list[tuple[str, int]]:
@@ -184,7 +174,8 @@ def _headline_cards(head: Headline) -> list[tuple[str, str, str]]:
     """(label, value, note) of the numbers shown first."""
     cards = [("Explained variance", _fmt(head.ev, ".3f"), head.full_model or "full model"),
              ("L0", _fmt(head.l0, ".1f"), "active concepts per window"),
-             ("Age MAE", f"{_fmt(head.age_mae, '.2f')} y", "test split, bias-corrected"),
+             ("Age MAE", _fmt(head.age_mae, ".2f") + (" y" if head.age_mae is not None else ""),
+              "test split, bias-corrected"),
              ("Age r", _fmt(head.age_r, ".3f"), "predicted vs chronological")]
     cards += [(f"{outcome.upper()} odds ratio", ratio.text(), "per 5 y of Δage, 95% CI")
               for outcome, ratio in head.odds_ratios.items()]
@@ -221,7 +212,6 @@ def report_context(run_dir: RunDir, title: str) -> dict[str, Any]:
         "probe": _probe_table(rows),
         "sections": [(key, label, [f for f in figures if f.info.section == key]) for key, label in SECTIONS],
         "aging": _aging(read_optional_json(associations_path(run_dir))),
-        "concept_correlations": _concept_correlations(run_dir),
         "qc_reasons": _qc_reasons(run_dir),
         "scorecard": _scorecard_rows(scorecard(run_dir)),
     }

@@ -117,7 +117,8 @@ def front_keys(pareto: Any) -> set[tuple[Any, Any, Any]]:
     """(model, l0, ev) of the Pareto-front points; a model name alone is ambiguous because a
     baseline's dense and matched-sparsity rows share it."""
     points = pareto.get("points", []) if isinstance(pareto, dict) else []
-    return {(p.get("model"), p.get("l0"), p.get("ev")) for p in points if isinstance(p, dict) and p.get("on_front")}
+    return {(p.get("model"), p.get("l0"), p.get("ev"))
+            for p in points if isinstance(p, dict) and p.get("on_front")}
 
 
 def row_key(row: dict[str, Any]) -> tuple[Any, Any, Any]:

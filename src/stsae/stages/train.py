@@ -37,7 +37,7 @@ def run(ctx: StageContext) -> None:
     train = WindowTripletDataset(emb.z, emb.z_aug, emb.index, "train")
     val = WindowTripletDataset(emb.z, emb.z_aug, emb.index, "val")
     if len(train) == 0:
-        raise InputDataError(f"{ctx.run_dir.index}: the train split has no consecutive window pairs to train on")
+        raise InputDataError(f"{ctx.run_dir.index}: the train split has no consecutive window pairs")
     entries = select(build_grid(cfg), ctx.only)
     log.info("train: %d model(s) in the grid selection, %d train / %d val triplets",
              len(entries), len(train), len(val))

@@ -62,7 +62,8 @@ def select(entries: list[GridEntry], only: list[str]) -> list[GridEntry]:
         elif token in VARIANTS:
             variants.add(token)
         elif token:
-            raise StsaeError(f"--only {token!r}: expected a variant ({', '.join(VARIANTS)}), K=<int> or seed=<int>")
+            raise StsaeError(
+                f"--only {token!r}: expected a variant ({', '.join(VARIANTS)}), K=<int> or seed=<int>")
     chosen = [e for e in entries if e.matches(variants, sizes, seeds)]
     if only and not chosen:
         raise StsaeError(f"--only {','.join(only)}: matches no model of the configured grid")

@@ -37,7 +37,7 @@ from stsae.config import ABLATIONS, LossWeights, TrainSection
 from stsae.data.dataset import WindowTripletDataset
 from stsae.data.store import EMBEDDING_DIM
 from stsae.errors import StsaeError
-from stsae.models.stsae import STSAE, CheckpointError, read_safetensors
+from stsae.models.stsae import STSAE, CheckpointError, Codes, read_safetensors
 from stsae.train.losses import (
     LossTerms,
     centred_sum_of_squares,
@@ -109,7 +109,8 @@ class Trainer:
             raise StsaeError("train split has no temporal pairs (z_t, z_t+1); check the extract stage")
         self.world, self.rank = _world()
         if cfg.batch_size % self.world:
-            raise StsaeError(f"train.batch_size={cfg.batch_size} must be divisible by the world size {self.world}")
+            raise StsaeError(
+                f"train.batch_size={cfg.batch_size} must be divisible by the world size {self.world}")
         self.train_data, self.val_data, self.cfg = train, val, cfg
         self.variant, self.d_dict, self.seed = variant, d_dict, seed
         self.total_steps = steps if steps is not None else cfg.steps
@@ -117,7 +118,7 @@ class Trainer:
         init = torch.Generator().manual_seed(derive_seed(seed, "stsae-init", d_dict))
         self.model = STSAE(EMBEDDING_DIM, d_dict, cfg.activation, cfg.k, cfg.sparse_decode, generator=init)
         self.model.init_from_data(train_row_sample(train, cfg.stats_max_rows, seed), init)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, fused=True)
         self.since_fired = torch.zeros(d_dict, dtype=torch.int64)
         self.step = 0
         self.history: list[dict[str, float]] = []
@@ -135,7 +136,8 @@ class Trainer:
     # ---- deterministic data order ---------------------------------------------------------------
     def _epoch_perm(self, epoch: int) -> np.ndarray:
         if self._epoch_cache is None or self._epoch_cache[0] != epoch:
-            self._epoch_cache = (epoch, rng(self.seed, "stsae-batches", epoch).permutation(len(self.train_data)))
+            perm = rng(self.seed, "stsae-batches", epoch).permutation(len(self.train_data))
+            self._epoch_cache = (epoch, perm)
         return self._epoch_cache[1]
 
     def batch_ids(self, step: int) -> np.ndarray:
@@ -190,21 +192,16 @@ class Trainer:
         parts = [z_t] + ([z_t1] if weights.smooth > 0 else []) + ([z_aug] if weights.stab > 0 else [])
         x = model.standardise(torch.cat(parts))
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.bf16):
-            codes = model.codes(x, dead_mask, self.cfg.aux_k, aux_rows=b)
+            codes = model.codes(x, dead_mask, self.cfg.aux_k, aux_rows=b, dense=False)
             x_hat = model.decode_codes(codes, rows=b).float()
         x_t = x[:b]
-        f = codes.f.float()
-        f_t = f[:b]
+        f_t, *others = (self._dense(codes, start, start + b) for start in range(0, x.shape[0], b))
         zero = x.new_zeros(())
         rec = l_rec(x_t, x_hat, self._centred_ss(x_t, n_global))
         sp = l_sp(f_t, n_global)
         div = l_div(model.W_dec, div_sample) / self.world if weights.div > 0 else zero
-        offset = b
-        smooth = zero
-        if weights.smooth > 0:
-            smooth = l_smooth(f_t, f[offset:offset + b], n_global)
-            offset += b
-        stab = l_stab(f_t, f[offset:offset + b], n_global) if weights.stab > 0 else zero
+        smooth = l_smooth(f_t, others.pop(0), n_global) if weights.smooth > 0 else zero
+        stab = l_stab(f_t, others.pop(0), n_global) if weights.stab > 0 else zero
         auxk = zero
         if codes.aux_idx is not None and codes.aux_vals is not None:
             residual = x_t - x_hat
@@ -212,6 +209,13 @@ class Trainer:
             auxk = l_auxk(residual, aux_recon, self._centred_ss(residual, n_global))
         fired = (f_t > 0).any(0)
         return LossTerms(rec, sp, div, stab, smooth, auxk), fired
+
+    def _dense(self, codes: Codes, start: int, stop: int) -> Tensor:
+        """float32[stop − start, K] dense codes of rows [start, stop)."""
+        if codes.idx is not None and codes.vals is not None:
+            return self.model.dense_codes(codes.idx[start:stop], codes.vals[start:stop])
+        assert codes.f is not None
+        return codes.f[start:stop].float()
 
     def _div_sample(self, step: int) -> Tensor | None:
         if self.spec.weights.div == 0 or self.d_dict <= self.cfg.div_sample:
@@ -229,7 +233,8 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(self.step)
         model.train()
-        terms, fired = self._loss_terms(z_t, z_t1, z_aug, cfg.batch_size, dead_mask, self._div_sample(self.step))
+        div_sample = self._div_sample(self.step)
+        terms, fired = self._loss_terms(z_t, z_t1, z_aug, cfg.batch_size, dead_mask, div_sample)
         self.optimizer.zero_grad(set_to_none=True)
         terms.total(self.spec.weights, cfg.activation).backward()
         if self.world > 1:
@@ -269,7 +274,7 @@ class Trainer:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.bf16):
                 codes = model.codes(x)
                 x_hat = model.decode_codes(codes, rows=b).float()
-            f = codes.f.float()
+            f = self._dense(codes, 0, x.shape[0])
             f_t = f[:b]
             x_t = x[:b].double()
             sums["sse"] += float((x_t - x_hat.double()).pow(2).sum())
@@ -372,8 +377,8 @@ class Trainer:
         tensors["since_fired"] = self.since_fired.clone()
         state = {"settings": self.settings(), "step": self.step, "history": self.history,
                  "best_val": self.best_val if math.isfinite(self.best_val) else None,
-                 "best_step": self.best_step, "bad_evals": self.bad_evals, "stopped_early": self.stopped_early,
-                 "last_train": self.last_train,
+                 "best_step": self.best_step, "bad_evals": self.bad_evals,
+                 "stopped_early": self.stopped_early, "last_train": self.last_train,
                  "rng": {"scheme": "derive_seed(seed, name, step|epoch) per draw; no running state",
                          "seed": self.seed},
                  "optimizer": {"type": "Adam", "param_groups": self.optimizer.state_dict()["param_groups"]}}
@@ -386,7 +391,7 @@ class Trainer:
             raise CheckpointError(f"{path}: not an ST-SAE training checkpoint; delete it to start over")
         state = json.loads(header["state"])
         if state["settings"] != self.settings():
-            log.warning("%s: checkpoint was written with other settings; ignoring it and starting fresh", path)
+            log.warning("%s: checkpoint written with other settings; ignored, starting fresh", path)
             return
         try:
             with torch.no_grad():

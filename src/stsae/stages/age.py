@@ -1,0 +1,134 @@
+"""The `age` stage: concept age model, bias-corrected Δage, and HTN/T2D associations → aging/.
+
+The concept model is the ST-SAE variant `aging.model` at `train.d_dict` and the first of `train.seeds`;
+reading those two train keys couples this stage to the train section on purpose (the model it explains
+is the one training made), and the `train` upstream fingerprint already reruns this stage when they
+change. The same pipeline runs on the patient-mean raw embedding and on every baseline, so the
+associations can be compared with the concept predictor's; the "best baseline" is the one with the
+lowest UNCORRECTED validation MAE (chosen without test data). Associations use test patients only.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stsae.aging.age_pred import (
+    AgingResult,
+    age_model_record,
+    aging_pipeline,
+    patient_mean_codes,
+    patient_table,
+)
+from stsae.aging.associations import CONDITIONS, condition_associations
+from stsae.data.store import load_embeddings
+from stsae.errors import InputDataError, StsaeError
+from stsae.models.registry import ModelInfo, list_models, load_concept_model
+from stsae.pipeline.rundir import RunDir
+from stsae.pipeline.runner import StageContext
+from stsae.utils import io
+
+log = logging.getLogger(__name__)
+
+BASELINE_FAMILIES = ("pca", "ica", "nmf")
+
+
+def predictions_path(run_dir: RunDir) -> Path:
+    return run_dir.aging_dir / "predictions.parquet"
+
+
+def delta_age_path(run_dir: RunDir) -> Path:
+    return run_dir.aging_dir / "delta_age.parquet"
+
+
+def age_model_path(run_dir: RunDir) -> Path:
+    return run_dir.aging_dir / "age_model.json"
+
+
+def associations_path(run_dir: RunDir) -> Path:
+    return run_dir.aging_dir / "associations.json"
+
+
+def concept_model_info(models: list[ModelInfo], variant: str, d_dict: int, seed: int) -> ModelInfo:
+    """The ST-SAE checkpoint that aging explains; a user error naming the keys when it is missing."""
+    for info in models:
+        if (info.family, info.variant, info.d_dict, info.seed) == ("stsae", variant, d_dict, seed):
+            return info
+    raise StsaeError(
+        f"no trained ST-SAE '{variant}' with K={d_dict}, seed {seed} in models/ "
+        "(check aging.model, train.d_dict, train.seeds; run `stsae train`)"
+    )
+
+
+def _summary(model: str, result: AgingResult) -> dict[str, Any]:
+    return {"model": model, "val_mae": result.val_mae, **result.metrics}
+
+
+def run(ctx: StageContext) -> None:
+    config, run_dir = ctx.config, ctx.run_dir
+    embeddings = load_embeddings(run_dir)
+    patients = patient_table(io.read_parquet(run_dir.meta))
+    seed, aging = config.run.seed, config.aging
+    window_patients = embeddings.index["patient_id"].astype(str).to_numpy()
+
+    unknown = sorted(set(window_patients) - set(patients["patient_id"]))
+    if unknown:
+        raise InputDataError(
+            f"{run_dir.index}: patient {unknown[0]} is not in {run_dir.meta.name} (rerun prepare)"
+        )
+
+    def fit(encode: Any) -> AgingResult:
+        ids, features = patient_mean_codes(encode, embeddings.z, window_patients)
+        rows = patients.set_index("patient_id").loc[ids].reset_index()
+        return aging_pipeline(features, rows, aging, seed)
+
+    models = list_models(run_dir)
+    info = concept_model_info(models, aging.model, config.train.d_dict, config.train.seeds[0])
+    concept = fit(load_concept_model(info.path).encode)
+    raw = fit(np.asarray)
+    baselines = {
+        b.name: fit(load_concept_model(b.path).encode) for b in models if b.family in BASELINE_FAMILIES
+    }
+    associations: dict[str, Any] = {
+        "concepts": condition_associations(concept.delta, min_events=aging.min_events),
+        "raw_embedding": condition_associations(raw.delta, min_events=aging.min_events),
+    }
+    predictors = {"concepts": _summary(info.name, concept), "raw_embedding": _summary("raw_embedding", raw)}
+    if baselines:
+        best = min(baselines, key=lambda name: baselines[name].val_mae)
+        associations["best_baseline"] = condition_associations(
+            baselines[best].delta, min_events=aging.min_events
+        )
+        predictors["best_baseline"] = _summary(best, baselines[best])
+    else:
+        associations["best_baseline"] = {
+            c: {"skipped": "no baseline models in models/baselines"} for c in CONDITIONS
+        }
+    io.write_parquet(predictions_path(run_dir), concept.predictions)
+    io.write_parquet(delta_age_path(run_dir), concept.delta)
+    io.write_json(age_model_path(run_dir), age_model_record(info.name, concept.predictor))
+    correction = concept.correction
+    io.write_json(
+        associations_path(run_dir),
+        {
+            "metrics": concept.metrics,
+            "bias_correction": {
+                "fitted_on": correction.fitted_on,
+                "slope": correction.slope,
+                "intercept": correction.intercept,
+            },
+            "associations": associations,
+            "predictors": predictors,
+        },
+    )
+    log.info(
+        "age model %s: test MAE %.2f y, r %.3f; corr(Δage, age) after correction %s",
+        info.name,
+        concept.metrics["mae"],
+        concept.metrics["r"] or float("nan"),
+        concept.metrics["delta_age_age_r"],
+    )
+    ctx.record("aging", {"model": info.name, "test_mae": concept.metrics["mae"]})

@@ -1,0 +1,251 @@
+"""extract stage: PaPaGei-S embeddings z (clean windows) and z_aug (augmented windows) of QC-passed windows.
+
+Resumable and shardable. Rows are cut into global chunks of `extract.chunk_rows`; each chunk is encoded,
+written into preallocated float32 memmaps (`z.npy.partial`, `z_aug.npy.partial`), flushed, and only
+then counted in a per-rank progress file (atomic JSON carrying a resume key built from the stage
+fingerprint, weights identity and precision). A killed run continues from its last committed chunk and,
+because chunk and batch boundaries never move, writes the same bytes as an uninterrupted run. Under
+`torchrun` each rank takes a contiguous range of chunks; rank 0 preallocates, publishes the files under
+their real names once every rank is done, and writes index.parquet and the manifest fact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as torch_dist
+
+from stsae.config import Config
+from stsae.data.augment import augment_windows
+from stsae.data.store import EMBEDDING_DIM, INDEX_COLUMNS
+from stsae.errors import InputDataError
+from stsae.models.encoder_runtime import FastEmbedder, choose_precision, configure_threads
+from stsae.models.papagei import WINDOW_SAMPLES, Precision, embed_batches, load_encoder
+from stsae.pipeline.rundir import RunDir
+from stsae.pipeline.runner import StageContext
+from stsae.utils import io
+from stsae.utils.dist import rank, world_size
+from stsae.utils.progress import progress
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+PARTIAL_SUFFIX = ".partial"
+
+
+def _partial(path: Path) -> Path:
+    return path.with_name(path.name + PARTIAL_SUFFIX)
+
+
+def _state_path(paths: RunDir) -> Path:
+    return paths.embeddings_dir / ".extract-state.json"
+
+
+def _progress_path(paths: RunDir, this_rank: int, world: int) -> Path:
+    return paths.embeddings_dir / f".extract-progress-r{this_rank}of{world}.json"
+
+
+def read_passed_windows(paths: RunDir) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """Open windows.npy (memmap) and select QC-passed windows in window_id order.
+
+    Returns (windows float32[N, 1250] memmap, window_ids int64[M] sorted, index DataFrame of M rows with
+    INDEX_COLUMNS). Inconsistent inputs raise InputDataError naming the file and field.
+    """
+    try:
+        windows = io.open_memmap_rows(paths.windows, WINDOW_SAMPLES)
+    except ValueError as exc:
+        raise InputDataError(str(exc)) from None
+    meta = io.read_parquet(paths.meta)
+    qc = io.read_parquet(paths.qc)
+    for path, frame, columns in ((paths.meta, meta, INDEX_COLUMNS), (paths.qc, qc, ("window_id", "qc_pass"))):
+        missing = [c for c in columns if c not in frame.columns]
+        if missing:
+            raise InputDataError(f"{path}: missing column(s) {missing}")
+    n = windows.shape[0]
+    if len(meta) != n or not np.array_equal(meta["window_id"].to_numpy(), np.arange(n)):
+        raise InputDataError(f"{paths.meta}: window_id must be 0..{n - 1} in order, one row per row of "
+                             f"{paths.windows.name} ({n} rows), got {len(meta)} rows")
+    qc_ids = qc["window_id"].to_numpy()
+    if len(qc) != n or not np.array_equal(np.sort(qc_ids), np.arange(n)):
+        raise InputDataError(f"{paths.qc}: window_id must list each of the {n} windows exactly once")
+    window_ids = np.sort(qc_ids[qc["qc_pass"].to_numpy(dtype=bool)]).astype(np.int64)
+    if window_ids.size == 0:
+        raise InputDataError(f"{paths.qc}: no window has qc_pass=True; nothing to encode")
+    index = meta.iloc[window_ids][list(INDEX_COLUMNS)].reset_index(drop=True)
+    return windows, window_ids, index
+
+
+@contextlib.contextmanager
+def _process_group(world: int) -> Iterator[None]:
+    """A gloo group for barriers when run under torchrun (and none for a single process)."""
+    created = world > 1 and not torch_dist.is_initialized()
+    if created:
+        torch_dist.init_process_group("gloo")
+    try:
+        yield
+    finally:
+        if created:
+            torch_dist.destroy_process_group()
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        torch_dist.barrier()
+
+
+def _agree(world: int, value: T) -> T:
+    """Rank 0's value on every rank, so all ranks encode with the same settings."""
+    if world == 1:
+        return value
+    box = [value]
+    torch_dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """Global chunks of rows and the contiguous chunk range [first, stop) owned by one rank."""
+
+    n_rows: int
+    chunk_rows: int
+    first: int
+    stop: int
+
+    @classmethod
+    def for_rank(cls, n_rows: int, chunk_rows: int, this_rank: int, world: int) -> ChunkPlan:
+        n_chunks = -(-n_rows // chunk_rows)
+        bounds = np.linspace(0, n_chunks, world + 1).round().astype(int)
+        return cls(n_rows, chunk_rows, int(bounds[this_rank]), int(bounds[this_rank + 1]))
+
+    def start_row(self, chunk: int) -> int:
+        return min(chunk * self.chunk_rows, self.n_rows)
+
+    def rows(self, chunk: int) -> tuple[int, int]:
+        return self.start_row(chunk), self.start_row(chunk + 1)
+
+    @property
+    def n_rank_rows(self) -> int:
+        return self.start_row(self.stop) - self.start_row(self.first)
+
+
+def _prepare_outputs(paths: RunDir, n_rows: int, key: str) -> None:
+    """Rank 0: remove stale outputs; reuse matching partial memmaps, else preallocate fresh ones."""
+    for final in (paths.z, paths.z_aug, paths.index):
+        final.unlink(missing_ok=True)
+    state = _state_path(paths)
+    expected = {"key": key, "n_rows": n_rows}
+    if state.is_file() and io.read_json(state) == expected and all(
+            _partial(p).is_file() for p in (paths.z, paths.z_aug)):
+        log.info("resuming extraction (%d rows, key %s)", n_rows, key)
+        return
+    for old in paths.embeddings_dir.glob(".extract-progress-*.json"):
+        old.unlink()
+    for path in (paths.z, paths.z_aug):
+        array = np.lib.format.open_memmap(_partial(path), mode="w+", dtype=np.float32,
+                                          shape=(n_rows, EMBEDDING_DIM))
+        array.flush()
+        del array
+    io.write_json(state, expected)
+
+
+def _committed_chunks(path: Path, key: str, plan: ChunkPlan) -> int:
+    if not path.is_file():
+        return plan.first
+    try:
+        saved = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return plan.first
+    if saved.get("key") != key or saved.get("first") != plan.first:
+        return plan.first
+    return min(int(saved["next_chunk"]), plan.stop)
+
+
+def _publish(paths: RunDir, index: pd.DataFrame) -> None:
+    """Rank 0, after every rank finished: index.parquet, then the memmaps under their real names."""
+    io.write_parquet(paths.index, index)
+    for path in (paths.z, paths.z_aug):
+        with io.atomic_path(path) as tmp:
+            os.replace(_partial(path), tmp)
+    for leftover in paths.embeddings_dir.glob(".extract-progress-*.json"):
+        leftover.unlink()
+    _state_path(paths).unlink(missing_ok=True)
+
+
+def _resume_key(fingerprint: str, weights_sha256: str | None, precision: Precision, n_rows: int) -> str:
+    text = json.dumps([fingerprint, weights_sha256, precision, n_rows])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _encode_chunks(config: Config, paths: RunDir, embedder: FastEmbedder, windows: np.ndarray,
+                   window_ids: np.ndarray, plan: ChunkPlan, key: str, precision: Precision) -> None:
+    """Encode this rank's chunks from its last commit on; write z / z_aug rows; commit each chunk."""
+    this_rank, world = rank(), world_size()
+    progress_file = _progress_path(paths, this_rank, world)
+    start = _committed_chunks(progress_file, key, plan)
+    z = np.load(_partial(paths.z), mmap_mode="r+")
+    z_aug = np.load(_partial(paths.z_aug), mmap_mode="r+")
+    batch = config.extract.batch_size
+    fs = config.data.windowing.fs_target
+    done_rows = plan.start_row(start) - plan.start_row(plan.first)
+    encoded, t0 = 0, time.perf_counter()
+    with progress(plan.n_rank_rows, f"extract r{this_rank}", unit="win") as bar:
+        bar.update(done_rows)
+        for chunk in range(start, plan.stop):
+            lo, hi = plan.rows(chunk)
+            ids = window_ids[lo:hi]
+            clean = np.ascontiguousarray(windows[ids], dtype=np.float32)
+            augmented = augment_windows(clean, fs, config.data.augment, config.run.seed, ids)
+            z[lo:hi] = embed_batches(embedder, clean, batch, precision)
+            z_aug[lo:hi] = embed_batches(embedder, augmented, batch, precision)
+            z.flush()
+            z_aug.flush()
+            io.write_json(progress_file, {"key": key, "first": plan.first, "next_chunk": chunk + 1})
+            encoded += 2 * (hi - lo)
+            bar.update(hi - lo)
+    seconds = time.perf_counter() - t0
+    if encoded:
+        log.info("rank %d encoded %d windows (clean + augmented) in %.1f s: %.1f windows/s",
+                 this_rank, encoded, seconds, encoded / seconds)
+
+
+def run(ctx: StageContext) -> None:
+    """Write embeddings/z.npy, z_aug.npy (float32[M, 512]) and index.parquet for the M QC-passed windows."""
+    config, paths = ctx.config, ctx.run_dir
+    this_rank, world = rank(), world_size()
+    paths.embeddings_dir.mkdir(parents=True, exist_ok=True)
+    with _process_group(world):
+        threads = configure_threads(config.extract.num_threads, world)
+        windows, window_ids, index = read_passed_windows(paths)
+        model, identity = load_encoder(config.encoder, config.run.seed)
+        embedder = FastEmbedder(model)
+        calibration = np.ascontiguousarray(windows[window_ids[: config.extract.batch_size]])
+        precision, cosine = _agree(world, choose_precision(
+            config.extract.precision, embedder, calibration, config.extract.batch_size))
+        n_rows = len(window_ids)
+        key = _resume_key(ctx.fingerprint, identity["sha256"], precision, n_rows)
+        if this_rank == 0:
+            _prepare_outputs(paths, n_rows, key)
+        _barrier(world)
+        plan = ChunkPlan.for_rank(n_rows, config.extract.chunk_rows, this_rank, world)
+        _encode_chunks(config, paths, embedder, windows, window_ids, plan, key, precision)
+        _barrier(world)
+        if this_rank == 0:
+            _publish(paths, index)
+            ctx.record("encoder", {**identity, "precision": precision, "bf16_min_cosine": cosine,
+                                   "runtime": "FastEmbedder (channels-last oneDNN, BN folded)",
+                                   "num_threads": threads, "world_size": world,
+                                   "torch": torch.__version__})
+            log.info("extract: %d of %d windows passed QC and were encoded (%s, %d thread(s) x %d rank(s))",
+                     n_rows, windows.shape[0], precision, threads, world)

@@ -1,0 +1,111 @@
+"""The `ground` stage: average pulses, morphology and concept × morphology statistics → grounding/.
+
+Windows: a seeded subsample of at most `grounding.max_windows` QC-passed windows (all splits: grounding
+describes the concepts, it fits nothing). Concepts: the `grounding.top_concepts` largest |coefficients|
+of the age model in aging/age_model.json, encoded with the same concept model. Windows are read at
+`data.windowing.fs_target` (the rate windows.npy is written at; the prepare fingerprint upstream covers it).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from stsae.data.store import load_embeddings
+from stsae.errors import InputDataError
+from stsae.grounding.beats import average_pulses
+from stsae.grounding.concepts import (
+    correlate_concepts_with_morphology,
+    ground_concept,
+    top_concepts_by_weight,
+)
+from stsae.grounding.morphology import FEATURES, morphology_table
+from stsae.models.registry import list_models, load_concept_model
+from stsae.pipeline.rundir import RunDir
+from stsae.pipeline.runner import StageContext
+from stsae.stages.age import age_model_path
+from stsae.utils import io
+from stsae.utils.seeding import rng
+
+log = logging.getLogger(__name__)
+
+
+def concept_pulses_path(run_dir: RunDir) -> Path:
+    return run_dir.grounding_dir / "concept_pulses.npz"
+
+
+def morphology_path(run_dir: RunDir) -> Path:
+    return run_dir.grounding_dir / "morphology.parquet"
+
+
+def concept_morphology_path(run_dir: RunDir) -> Path:
+    return run_dir.grounding_dir / "concept_morphology.csv"
+
+
+def run(ctx: StageContext) -> None:
+    config, run_dir = ctx.config, ctx.run_dir
+    grounding, seed = config.grounding, config.run.seed
+    age_model = io.read_json(age_model_path(run_dir))
+    infos = {info.name: info for info in list_models(run_dir)}
+    if age_model.get("model") not in infos:
+        raise InputDataError(f"{age_model_path(run_dir)}: model {age_model.get('model')!r} is not in models/")
+    model = load_concept_model(infos[age_model["model"]].path)
+    coef = np.asarray(age_model["coef"], dtype=np.float64)
+    concepts = top_concepts_by_weight(coef, grounding.top_concepts)
+    if len(concepts) == 0:
+        log.warning("the age model has no nonzero coefficient: no concept to ground")
+
+    embeddings = load_embeddings(run_dir)
+    n_rows = len(embeddings.index)
+    rows = np.sort(
+        rng(seed, "ground", "windows").choice(n_rows, size=min(n_rows, grounding.max_windows), replace=False)
+    )
+    window_ids = embeddings.index["window_id"].to_numpy(dtype=np.int64)[rows]
+    windows = io.open_memmap_rows(run_dir.windows)
+    if window_ids.max(initial=-1) >= windows.shape[0]:
+        raise InputDataError(
+            f"{run_dir.index}: window_id {window_ids.max()} beyond {run_dir.windows.name} rows"
+        )
+    fs = config.data.windowing.fs_target
+    pulses = average_pulses(windows[window_ids], fs, grounding.beat_samples)
+    morphology = morphology_table(pulses.pulses, pulses.period_s, pulses.reason)
+    activations = model.encode(np.asarray(embeddings.z[rows], dtype=np.float32))[:, concepts]
+
+    groundings = [
+        ground_concept(
+            int(c),
+            activations[:, j],
+            pulses.pulses,
+            morphology,
+            decile=grounding.decile,
+            n_bootstrap=grounding.n_bootstrap,
+            rng=rng(seed, "ground", "bootstrap", int(c)),
+        )
+        for j, c in enumerate(concepts)
+    ]
+    empty = np.zeros((0, grounding.beat_samples), dtype=np.float32)
+    arrays = {
+        key: np.stack([getattr(g, key) for g in groundings]) if groundings else empty
+        for key in ("high_mean", "high_lo", "high_hi", "low_mean", "low_lo", "low_hi")
+    }
+    morphology_diff = np.array(
+        [[g.morphology_diff[f] for f in FEATURES] for g in groundings], dtype=np.float64
+    ).reshape(len(groundings), len(FEATURES))
+    with io.atomic_path(concept_pulses_path(run_dir)) as tmp, open(tmp, "wb") as handle:
+        np.savez(
+            handle, concepts=concepts, features=np.array(FEATURES), morphology_diff=morphology_diff, **arrays
+        )
+    io.write_parquet(
+        morphology_path(run_dir), morphology.assign(window_id=window_ids)[["window_id", *FEATURES, "reason"]]
+    )
+    table = correlate_concepts_with_morphology(activations, concepts, morphology)
+    with io.atomic_open(concept_morphology_path(run_dir)) as handle:
+        table.to_csv(handle, index=False)
+    log.info(
+        "grounded %d concepts on %d windows (%d without a pulse)",
+        len(concepts),
+        len(rows),
+        int((pulses.reason != "").sum()),
+    )

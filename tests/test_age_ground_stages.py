@@ -1,0 +1,185 @@
+"""The `age` and `ground` stages end to end on a tiny run directory written in the real formats."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from stsae.config import Config
+from stsae.errors import StsaeError
+from stsae.grounding.morphology import FEATURES
+from stsae.models.registry import ModelInfo
+from stsae.pipeline.rundir import RunDir
+from stsae.pipeline.runner import StageContext
+from stsae.stages import age as age_stage
+from stsae.stages import ground as ground_stage
+from stsae.utils import io
+
+N_PATIENTS, WINDOWS_PER_PATIENT, K = 60, 4, 16
+FS, N_SAMPLES = 125.0, 1250
+
+
+class FakeModel:
+    """A concept model whose first concepts read the age-carrying embedding dimensions."""
+
+    def __init__(self, k: int):
+        self.k = k
+
+    def encode(self, z: np.ndarray) -> np.ndarray:
+        assert z.dtype == np.float32 and z.shape[1] == 512
+        return np.maximum(z[:, : self.k], 0).astype(np.float32)
+
+
+def window(vascular_age: float, period_s: float, seed: int) -> np.ndarray:
+    """A 10 s pulse train whose reflected wave grows and arrives earlier with vascular age."""
+    stiff = (vascular_age - 20) / 70
+    t = (np.arange(N_SAMPLES) / FS / period_s) % 1.0
+    x = np.exp(-0.5 * ((t - 0.2) / 0.05) ** 2) + (0.3 + 0.3 * stiff) * np.exp(
+        -0.5 * ((t - 0.45 + 0.1 * stiff) / 0.06) ** 2
+    )
+    x = x + 0.02 * np.random.default_rng(seed).standard_normal(N_SAMPLES)
+    return ((x - x.mean()) / x.std()).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> RunDir:
+    root = RunDir(tmp_path_factory.mktemp("run"))
+    gen = np.random.default_rng(0)
+    age = gen.uniform(20, 85, N_PATIENTS)
+    acceleration = gen.normal(0, 4, N_PATIENTS)
+    split = np.array(["train", "train", "train", "val", "test"] * (N_PATIENTS // 5))
+    rows = []
+    for p in range(N_PATIENTS):
+        for s in range(WINDOWS_PER_PATIENT):
+            rows.append(
+                {
+                    "window_id": len(rows),
+                    "patient_id": f"p{p:03d}",
+                    "record_id": f"p{p:03d}-r0",
+                    "segment_idx": s,
+                    "t_start_s": 10.0 * s,
+                    "fs_orig": FS,
+                    "source": "synthetic",
+                    "split": split[p],
+                    "age": age[p],
+                    "sex": "M" if p % 2 else "F",
+                    "htn": float(p % 3 == 0),
+                    "t2d": float(p % 4 == 0),
+                    "vascular_acceleration": acceleration[p],
+                }
+            )
+    meta = pd.DataFrame(rows)
+    vascular = (meta["age"] + meta["vascular_acceleration"]).to_numpy()
+    windows = np.stack([window(v, 0.7 + 0.3 * gen.random(), i) for i, v in enumerate(vascular)])
+    z = gen.normal(size=(len(meta), 512)).astype(np.float32)
+    z[:, :4] += (vascular[:, None] / 20).astype(np.float32)
+    io.save_npy(root.windows, windows)
+    io.write_parquet(root.meta, meta)
+    io.save_npy(root.z, z)
+    io.save_npy(root.z_aug, z + np.float32(0.01))
+    io.write_parquet(root.index, meta[["window_id", "patient_id", "record_id", "segment_idx", "split"]])
+    return root
+
+
+def patch_registry(patch: pytest.MonkeyPatch) -> None:
+    """Serve one ST-SAE and one PCA fake through the registry functions both stages call."""
+    infos = [
+        ModelInfo(f"stsae-full-K{K}-s0", "stsae", "full", K, 0, Path("stsae.safetensors")),
+        ModelInfo("pca-n8", "pca", "pca", 8, 0, Path("pca.joblib")),
+    ]
+    models = {Path("stsae.safetensors"): FakeModel(K), Path("pca.joblib"): FakeModel(8)}
+    for module in (age_stage, ground_stage):
+        patch.setattr(module, "list_models", lambda run_dir: infos)
+        patch.setattr(module, "load_concept_model", lambda path: models[Path(path)])
+
+
+def config(**aging: object) -> Config:
+    return Config.model_validate(
+        {
+            "train": {"d_dict": K, "k": 4, "seeds": [0], "d_dict_sweep": [K]},
+            "aging": {"cv_folds": 3, "l1_ratios": [0.5, 1.0], "min_events": 2, **aging},
+            "grounding": {"top_concepts": 3, "n_bootstrap": 20, "max_windows": 200},
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def staged(run_dir: RunDir) -> RunDir:
+    """run_dir after the age stage and then the ground stage."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch_registry(patch)
+        age_stage.run(StageContext(config(), run_dir, fingerprint="test"))
+        ground_stage.run(StageContext(config(), run_dir, fingerprint="test"))
+    return run_dir
+
+
+def test_age_stage_writes_contract_predictions_and_delta_age(staged: RunDir) -> None:
+    predictions = pd.read_parquet(age_stage.predictions_path(staged))
+    delta = pd.read_parquet(age_stage.delta_age_path(staged))
+    assert {"patient_id", "split", "age", "age_pred", "age_pred_corrected", "sex", "htn", "t2d"} <= set(
+        predictions
+    )
+    assert {"patient_id", "split", "age", "sex", "htn", "t2d", "delta_age", "vascular_acceleration"} <= set(
+        delta
+    )
+    assert set(predictions["split"]) == {"val", "test"}
+    assert len(predictions) == N_PATIENTS * 2 // 5
+
+
+def test_age_model_json_has_one_coefficient_per_concept(staged: RunDir) -> None:
+    model = json.loads(age_stage.age_model_path(staged).read_text())
+    assert set(model) == {"model", "coef", "intercept", "alpha", "l1_ratio", "selected"}
+    assert model["model"] == f"stsae-full-K{K}-s0"
+    assert len(model["coef"]) == K
+    assert model["selected"] == [i for i, c in enumerate(model["coef"]) if c != 0]
+
+
+def test_associations_json_covers_every_predictor_and_condition(staged: RunDir) -> None:
+    report = json.loads(age_stage.associations_path(staged).read_text())
+    assert set(report["metrics"]) == {"mae", "r", "r2", "delta_age_age_r", "delta_age_planted_r"}
+    assert report["bias_correction"]["fitted_on"] == "validation"
+    assert report["predictors"]["best_baseline"]["model"] == "pca-n8"
+    for predictor in ("concepts", "raw_embedding", "best_baseline"):
+        for condition in ("htn", "t2d"):
+            entry = report["associations"][predictor][condition]
+            assert set(entry) in ({"skipped"}, {"or_per_5y", "ci_low", "ci_high", "p", "n"})
+
+
+def test_concept_age_model_tracks_age_on_test(staged: RunDir) -> None:
+    metrics = json.loads(age_stage.associations_path(staged).read_text())["metrics"]
+    assert metrics["r"] > 0.8
+
+
+def test_ground_stage_writes_concept_pulses_for_top_concepts(staged: RunDir) -> None:
+    model = json.loads(age_stage.age_model_path(staged).read_text())
+    with np.load(ground_stage.concept_pulses_path(staged)) as pulses:
+        concepts = pulses["concepts"]
+        assert 1 <= len(concepts) <= 3
+        assert np.all(np.abs(np.asarray(model["coef"])[concepts]) > 0)
+        for key in ("high_mean", "high_lo", "high_hi", "low_mean", "low_lo", "low_hi"):
+            assert pulses[key].shape == (len(concepts), 100)
+
+
+def test_ground_stage_morphology_covers_a_seeded_subsample(staged: RunDir) -> None:
+    morphology = pd.read_parquet(ground_stage.morphology_path(staged))
+    assert list(morphology.columns) == ["window_id", *FEATURES, "reason"]
+    assert len(morphology) == 200 and morphology["window_id"].is_unique
+    assert morphology["crest_time_s"].notna().mean() > 0.9
+
+
+def test_ground_stage_correlation_table_has_q_values(staged: RunDir) -> None:
+    table = pd.read_csv(ground_stage.concept_morphology_path(staged))
+    assert list(table.columns) == ["concept", "feature", "rho", "p", "q"]
+    assert set(table["feature"]) == set(FEATURES)
+
+
+def test_missing_aging_model_variant_is_a_user_error(
+    run_dir: RunDir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    patch_registry(monkeypatch)
+    with pytest.raises(StsaeError, match=r"aging\.model"):
+        age_stage.run(StageContext(config(model="no_div"), run_dir, fingerprint="test"))

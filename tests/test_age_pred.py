@@ -1,0 +1,161 @@
+"""Age prediction, the validation-only age-bias correction, and Δage on planted cohorts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from stsae.aging.age_pred import (
+    AgingResult,
+    aging_pipeline,
+    fit_age_predictor,
+    fit_bias_correction,
+    patient_mean_codes,
+    patient_table,
+)
+from stsae.config import AgingSection
+from stsae.errors import InputDataError
+
+N_INFORMATIVE = 3
+FAST = AgingSection(l1_ratios=[0.5, 1.0])
+
+
+def cohort(n: int = 200, k: int = 20, seed: int = 0) -> tuple[np.ndarray, pd.DataFrame]:
+    """Patients whose first N_INFORMATIVE features carry vascular age (= age + planted acceleration)."""
+    gen = np.random.default_rng(seed)
+    age = gen.uniform(20, 85, n)
+    acceleration = gen.normal(0, 5, n)
+    x = gen.normal(size=(n, k))
+    x[:, :N_INFORMATIVE] += (age + acceleration)[:, None] / 10
+    split = np.array(["train"] * (n * 6 // 10) + ["val"] * (n * 2 // 10) + ["test"] * (n - n * 8 // 10))
+    patients = pd.DataFrame(
+        {
+            "patient_id": [f"p{i:04d}" for i in range(n)],
+            "split": split,
+            "age": age,
+            "sex": gen.choice(["M", "F"], n),
+            "htn": gen.integers(0, 2, n).astype(float),
+            "t2d": gen.integers(0, 2, n).astype(float),
+            "vascular_acceleration": acceleration,
+        }
+    )
+    return x, patients
+
+
+def test_bias_correction_removes_regression_to_the_mean_from_delta_age() -> None:
+    gen = np.random.default_rng(1)
+    fit_age, test_age = gen.uniform(20, 85, 400), gen.uniform(20, 85, 400)
+
+    def biased(age: np.ndarray) -> np.ndarray:
+        return 52 + 0.6 * (age - 52) + gen.normal(0, 3, len(age))
+
+    correction = fit_bias_correction(biased(fit_age), fit_age, "validation")
+    test_pred = biased(test_age)
+    assert np.corrcoef(test_pred - test_age, test_age)[0, 1] < -0.8
+    assert abs(np.corrcoef(correction.apply(test_pred) - test_age, test_age)[0, 1]) < 0.1
+
+
+@pytest.fixture(scope="module")
+def default_run() -> tuple[pd.DataFrame, AgingResult]:
+    x, patients = cohort()
+    return patients, aging_pipeline(x, patients, FAST, seed=0)
+
+
+def test_bias_correction_is_fitted_on_validation_patients_only(
+    default_run: tuple[pd.DataFrame, AgingResult],
+) -> None:
+    patients, result = default_run
+    val_ids = set(patients.loc[patients["split"] == "val", "patient_id"])
+    test_ids = set(patients.loc[patients["split"] == "test", "patient_id"])
+    assert set(result.correction_patient_ids) == val_ids
+    assert not set(result.correction_patient_ids) & test_ids
+
+
+def test_bias_correction_does_not_change_when_test_ages_change() -> None:
+    x, patients = cohort()
+    shuffled = patients.copy()
+    test = shuffled["split"] == "test"
+    shuffled.loc[test, "age"] = np.random.default_rng(3).permutation(shuffled.loc[test, "age"].to_numpy())
+    first = aging_pipeline(x, patients, FAST, seed=0).correction
+    second = aging_pipeline(x, shuffled, FAST, seed=0).correction
+    assert (first.slope, first.intercept) == (second.slope, second.intercept)
+
+
+def test_out_of_fold_correction_uses_train_patients_only() -> None:
+    x, patients = cohort()
+    result = aging_pipeline(x, patients, FAST.model_copy(update={"bias_correction_on": "oof_train"}), seed=0)
+    assert set(result.correction_patient_ids) == set(patients.loc[patients["split"] == "train", "patient_id"])
+    assert result.correction.fitted_on == "oof_train"
+
+
+def test_corrected_delta_age_is_uncorrelated_with_age_and_tracks_planted_acceleration() -> None:
+    x, patients = cohort(n=400)
+    metrics = aging_pipeline(x, patients, FAST, seed=0).metrics
+    assert abs(metrics["delta_age_age_r"]) < 0.2
+    assert metrics["delta_age_planted_r"] > 0.5
+
+
+def test_test_metrics_are_on_uncorrected_test_predictions(
+    default_run: tuple[pd.DataFrame, AgingResult],
+) -> None:
+    _, result = default_run
+    test = result.predictions[result.predictions["split"] == "test"]
+    assert result.metrics["mae"] == pytest.approx(np.abs(test["age_pred"] - test["age"]).mean())
+    assert result.metrics["r"] == pytest.approx(np.corrcoef(test["age_pred"], test["age"])[0, 1])
+    assert set(result.predictions["split"]) == {"val", "test"}
+
+
+def test_delta_age_equals_corrected_prediction_minus_age(
+    default_run: tuple[pd.DataFrame, AgingResult],
+) -> None:
+    _, result = default_run
+    expected = result.predictions["age_pred_corrected"] - result.predictions["age"]
+    assert np.allclose(result.delta["delta_age"], expected)
+
+
+def test_age_predictor_weights_the_informative_features() -> None:
+    x, patients = cohort()
+    train = (patients["split"] == "train").to_numpy()
+    predictor = fit_age_predictor(
+        x[train], patients["age"].to_numpy()[train], patients["patient_id"].to_numpy()[train], FAST, seed=0
+    )
+    top = np.argsort(-np.abs(predictor.coef))[:N_INFORMATIVE]
+    assert set(top) == set(range(N_INFORMATIVE))
+
+
+def test_stability_selection_option_keeps_only_stable_features() -> None:
+    x, patients = cohort()
+    train = (patients["split"] == "train").to_numpy()
+    config = FAST.model_copy(
+        update={"stability_selection": True, "stability_rounds": 20, "stability_threshold": 0.8}
+    )
+    predictor = fit_age_predictor(
+        x[train], patients["age"].to_numpy()[train], patients["patient_id"].to_numpy()[train], config, seed=0
+    )
+    assert set(range(N_INFORMATIVE)) <= set(predictor.selected.tolist())
+    assert np.all(predictor.coef[np.setdiff1d(np.arange(x.shape[1]), predictor.selected)] == 0)
+
+
+def test_patient_mean_codes_average_each_patients_windows_across_batches() -> None:
+    z = np.arange(12, dtype=np.float32).reshape(6, 2)
+    ids, means = patient_mean_codes(
+        lambda batch: batch * 2, z, np.array(["b", "a", "b", "a", "c", "b"]), batch_rows=4
+    )
+    assert list(ids) == ["a", "b", "c"]
+    assert np.allclose(means, [[8, 10], [28 / 3, 34 / 3], [16, 18]])
+
+
+def test_patient_table_rejects_a_patient_in_two_splits() -> None:
+    meta = pd.DataFrame(
+        {
+            "patient_id": ["a", "a"],
+            "split": ["train", "test"],
+            "age": [50.0, 50.0],
+            "sex": ["M", "M"],
+            "htn": [0.0, 0.0],
+            "t2d": [0.0, 0.0],
+        }
+    )
+    with pytest.raises(InputDataError, match="several splits"):
+        patient_table(meta)

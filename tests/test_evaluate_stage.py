@@ -1,0 +1,121 @@
+"""The baselines and evaluate stages on a tiny run directory written in the real file formats."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from stsae.config import Config
+from stsae.eval.leaderboard import REASONS_KEY, ROW_KEYS
+from stsae.models.stsae import STSAE
+from stsae.pipeline.rundir import RunDir
+from stsae.pipeline.runner import StageContext
+from stsae.stages import baselines as baselines_stage
+from stsae.stages import evaluate as evaluate_stage
+from stsae.utils import io
+from test_registry import write_stsae
+
+N_PATIENTS, PER_PATIENT = 24, 10
+
+
+def _write_inputs(run_dir: RunDir) -> np.ndarray:
+    """Embeddings carrying age (per patient) and heart rate (drifting per window); returns z[train]."""
+    gen = np.random.default_rng(0)
+    patient = np.repeat(np.arange(N_PATIENTS), PER_PATIENT)
+    age = gen.uniform(20, 80, N_PATIENTS)[patient]
+    hr = 60 + 10 * np.sin(np.arange(len(patient)) / 3) + gen.normal(0, 1, len(patient))
+    factors = np.column_stack([(age - 50) / 15, (hr - 60) / 7, gen.standard_normal((len(patient), 4))])
+    z = (factors @ gen.standard_normal((6, 512)) + 4.0).astype(np.float32)
+    z_aug = (z + 0.05 * gen.standard_normal(z.shape)).astype(np.float32)
+    split = np.array(["train"] * 14 + ["val"] * 2 + ["test"] * 8)[patient]
+    ids = np.array([f"p{p:02d}" for p in patient])
+    index = pd.DataFrame({"window_id": np.arange(len(patient)), "patient_id": ids, "record_id": ids,
+                          "segment_idx": np.tile(np.arange(PER_PATIENT), N_PATIENTS), "split": split})
+    meta = index.assign(age=age, hr_bpm=hr, htn=(age > 50).astype(float), t2d=0.0,
+                        sex=np.where(patient % 2, "F", "M"))
+    io.save_npy(run_dir.z, z)
+    io.save_npy(run_dir.z_aug, z_aug)
+    io.write_parquet(run_dir.index, index)
+    io.write_parquet(run_dir.meta, meta)
+    return z[split == "train"]
+
+
+def _context(tmp_path, **eval_overrides) -> StageContext:
+    config = Config.model_validate({
+        "baselines": {"methods": ["pca", "nmf"], "n_components": [4, 8], "max_iter": 100},
+        "eval": {"probe_folds": 3, "stability_subsamples": 0, **eval_overrides}})
+    return StageContext(config, RunDir(tmp_path), fingerprint="test")
+
+
+@pytest.fixture
+def run_dir_with_models(tmp_path) -> StageContext:
+    ctx = _context(tmp_path)
+    z_train = _write_inputs(ctx.run_dir)
+    for variant, seed in (("full", 0), ("full", 1), ("no_smooth", 0)):
+        write_stsae(ctx.run_dir, z_train, variant, 32, seed)
+    baselines_stage.run(ctx)
+    return ctx
+
+
+def test_baselines_stage_writes_one_file_per_method_and_size(run_dir_with_models: StageContext) -> None:
+    names = sorted(p.name for p in run_dir_with_models.run_dir.baselines_dir.glob("*.joblib"))
+    assert names == ["nmf-n4.joblib", "nmf-n8.joblib", "pca-n4.joblib", "pca-n8.joblib"]
+
+
+@pytest.mark.slow
+def test_evaluate_writes_complete_rows_and_pareto(run_dir_with_models: StageContext) -> None:
+    ctx = run_dir_with_models
+    evaluate_stage.run(ctx)
+    board = io.read_json(ctx.run_dir.leaderboard)
+    assert board["schema_version"] == 1
+    rows = board["rows"]
+    assert len(rows) == 3 + 2 * 4
+    for row in rows:
+        assert set(ROW_KEYS) <= set(row) and REASONS_KEY in row
+        for key in ("ev", "l0", "dead_fraction", "consistency_jaccard", "consistency_cosine"):
+            assert row[key] is not None, (row["model"], key)
+        assert set(row["probe"]) == {"age", "hr_bpm", "htn", "t2d", "sex"}
+        assert row["probe"]["t2d"]["value"] is None and "one class" in row[REASONS_KEY]["probe.t2d"]
+        assert row["probe"]["age"]["raw_value"] > 0.5
+    matched = [r for r in rows if r["matched_sparsity"]]
+    assert {r["k_active"] for r in matched} == {4} and all(r["l0"] <= 4 for r in matched)
+    full = [r for r in rows if r["variant"] == "full"]
+    assert all(r["stability_mean_cos"] is not None and r["stability_null_mean_cos"] is not None for r in full)
+    ablation = next(r for r in rows if r["variant"] == "no_smooth")
+    assert ablation["stability_mean_cos"] is None and "stability_mean_cos" in ablation[REASONS_KEY]
+    pareto = io.read_json(ctx.run_dir.pareto)
+    assert {p["model"] for p in pareto["points"]} == {r["model"] for r in rows
+                                                      if r["family"] == "stsae" or r["matched_sparsity"]}
+    assert pareto["front"] and set(pareto["front"]) <= {p["model"] for p in pareto["points"]}
+
+
+def test_whole_patient_subset_respects_the_cap_and_keeps_patients_whole() -> None:
+    rows = np.arange(100)
+    patients = np.repeat(np.arange(10), 10)
+    chosen = evaluate_stage.whole_patient_subset(rows, patients, 35, np.random.default_rng(0))
+    assert len(chosen) == 30 and np.all(np.bincount(patients[chosen]) % 10 == 0)
+
+
+def test_stability_refits_train_on_half_the_train_patients(run_dir_with_models: StageContext,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[int] = []
+
+    def fake_fit_stsae(train, val, cfg, variant, d_dict, seed, checkpoint=None, steps=None):
+        seen.append(len(np.unique(train.pairs[:, 0] // PER_PATIENT)))
+        assert (variant, d_dict, steps) == ("full", 32, 7) and val is None
+        return STSAE(512, d_dict, "topk", cfg.k, generator=torch.Generator().manual_seed(seed)), {}
+
+    monkeypatch.setitem(sys.modules, "stsae.train.trainer", types.SimpleNamespace(fit_stsae=fake_fit_stsae))
+    from stsae.data.store import load_embeddings
+    from stsae.models.registry import list_models
+
+    ctx = run_dir_with_models
+    cfg = ctx.config.eval.model_copy(update={"stability_subsamples": 2, "stability_steps": 7})
+    main = evaluate_stage.main_stsae(list_models(ctx.run_dir))
+    dictionaries = evaluate_stage.subsample_dictionaries(load_embeddings(ctx.run_dir), main, cfg, 0)
+    assert seen == [7, 7] and [d.shape for d in dictionaries] == [(32, 512), (32, 512)]

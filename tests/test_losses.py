@@ -1,0 +1,104 @@
+"""The ST-SAE losses: values at known points, invariances, sampling, and DDP-style sharding."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stsae.config import LossWeights
+from stsae.train.losses import (
+    LossTerms,
+    centred_sum_of_squares,
+    l_auxk,
+    l_div,
+    l_rec,
+    l_smooth,
+    l_sp,
+    l_stab,
+)
+
+
+def _x(seed: int = 0, n: int = 64, d: int = 16) -> torch.Tensor:
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
+
+
+def test_l_rec_is_zero_for_perfect_and_one_for_mean_reconstruction():
+    x = _x()
+    assert l_rec(x, x) == 0
+    assert torch.isclose(l_rec(x, x.mean(0).expand_as(x)), torch.tensor(1.0))
+
+
+@settings(max_examples=25, deadline=None)
+@given(shift=st.floats(-100, 100), scale=st.floats(0.01, 100), seed=st.integers(0, 1000))
+def test_l_rec_is_invariant_to_standardisation(shift, scale, seed):
+    z, z_hat = _x(seed), _x(seed + 1)
+    raw = l_rec(z * scale + shift, z_hat * scale + shift)
+    assert torch.isclose(raw, l_rec(z, z_hat), rtol=1e-3)
+
+
+def test_l_rec_shares_with_global_variance_sum_to_whole_batch_loss():
+    x, x_hat = _x(), _x(1)
+    total = centred_sum_of_squares(x)
+    shares = l_rec(x[:20], x_hat[:20], total) + l_rec(x[20:], x_hat[20:], total)
+    assert torch.isclose(shares, l_rec(x, x_hat))
+
+
+def test_l_sp_is_mean_l1_norm_per_row():
+    f = torch.tensor([[1.0, 0.0, 2.0], [0.0, 0.0, 1.0]])
+    assert l_sp(f) == 2.0
+    assert l_sp(f, n=4) == 1.0
+
+
+def test_l_stab_and_l_smooth_are_zero_for_identical_codes_and_mean_l1_otherwise():
+    f = torch.rand(8, 5)
+    g = f.clone()
+    g[0, 0] += 4
+    assert l_stab(f, f) == 0 and l_smooth(f, f) == 0
+    assert torch.isclose(l_stab(f, g), torch.tensor(0.5))
+    assert torch.isclose(l_smooth(f, g), torch.tensor(0.5))
+
+
+def test_l_div_is_zero_for_orthogonal_atoms_and_one_for_identical_atoms():
+    assert l_div(torch.eye(6, 10) * 3) == 0
+    assert torch.isclose(l_div(torch.ones(5, 10)), torch.tensor(1.0))
+
+
+def test_l_div_exact_gram_form_matches_brute_force_pairs():
+    w = _x(2, n=40, d=16)
+    unit = F.normalize(w, dim=1)
+    cos_sq = (unit @ unit.T).pow(2)
+    brute = (cos_sq.sum() - cos_sq.diagonal().sum()) / (40 * 39)
+    assert torch.isclose(l_div(w), brute, rtol=1e-4)
+
+
+def test_l_div_sampled_estimate_is_unbiased():
+    w = _x(3, n=200, d=16)
+    gen = torch.Generator().manual_seed(0)
+    estimates = torch.stack([l_div(w, torch.randperm(200, generator=gen)[:20]) for _ in range(400)])
+    assert torch.isclose(estimates.mean(), l_div(w), rtol=0.03)
+
+
+def test_l_div_gradient_decorrelates_atoms():
+    w = (torch.eye(4, 8) + 0.3).requires_grad_()
+    before = l_div(w)
+    before.backward()
+    with torch.no_grad():
+        assert l_div(w - 0.1 * w.grad) < before
+
+
+def test_l_auxk_is_zero_when_dead_latents_explain_the_residual_and_ignores_its_gradient():
+    residual = _x(4).requires_grad_()
+    assert l_auxk(residual, residual.detach()) == 0
+    aux_recon = torch.zeros_like(residual, requires_grad=True)
+    l_auxk(residual, aux_recon).backward()
+    assert residual.grad is None and aux_recon.grad is not None
+
+
+def test_total_counts_sparsity_only_for_relu_and_auxk_only_for_topk():
+    one = torch.tensor(1.0)
+    terms = LossTerms(one, one, one, one, one, one)
+    weights = LossWeights(sp=0.5, div=0.1, stab=0.2, smooth=0.3, auxk=0.4)
+    assert torch.isclose(terms.total(weights, "relu"), torch.tensor(1 + 0.5 + 0.1 + 0.2 + 0.3))
+    assert torch.isclose(terms.total(weights, "topk"), torch.tensor(1 + 0.1 + 0.2 + 0.3 + 0.4))

@@ -1,0 +1,173 @@
+"""STSAE model: standardisation, Top-K, sparse backward, decoder geometry, save/load and refusals."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from stsae.errors import StsaeError
+from stsae.models.stsae import STSAE, effective_rank
+
+D = 512
+
+
+def _data(n: int = 400, rank: int = 8, seed: int = 0) -> np.ndarray:
+    """Low-rank embeddings with a large mean, like PaPaGei-S's (DESIGN §6)."""
+    rs = np.random.default_rng(seed)
+    return (rs.normal(size=(n, rank)) @ rs.normal(size=(rank, D)) + 10 * rs.normal(size=D)).astype(np.float32)
+
+
+def _model(k_dict: int = 64, activation: str = "topk", k: int = 8, sparse: bool = True) -> STSAE:
+    gen = torch.Generator().manual_seed(0)
+    model = STSAE(D, k_dict, activation, k, sparse_decode=sparse, generator=gen)
+    model.init_from_data(_data(), gen)
+    return model
+
+
+def test_init_from_data_standardises_to_zero_mean_unit_power():
+    model = _model()
+    x = model.standardise(torch.from_numpy(_data()))
+    assert x.mean(0).abs().max() < 1e-4
+    assert (x.pow(2).sum(1).mean() - 1).abs() < 1e-4
+
+
+def test_init_from_data_reports_mean_over_spread_and_effective_rank():
+    stats = _model().stats
+    assert stats is not None
+    assert stats.mean_norm_over_std > 3
+    assert 2 < stats.effective_rank < 8.5
+
+
+def test_effective_rank_counts_equal_directions():
+    rs = np.random.default_rng(0)
+    basis = np.linalg.qr(rs.normal(size=(D, 5)))[0].T
+    data = rs.choice([-1.0, 1.0], size=(4000, 5)) @ basis
+    assert effective_rank(data - data.mean(0)) == pytest.approx(5, rel=0.02)
+
+
+def test_init_ties_encoder_to_unit_norm_decoder():
+    model = _model()
+    assert torch.equal(model.W_enc, model.W_dec)
+    assert torch.allclose(model.W_dec.norm(dim=1), torch.ones(64), atol=1e-6)
+
+
+def test_topk_keeps_exactly_k_active():
+    model = _model(k=8)
+    f = model.encode(torch.from_numpy(_data(seed=1)))
+    assert f.shape == (400, 64)
+    assert torch.all((f > 0).sum(1) == 8)
+
+
+def test_relu_codes_are_nonnegative_and_dense_shaped():
+    f = _model(activation="relu").encode(torch.from_numpy(_data(seed=1)))
+    assert f.shape == (400, 64) and f.min() >= 0 and (f > 0).any()
+
+
+def test_forward_reconstruction_is_in_raw_space():
+    model = _model()
+    z = torch.from_numpy(_data(seed=2))
+    out = model(z)
+    assert torch.allclose(out.z_hat, model.decode(out.f), atol=1e-3)
+    assert torch.allclose(out.z_hat, out.x_hat * model.input_scale + model.input_mean, atol=1e-4)
+
+
+def test_sparse_decode_equals_dense_decode():
+    z = torch.from_numpy(_data(seed=3))
+    sparse, dense = _model(sparse=True), _model(sparse=False)
+    assert torch.allclose(sparse(z).x_hat, dense(z).x_hat, atol=1e-5)
+
+
+def _dense_reference(model: STSAE, x: torch.Tensor, dead: torch.Tensor, k_aux: int) -> torch.Tensor:
+    """Plain autograd Top-K + AuxK selection, the behaviour the sparse backward must reproduce."""
+    pre = F.linear(x - model.b_dec, model.W_enc, model.b_enc)
+    vals, _ = pre.topk(model.k, dim=1)
+    aux_vals, _ = pre.masked_fill(~dead, float("-inf")).topk(k_aux, dim=1)
+    w = torch.linspace(0.5, 1.5, model.k)
+    return (vals.relu() * w).sum() + (aux_vals.relu() ** 2).sum()
+
+
+def test_sparse_topk_backward_matches_dense_autograd():
+    model = _model()
+    x = model.standardise(torch.from_numpy(_data(n=50, seed=4)))
+    dead = torch.zeros(64, dtype=torch.bool)
+    dead[::3] = True
+    _dense_reference(model, x, dead, 5).backward()
+    expected = [p.grad.clone() for p in (model.W_enc, model.b_enc, model.b_dec)]
+    model.zero_grad()
+    codes = model.codes(x, dead, k_aux=5)
+    order = codes.vals.argsort(dim=1, descending=True)
+    w = torch.linspace(0.5, 1.5, model.k)
+    ((codes.vals.gather(1, order) * w).sum() + (codes.aux_vals**2).sum()).backward()
+    for got, want in zip((model.W_enc.grad, model.b_enc.grad, model.b_dec.grad), expected, strict=True):
+        assert torch.allclose(got, want, atol=1e-4)
+
+
+def test_renormalize_decoder_makes_every_atom_unit_norm():
+    model = _model()
+    with torch.no_grad():
+        model.W_dec.mul_(torch.rand(64, 1) * 5 + 0.1)
+    model.renormalize_decoder()
+    assert torch.allclose(model.W_dec.norm(dim=1), torch.ones(64), atol=1e-5)
+
+
+def test_remove_parallel_gradient_leaves_only_the_orthogonal_part():
+    model = _model()
+    grad = torch.randn(64, D)
+    model.W_dec.grad = grad.clone()
+    model.remove_parallel_gradient()
+    assert (model.W_dec.grad * model.W_dec).sum(1).abs().max() < 1e-5
+    parallel = (grad * model.W_dec).sum(1, keepdim=True) * model.W_dec
+    assert torch.allclose(model.W_dec.grad, grad - parallel, atol=1e-5)
+
+
+def test_save_load_round_trip_gives_identical_codes(tmp_path):
+    model = _model()
+    path = tmp_path / "m.safetensors"
+    model.save(path, {"variant": "full", "seed": 0, "complete": True})
+    loaded = STSAE.load(path)
+    z = torch.from_numpy(_data(seed=5))
+    assert torch.equal(loaded.encode(z), model.encode(z))
+    assert loaded.stats == model.stats
+
+
+def test_load_refuses_corrupted_file_with_one_line_naming_it(tmp_path):
+    path = tmp_path / "broken.safetensors"
+    _model().save(path, {})
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(StsaeError, match="broken.safetensors") as err:
+        STSAE.load(path)
+    assert "\n" not in str(err.value)
+
+
+def test_load_refuses_a_pickle_without_running_it(tmp_path):
+    path = tmp_path / "pickled.safetensors"
+    path.write_bytes(pickle.dumps({"W_enc": np.zeros(3)}))
+    with pytest.raises(StsaeError, match="pickled.safetensors"):
+        STSAE.load(path)
+
+
+def test_load_refuses_mismatched_shapes_naming_the_tensor(tmp_path):
+    model = _model()
+    tensors = model.tensors()
+    tensors["W_dec"] = tensors["W_dec"][:, :100].contiguous()
+    path = tmp_path / "shapes.safetensors"
+    save_file(tensors, str(path), metadata=model.header())
+    with pytest.raises(StsaeError, match=r"shapes.safetensors.*W_dec"):
+        STSAE.load(path)
+
+
+def test_load_refuses_sidecar_that_disagrees_with_weights(tmp_path):
+    path = tmp_path / "m.safetensors"
+    _model().save(path, {"d_dict": 4096})
+    with pytest.raises(StsaeError, match=r"m.json.*d_dict"):
+        STSAE.load(path)
+
+
+def test_encode_refuses_wrong_width_naming_expected_shape():
+    with pytest.raises(StsaeError, match="512"):
+        _model().encode(torch.zeros(3, 100))

@@ -1,0 +1,246 @@
+"""Trainer: planted-dictionary recovery, the temporal/stability losses' effects, decoder geometry,
+exact resume, checkpoint refusal, and DDP equivalence — all on synthetic triplets built here."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from scipy.optimize import linear_sum_assignment
+
+from stsae.config import LossWeights, TrainSection
+from stsae.data.dataset import WindowTripletDataset
+from stsae.errors import StsaeError
+from stsae.train.trainer import Trainer, fit_stsae, variant_spec
+
+D = 512
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The CI box is shared: one intra-op thread keeps these tests fast and their timing honest."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def planted(n_records: int = 60, length: int = 20, n_atoms: int = 16, k_true: int = 3, noise: float = 0.02,
+            aug_noise: float = 0.02, persist: float = 0.8, seed: int = 0):
+    """Triplet data from a planted sparse code that persists in time.
+
+    Each record keeps k_true active atoms, each slot switching to a fresh atom with probability
+    1 − persist per window; magnitudes drift slowly. z = offset + code @ atoms + noise (noise is
+    per-dimension SD relative to a unit code), z_aug = z + aug_noise. Returns (z, z_aug, index, atoms).
+    """
+    rs = np.random.default_rng(seed)
+    atoms = rs.normal(size=(n_atoms, D))
+    atoms /= np.linalg.norm(atoms, axis=1, keepdims=True)
+    codes = np.zeros((n_records * length, n_atoms))
+    for r in range(n_records):
+        active = rs.choice(n_atoms, k_true, replace=False)
+        mags = rs.uniform(1, 2, k_true)
+        for t in range(length):
+            for slot in range(k_true):
+                if t and rs.random() > persist:
+                    free = np.setdiff1d(np.arange(n_atoms), active)
+                    active[slot], mags[slot] = rs.choice(free), rs.uniform(1, 2)
+            mags = np.clip(mags * rs.uniform(0.95, 1.05, k_true), 0.5, 2.5)
+            codes[r * length + t, active] = mags
+    z = 10 * rs.normal(size=D) + codes @ atoms + noise * rs.normal(size=(len(codes), D))
+    z_aug = z + aug_noise * rs.normal(size=z.shape)
+    index = pd.DataFrame({
+        "record_id": np.repeat([f"r{i}" for i in range(n_records)], length),
+        "segment_idx": np.tile(np.arange(length), n_records),
+        "split": np.repeat(np.where(np.arange(n_records) < int(0.8 * n_records), "train", "val"), length),
+    })
+    return z.astype(np.float32), z_aug.astype(np.float32), index, atoms
+
+
+def datasets(z, z_aug, index):
+    return WindowTripletDataset(z, z_aug, index, "train"), WindowTripletDataset(z, z_aug, index, "val")
+
+
+def small_cfg(**overrides) -> TrainSection:
+    base = dict(d_dict=32, k=3, steps=300, batch_size=128, lr=3e-3, warmup_steps=20, eval_every=100,
+                checkpoint_every=100, dead_after_samples=2000, aux_k=16, div_sample=16, d_dict_sweep=[32])
+    return TrainSection(**{**base, **overrides})
+
+
+def matched_cosine(learned: np.ndarray, truth: np.ndarray) -> float:
+    """Mean cosine of Hungarian-matched atoms (each planted atom to a distinct learned one)."""
+    unit = learned / np.linalg.norm(learned, axis=1, keepdims=True)
+    cos = truth @ unit.T
+    rows, cols = linear_sum_assignment(-cos)
+    return float(cos[rows, cols].mean())
+
+
+def codes_of(model, data: WindowTripletDataset):
+    z_t, z_t1, z_aug = data.batch(np.arange(len(data)))
+    with torch.no_grad():
+        return model.encode(z_t).numpy(), model.encode(z_t1).numpy(), model.encode(z_aug).numpy()
+
+
+def lag1_autocorr(f_t: np.ndarray, f_t1: np.ndarray) -> float:
+    """Mean over latents active in >= 1 % of windows of corr(f_t[:, j], f_t1[:, j])."""
+    used = ((f_t > 0).mean(0) >= 0.01) & (f_t.std(0) > 0) & (f_t1.std(0) > 0)
+    return float(np.mean([np.corrcoef(f_t[:, j], f_t1[:, j])[0, 1] for j in np.flatnonzero(used)]))
+
+
+def jaccard(f_a: np.ndarray, f_b: np.ndarray) -> float:
+    a, b = f_a > 0, f_b > 0
+    return float(((a & b).sum(1) / np.maximum((a | b).sum(1), 1)).mean())
+
+
+def test_full_model_recovers_planted_atoms():
+    z, z_aug, index, atoms = planted()
+    train, val = datasets(z, z_aug, index)
+    model, metrics = fit_stsae(train, val, small_cfg(), "full", 32, seed=0)
+    assert matched_cosine(model.W_dec.detach().numpy(), atoms) >= 0.9
+    assert metrics["val"]["val_ev"] > 0.9
+
+
+def test_l_smooth_raises_lag1_autocorrelation_of_codes():
+    z, z_aug, index, _ = planted(noise=0.06, persist=0.9)
+    train, val = datasets(z, z_aug, index)
+    weights = LossWeights(smooth=0.3, stab=0.0, div=0.0)
+    cfg = small_cfg(d_dict=64, k=4, loss_weights=weights, steps=250)
+    smooth, _ = fit_stsae(train, val, cfg, "full", 64, seed=0)
+    plain, _ = fit_stsae(train, val, cfg, "no_smooth", 64, seed=0)
+    f_s, f_s1, _ = codes_of(smooth, val)
+    f_p, f_p1, _ = codes_of(plain, val)
+    assert lag1_autocorr(f_s, f_s1) > lag1_autocorr(f_p, f_p1) + 0.02
+
+
+def test_l_stab_raises_augmentation_consistency_of_active_sets():
+    z, z_aug, index, _ = planted(aug_noise=0.06)
+    train, val = datasets(z, z_aug, index)
+    weights = LossWeights(stab=0.3, smooth=0.0, div=0.0)
+    cfg = small_cfg(d_dict=64, k=4, loss_weights=weights, steps=250)
+    stable, _ = fit_stsae(train, val, cfg, "full", 64, seed=0)
+    plain, _ = fit_stsae(train, val, cfg, "no_stab", 64, seed=0)
+    f_s, _, f_s_aug = codes_of(stable, val)
+    f_p, _, f_p_aug = codes_of(plain, val)
+    assert jaccard(f_s, f_s_aug) > jaccard(f_p, f_p_aug) + 0.02
+
+
+def test_decoder_atoms_are_unit_norm_after_every_step():
+    z, z_aug, index, _ = planted(n_records=20)
+    trainer = Trainer(*datasets(z, z_aug, index), small_cfg(), "full", 32, seed=0, steps=10)
+    for _ in range(10):
+        trainer.update()
+        norms = trainer.model.W_dec.detach().norm(dim=1)
+        assert torch.allclose(norms, torch.ones(32), atol=1e-5)
+
+
+def test_no_renorm_ablation_lets_atom_norms_drift():
+    z, z_aug, index, _ = planted(n_records=20)
+    trainer = Trainer(*datasets(z, z_aug, index), small_cfg(), "no_renorm", 32, seed=0, steps=20)
+    trainer.train()
+    assert (trainer.model.W_dec.detach().norm(dim=1) - 1).abs().max() > 1e-3
+
+
+def test_vanilla_topk_trains_on_reconstruction_and_auxk_only():
+    spec = variant_spec(small_cfg(), "vanilla")
+    assert (spec.weights.div, spec.weights.stab, spec.weights.smooth) == (0, 0, 0)
+    assert spec.weights.auxk > 0 and spec.renorm
+
+
+def test_unknown_variant_is_refused_naming_the_choices():
+    with pytest.raises(StsaeError, match="no_smooth"):
+        variant_spec(small_cfg(), "no_rec")
+
+
+def test_lr_warms_up_then_decays_to_zero():
+    z, z_aug, index, _ = planted(n_records=10)
+    trainer = Trainer(*datasets(z, z_aug, index), small_cfg(warmup_steps=10, lr=1.0, lr_decay_start=0.5),
+                      "full", 32, seed=0, steps=100)
+    lrs = [trainer.lr_at(s) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0) and lrs[50] == pytest.approx(1.0)
+    assert lrs[99] == pytest.approx(0.02) and all(a >= b for a, b in zip(lrs[50:], lrs[51:], strict=False))
+
+
+def test_batches_cover_every_pair_once_per_epoch():
+    z, z_aug, index, _ = planted(n_records=20, length=17)
+    train, val = datasets(z, z_aug, index)
+    trainer = Trainer(train, val, small_cfg(batch_size=16), "full", 32, seed=0)
+    n = len(train)
+    ids = np.concatenate([trainer.batch_ids(s) for s in range(n // 16)])
+    assert len(np.unique(ids)) == len(ids) == (n // 16) * 16
+
+
+def _final_tensors(trainer: Trainer) -> dict[str, torch.Tensor]:
+    model, _ = trainer.result()
+    return model.tensors()
+
+
+def test_killed_and_resumed_training_gives_identical_weights(tmp_path):
+    z, z_aug, index, _ = planted(n_records=20)
+    train, val = datasets(z, z_aug, index)
+    cfg = small_cfg(checkpoint_every=10, eval_every=10)
+    straight = Trainer(train, val, cfg, "full", 32, seed=0, steps=40)
+    straight.train()
+    ckpt = tmp_path / "state.safetensors"
+    Trainer(train, val, cfg, "full", 32, seed=0, steps=40, checkpoint=ckpt).train(until=25)  # "killed" at 25
+    resumed = Trainer(train, val, cfg, "full", 32, seed=0, steps=40, checkpoint=ckpt)
+    assert resumed.step == 20
+    resumed.train()
+    for name, value in _final_tensors(straight).items():
+        assert torch.equal(value, _final_tensors(resumed)[name]), name
+    assert resumed.history == straight.history
+
+
+def test_checkpoint_with_other_settings_is_ignored(tmp_path):
+    z, z_aug, index, _ = planted(n_records=20)
+    train, val = datasets(z, z_aug, index)
+    ckpt = tmp_path / "state.safetensors"
+    Trainer(train, val, small_cfg(checkpoint_every=5), "full", 32, seed=0, steps=10, checkpoint=ckpt).train()
+    other = Trainer(train, val, small_cfg(checkpoint_every=5, lr=1e-4), "full", 32, seed=0, steps=10,
+                    checkpoint=ckpt)
+    assert other.step == 0
+
+
+def test_corrupted_training_checkpoint_is_refused_naming_the_file(tmp_path):
+    z, z_aug, index, _ = planted(n_records=20)
+    ckpt = tmp_path / "state.safetensors"
+    ckpt.write_bytes(b"\x00" * 64)
+    with pytest.raises(StsaeError, match="state.safetensors"):
+        Trainer(*datasets(z, z_aug, index), small_cfg(), "full", 32, seed=0, checkpoint=ckpt)
+
+
+def test_early_stopping_returns_best_validation_weights():
+    z, z_aug, index, _ = planted(n_records=20)
+    cfg = small_cfg(lr=0.5, eval_every=2, patience=2, warmup_steps=0)
+    trainer = Trainer(*datasets(z, z_aug, index), cfg, "full", 32, seed=0, steps=200)
+    trainer.train()
+    model, metrics = trainer.result()
+    assert metrics["stopped_early"] and metrics["steps_run"] < 200
+    best = min(h["val_loss"] for h in metrics["history"])
+    assert metrics["val"]["val_loss"] == best and metrics["best_step"] < metrics["steps_run"]
+
+
+def _ddp_worker(rank: int, init_file: str, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    z, z_aug, index, _ = planted(n_records=20)
+    trainer = Trainer(*datasets(z, z_aug, index), small_cfg(), "full", 32, seed=0, steps=15)
+    trainer.train()
+    if rank == 0:
+        torch.save(trainer.model.tensors(), out)
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_with_two_gloo_processes_matches_one_process(tmp_path):
+    out = tmp_path / "ddp.pt"
+    mp.spawn(_ddp_worker, args=(str(tmp_path / "init"), str(out)), nprocs=2, join=True)
+    z, z_aug, index, _ = planted(n_records=20)
+    single = Trainer(*datasets(z, z_aug, index), small_cfg(), "full", 32, seed=0, steps=15)
+    single.train()
+    ddp = torch.load(out, weights_only=True)
+    for name, value in single.model.tensors().items():
+        assert torch.allclose(ddp[name], value, atol=1e-4), name
+    assert torch.allclose(ddp["W_dec"].norm(dim=1), torch.ones(32), atol=1e-5)
