@@ -34,7 +34,6 @@ from realformat_fixtures import (  # noqa: E402
     write_multisegment_record,
     write_pulsedb_subject,
 )
-
 from stsae.config import DataSection  # noqa: E402
 from stsae.utils.io import write_json  # noqa: E402
 
@@ -90,7 +89,9 @@ def main() -> None:
     if args.child:
         child(*args.child)
         return
-    results: dict[str, object] = {"n_small": args.n, "n_large": 10 * args.n, "minutes_per_record": args.minutes}
+    results: dict[str, object] = {
+        "n_small": args.n, "n_large": 10 * args.n, "minutes_per_record": args.minutes,
+    }
     writers = {"mimic_iii": write_mimic_iii, "pulsedb": write_pulsedb}
     with tempfile.TemporaryDirectory() as tmp:
         for source, writer in writers.items():
@@ -99,10 +100,12 @@ def main() -> None:
             writer(large, 10 * args.n, args.minutes)
             run_small, run_large = measure(source, small), measure(source, large)
             ratio = run_large["peak_rss_mib"] / run_small["peak_rss_mib"]
-            results[source] = {"small": run_small, "large": run_large, "peak_rss_ratio_large_over_small": ratio}
+            results[source] = {
+                "small": run_small, "large": run_large, "peak_rss_ratio_large_over_small": ratio,
+            }
             print(f"{source}: {run_small['records']} → {run_large['records']} records, peak RSS "
-                  f"{run_small['peak_rss_mib']:.1f} → {run_large['peak_rss_mib']:.1f} MiB (ratio {ratio:.3f}); "
-                  f"{run_large['samples'] / run_large['seconds'] / 1e6:.2f} M samples/s")
+                  f"{run_small['peak_rss_mib']:.1f} → {run_large['peak_rss_mib']:.1f} MiB "
+                  f"(ratio {ratio:.3f}); {run_large['samples'] / run_large['seconds'] / 1e6:.2f} M samples/s")
     write_json(HERE / "results" / "bench_loaders.json", results)
 
 

@@ -63,9 +63,9 @@ def main() -> None:
     for label, size in (("small", args.small), ("large", 10 * args.small)):
         results[label] = _run_child(size, args.chunk_windows, args.with_windowing)
         r = results[label]
-        print(f"{label:5s}: {r['windows']:>8d} windows in {r['seconds']:6.1f} s wall ({r['cpu_seconds']:.1f} s CPU)"
-              f" = {r['windows_per_s']:8.0f} windows/s, peak RSS {r['peak_rss_mb']:.0f} MB"
-              f" (after imports {r['rss_after_import_mb']:.0f} MB)")
+        print(f"{label:5s}: {r['windows']:>8d} windows in {r['seconds']:6.1f} s wall"
+              f" ({r['cpu_seconds']:.1f} s CPU) = {r['windows_per_s']:8.0f} windows/s,"
+              f" peak RSS {r['peak_rss_mb']:.0f} MB (after imports {r['rss_after_import_mb']:.0f} MB)")
     small, large = results["small"], results["large"]
     ratios = {
         "throughput_large_over_small": large["windows_per_s"] / small["windows_per_s"],

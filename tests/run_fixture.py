@@ -133,8 +133,7 @@ def _pareto(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {"points": points, "front": front}
 
 
-def _aging(meta: pd.DataFrame, rng: np.random.Generator, *, skip_t2d: bool) -> tuple[pd.DataFrame,
-                                                                                      pd.DataFrame, dict]:
+def _aging(meta: pd.DataFrame, rng: np.random.Generator) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     patients = meta.groupby("patient_id").first().reset_index()
     age = patients["age"].to_numpy()
     pred = age + 0.8 * patients["vascular_acceleration"].to_numpy() + rng.normal(0, 3, len(age))
@@ -142,8 +141,7 @@ def _aging(meta: pd.DataFrame, rng: np.random.Generator, *, skip_t2d: bool) -> t
     base = patients[["patient_id", "split", "age", "sex", "htn", "t2d"]]
     predictions = base.assign(age_pred=pred, age_pred_corrected=corrected)
     delta = base.assign(delta_age=corrected - age, vascular_acceleration=patients["vascular_acceleration"])
-    t2d: dict[str, Any] = ({"skipped": "fewer than 10 positives in test"} if skip_t2d else
-                           {"or_per_5y": 1.6, "ci_low": 1.1, "ci_high": 2.3, "p": 0.01, "n": len(age)})
+    t2d = {"or_per_5y": 1.6, "ci_low": 1.1, "ci_high": 2.3, "p": 0.01, "n": len(age)}
     associations = {
         "metrics": {"mae": 3.4, "r": 0.93, "r2": 0.86, "delta_age_age_r": 0.02, "delta_age_planted_r": 0.71},
         "bias_correction": {"fitted_on": "validation", "slope": 0.9, "intercept": 4.1},
@@ -185,8 +183,7 @@ def _grounding(run_dir: RunDir, meta: pd.DataFrame, rng: np.random.Generator) ->
         table.to_csv(handle, index=False)
 
 
-def write_fake_run(root: Path, *, encoder_sha256: str = SHA256, skip_t2d: bool = False,
-                   seed: int = 0) -> RunDir:
+def write_fake_run(root: Path, *, encoder_sha256: str = SHA256, seed: int = 0) -> RunDir:
     """A complete run directory under `root` as every stage up to `ground` would leave it."""
     run_dir = RunDir(root)
     rng = np.random.default_rng(seed)
@@ -204,7 +201,7 @@ def write_fake_run(root: Path, *, encoder_sha256: str = SHA256, skip_t2d: bool =
         io.write_json(sidecar, {"variant": "full", "d_dict": MAIN_K, "seed": seed_, "activation": "topk",
                                 "k": 16, "steps": 600, "complete": True, "train_config": {}, "metrics": {},
                                 "input_mean_norm_over_std": 10.2, "effective_rank": 12.4})
-    predictions, delta, associations = _aging(meta, rng, skip_t2d=skip_t2d)
+    predictions, delta, associations = _aging(meta, rng)
     io.write_parquet(run_dir.aging_dir / "predictions.parquet", predictions)
     io.write_parquet(run_dir.aging_dir / "delta_age.parquet", delta)
     io.write_json(run_dir.aging_dir / "associations.json", associations)

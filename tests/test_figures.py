@@ -66,8 +66,9 @@ def test_missing_leaderboard_is_an_error_naming_the_file(tmp_path: Path) -> None
         draw_figures(run_dir)
 
 
-def test_forest_without_entries_is_unavailable(tmp_path: Path) -> None:
-    info = plot_forest({"associations": {}}, tmp_path)
+def test_forest_with_every_association_skipped_is_unavailable(tmp_path: Path) -> None:
+    skipped = {"htn": {"skipped": "too few cases"}, "t2d": {"skipped": "too few cases"}}
+    info = plot_forest({"associations": {"concepts": skipped}}, tmp_path)
     assert not info.available
     assert info.note
     assert list(tmp_path.iterdir()) == []

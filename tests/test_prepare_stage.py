@@ -53,9 +53,9 @@ def test_no_patient_is_in_two_splits(tmp_path: Path) -> None:
 
 def test_meta_carries_contract_columns_and_planted_factors(tmp_path: Path) -> None:
     meta = pd.read_parquet(_run(tmp_path, _tiny_config()).meta)
-    contract = ["window_id", "patient_id", "record_id", "segment_idx", "t_start_s", "fs_orig", "source", "split",
-                "age", "sex", "htn", "t2d", "vascular_age", "vascular_acceleration", "hr_bpm", "resp_rate",
-                "reflection_time", "aix", "notch_depth", "artifact"]
+    contract = ["window_id", "patient_id", "record_id", "segment_idx", "t_start_s", "fs_orig", "source",
+                "split", "age", "sex", "htn", "t2d", "vascular_age", "vascular_acceleration", "hr_bpm",
+                "resp_rate", "reflection_time", "aix", "notch_depth", "artifact"]
     assert list(meta.columns) == contract
     assert meta["segment_idx"].dtype == np.int64
     assert np.allclose(meta["vascular_acceleration"], meta["vascular_age"] - meta["age"])
@@ -104,7 +104,8 @@ def _fake_records(data: DataSection) -> Iterator[RawRecord]:
                         extra={"age_capped": False})
 
 
-def test_real_sources_stream_through_the_same_windowing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_real_sources_stream_through_the_same_windowing(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "stsae.data.sources",
                         types.SimpleNamespace(iter_source_records=_fake_records))
     run_dir = _run(tmp_path, load_config(None, ["data.source=pulsedb"]))

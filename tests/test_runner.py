@@ -67,6 +67,14 @@ def test_force_reruns_a_fresh_stage(tmp_path, counting_stage):
     assert ran == ["prepare"]
 
 
+def test_forced_upstream_rerun_makes_downstream_stale(tmp_path, counting_stage):
+    run_dir = RunDir(tmp_path / "run")
+    config = load_config(None)
+    runner.run_stages(runner.StageContext(config, run_dir, ""), ["prepare", "extract"])
+    runner.run_stages(runner.StageContext(config, run_dir, "", force=True), ["prepare"])
+    assert runner.run_stages(runner.StageContext(config, run_dir, ""), ["prepare", "extract"]) == ["extract"]
+
+
 def test_failed_stage_leaves_no_record(tmp_path, monkeypatch):
     def boom(stage):
         def run(ctx):

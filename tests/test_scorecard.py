@@ -9,6 +9,8 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from run_fixture import write_fake_run
 from stsae.report.scorecard import (
@@ -109,6 +111,20 @@ def test_each_check_fails_when_its_value_misses(name: str) -> None:
     checks = _by_name(build_scorecard(MUTATIONS[name](_good_inputs())))
     assert checks[name].passed is False
     assert [c.name for c in checks.values() if c.passed is False] == [name]
+
+
+@given(abs_r=st.floats(0, 1), dead=st.floats(0, 1), n_missed=st.integers(0, 20))
+def test_verdicts_follow_the_measured_values(abs_r: float, dead: float, n_missed: int) -> None:
+    inputs = _set(("rows", 0, "single_concept", "vascular_age", "abs_r"), abs_r)(_good_inputs())
+    inputs = _set(("rows", 0, "dead_fraction"), dead)(inputs)
+    windows = inputs.windows.copy()
+    windows.loc[windows.index[windows["artifact"] != "none"][:n_missed], "qc_pass"] = True
+    checks = _by_name(build_scorecard(ScorecardInputs(inputs.rows, inputs.associations, windows)))
+    assert checks["vascular_age: best single concept |r|"].passed is (abs_r >= 0.8)
+    assert checks["dead concepts in full model (fraction)"].passed is (dead < 0.01)
+    sensitivity = checks["QC sensitivity (artifact windows rejected)"]
+    assert sensitivity.value == pytest.approx((20 - n_missed) / 20)
+    assert sensitivity.passed is ((20 - n_missed) / 20 >= 0.95)
 
 
 def test_probe_ratio_with_nonpositive_raw_value_is_not_available() -> None:

@@ -9,6 +9,7 @@ from scipy import signal as sps
 from stsae.config import SyntheticSection, WindowingSection
 from stsae.data.synthetic import ARTIFACT_TYPES, PLANTED_COLUMNS, iter_cohort, make_patients, window_factors
 from stsae.data.windowing import window_signals
+from stsae.errors import StsaeError
 
 
 def _cohort(**overrides: object) -> SyntheticSection:
@@ -41,6 +42,11 @@ def test_chunks_bound_the_records_rendered_at_once() -> None:
     sizes = [chunk.signals.shape[0] for chunk in iter_cohort(_cohort(chunk_windows=6), 0, 10.0)]
     assert max(sizes) == 2  # 3 windows per 30 s record → 2 records per 6-window chunk
     assert sum(sizes) == 12
+
+
+def test_inverted_age_range_is_a_config_error() -> None:
+    with pytest.raises(StsaeError, match=r"data\.synthetic\.age_max"):
+        make_patients(_cohort(age_min=60.0, age_max=50.0), 0)
 
 
 def test_htn_and_t2d_prevalence_rise_with_age() -> None:

@@ -59,14 +59,15 @@ def test_butterworth_band_pass_removes_baseline_wander() -> None:
 
 
 def test_band_edge_at_or_above_nyquist_is_a_config_error() -> None:
-    with pytest.raises(StsaeError, match="data.windowing.band_high_hz"):
+    with pytest.raises(StsaeError, match=r"data\.windowing\.band_high_hz"):
         bandpass(np.zeros(2000), 20.0, WindowingSection(band_high_hz=12.0))
 
 
 @given(seconds=st.floats(9.0, 95.0), stride_s=st.sampled_from([2.5, 5.0, 10.0]),
        fs=st.sampled_from([62.5, 100.0, 125.0, 250.0]))
 @settings(max_examples=25, deadline=None)
-def test_windows_are_1250_samples_and_fit_inside_the_record(seconds: float, stride_s: float, fs: float) -> None:
+def test_windows_are_1250_samples_and_fit_inside_the_record(seconds: float, stride_s: float,
+                                                            fs: float) -> None:
     n = round(seconds * fs)
     out = window_signals(np.random.default_rng(0).standard_normal((2, n)), fs,
                          WindowingSection(stride_s=stride_s, band_high_hz=min(12.0, fs / 2 - 1)))
@@ -78,7 +79,8 @@ def test_windows_are_1250_samples_and_fit_inside_the_record(seconds: float, stri
 
 
 def test_windows_are_float32_and_z_scored() -> None:
-    out = window_record(RawRecord("p", "r", _pulse_train(60, 250.0) * 300.0, 250.0, "test"), WindowingSection())
+    record = RawRecord("p", "r", _pulse_train(60, 250.0) * 300.0, 250.0, "test")
+    out = window_record(record, WindowingSection())
     assert out.windows.dtype == np.float32
     assert np.allclose(out.windows.mean(axis=1), 0.0, atol=1e-5)
     assert np.allclose(out.windows.std(axis=1), 1.0, atol=1e-4)
@@ -121,8 +123,8 @@ def test_implausible_hr_uses_the_configured_bounds() -> None:
 
 
 def test_qc_rejects_planted_artifacts_and_passes_clean_windows() -> None:
-    cfg = SyntheticSection(n_patients=100, records_per_patient=1, minutes_per_record=2.0, artifact_fraction=0.3,
-                           chunk_windows=10_000)
+    cfg = SyntheticSection(n_patients=100, records_per_patient=1, minutes_per_record=2.0,
+                           artifact_fraction=0.3, chunk_windows=10_000)
     chunk = next(iter_cohort(cfg, 0, 10.0))
     out = window_signals(chunk.signals, chunk.fs, WindowingSection())
     planted = window_factors(chunk, out.row, out.t_start_s, 10.0)["artifact"].to_numpy() != "none"

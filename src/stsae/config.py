@@ -73,7 +73,8 @@ class QCSection(_Section):
     hr_min_bpm: float = Field(30.0, gt=0, description="Lowest plausible heart rate (bpm).")
     hr_max_bpm: float = Field(200.0, gt=0, description="Highest plausible heart rate (bpm).")
     flatline_min_std: float = Field(
-        1e-3, ge=0, description="A 0.25 s block is flat if its SD is below this fraction of the window's range."
+        1e-3, ge=0,
+        description="A 0.25 s block is flat if its SD is below this fraction of the window's range.",
     )
     flatline_max_fraction: float = Field(
         0.1, ge=0, le=1, description="Max fraction of a window allowed to be flat before rejection."

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from stsae.config import SyntheticSection
+from stsae.errors import StsaeError
 from stsae.utils.seeding import rng
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,8 @@ def make_patients(cfg: SyntheticSection, seed: int) -> pd.DataFrame:
     dev_0..dev_3 (standard-normal individual morphology deviations).
     """
     if cfg.age_max <= cfg.age_min:
-        raise ValueError(f"data.synthetic.age_max ({cfg.age_max}) must exceed age_min ({cfg.age_min})")
+        raise StsaeError(f"data.synthetic.age_max ({cfg.age_max}) must exceed data.synthetic.age_min "
+                         f"({cfg.age_min})")
     g = rng(seed, "synthetic", "patients")
     n = cfg.n_patients
     age = g.uniform(cfg.age_min, cfg.age_max, n)
@@ -194,6 +196,9 @@ def iter_cohort(cfg: SyntheticSection, seed: int, window_s: float) -> Iterator[S
     lands inside one window. Peak memory depends on chunk_windows, not on the cohort size.
     """
     patients = make_patients(cfg, seed)
+    log.info("synthetic cohort: %d patients (HTN %.0f%%, T2D %.0f%%), %d records of %.1f min at %g Hz",
+             len(patients), 100 * patients["htn"].mean(), 100 * patients["t2d"].mean(),
+             len(patients) * cfg.records_per_patient, cfg.minutes_per_record, cfg.fs)
     n = record_samples(cfg)
     per_chunk = max(1, cfg.chunk_windows // max(1, windows_per_record(cfg, window_s)))
     plan = pd.DataFrame({

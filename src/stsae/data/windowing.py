@@ -12,7 +12,6 @@ original rate, because filtering hides flat lines and clipping.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -22,8 +21,6 @@ from scipy import signal as sps
 from stsae.config import QCSection, WindowingSection
 from stsae.data.records import RawRecord
 from stsae.errors import StsaeError
-
-log = logging.getLogger(__name__)
 
 QC_REASONS = ("nan", "flatline", "clipping", "implausible_hr", "low_sqi")
 _REASON_DTYPE = "<U14"
@@ -65,8 +62,8 @@ def bandpass(x: np.ndarray, fs: float, cfg: WindowingSection) -> np.ndarray:
         raise StsaeError(f"data.windowing.band_low_hz ({cfg.band_low_hz}) must be below band_high_hz "
                          f"({cfg.band_high_hz})")
     if not cfg.band_high_hz < fs / 2:
-        raise StsaeError(f"data.windowing.band_high_hz={cfg.band_high_hz} Hz must be below fs/2 = {fs / 2} Hz "
-                         f"for a signal sampled at {fs} Hz")
+        raise StsaeError(f"data.windowing.band_high_hz={cfg.band_high_hz} Hz must be below fs/2 = "
+                         f"{fs / 2} Hz for a signal sampled at {fs} Hz")
     band = [cfg.band_low_hz, cfg.band_high_hz]
     if cfg.filter == "butterworth":
         sos = sps.butter(cfg.filter_order, band, btype="bandpass", fs=fs, output="sos")

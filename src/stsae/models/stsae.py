@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_save
 from torch import Tensor, nn
 
 from stsae.errors import StsaeError
@@ -323,8 +323,7 @@ class STSAE(nn.Module):
     def save(self, path: Path | str, sidecar: dict[str, Any]) -> None:
         """Write `path` (.safetensors) then its `.json` sidecar (which marks the model complete)."""
         path = Path(path)
-        with io.atomic_path(path) as tmp:
-            save_file(self.tensors(), str(tmp), metadata=self.header())
+        io.write_bytes(path, safetensors_bytes(self.tensors(), self.header()))
         info = {"d_dict": self.d_dict, "activation": self.activation, "k": self.k, **sidecar}
         if self.stats is not None:
             info.setdefault("input_mean_norm_over_std", self.stats.mean_norm_over_std)
@@ -378,6 +377,22 @@ class STSAE(nn.Module):
                         f"{sidecar}: '{key}' is {info[key]!r} but {path.name} holds {getattr(model, key)!r}")
         model.eval()
         return model
+
+
+def safetensors_bytes(tensors: dict[str, Tensor], metadata: dict[str, str]) -> bytes:
+    """safetensors serialisation of `tensors` with a canonical (sorted-key) JSON header.
+
+    safetensors writes the metadata from a Rust HashMap whose iteration order changes from process to
+    process, so two saves of identical tensors differ byte-wise. Sorting the header makes model files
+    a pure function of their contents (same seed, same bytes); data offsets are relative to the end of
+    the header, so only its length field changes.
+    """
+    raw = safetensors_save(tensors, metadata=metadata)
+    n_header = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + n_header])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + raw[8 + n_header :]
 
 
 def read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:

@@ -72,14 +72,28 @@ def _record_path(run_dir: RunDir, stage: Stage) -> Path:
     return run_dir.root / stage.out_dir / "stage.json"
 
 
-def is_fresh(run_dir: RunDir, stage: Stage, fingerprint: str) -> bool:
+def _read_record(run_dir: RunDir, stage: Stage) -> dict[str, Any] | None:
     path = _record_path(run_dir, stage)
-    if not path.is_file():
-        return False
     try:
-        return json.loads(path.read_text()).get("fingerprint") == fingerprint
-    except json.JSONDecodeError:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _upstream_runs(run_dir: RunDir, stage: Stage) -> dict[str, str | None]:
+    """When each upstream stage last finished: a forced upstream rerun makes this stage stale too."""
+    records = {name: _read_record(run_dir, STAGE_BY_NAME[name]) for name in stage.upstream}
+    return {name: (record or {}).get("finished") for name, record in records.items()}
+
+
+def is_fresh(run_dir: RunDir, stage: Stage, fingerprint: str) -> bool:
+    """Fresh = finished with this fingerprint, after the upstream runs it was built from."""
+    record = _read_record(run_dir, stage)
+    if record is None:
         return False
+    return record.get("fingerprint") == fingerprint and record.get("upstream_runs") == _upstream_runs(
+        run_dir, stage
+    )
 
 
 def _load_entry(stage: Stage) -> Callable[[StageContext], None]:
@@ -114,7 +128,8 @@ def run_stage(ctx_base: StageContext, stage: Stage) -> bool:
     if not is_main_process():
         return True
     io.write_json(record, {"stage": stage.name, "fingerprint": fingerprint, "started": started,
-                           "finished": finished, "seconds": seconds})
+                           "finished": finished, "seconds": seconds,
+                           "upstream_runs": _upstream_runs(run_dir, stage)})
     update_manifest(run_dir.manifest, {"stages": {stage.name: {
         "started": started, "finished": finished, "seconds": round(seconds, 3), "fingerprint": fingerprint}}})
     log.info("stage %-9s done in %.1f s", stage.name, seconds)

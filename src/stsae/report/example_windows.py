@@ -6,21 +6,18 @@ age decile shows the age-related pulse-shape change; one window per rejection re
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
 
-from stsae.data.windowing import QC_REASONS  # noqa: E402
-from stsae.utils.io import atomic_path  # noqa: E402
-
-log = logging.getLogger(__name__)
+from stsae.data.windowing import QC_REASONS
+from stsae.utils.io import atomic_path
 
 _SHOW_S = 5.0  # seconds of each 10 s window drawn, so individual pulses stay readable
 
@@ -37,7 +34,7 @@ def _stacked(windows: np.ndarray, rows: list[int], labels: list[str], title: str
     n_show = min(windows.shape[1], round(_SHOW_S * fs))
     t = np.arange(n_show) / fs
     fig, axes = plt.subplots(max(1, len(rows)), 1, figsize=(8, 1.1 * max(1, len(rows)) + 0.6),
-                             sharex=True, squeeze=False)
+                             sharex=True, squeeze=False, layout="constrained")
     for ax, row, label in zip(axes[:, 0], rows, labels, strict=False):
         ax.plot(t, np.asarray(windows[row, :n_show], dtype=float), lw=0.9, color="tab:blue")
         ax.set_yticks([])

@@ -312,29 +312,39 @@ def _test_or_all(frame: pd.DataFrame) -> tuple[pd.DataFrame, str]:
 
 
 def plot_age_scatter(predictions: pd.DataFrame, out_dir: Path) -> FigureInfo:
-    """Bias-corrected predicted age vs chronological age, one point per test patient."""
+    """Predicted (filled) and bias-corrected (open) age vs chronological age, one point per test patient.
+
+    MAE and r are computed from the raw predictions, as the aging stage reports them; Δage uses the
+    corrected ones.
+    """
     name, title = "age_scatter", "Predicted vs chronological age"
-    data, scope = _test_or_all(predictions.dropna(subset=["age", "age_pred_corrected"]))
+    data, scope = _test_or_all(predictions.dropna(subset=["age", "age_pred", "age_pred_corrected"]))
     if len(data) < 3:
         return _unavailable(name, "aging", title, "fewer than 3 patients with predictions")
-    age, pred = data["age"].to_numpy(float), data["age_pred_corrected"].to_numpy(float)
+    age = data["age"].to_numpy(float)
+    pred, corrected = data["age_pred"].to_numpy(float), data["age_pred_corrected"].to_numpy(float)
     mae, r = float(np.mean(np.abs(pred - age))), float(np.corrcoef(age, pred)[0, 1])
-    with _figure(4.8, 4.4) as fig:
+    with _figure(5.0, 4.6) as fig:
         ax = fig.subplots()
-        lo, hi = float(min(age.min(), pred.min())) - 2, float(max(age.max(), pred.max())) + 2
+        values = np.concatenate([age, pred, corrected])
+        lo, hi = float(values.min()) - 2, float(values.max()) + 2
         ax.plot([lo, hi], [lo, hi], ls="--", color="#888888", lw=1, label="identity")
-        ax.scatter(age, pred, s=22, color=VARIANT_COLORS["full"], alpha=0.75, edgecolor="white", lw=0.4)
+        ax.scatter(age, pred, s=24, color=VARIANT_COLORS["full"], alpha=0.8, edgecolor="white", lw=0.4,
+                   label="predicted")
+        ax.scatter(age, corrected, s=24, facecolor="none", edgecolor=HIGH_COLOR, lw=0.9,
+                   label="bias-corrected")
         ax.text(0.04, 0.96, f"n = {len(age)}\nMAE = {mae:.1f} y\nr = {r:.2f}", transform=ax.transAxes,
                 va="top", fontsize=9, bbox={"facecolor": "white", "edgecolor": "#dddddd"})
+        ax.legend(frameon=False, loc="lower right")
         ax.set_xlim(lo, hi)
         ax.set_ylim(lo, hi)
         ax.set_aspect("equal")
         ax.set_xlabel("chronological age (years)")
-        ax.set_ylabel("predicted age, bias-corrected (years)")
+        ax.set_ylabel("predicted age (years)")
         ax.set_title(title)
         save_figure(fig, out_dir, name)
-    return FigureInfo(name, "aging", title, f"One point per patient ({scope}); MAE and r computed from the "
-                      "points shown.")
+    return FigureInfo(name, "aging", title, f"One point per patient ({scope}). MAE and r: raw predictions "
+                      "(filled); Δage = bias-corrected prediction (open) − chronological age.")
 
 
 def plot_delta_age_groups(delta: pd.DataFrame, out_dir: Path) -> FigureInfo:
@@ -383,16 +393,17 @@ def plot_forest(associations: dict[str, Any], out_dir: Path) -> FigureInfo:
     entries = [(f"{_SOURCE_LABELS.get(source, source)} · {outcome.upper()}", table[source][outcome])
                for source in table if isinstance(table[source], dict)
                for outcome in ("htn", "t2d") if isinstance(table[source].get(outcome), dict)]
-    if not entries:
-        return _unavailable(name, "aging", title, "associations.json has no entries")
+    if not any(finite(entry.get("or_per_5y")) is not None for _, entry in entries):
+        return _unavailable(name, "aging", title, "no association was fitted (reasons in the table above)")
     with _figure(6.8, 0.45 * len(entries) + 1.4) as fig:
         ax = fig.subplots()
         y = np.arange(len(entries))[::-1]
         for yi, (_, entry) in zip(y, entries, strict=True):
             odds, low, high = (finite(entry.get(k)) for k in ("or_per_5y", "ci_low", "ci_high"))
             if odds is None or low is None or high is None:
-                reason = entry.get("skipped", "not available")
-                ax.text(1.0, yi, f"  skipped: {reason}", va="center", fontsize=8, color="#888888")
+                reason = str(entry.get("skipped", "not available")).split(";")[0]
+                ax.text(1.0, yi, f"  skipped: {reason[:50]}", va="center", fontsize=8, color="#888888",
+                        clip_on=True, in_layout=False)
                 continue
             color = HIGH_COLOR if low > 1 or high < 1 else "#555555"
             ax.plot([low, high], [yi, yi], color=color, lw=2)
@@ -531,7 +542,8 @@ def draw_figures(run_dir: RunDir) -> list[FigureInfo]:
         infos.append(_unavailable("age_scatter", "aging", "Predicted vs chronological age",
                                   f"{predictions_path.name} not available"))
     else:
-        _require_columns(predictions, ("patient_id", "age", "age_pred_corrected"), predictions_path)
+        _require_columns(predictions, ("patient_id", "age", "age_pred", "age_pred_corrected"),
+                         predictions_path)
         infos.append(plot_age_scatter(predictions, out_dir))
     delta_path = run_dir.aging_dir / "delta_age.parquet"
     delta = read_optional_parquet(delta_path)

@@ -124,7 +124,7 @@ def _stage_times(manifest: dict[str, Any]) -> tuple[list[tuple[str, str, str]], 
 def _leaderboard_table(rows: list[dict[str, Any]], pareto: dict[str, Any] | None) -> list[dict[str, Any]]:
     front = front_keys(pareto)
     order = {"stsae": 0, "pca": 1, "ica": 2, "nmf": 3}
-    ordered = sorted(rows, key=lambda r: (order.get(r.get("family"), 9), str(r.get("variant") != "full"),
+    ordered = sorted(rows, key=lambda r: (order.get(r.get("family"), 9), r.get("variant") != "full",
                                           str(r.get("variant")), r.get("K") or 0, r.get("seed") or 0,
                                           bool(r.get("matched_sparsity"))))
     return [{"cells": [_fmt(r.get(key), spec) for key, _, spec in LEADERBOARD_COLUMNS],
@@ -175,7 +175,7 @@ def _headline_cards(head: Headline) -> list[tuple[str, str, str]]:
     cards = [("Explained variance", _fmt(head.ev, ".3f"), head.full_model or "full model"),
              ("L0", _fmt(head.l0, ".1f"), "active concepts per window"),
              ("Age MAE", _fmt(head.age_mae, ".2f") + (" y" if head.age_mae is not None else ""),
-              "test split, bias-corrected"),
+              "test split"),
              ("Age r", _fmt(head.age_r, ".3f"), "predicted vs chronological")]
     cards += [(f"{outcome.upper()} odds ratio", ratio.text(), "per 5 y of Δage, 95% CI")
               for outcome, ratio in head.odds_ratios.items()]

@@ -30,14 +30,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from safetensors.torch import save_file
 from torch import Tensor
 
 from stsae.config import ABLATIONS, LossWeights, TrainSection
 from stsae.data.dataset import WindowTripletDataset
 from stsae.data.store import EMBEDDING_DIM
 from stsae.errors import StsaeError
-from stsae.models.stsae import STSAE, CheckpointError, Codes, read_safetensors
+from stsae.models.stsae import STSAE, CheckpointError, Codes, read_safetensors, safetensors_bytes
 from stsae.train.losses import (
     LossTerms,
     centred_sum_of_squares,
@@ -382,8 +381,8 @@ class Trainer:
                  "rng": {"scheme": "derive_seed(seed, name, step|epoch) per draw; no running state",
                          "seed": self.seed},
                  "optimizer": {"type": "Adam", "param_groups": self.optimizer.state_dict()["param_groups"]}}
-        with io.atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata={"format": CHECKPOINT_FORMAT, "state": json.dumps(state)})
+        metadata = {"format": CHECKPOINT_FORMAT, "state": json.dumps(state)}
+        io.write_bytes(path, safetensors_bytes(tensors, metadata))
 
     def _load_checkpoint(self, path: Path) -> None:
         tensors, header = read_safetensors(path)

@@ -16,6 +16,8 @@ from typing import IO, Any
 import numpy as np
 import pandas as pd
 
+from stsae.errors import InputDataError
+
 
 def _fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
@@ -97,7 +99,7 @@ def read_json(path: Path | str) -> Any:
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: missing (run the stage that writes it first)") from None
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        raise InputDataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
 
 
 def write_parquet(path: Path | str, frame: pd.DataFrame) -> None:
@@ -118,16 +120,19 @@ def save_npy(path: Path | str, array: np.ndarray) -> None:
 
 
 def open_memmap_rows(path: Path | str, n_cols: int | None = None) -> np.ndarray:
-    """Open a float32 `.npy` read-only as a memmap and check its shape, naming the file on error."""
+    """Open a float32 `.npy` read-only as a memmap and check its shape.
+
+    A bad file raises InputDataError (a ValueError) naming it, so the CLI reports one line, not a traceback.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing (run the stage that writes it first)")
     try:
         array = np.load(path, mmap_mode="r")
     except (ValueError, OSError) as exc:
-        raise ValueError(f"{path}: not a readable .npy array ({exc})") from None
+        raise InputDataError(f"{path}: not a readable .npy array ({exc})") from None
     if array.dtype != np.float32 or array.ndim != 2:
-        raise ValueError(f"{path}: expected float32[N, D], got {array.dtype}{list(array.shape)}")
+        raise InputDataError(f"{path}: expected float32[N, D], got {array.dtype}{list(array.shape)}")
     if n_cols is not None and array.shape[1] != n_cols:
-        raise ValueError(f"{path}: expected {n_cols} columns, got {array.shape[1]}")
+        raise InputDataError(f"{path}: expected {n_cols} columns, got {array.shape[1]}")
     return array
