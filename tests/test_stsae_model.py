@@ -139,7 +139,7 @@ def test_load_refuses_corrupted_file_with_one_line_naming_it(tmp_path):
     path = tmp_path / "broken.safetensors"
     _model().save(path, {})
     path.write_bytes(path.read_bytes()[:200])
-    with pytest.raises(StsaeError, match="broken.safetensors") as err:
+    with pytest.raises(StsaeError, match=r"broken\.safetensors") as err:
         STSAE.load(path)
     assert "\n" not in str(err.value)
 
@@ -147,7 +147,7 @@ def test_load_refuses_corrupted_file_with_one_line_naming_it(tmp_path):
 def test_load_refuses_a_pickle_without_running_it(tmp_path):
     path = tmp_path / "pickled.safetensors"
     path.write_bytes(pickle.dumps({"W_enc": np.zeros(3)}))
-    with pytest.raises(StsaeError, match="pickled.safetensors"):
+    with pytest.raises(StsaeError, match=r"pickled\.safetensors"):
         STSAE.load(path)
 
 

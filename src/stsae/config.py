@@ -189,7 +189,7 @@ class TrainSection(_Section):
     bf16: bool = Field(False, description="bf16 autocast in the forward pass.")
     loss_weights: LossWeights = Field(default_factory=LossWeights)
     div_sample: int = Field(
-        256, ge=2, description="Atoms sampled per step for L_div when K is larger "
+        128, ge=2, description="Atoms sampled per step for L_div when K is larger "
         "(pairs among them: O(div_sample² · d) per step)."
     )
     dead_after_samples: int = Field(

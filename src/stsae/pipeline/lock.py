@@ -36,6 +36,25 @@ def _holder(lock: Path) -> tuple[int, str] | None:
         return None
 
 
+def remove_orphaned_temp_files(root: Path) -> list[Path]:
+    """Delete `<name>.tmp-<pid>` files under root whose writing process on this host is gone.
+
+    A process killed with SIGKILL never runs `stsae.utils.io.atomic_path`'s cleanup, so its temp file
+    stays. Nothing reads it (final names appear only by rename), but it wastes disk and keeps directories
+    such as models/checkpoints/ from being removed. Temp files of live processes (another torchrun rank
+    mid-write) are left alone. Returns the files removed.
+    """
+    removed = []
+    for path in root.rglob("*.tmp-*"):
+        pid_text = path.name.rpartition(".tmp-")[2]
+        if path.is_file() and pid_text.isdigit() and not _pid_alive(int(pid_text)):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    if removed:
+        log.info("removed %d temp file(s) left by killed runs, e.g. %s", len(removed), removed[0])
+    return removed
+
+
 @contextlib.contextmanager
 def run_lock(lock: Path) -> Iterator[None]:
     """Hold `lock` (O_EXCL create) for the block; a lock left by a dead process is cleared."""

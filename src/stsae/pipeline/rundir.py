@@ -56,6 +56,11 @@ class RunDir:
         """One row per window: window_id, qc_pass, qc_reason."""
         return self.windows_dir / "qc.parquet"
 
+    @property
+    def splits(self) -> Path:
+        """One row per patient: patient_id, split."""
+        return self.windows_dir / "splits.parquet"
+
     # embeddings/ (extract)
     @property
     def embeddings_dir(self) -> Path:
@@ -89,6 +94,11 @@ class RunDir:
         """safetensors weights; a `.json` with config and metrics sits beside it."""
         return self.models_dir / f"stsae-{variant}-K{d_dict}-s{seed}.safetensors"
 
+    @property
+    def train_checkpoints_dir(self) -> Path:
+        """Resumable training state of unfinished models (kept apart so the registry never lists it)."""
+        return self.models_dir / "checkpoints"
+
     # eval/, aging/, grounding/, figures/
     @property
     def eval_dir(self) -> Path:
@@ -107,9 +117,42 @@ class RunDir:
         return self.root / "aging"
 
     @property
+    def predictions(self) -> Path:
+        return self.aging_dir / "predictions.parquet"
+
+    @property
+    def delta_age(self) -> Path:
+        return self.aging_dir / "delta_age.parquet"
+
+    @property
+    def age_model(self) -> Path:
+        return self.aging_dir / "age_model.json"
+
+    @property
+    def associations(self) -> Path:
+        return self.aging_dir / "associations.json"
+
+    @property
     def grounding_dir(self) -> Path:
         return self.root / "grounding"
 
     @property
+    def concept_pulses(self) -> Path:
+        return self.grounding_dir / "concept_pulses.npz"
+
+    @property
+    def morphology(self) -> Path:
+        return self.grounding_dir / "morphology.parquet"
+
+    @property
+    def concept_morphology(self) -> Path:
+        return self.grounding_dir / "concept_morphology.csv"
+
+    @property
     def figures_dir(self) -> Path:
         return self.root / "figures"
+
+    @property
+    def figure_index(self) -> Path:
+        """Every figure with its title, caption, and whether it was drawn (or why not)."""
+        return self.figures_dir / "index.json"

@@ -20,6 +20,7 @@ from typing import Any
 from stsae import __version__
 from stsae.config import Config, config_to_yaml
 from stsae.errors import StsaeError
+from stsae.pipeline.lock import remove_orphaned_temp_files
 from stsae.pipeline.manifest import static_facts, update_manifest
 from stsae.pipeline.rundir import RunDir
 from stsae.pipeline.stages import STAGE_BY_NAME, STAGES, Stage
@@ -125,7 +126,8 @@ def run_stage(ctx_base: StageContext, stage: Stage) -> bool:
     entry(ctx)
     seconds = time.perf_counter() - t0
     finished = datetime.now(timezone.utc).isoformat()
-    if not is_main_process():
+    if not is_main_process() or ctx.only:
+        # a filtered run (`train --only`) did part of the stage: never mark the whole stage complete
         return True
     io.write_json(record, {"stage": stage.name, "fingerprint": fingerprint, "started": started,
                            "finished": finished, "seconds": seconds,
@@ -137,10 +139,12 @@ def run_stage(ctx_base: StageContext, stage: Stage) -> bool:
 
 
 def prepare_run_dir(config: Config, run_dir: RunDir) -> None:
-    """Save the resolved config and the manifest's static facts (versions, seed, git commit)."""
+    """Save the resolved config and the manifest's static facts (versions, seed, git commit), and clear
+    temp files a killed earlier run left behind."""
     run_dir.root.mkdir(parents=True, exist_ok=True)
     if not is_main_process():
         return
+    remove_orphaned_temp_files(run_dir.root)
     io.write_text(run_dir.config_resolved, config_to_yaml(config))
     update_manifest(run_dir.manifest, static_facts(config))
 

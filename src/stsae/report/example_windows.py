@@ -23,10 +23,12 @@ _SHOW_S = 5.0  # seconds of each 10 s window drawn, so individual pulses stay re
 
 
 def _save(fig: Figure, path: Path) -> None:
-    """Write `path` as PNG and its sibling .svg, both atomically."""
+    """Write `path` as PNG and its sibling .svg, both atomically and reproducibly (no creation date or
+    random SVG ids, so the same run gives the same bytes)."""
     for target in (path.with_suffix(".png"), path.with_suffix(".svg")):
-        with atomic_path(target) as tmp:
-            fig.savefig(tmp, format=target.suffix[1:], dpi=110, bbox_inches="tight")
+        metadata = {"Software": None} if target.suffix == ".png" else {"Date": None}
+        with atomic_path(target) as tmp, matplotlib.rc_context({"svg.hashsalt": "stsae"}):
+            fig.savefig(tmp, format=target.suffix[1:], dpi=110, bbox_inches="tight", metadata=metadata)
     plt.close(fig)
 
 

@@ -1,0 +1,135 @@
+"""Scale run: prepare → extract → one ST-SAE (K=4096) → evaluate on a synthetic cohort of N windows, and
+the same at N/10 in the same benchmark, to check that time grows linearly and memory does not.
+
+Each stage runs as `python -m stsae <stage>` in its own process; its wall time and the peak RSS of its
+process tree (psutil polling every 0.1 s) are recorded. Per stage: seconds, windows/s, peak RSS (flagged
+at >= 4 GiB) and the scaling exponent log(t_N / t_small) / log(N / N_small) (1.0 = linear; train runs a
+fixed number of steps, so its time should stay flat). Output: benchmarks/results/bench_scale.json.
+
+    .venv/bin/python benchmarks/bench_scale.py [--windows 1000000] [--steps 200] [--small-ratio 10]
+
+The default 1M-window run takes hours on a 2-core machine (`make bench-scale`); `--windows 2000` is a
+quick smoke test. Not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+
+from stsae.utils.io import write_json
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+STAGES = ("prepare", "extract", "train", "evaluate")
+RSS_FLAG_BYTES = 4 * 2**30
+WINDOWS_PER_PATIENT = 60  # 2 records x 5 min of 10 s windows
+
+
+def overrides(n_windows: int, steps: int) -> list[str]:
+    """Config overrides (on configs/demo.yaml) for a cohort of about n_windows and one K=4096 ST-SAE."""
+    n_patients = max(10, math.ceil(n_windows / WINDOWS_PER_PATIENT))
+    settings = {
+        "run.name": f"scale-{n_windows}", "data.synthetic.n_patients": n_patients,
+        "data.synthetic.records_per_patient": 2, "data.synthetic.minutes_per_record": 5.0,
+        "train.d_dict": 4096, "train.k": 16, "train.steps": steps, "train.seeds": "[0]",
+        "train.ablations": "[]", "train.d_dict_sweep": "[]", "train.checkpoint_every": max(1, steps // 2),
+        "train.eval_every": max(1, steps // 2), "eval.stability_subsamples": 0,
+    }
+    return [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
+
+
+def _tree_rss(proc: psutil.Process) -> int:
+    total = 0
+    for member in (proc, *proc.children(recursive=True)):
+        try:
+            total += member.memory_info().rss
+        except psutil.NoSuchProcess:
+            continue
+    return total
+
+
+def run_stage(stage: str, run_dir: Path, sets: list[str]) -> dict[str, Any]:
+    """Run one stage in a fresh process; returns seconds and peak RSS of its process tree."""
+    command = [sys.executable, "-m", "stsae", stage, "-q", "--config", str(REPO / "configs" / "demo.yaml"),
+               "--run-dir", str(run_dir), *sets]
+    started = time.perf_counter()
+    popen = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = psutil.Process(popen.pid)
+    peak = 0
+    while popen.poll() is None:
+        try:
+            peak = max(peak, _tree_rss(proc))
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.1)
+    seconds = time.perf_counter() - started
+    stderr = popen.stderr.read() if popen.stderr else ""
+    if popen.returncode != 0:
+        raise SystemExit(f"stage {stage} failed ({popen.returncode}): {stderr.strip()[-2000:]}")
+    return {"seconds": round(seconds, 2), "peak_rss_bytes": peak, "peak_rss_gib": round(peak / 2**30, 3),
+            "rss_over_4gib": peak >= RSS_FLAG_BYTES}
+
+
+def scale_run(n_windows: int, steps: int, work: Path) -> dict[str, Any]:
+    """Every stage at one cohort size; windows/s uses the windows prepare actually wrote."""
+    run_dir = work / f"n{n_windows}"
+    sets = overrides(n_windows, steps)
+    stages: dict[str, Any] = {}
+    for stage in STAGES:
+        stages[stage] = run_stage(stage, run_dir, sets)
+        print(f"  N={n_windows:>9}: {stage:<9} {stages[stage]['seconds']:>9.1f} s  "
+              f"peak RSS {stages[stage]['peak_rss_gib']:.2f} GiB", flush=True)
+    written = int(np.load(run_dir / "windows" / "windows.npy", mmap_mode="r").shape[0])
+    for result in stages.values():
+        result["windows_per_s"] = round(written / max(result["seconds"], 1e-9), 1)
+    return {"windows": written, "stages": stages}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--windows", type=int, default=1_000_000, help="Windows in the large cohort.")
+    parser.add_argument("--small-ratio", type=int, default=10, help="The small cohort is N / this.")
+    parser.add_argument("--steps", type=int, default=200, help="ST-SAE training steps (same at both sizes).")
+    parser.add_argument("--work-dir", type=Path, default=None, help="Where run directories go (temp dir).")
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "bench_scale.json")
+    args = parser.parse_args()
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="stsae-scale-"))
+    try:
+        small = scale_run(max(WINDOWS_PER_PATIENT * 10, args.windows // args.small_ratio), args.steps, work)
+        large = scale_run(args.windows, args.steps, work)
+    finally:
+        if args.work_dir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    size_ratio = large["windows"] / small["windows"]
+    seconds = {name: {stage: max(res["stages"][stage]["seconds"], 1e-9) for stage in STAGES}
+               for name, res in (("small", small), ("large", large))}
+    scaling = {stage: round(math.log(seconds["large"][stage] / seconds["small"][stage])
+                            / math.log(size_ratio), 3) for stage in STAGES}
+    rss_ratio = {stage: round(large["stages"][stage]["peak_rss_bytes"]
+                              / max(small["stages"][stage]["peak_rss_bytes"], 1), 3) for stage in STAGES}
+    flagged = [f"{size}:{stage}" for size, res in (("large", large), ("small", small))
+               for stage, r in res["stages"].items() if r["rss_over_4gib"]]
+    machine = {"cpus": psutil.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1)}
+    result = {"machine": machine,
+              "steps": args.steps, "d_dict": 4096, "small": small, "large": large, "size_ratio": size_ratio,
+              "time_scaling_exponent": scaling, "peak_rss_ratio": rss_ratio, "rss_over_4gib": flagged,
+              "note": "exponent 1.0 = time linear in windows; train runs fixed steps (expect ~0)."}
+    write_json(args.out, result)
+    print(f"size ratio {size_ratio:.1f}; time scaling exponent per stage {scaling}")
+    print(f"peak RSS ratio large/small {rss_ratio}; RSS >= 4 GiB: {flagged or 'none'}")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

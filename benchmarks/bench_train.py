@@ -1,0 +1,116 @@
+"""ST-SAE training throughput: triplets/s per K, GFLOP/s vs this machine's fp32 GEMM, sparse vs dense
+Top-K decode, fp32 vs bf16, and the demo grid's estimated wall time. All numbers come from one run, so
+compare the ratios; absolute figures depend on the machine and its load.
+
+    .venv/bin/python benchmarks/bench_train.py [--threads 2] [--steps 5] [--out benchmarks/results/train.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from stsae.config import TrainSection, load_config
+from stsae.data.dataset import WindowTripletDataset
+from stsae.train.grid import build_grid
+from stsae.train.trainer import Trainer, variant_spec
+from stsae.utils import io
+
+D = 512
+SIZES = (1024, 2048, 4096, 8192)
+
+
+def synthetic(n: int = 8192) -> tuple[WindowTripletDataset, WindowTripletDataset]:
+    """Low-rank, large-mean embeddings shaped like PaPaGei-S's (DESIGN §6), 40-window records."""
+    rs = np.random.default_rng(0)
+    z = (rs.normal(size=(n, 12)) @ rs.normal(size=(12, D)) + 10 * rs.normal(size=D)).astype(np.float32)
+    z_aug = (z + 0.1 * rs.normal(size=z.shape)).astype(np.float32)
+    index = pd.DataFrame({"record_id": np.repeat(np.arange(n // 40 + 1), 40)[:n].astype(str),
+                          "segment_idx": np.tile(np.arange(40), n // 40 + 1)[:n],
+                          "split": np.where(np.arange(n) < int(0.85 * n), "train", "val")})
+    return WindowTripletDataset(z, z_aug, index, "train"), WindowTripletDataset(z, z_aug, index, "val")
+
+
+def gemm_gflops(repeats: int = 10) -> float:
+    """fp32 GEMM GFLOP/s at the encoder's shape class ([768, 512] x [512, 8192])."""
+    a, b = torch.randn(768, D), torch.randn(D, 8192)
+    a @ b
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * 768 * D * 8192 * repeats / (time.perf_counter() - t0) / 1e9
+
+
+def step_seconds(train: WindowTripletDataset, cfg: TrainSection, variant: str, d_dict: int,
+                 steps: int) -> float:
+    """Median wall seconds of one optimizer step (after two warm-up steps)."""
+    trainer = Trainer(train, None, cfg, variant, d_dict, seed=0, steps=steps + 2)
+    trainer.update()
+    trainer.update()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        trainer.update()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def counted_flops(cfg: TrainSection, variant: str, d_dict: int) -> float:
+    """FLOPs of the dense work in one step: the encoder GEMM over all encoded rows, plus L_div."""
+    weights = variant_spec(cfg, variant).weights
+    rows = cfg.batch_size * (1 + (weights.smooth > 0) + (weights.stab > 0))
+    m = min(cfg.div_sample, d_dict)
+    div = 3 * 2 * m * m * D if weights.div > 0 else 0
+    return 2 * rows * D * d_dict + div
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/train.json"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    train, _ = synthetic()
+    demo = load_config(Path("configs/demo.yaml")).train
+    cfg = demo.model_copy(update={"d_dict_sweep": list(SIZES)})
+    load_before = os.getloadavg()[0]
+    peak = gemm_gflops()
+    result: dict = {"machine": platform.processor() or platform.machine(), "threads": args.threads,
+                    "load_average_1min_before": load_before, "gemm_fp32_gflops": peak, "per_k": {}}
+    for size in SIZES:
+        dense_cfg = cfg.model_copy(update={"sparse_decode": False})
+        bf16_cfg = cfg.model_copy(update={"bf16": True})
+        fp32 = step_seconds(train, cfg, "full", size, args.steps)
+        dense = step_seconds(train, dense_cfg, "full", size, args.steps)
+        bf16 = step_seconds(train, bf16_cfg, "full", size, args.steps)
+        gflops = counted_flops(cfg, "full", size) / fp32 / 1e9
+        result["per_k"][size] = {
+            "triplets_per_s": cfg.batch_size / fp32, "step_s": fp32, "achieved_gflops": gflops,
+            "fraction_of_gemm": gflops / peak, "dense_decode_step_s": dense,
+            "sparse_over_dense_speedup": dense / fp32, "bf16_step_s": bf16, "bf16_speedup": fp32 / bf16}
+        print(f"K={size:5d}: {cfg.batch_size / fp32:7.0f} triplets/s, {gflops:5.1f} GFLOP/s "
+              f"({gflops / peak:4.0%} of GEMM {peak:.1f}), sparse/dense decode x{dense / fp32:.2f}, "
+              f"bf16 x{fp32 / bf16:.2f}")
+    measured = ("full", "no_smooth", "vanilla")
+    per_variant = {v: step_seconds(train, demo, v, demo.d_dict, args.steps) for v in measured}
+    same_cost = {"no_stab": "no_smooth", "no_div": "full", "no_renorm": "full"}
+    estimate = sum(per_variant[same_cost.get(e.variant, e.variant)] * e.d_dict / demo.d_dict * demo.steps
+                   for e in build_grid(demo))
+    result["demo_grid"] = {"models": len(build_grid(demo)), "step_s_at_k1024": per_variant,
+                           "estimated_seconds": estimate}
+    result["load_average_1min_after"] = os.getloadavg()[0]
+    print(f"demo grid ({len(build_grid(demo))} models, {demo.steps} steps): ~{estimate:.0f} s estimated; "
+          f"load average {load_before:.1f} -> {result['load_average_1min_after']:.1f}")
+    io.write_json(args.out, result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""`stsae train`: the grid, --only filters, contract-conforming files, and skipping finished models."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from stsae.config import Config, TrainSection
+from stsae.errors import StsaeError
+from stsae.models.stsae import STSAE
+from stsae.pipeline.rundir import RunDir
+from stsae.pipeline.runner import StageContext
+from stsae.stages.train import run
+from stsae.train.grid import GridEntry, build_grid, select
+from stsae.utils import io
+
+CONTRACT_KEYS = {"variant", "d_dict", "seed", "activation", "k", "steps", "complete", "train_config",
+                 "metrics", "input_mean_norm_over_std", "effective_rank"}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _run_dir(tmp_path) -> RunDir:
+    """Embeddings in the extract stage's formats: 12 records of 10 windows, 8 train / 2 val / 2 test."""
+    rs = np.random.default_rng(0)
+    n = 120
+    z = (rs.normal(size=(n, 6)) @ rs.normal(size=(6, 512)) + 5).astype(np.float32)
+    run_dir = RunDir(tmp_path / "run")
+    io.save_npy(run_dir.z, z)
+    io.save_npy(run_dir.z_aug, (z + 0.01 * rs.normal(size=z.shape)).astype(np.float32))
+    records = np.repeat(np.arange(12), 10)
+    io.write_parquet(run_dir.index, pd.DataFrame({
+        "window_id": np.arange(n), "patient_id": [f"p{r}" for r in records],
+        "record_id": [f"r{r}" for r in records], "segment_idx": np.tile(np.arange(10), 12),
+        "split": np.select([records < 8, records < 10], ["train", "val"], "test"),
+    }))
+    return run_dir
+
+
+def _config(**train) -> Config:
+    base = dict(d_dict=16, k=2, steps=4, batch_size=16, warmup_steps=1, eval_every=2, checkpoint_every=2,
+                seeds=[0, 1], ablations=["vanilla"], d_dict_sweep=[8, 16], div_sample=4, aux_k=4)
+    return Config(train=TrainSection(**{**base, **train}))
+
+
+def _ctx(run_dir: RunDir, config: Config, only: list[str] | None = None, force: bool = False) -> StageContext:
+    return StageContext(config, run_dir, fingerprint="test", force=force, only=only or [])
+
+
+def test_grid_has_main_variants_for_every_seed_and_sweep_for_first_seed_without_duplicates():
+    grid = build_grid(_config().train)
+    assert grid == [GridEntry("full", 16, 0), GridEntry("vanilla", 16, 0), GridEntry("full", 16, 1),
+                    GridEntry("vanilla", 16, 1), GridEntry("full", 8, 0)]
+
+
+def test_only_filters_combine_kinds_with_and_and_values_with_or():
+    grid = build_grid(_config().train)
+    assert select(grid, ["full", "K=8"]) == [GridEntry("full", 8, 0)]
+    assert select(grid, ["vanilla", "seed=1"]) == [GridEntry("vanilla", 16, 1)]
+    assert len(select(grid, ["seed=0", "seed=1", "K=16"])) == 4
+
+
+def test_only_refuses_unknown_token_naming_the_choices():
+    with pytest.raises(StsaeError, match="no_smooth"):
+        select(build_grid(_config().train), ["smooth"])
+
+
+def test_only_refuses_a_filter_that_matches_nothing():
+    with pytest.raises(StsaeError, match="K=4096"):
+        select(build_grid(_config().train), ["K=4096"])
+
+
+def test_stage_writes_every_grid_model_with_contract_sidecar(tmp_path):
+    run_dir = _run_dir(tmp_path)
+    run(_ctx(run_dir, _config()))
+    for entry in build_grid(_config().train):
+        path = run_dir.stsae_checkpoint(entry.variant, entry.d_dict, entry.seed)
+        info = json.loads(path.with_suffix(".json").read_text())
+        assert info.keys() >= CONTRACT_KEYS and info["complete"] is True
+        assert (info["variant"], info["d_dict"], info["seed"]) == (entry.variant, entry.d_dict, entry.seed)
+        assert STSAE.load(path).W_dec.shape == (entry.d_dict, 512)
+    assert not (run_dir.models_dir / "checkpoints").exists()
+
+
+def test_stage_skips_finished_models_and_retrains_changed_settings(tmp_path):
+    run_dir = _run_dir(tmp_path)
+    run(_ctx(run_dir, _config(), only=["full", "K=8"]))
+    path = run_dir.stsae_checkpoint("full", 8, 0)
+    first = path.stat().st_mtime_ns
+    run(_ctx(run_dir, _config(), only=["full", "K=8"]))
+    assert path.stat().st_mtime_ns == first
+    run(_ctx(run_dir, _config(steps=5), only=["full", "K=8"]))
+    assert path.stat().st_mtime_ns != first
+
+
+def test_stage_only_trains_the_selected_subset(tmp_path):
+    run_dir = _run_dir(tmp_path)
+    run(_ctx(run_dir, _config(), only=["vanilla", "seed=1"]))
+    written = sorted(p.name for p in run_dir.models_dir.glob("*.safetensors"))
+    assert written == ["stsae-vanilla-K16-s1.safetensors"]
+
+
+def test_stage_records_input_statistics_in_the_manifest(tmp_path):
+    run_dir = _run_dir(tmp_path)
+    run(_ctx(run_dir, _config(), only=["full", "K=8"]))
+    facts = json.loads(run_dir.manifest.read_text())["train"]
+    assert facts["models_trained"] == ["stsae-full-K8-s0"]
+    assert facts["input_mean_norm_over_std"] > 0 and facts["effective_rank"] > 1
