@@ -202,7 +202,7 @@ def write_fake_run(root: Path, *, encoder_sha256: str = SHA256, seed: int = 0) -
                                 "k": 16, "steps": 600, "complete": True, "train_config": {}, "metrics": {},
                                 "input_mean_norm_over_std": 10.2, "effective_rank": 12.4})
     predictions, delta, associations = _aging(meta, rng)
-    io.write_parquet(run_dir.aging_dir / "predictions.parquet", predictions)
+    io.write_parquet(run_dir.predictions, predictions)
     io.write_parquet(run_dir.aging_dir / "delta_age.parquet", delta)
     io.write_json(run_dir.aging_dir / "associations.json", associations)
     _grounding(run_dir, meta, rng)

@@ -118,8 +118,8 @@ def staged(run_dir: RunDir) -> RunDir:
 
 
 def test_age_stage_writes_contract_predictions_and_delta_age(staged: RunDir) -> None:
-    predictions = pd.read_parquet(age_stage.predictions_path(staged))
-    delta = pd.read_parquet(age_stage.delta_age_path(staged))
+    predictions = pd.read_parquet(staged.predictions)
+    delta = pd.read_parquet(staged.delta_age)
     assert {"patient_id", "split", "age", "age_pred", "age_pred_corrected", "sex", "htn", "t2d"} <= set(
         predictions
     )
@@ -131,7 +131,7 @@ def test_age_stage_writes_contract_predictions_and_delta_age(staged: RunDir) -> 
 
 
 def test_age_model_json_has_one_coefficient_per_concept(staged: RunDir) -> None:
-    model = json.loads(age_stage.age_model_path(staged).read_text())
+    model = json.loads(staged.age_model.read_text())
     assert set(model) == {"model", "coef", "intercept", "alpha", "l1_ratio", "selected"}
     assert model["model"] == f"stsae-full-K{K}-s0"
     assert len(model["coef"]) == K
@@ -139,7 +139,7 @@ def test_age_model_json_has_one_coefficient_per_concept(staged: RunDir) -> None:
 
 
 def test_associations_json_covers_every_predictor_and_condition(staged: RunDir) -> None:
-    report = json.loads(age_stage.associations_path(staged).read_text())
+    report = json.loads(staged.associations.read_text())
     assert set(report["metrics"]) == {"mae", "r", "r2", "delta_age_age_r", "delta_age_planted_r"}
     assert report["bias_correction"]["fitted_on"] == "validation"
     assert report["predictors"]["best_baseline"]["model"] == "pca-n8"
@@ -150,13 +150,13 @@ def test_associations_json_covers_every_predictor_and_condition(staged: RunDir) 
 
 
 def test_concept_age_model_tracks_age_on_test(staged: RunDir) -> None:
-    metrics = json.loads(age_stage.associations_path(staged).read_text())["metrics"]
+    metrics = json.loads(staged.associations.read_text())["metrics"]
     assert metrics["r"] > 0.8
 
 
 def test_ground_stage_writes_concept_pulses_for_top_concepts(staged: RunDir) -> None:
-    model = json.loads(age_stage.age_model_path(staged).read_text())
-    with np.load(ground_stage.concept_pulses_path(staged)) as pulses:
+    model = json.loads(staged.age_model.read_text())
+    with np.load(staged.concept_pulses) as pulses:
         concepts = pulses["concepts"]
         assert 1 <= len(concepts) <= 3
         assert np.all(np.abs(np.asarray(model["coef"])[concepts]) > 0)
@@ -165,14 +165,14 @@ def test_ground_stage_writes_concept_pulses_for_top_concepts(staged: RunDir) -> 
 
 
 def test_ground_stage_morphology_covers_a_seeded_subsample(staged: RunDir) -> None:
-    morphology = pd.read_parquet(ground_stage.morphology_path(staged))
+    morphology = pd.read_parquet(staged.morphology)
     assert list(morphology.columns) == ["window_id", *FEATURES, "reason"]
     assert len(morphology) == 200 and morphology["window_id"].is_unique
     assert morphology["crest_time_s"].notna().mean() > 0.9
 
 
 def test_ground_stage_correlation_table_has_q_values(staged: RunDir) -> None:
-    table = pd.read_csv(ground_stage.concept_morphology_path(staged))
+    table = pd.read_csv(staged.concept_morphology)
     assert list(table.columns) == ["concept", "feature", "rho", "p", "q"]
     assert set(table["feature"]) == set(FEATURES)
 

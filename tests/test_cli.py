@@ -1,5 +1,7 @@
 """CLI surface: --help everywhere, one-line user errors with exit code 2."""
 
+import errno
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -49,3 +51,19 @@ def test_run_pipeline_rejects_unknown_source():
     result = subprocess.run(["bash", str(REPO / "scripts" / "run_pipeline.sh")], env={"SOURCE": "bogus",
                             "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=30)
     assert result.returncode == 2 and "SOURCE must be synthetic" in result.stderr
+
+
+def test_disk_full_is_one_line_and_exit_code_2(tmp_path, monkeypatch):
+    from stsae.stages import prepare as prepare_stage
+
+    def no_space(self, rows):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "windows.npy.tmp")
+
+    monkeypatch.setattr(prepare_stage.NpyRowWriter, "append", no_space)
+    result = runner.invoke(app, ["prepare", "--run-dir", str(tmp_path / "r"), "--set", "data.synthetic.n_patients=6",
+                                 "--set", "data.synthetic.minutes_per_record=0.5"])
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
+    assert result.output.strip().splitlines()[-1] == (
+        "error: No space left on device writing windows.npy.tmp; earlier outputs are intact, free space and rerun"
+    )

@@ -62,7 +62,7 @@ def test_override_sets_a_nested_key_with_yaml_typing():
 
 
 def test_override_without_equals_is_rejected():
-    with pytest.raises(ConfigError, match="expected section.key=value"):
+    with pytest.raises(ConfigError, match=r"expected section\.key=value"):
         load_config(None, ["train.lr"])
 
 
@@ -72,7 +72,7 @@ def test_override_wins_over_file(tmp_path):
 
 
 def test_missing_config_file_is_named(tmp_path):
-    with pytest.raises(ConfigError, match="nope.yaml: config file not found"):
+    with pytest.raises(ConfigError, match=r"nope\.yaml: config file not found"):
         load_config(tmp_path / "nope.yaml")
 
 

@@ -34,7 +34,7 @@ def test_prepare_writes_four_files_with_consistent_rows(tmp_path: Path) -> None:
     run_dir = _run(tmp_path, _tiny_config())
     windows = np.load(run_dir.windows, mmap_mode="r")
     meta, qc = pd.read_parquet(run_dir.meta), pd.read_parquet(run_dir.qc)
-    splits = pd.read_parquet(run_dir.windows_dir / prepare.SPLITS_FILE)
+    splits = pd.read_parquet(run_dir.splits)
     assert windows.dtype == np.float32 and windows.shape == (12 * 2 * 3, 1250)
     assert np.isfinite(windows).all()
     assert meta["window_id"].tolist() == list(range(len(windows))) == qc["window_id"].tolist()
@@ -47,7 +47,7 @@ def test_no_patient_is_in_two_splits(tmp_path: Path) -> None:
     run_dir = _run(tmp_path, _tiny_config())
     meta = pd.read_parquet(run_dir.meta)
     assert (meta.groupby("patient_id")["split"].nunique() == 1).all()
-    splits = pd.read_parquet(run_dir.windows_dir / prepare.SPLITS_FILE).set_index("patient_id")["split"]
+    splits = pd.read_parquet(run_dir.splits).set_index("patient_id")["split"]
     assert (meta["split"].to_numpy() == splits.loc[meta["patient_id"]].to_numpy()).all()
 
 

@@ -13,7 +13,7 @@ from stsae.config import Config
 from stsae.errors import InputDataError
 from stsae.pipeline.rundir import RunDir
 from stsae.pipeline.runner import StageContext
-from stsae.report.figures import figure_index_path, read_figure_index
+from stsae.report.figures import read_figure_index
 from stsae.report.headline import RANDOM_WARNING, headline_lines
 from stsae.report.html import write_report
 from stsae.stages import report as report_stage
@@ -94,10 +94,10 @@ def test_scorecard_misses_are_marked(runs: dict[str, RunDir]) -> None:
 
 def test_unavailable_figure_is_reported_not_available(tmp_path: Path) -> None:
     run_dir = write_fake_run_with_figures(tmp_path / "run", tmp_path)
-    index = io.read_json(figure_index_path(run_dir))
+    index = io.read_json(run_dir.figure_index)
     index["figures"].append({"name": "extra", "section": "data", "title": "Extra figure", "caption": "",
                              "available": False, "note": "no input"})
-    io.write_json(figure_index_path(run_dir), index)
+    io.write_json(run_dir.figure_index, index)
     html = write_report(run_dir, TITLE).read_text()
     assert "Extra figure</b> — not available: no input" in html
 

@@ -7,6 +7,7 @@ truth. User errors (bad config, missing inputs, a locked run directory) print on
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +31,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 log = logging.getLogger("stsae.cli")
+# A full disk, a quota or a read-only run directory is the user's to fix, not a bug: one line, exit 2.
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES}
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (default: built-in defaults).")]
 RunDirOpt = Annotated[Path | None, typer.Option("--run-dir", help="Run directory (default: runs/<run.name>).")]
@@ -52,6 +55,13 @@ def _user_errors() -> Iterator[None]:
     except (StsaeError, FileNotFoundError) as exc:
         logging.getLogger("stsae").debug("user error", exc_info=True)
         typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except OSError as exc:
+        if exc.errno not in _ENVIRONMENT_ERRNOS:
+            raise
+        logging.getLogger("stsae").debug("environment error", exc_info=True)
+        where = f" writing {exc.filename}" if exc.filename else ""
+        typer.echo(f"error: {exc.strerror}{where}; earlier outputs are intact, free space and rerun", err=True)
         raise typer.Exit(2) from None
 
 

@@ -129,6 +129,7 @@ def run_stage(ctx_base: StageContext, stage: Stage) -> bool:
     if not is_main_process() or ctx.only:
         # a filtered run (`train --only`) did part of the stage: never mark the whole stage complete
         return True
+    _record_config(ctx.config, run_dir)
     io.write_json(record, {"stage": stage.name, "fingerprint": fingerprint, "started": started,
                            "finished": finished, "seconds": seconds,
                            "upstream_runs": _upstream_runs(run_dir, stage)})
@@ -138,20 +139,26 @@ def run_stage(ctx_base: StageContext, stage: Stage) -> bool:
     return True
 
 
-def prepare_run_dir(config: Config, run_dir: RunDir) -> None:
-    """Save the resolved config and the manifest's static facts (versions, seed, git commit), and clear
-    temp files a killed earlier run left behind."""
+def prepare_run_dir(run_dir: RunDir) -> None:
+    """Create the run directory and clear temp files a killed earlier run left behind."""
     run_dir.root.mkdir(parents=True, exist_ok=True)
-    if not is_main_process():
-        return
-    remove_orphaned_temp_files(run_dir.root)
+    if is_main_process():
+        remove_orphaned_temp_files(run_dir.root)
+
+
+def _record_config(config: Config, run_dir: RunDir) -> None:
+    """Save the resolved config and the manifest's static facts (versions, seed, git commit).
+
+    Written only after a stage succeeds, so a run that fails on bad input never leaves the run
+    directory claiming a config its outputs were not produced with.
+    """
     io.write_text(run_dir.config_resolved, config_to_yaml(config))
     update_manifest(run_dir.manifest, static_facts(config))
 
 
 def run_stages(ctx: StageContext, names: list[str]) -> list[str]:
     """Run the named stages in pipeline order; returns those that actually ran."""
-    prepare_run_dir(ctx.config, ctx.run_dir)
+    prepare_run_dir(ctx.run_dir)
     ran = []
     for name in names:
         if run_stage(ctx, STAGE_BY_NAME[name]):

@@ -27,7 +27,6 @@ from stsae.errors import InputDataError
 from stsae.pipeline.rundir import RunDir
 from stsae.report.example_windows import plot_qc_rejections, plot_windows_by_age_decile
 from stsae.report.scorecard import (
-    associations_path,
     finite,
     front_keys,
     leaderboard_rows,
@@ -536,7 +535,7 @@ def draw_figures(run_dir: RunDir) -> list[FigureInfo]:
     infos = [plot_pareto(rows, read_optional_json(run_dir.pareto), out_dir), plot_ablations(rows, out_dir),
              plot_k_sweep(rows, out_dir), plot_seed_stability(rows, out_dir)]
 
-    predictions_path = run_dir.aging_dir / "predictions.parquet"
+    predictions_path = run_dir.predictions
     predictions = read_optional_parquet(predictions_path)
     if predictions is None:
         infos.append(_unavailable("age_scatter", "aging", "Predicted vs chronological age",
@@ -553,7 +552,7 @@ def draw_figures(run_dir: RunDir) -> list[FigureInfo]:
     else:
         _require_columns(delta, ("patient_id", "delta_age"), delta_path)
         infos.append(plot_delta_age_groups(delta, out_dir))
-    associations = read_optional_json(associations_path(run_dir))
+    associations = read_optional_json(run_dir.associations)
     infos.append(plot_forest(associations, out_dir) if isinstance(associations, dict) else
                  _unavailable("forest", "aging", "Δage associations", "associations.json not available"))
 
@@ -569,18 +568,14 @@ def draw_figures(run_dir: RunDir) -> list[FigureInfo]:
     return infos
 
 
-def figure_index_path(run_dir: RunDir) -> Path:
-    """figures/index.json: what the figures stage drew (or why not), read by the report stage."""
-    return run_dir.figures_dir / "index.json"
-
 
 def write_figure_index(run_dir: RunDir, infos: list[FigureInfo]) -> None:
-    io.write_json(figure_index_path(run_dir), {"figures": [info.to_json() for info in infos]})
+    io.write_json(run_dir.figure_index, {"figures": [info.to_json() for info in infos]})
 
 
 def read_figure_index(run_dir: RunDir) -> list[FigureInfo]:
     """The figures stage's index (required by the report: run `stsae figures` first)."""
-    path = figure_index_path(run_dir)
+    path = run_dir.figure_index
     data = read_optional_json(path)
     if data is None:
         raise InputDataError(f"{path}: missing (run `stsae figures` first)")

@@ -11,7 +11,6 @@ from typing import Any
 
 from stsae.pipeline.rundir import RunDir
 from stsae.report.scorecard import (
-    associations_path,
     finite,
     main_row,
     pass_count,
@@ -72,7 +71,7 @@ def headline(run_dir: RunDir) -> Headline:
     board = read_optional_json(run_dir.leaderboard)
     rows = board.get("rows", []) if isinstance(board, dict) else []
     full = main_row(rows, "full") or {}
-    associations = read_optional_json(associations_path(run_dir)) or {}
+    associations = read_optional_json(run_dir.associations) or {}
     metrics = associations.get("metrics") or {}
     concepts = (associations.get("associations") or {}).get("concepts") or {}
     checks = scorecard(run_dir) if board is not None else None

@@ -22,7 +22,6 @@ from stsae.report.figures import FigureInfo, read_figure_index
 from stsae.report.headline import NOT_AVAILABLE, RANDOM_WARNING, Headline, headline
 from stsae.report.scorecard import (
     Check,
-    associations_path,
     finite,
     front_keys,
     leaderboard_rows,
@@ -211,7 +210,7 @@ def report_context(run_dir: RunDir, title: str) -> dict[str, Any]:
         "leaderboard": _leaderboard_table(rows, read_optional_json(run_dir.pareto)),
         "probe": _probe_table(rows),
         "sections": [(key, label, [f for f in figures if f.info.section == key]) for key, label in SECTIONS],
-        "aging": _aging(read_optional_json(associations_path(run_dir))),
+        "aging": _aging(read_optional_json(run_dir.associations)),
         "qc_reasons": _qc_reasons(run_dir),
         "scorecard": _scorecard_rows(scorecard(run_dir)),
     }

@@ -63,10 +63,6 @@ def read_optional_parquet(path: Path) -> pd.DataFrame | None:
         raise InputDataError(f"{path}: not a readable parquet file ({exc})") from None
 
 
-def associations_path(run_dir: RunDir) -> Path:
-    """aging/associations.json (RunDir has no property for the aging stage's files yet)."""
-    return run_dir.aging_dir / "associations.json"
-
 
 def leaderboard_rows(run_dir: RunDir) -> list[dict[str, Any]]:
     """The evaluate stage's rows (required: figures and report are built around them)."""
@@ -282,7 +278,7 @@ def scorecard_inputs(run_dir: RunDir) -> ScorecardInputs | None:
             if column not in frame.columns:
                 raise InputDataError(f"{path}: missing column '{column}'")
         windows = meta[["window_id", "artifact"]].merge(qc[["window_id", "qc_pass"]], on="window_id")
-    associations = read_optional_json(associations_path(run_dir))
+    associations = read_optional_json(run_dir.associations)
     return ScorecardInputs(leaderboard_rows(run_dir), associations, windows)
 
 

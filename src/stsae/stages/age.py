@@ -11,7 +11,6 @@ lowest UNCORRECTED validation MAE (chosen without test data). Associations use t
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,7 +26,6 @@ from stsae.aging.associations import CONDITIONS, condition_associations
 from stsae.data.store import load_embeddings
 from stsae.errors import InputDataError, StsaeError
 from stsae.models.registry import ModelInfo, list_models, load_concept_model
-from stsae.pipeline.rundir import RunDir
 from stsae.pipeline.runner import StageContext
 from stsae.utils import io
 
@@ -36,20 +34,8 @@ log = logging.getLogger(__name__)
 BASELINE_FAMILIES = ("pca", "ica", "nmf")
 
 
-def predictions_path(run_dir: RunDir) -> Path:
-    return run_dir.aging_dir / "predictions.parquet"
 
 
-def delta_age_path(run_dir: RunDir) -> Path:
-    return run_dir.aging_dir / "delta_age.parquet"
-
-
-def age_model_path(run_dir: RunDir) -> Path:
-    return run_dir.aging_dir / "age_model.json"
-
-
-def associations_path(run_dir: RunDir) -> Path:
-    return run_dir.aging_dir / "associations.json"
 
 
 def concept_model_info(models: list[ModelInfo], variant: str, d_dict: int, seed: int) -> ModelInfo:
@@ -107,12 +93,12 @@ def run(ctx: StageContext) -> None:
         associations["best_baseline"] = {
             c: {"skipped": "no baseline models in models/baselines"} for c in CONDITIONS
         }
-    io.write_parquet(predictions_path(run_dir), concept.predictions)
-    io.write_parquet(delta_age_path(run_dir), concept.delta)
-    io.write_json(age_model_path(run_dir), age_model_record(info.name, concept.predictor))
+    io.write_parquet(run_dir.predictions, concept.predictions)
+    io.write_parquet(run_dir.delta_age, concept.delta)
+    io.write_json(run_dir.age_model, age_model_record(info.name, concept.predictor))
     correction = concept.correction
     io.write_json(
-        associations_path(run_dir),
+        run_dir.associations,
         {
             "metrics": concept.metrics,
             "bias_correction": {

@@ -9,7 +9,6 @@ of the age model in aging/age_model.json, encoded with the same concept model. W
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 
@@ -23,34 +22,23 @@ from stsae.grounding.concepts import (
 )
 from stsae.grounding.morphology import FEATURES, morphology_table
 from stsae.models.registry import list_models, load_concept_model
-from stsae.pipeline.rundir import RunDir
 from stsae.pipeline.runner import StageContext
-from stsae.stages.age import age_model_path
 from stsae.utils import io
 from stsae.utils.seeding import rng
 
 log = logging.getLogger(__name__)
 
 
-def concept_pulses_path(run_dir: RunDir) -> Path:
-    return run_dir.grounding_dir / "concept_pulses.npz"
 
-
-def morphology_path(run_dir: RunDir) -> Path:
-    return run_dir.grounding_dir / "morphology.parquet"
-
-
-def concept_morphology_path(run_dir: RunDir) -> Path:
-    return run_dir.grounding_dir / "concept_morphology.csv"
 
 
 def run(ctx: StageContext) -> None:
     config, run_dir = ctx.config, ctx.run_dir
     grounding, seed = config.grounding, config.run.seed
-    age_model = io.read_json(age_model_path(run_dir))
+    age_model = io.read_json(run_dir.age_model)
     infos = {info.name: info for info in list_models(run_dir)}
     if age_model.get("model") not in infos:
-        raise InputDataError(f"{age_model_path(run_dir)}: model {age_model.get('model')!r} is not in models/")
+        raise InputDataError(f"{run_dir.age_model}: model {age_model.get('model')!r} is not in models/")
     model = load_concept_model(infos[age_model["model"]].path)
     coef = np.asarray(age_model["coef"], dtype=np.float64)
     concepts = top_concepts_by_weight(coef, grounding.top_concepts)
@@ -93,15 +81,15 @@ def run(ctx: StageContext) -> None:
     morphology_diff = np.array(
         [[g.morphology_diff[f] for f in FEATURES] for g in groundings], dtype=np.float64
     ).reshape(len(groundings), len(FEATURES))
-    with io.atomic_path(concept_pulses_path(run_dir)) as tmp, open(tmp, "wb") as handle:
+    with io.atomic_path(run_dir.concept_pulses) as tmp, open(tmp, "wb") as handle:
         np.savez(
             handle, concepts=concepts, features=np.array(FEATURES), morphology_diff=morphology_diff, **arrays
         )
     io.write_parquet(
-        morphology_path(run_dir), morphology.assign(window_id=window_ids)[["window_id", *FEATURES, "reason"]]
+        run_dir.morphology, morphology.assign(window_id=window_ids)[["window_id", *FEATURES, "reason"]]
     )
     table = correlate_concepts_with_morphology(activations, concepts, morphology)
-    with io.atomic_open(concept_morphology_path(run_dir)) as handle:
+    with io.atomic_open(run_dir.concept_morphology) as handle:
         table.to_csv(handle, index=False)
     log.info(
         "grounded %d concepts on %d windows (%d without a pulse)",

@@ -30,7 +30,6 @@ from stsae.utils.splits import patient_split
 
 log = logging.getLogger(__name__)
 
-SPLITS_FILE = "splits.parquet"  # windows/splits.parquet (docs/CONTRACTS.md)
 
 
 @dataclass
@@ -145,7 +144,7 @@ def run(ctx: StageContext) -> None:
         tmp_windows = stack.enter_context(io.atomic_path(run_dir.windows))
         tmp_meta = stack.enter_context(io.atomic_path(run_dir.meta))
         tmp_qc = stack.enter_context(io.atomic_path(run_dir.qc))
-        tmp_splits = stack.enter_context(io.atomic_path(run_dir.windows_dir / SPLITS_FILE))
+        tmp_splits = stack.enter_context(io.atomic_path(run_dir.splits))
         writer = NpyRowWriter(tmp_windows, width)
         stack.callback(writer.close)
         bar = stack.enter_context(progress(_expected_windows(config), "prepare", "win"))

@@ -41,7 +41,7 @@ def run(ctx: StageContext) -> None:
     entries = select(build_grid(cfg), ctx.only)
     log.info("train: %d model(s) in the grid selection, %d train / %d val triplets",
              len(entries), len(train), len(val))
-    checkpoints = ctx.run_dir.models_dir / "checkpoints"
+    checkpoints = ctx.run_dir.train_checkpoints_dir
     trained, skipped = [], []
     t0 = time.perf_counter()
     for entry in entries:

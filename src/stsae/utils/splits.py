@@ -47,7 +47,7 @@ def patient_split(
         ids = ids[generator.permutation(len(ids))]
         exact_test = len(ids) * test_fraction + leftovers[0]
         exact_val = len(ids) * val_fraction + leftovers[1]
-        n_test, n_val = int(round(exact_test)), int(round(exact_val))
+        n_test, n_val = round(exact_test), round(exact_val)
         leftovers = [exact_test - n_test, exact_val - n_val]
         assignment[ids[:n_test]] = "test"
         assignment[ids[n_test : n_test + n_val]] = "val"
