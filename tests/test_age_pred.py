@@ -18,7 +18,7 @@ from stsae.config import AgingSection
 from stsae.errors import InputDataError
 
 N_INFORMATIVE = 3
-FAST = AgingSection(l1_ratios=[0.5, 1.0])
+FAST = AgingSection(l1_ratios=[0.5, 1.0], bias_correction_on="validation")
 
 
 def cohort(n: int = 200, k: int = 20, seed: int = 0) -> tuple[np.ndarray, pd.DataFrame]:

@@ -252,11 +252,12 @@ class AgingSection(_Section):
     stability_rounds: int = Field(100, ge=1, description="Half-sample refits in stability selection.")
     stability_threshold: float = Field(0.6, gt=0, le=1, description="Selection frequency to keep.")
     bias_correction_on: Literal["validation", "oof_train"] = Field(
-        "validation", description="Predictions the age-bias correction is fitted on (never test)."
+        "oof_train", description="Predictions the age-bias correction is fitted on (never test)."
     )
     l1_ratios: list[float] = Field(
-        [0.1, 0.5, 0.7, 0.9, 0.95, 1.0], description="ElasticNetCV l1_ratio grid (1.0 = lasso)."
+        [0.5, 0.7, 0.9, 0.95, 1.0], description="ElasticNetCV l1_ratio grid (1.0 = lasso)."
     )
+    n_alphas: int = Field(50, ge=2, description="ElasticNetCV regularisation path length per l1_ratio.")
     min_events: int = Field(
         10, ge=1, description="Fewest cases and non-cases an HTN/T2D logistic regression needs; else skipped."
     )

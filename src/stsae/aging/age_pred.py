@@ -32,8 +32,6 @@ log = logging.getLogger(__name__)
 
 PATIENT_COLUMNS = ("patient_id", "split", "age", "sex", "htn", "t2d")
 PLANTED_COLUMN = "vascular_acceleration"
-N_ALPHAS = 50
-"""Regularisation strengths ElasticNetCV tries per l1_ratio (log-spaced, sklearn's automatic range)."""
 MIN_BIAS_SLOPE = 0.05
 """A predicted-vs-age slope below this means the predictor does not track age; inverting it is meaningless."""
 
@@ -160,7 +158,7 @@ def _elastic_net_cv(
     x: np.ndarray, y: np.ndarray, groups: np.ndarray, config: AgingSection, seed: int
 ) -> ElasticNetCV:
     folds = list(_group_folds(config.cv_folds, seed).split(x, y, groups))
-    model = ElasticNetCV(l1_ratio=config.l1_ratios, alphas=N_ALPHAS, cv=folds, max_iter=5000)
+    model = ElasticNetCV(l1_ratio=config.l1_ratios, alphas=config.n_alphas, cv=folds, max_iter=5000)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         model.fit(x, y)

@@ -73,12 +73,23 @@ def logistic_association(delta: pd.DataFrame, label: str, *, min_events: int) ->
     }
 
 
-def condition_associations(delta: pd.DataFrame, *, min_events: int) -> dict[str, dict[str, Any]]:
-    """{"htn": ..., "t2d": ...} on the test patients of a delta_age table (split column)."""
-    test = delta[delta["split"] == "test"]
+def association_splits(bias_correction_on: str) -> tuple[str, ...]:
+    """Splits whose patients enter the associations: never one the age model or its correction saw.
+
+    With the correction fitted on out-of-fold train predictions, validation and test patients are both
+    untouched, which doubles the patients (and events) behind each odds ratio; with the correction fitted
+    on validation, only test remains.
+    """
+    return ("val", "test") if bias_correction_on == "oof_train" else ("test",)
+
+
+def condition_associations(delta: pd.DataFrame, *, min_events: int,
+                           splits: tuple[str, ...] = ("test",)) -> dict[str, dict[str, Any]]:
+    """{"htn": ..., "t2d": ...} on the patients of `splits` in a delta_age table (split column)."""
+    held_out = delta[delta["split"].isin(splits)]
     result = {}
     for label in CONDITIONS:
-        result[label] = logistic_association(test, label, min_events=min_events)
+        result[label] = logistic_association(held_out, label, min_events=min_events)
         if "skipped" in result[label]:
             log.warning("association skipped: %s", result[label]["skipped"])
     return result
