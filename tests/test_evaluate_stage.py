@@ -74,7 +74,7 @@ def test_evaluate_writes_complete_rows_and_pareto(run_dir_with_models: StageCont
     board = io.read_json(ctx.run_dir.leaderboard)
     assert board["schema_version"] == 1
     rows = board["rows"]
-    assert len(rows) == 3 + 2 * 4
+    assert len(rows) == 3 + 4 + 2
     for row in rows:
         assert set(ROW_KEYS) <= set(row) and REASONS_KEY in row
         for key in ("ev", "l0", "dead_fraction", "consistency_jaccard", "consistency_cosine"):
@@ -84,6 +84,7 @@ def test_evaluate_writes_complete_rows_and_pareto(run_dir_with_models: StageCont
         assert row["probe"]["age"]["raw_value"] > 0.5
     matched = [r for r in rows if r["matched_sparsity"]]
     assert {r["k_active"] for r in matched} == {4} and all(r["l0"] <= 4 for r in matched)
+    assert sorted(r["model"] for r in matched) == ["nmf-n8", "pca-n8"]  # n4 at k = 4 is the dense code
     full = [r for r in rows if r["variant"] == "full"]
     assert all(r["stability_mean_cos"] is not None and r["stability_null_mean_cos"] is not None for r in full)
     ablation = next(r for r in rows if r["variant"] == "no_smooth")
@@ -119,3 +120,33 @@ def test_stability_refits_train_on_half_the_train_patients(run_dir_with_models: 
     main = evaluate_stage.main_stsae(list_models(ctx.run_dir))
     dictionaries = evaluate_stage.subsample_dictionaries(load_embeddings(ctx.run_dir), main, cfg, 0)
     assert seen == [7, 7] and [d.shape for d in dictionaries] == [(32, 512), (32, 512)]
+
+
+def test_probes_use_whole_patients_of_every_split(run_dir_with_models: StageContext) -> None:
+    from stsae.data.store import load_embeddings
+
+    ctx = run_dir_with_models
+    emb = load_embeddings(ctx.run_dir)
+    data = evaluate_stage._prepare(ctx, emb, ctx.config.eval, 0)
+    assert set(emb.index["split"].to_numpy()[data.probe_rows]) == {"train", "val", "test"}
+    assert len(data.probe_rows) == len(emb.index)
+    assert set(emb.index["split"].to_numpy()[data.rows]) == {"test"}
+
+
+def test_probe_rows_are_capped_by_whole_patients(tmp_path) -> None:
+    from stsae.data.store import load_embeddings
+
+    ctx = _context(tmp_path, probe_max_rows=95)
+    _write_inputs(ctx.run_dir)
+    data = evaluate_stage._prepare(ctx, load_embeddings(ctx.run_dir), ctx.config.eval, 0)
+    assert len(data.probe_rows) == 90
+    assert np.all(np.unique(data.groups, return_counts=True)[1] == PER_PATIENT)
+
+
+def test_baseline_with_at_most_k_components_gets_no_matched_row(caplog: pytest.LogCaptureFixture) -> None:
+    info = types.SimpleNamespace(name="pca-n16", family="pca", variant="pca", d_dict=16, seed=None)
+    with caplog.at_level("INFO"):
+        assert evaluate_stage._matched_row(info, 16) is None
+    assert "dense code" in caplog.text
+    matched = evaluate_stage._matched_row(types.SimpleNamespace(**{**vars(info), "d_dict": 32}), 16)
+    assert matched["matched_sparsity"] and matched["k_active"] == 16 and matched["K"] == 32

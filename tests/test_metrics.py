@@ -82,12 +82,28 @@ def test_streamed_metrics_do_not_depend_on_chunk_size() -> None:
         return c @ np.linalg.pinv(w)
 
     mean = Z.mean(0)
-    whole = stream_metrics(encode, decode, 32, Z, z_aug, rows, pairs, mean, chunk_rows=64)
-    chunked = stream_metrics(encode, decode, 32, Z, z_aug, rows, pairs, mean, chunk_rows=7)
+    (whole,) = stream_metrics(encode, decode, 32, Z, z_aug, rows, pairs, mean, chunk_rows=64)
+    (chunked,) = stream_metrics(encode, decode, 32, Z, z_aug, rows, pairs, mean, chunk_rows=7)
     for name in ("ev", "l0", "dead_fraction", "consistency_jaccard", "consistency_cosine"):
         assert getattr(chunked, name) == pytest.approx(getattr(whole, name), rel=1e-6)
     assert chunked.lag1.value == pytest.approx(lag1_autocorrelation(encode(Z), pairs).value, abs=1e-6)
     assert chunked.lag1.n_pairs == 63
+
+
+def test_top_k_view_equals_scoring_a_top_k_encoder() -> None:
+    """The matched-sparsity view of one encoding pass scores exactly like encoding with top-k."""
+    z_aug = Z + 0.1 * GEN.standard_normal(Z.shape).astype(np.float32)
+    rows = np.arange(0, 64, dtype=np.int64)
+    pairs = np.stack([rows[:-1], rows[1:]], axis=1)
+    w = GEN.standard_normal((512, 12)).astype(np.float32)
+    pinv = np.linalg.pinv(w)
+    mean = Z.mean(0)
+    dense, matched = stream_metrics(lambda x: x @ w, lambda c: c @ pinv, 12, Z, z_aug, rows, pairs, mean,
+                                    chunk_rows=10, top_ks=(None, 3))
+    (alone,) = stream_metrics(lambda x: top_k_codes(x @ w, 3), lambda c: c @ pinv, 12, Z, z_aug, rows, pairs,
+                              mean, chunk_rows=10)
+    assert matched == alone
+    assert dense.l0 == 12 and matched.l0 == 3
 
 
 def test_stream_metrics_rejects_pairs_outside_the_rows() -> None:

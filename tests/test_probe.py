@@ -5,18 +5,27 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.linear_model import Ridge, RidgeCV
+from sklearn.model_selection import GroupKFold, cross_val_predict
 
+from stsae.eval import probe as probe_module
 from stsae.eval.probe import (
+    RidgePath,
     available_factors,
     binary_labels,
-    classification_probe,
     grouped_folds,
-    regression_probe,
+    probe_all,
+    ridge_oof_predictions,
     single_concept_recovery,
+    single_concepts,
 )
 
 GEN = np.random.default_rng(0)
 GROUPS = np.repeat([f"p{i}" for i in range(20)], 10)
+
+
+def _r2(x: np.ndarray, y: np.ndarray, groups: np.ndarray = GROUPS, folds: int = 5) -> float:
+    return probe_all(x, {"f": ("r2", y)}, groups, folds)["f"].value
 
 
 def test_folds_never_put_a_test_patient_in_training() -> None:
@@ -28,8 +37,6 @@ def test_folds_never_put_a_test_patient_in_training() -> None:
 
 
 def test_probe_fits_see_only_training_patients(monkeypatch: pytest.MonkeyPatch) -> None:
-    from stsae.eval import probe as probe_module
-
     seen: list[tuple[np.ndarray, np.ndarray]] = []
     real = probe_module.grouped_folds
 
@@ -40,24 +47,102 @@ def test_probe_fits_see_only_training_patients(monkeypatch: pytest.MonkeyPatch) 
 
     monkeypatch.setattr(probe_module, "grouped_folds", recording)
     x = GEN.standard_normal((200, 4))
-    regression_probe(x, x[:, 0], GROUPS, 4)
+    _r2(x, x[:, 0], folds=4)
     assert seen and all(set(GROUPS[a]).isdisjoint(GROUPS[b]) for a, b in seen)
 
 
 def test_regression_probe_recovers_a_linear_factor() -> None:
     x = GEN.standard_normal((200, 6))
-    score = regression_probe(x, x @ np.arange(6.0) + 0.1 * GEN.standard_normal(200), GROUPS, 5)
-    assert score.metric == "r2" and score.value > 0.95
+    assert _r2(x, x @ np.arange(6.0) + 0.1 * GEN.standard_normal(200)) > 0.95
+
+
+def _patient_memorisation_data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every patient has its own feature fingerprint and its own label, unrelated across patients:
+    windows of a patient predict each other, but nothing generalises to a new patient."""
+    gen = np.random.default_rng(0)
+    patients = np.repeat(np.arange(80), 12)
+    x = 2.0 * gen.standard_normal((80, 200))[patients] + gen.standard_normal((len(patients), 200))
+    y = gen.standard_normal(80)[patients] + 0.1 * gen.standard_normal(len(patients))
+    return x, y, patients.astype(str)
+
+
+def test_penalty_is_chosen_across_patients_not_across_windows() -> None:
+    x, y, groups = _patient_memorisation_data()
+    assert _r2(x, y, groups) > -0.1
+
+
+def test_window_level_penalty_choice_overfits_the_same_data() -> None:
+    """The failure the grouped choice fixes: RidgeCV's window-level leave-one-out picks a tiny
+    penalty here, so the same outer grouped CV scores far below zero."""
+    x, y, groups = _patient_memorisation_data()
+    pred = cross_val_predict(RidgeCV(alphas=np.logspace(-3, 4, 8)), x, y, groups=groups, cv=GroupKFold(5))
+    assert 1 - ((y - pred) ** 2).sum() / ((y - y.mean()) ** 2).sum() < -0.5
+
+
+def test_leave_one_patient_out_errors_equal_explicit_refits() -> None:
+    x = GEN.standard_normal((60, 8)) + 5.0
+    y = np.column_stack([x @ GEN.standard_normal(8), GEN.standard_normal(60)])
+    groups = np.repeat(np.arange(6), 10)
+    path = RidgePath(x, x.T @ x, y)
+    xs = (x - path.mean) / path.scale
+    expected = np.zeros((len(path.alphas), 2))
+    for a, alpha in enumerate(path.alphas):
+        for g in range(6):
+            out = groups == g
+            fit = Ridge(alpha=alpha).fit(xs[~out], y[~out])
+            expected[a] += ((y[out] - fit.predict(xs[out])) ** 2).sum(axis=0)
+    np.testing.assert_allclose(path.logo_squared_error(groups), expected, rtol=1e-6)
+
+
+def test_path_predictions_equal_sklearn_ridge_on_standardised_features() -> None:
+    x = GEN.standard_normal((80, 5)) * [1, 10, 0.1, 3, 1] + 2.0
+    y = x @ GEN.standard_normal(5) + GEN.standard_normal(80)
+    path = RidgePath(x, x.T @ x, y[:, None])
+    xs = (x - path.mean) / path.scale
+    x_new = GEN.standard_normal((7, 5))
+    expected = Ridge(alpha=path.alphas[3]).fit(xs, y).predict((x_new - path.mean) / path.scale)
+    np.testing.assert_allclose(path.predict(x_new, np.array([3]))[:, 0], expected, rtol=1e-8)
+
+
+def test_sparse_and_dense_paths_give_the_same_predictions(monkeypatch: pytest.MonkeyPatch) -> None:
+    codes = np.where(GEN.random((200, 30)) < 0.05, GEN.exponential(1.0, (200, 30)), 0.0)
+    y = np.column_stack([codes @ GEN.standard_normal(30), GEN.standard_normal(200)])
+    monkeypatch.setattr(probe_module, "SPARSE_DENSITY", 1.0)
+    as_sparse = ridge_oof_predictions(codes, y, GROUPS, 5)
+    monkeypatch.setattr(probe_module, "SPARSE_DENSITY", 0.0)
+    np.testing.assert_allclose(ridge_oof_predictions(codes, y, GROUPS, 5), as_sparse, rtol=1e-7, atol=1e-9)
+
+
+def test_dead_columns_do_not_change_the_probe() -> None:
+    x = GEN.standard_normal((200, 6))
+    y = x @ np.arange(6.0) + GEN.standard_normal(200)
+    padded = np.column_stack([x, np.zeros((200, 3)), np.full((200, 2), 4.0)])
+    np.testing.assert_allclose(ridge_oof_predictions(padded, y[:, None], GROUPS, 5),
+                               ridge_oof_predictions(x, y[:, None], GROUPS, 5), rtol=1e-9)
+
+
+def test_factor_known_on_some_patients_is_probed_on_those() -> None:
+    x = GEN.standard_normal((200, 4))
+    partial = np.where(np.arange(200) < 120, x[:, 1], np.nan)
+    scores = probe_all(x, {"full": ("r2", x[:, 0]), "partial": ("r2", partial)}, GROUPS, 5)
+    assert scores["full"].value > 0.95 and scores["partial"].value > 0.95
+
+
+def test_probe_with_too_few_patients_is_skipped_with_a_reason() -> None:
+    x = GEN.standard_normal((200, 3))
+    y = np.where(np.isin(GROUPS, ["p0", "p1"]), x[:, 0], np.nan)
+    score = probe_all(x, {"f": ("r2", y)}, GROUPS, 5)["f"]
+    assert score.value is None and "patients" in score.reason
 
 
 def test_classification_probe_with_one_class_is_skipped_with_a_reason() -> None:
-    score = classification_probe(GEN.standard_normal((200, 3)), np.ones(200), GROUPS, 5)
+    score = probe_all(GEN.standard_normal((200, 3)), {"b": ("auroc", np.ones(200))}, GROUPS, 5)["b"]
     assert score.value is None and "one class" in score.reason
 
 
 def test_classification_probe_separates_a_linear_label() -> None:
     x = GEN.standard_normal((200, 3))
-    score = classification_probe(x, (x[:, 1] > 0).astype(float), GROUPS, 5)
+    score = probe_all(x, {"b": ("auroc", (x[:, 1] > 0).astype(float))}, GROUPS, 5)["b"]
     assert score.metric == "auroc" and score.value > 0.95
 
 
@@ -65,13 +150,21 @@ def test_factor_carried_by_one_concept_is_recovered_by_that_concept() -> None:
     codes = np.maximum(GEN.standard_normal((500, 40)), 0)
     factor = 2.0 * codes[:, 17] + 1.0
     codes[:, 3] = 0.0  # a dead concept must not break the search
-    best = single_concept_recovery(codes, factor)
+    (best,) = single_concept_recovery(codes, factor[:, None])
     assert best.concept == 17 and best.abs_r == pytest.approx(1.0)
 
 
 def test_single_concept_on_a_constant_code_is_undefined() -> None:
-    best = single_concept_recovery(np.ones((50, 4)), GEN.standard_normal(50))
+    (best,) = single_concept_recovery(np.ones((50, 4)), GEN.standard_normal((50, 1)))
     assert best.concept is None and best.abs_r is None
+
+
+def test_single_concepts_drop_each_factors_unknown_rows() -> None:
+    codes = np.maximum(GEN.standard_normal((300, 10)), 0)
+    partial = np.where(np.arange(300) % 3 == 0, np.nan, codes[:, 4])
+    found = single_concepts(codes, {"a": ("r2", codes[:, 2]), "b": ("r2", partial)})
+    assert (found["a"].concept, found["b"].concept) == (2, 4)
+    assert found["b"].abs_r == pytest.approx(1.0)
 
 
 def test_sex_is_coded_female_one_and_unknowns_nan() -> None:

@@ -181,3 +181,21 @@ def test_real_data_run_has_no_scorecard(tmp_path: Path) -> None:
     meta = io.read_parquet(run_dir.meta)
     io.write_parquet(run_dir.meta, meta.drop(columns=["vascular_age", "artifact"]))
     assert scorecard(run_dir) is None
+
+
+def test_matched_rows_that_are_the_dense_code_are_never_the_rival() -> None:
+    """A baseline with K <= k has top-k = its dense code (Jaccard 1): even closest in EV, it is skipped."""
+    inputs = _good_inputs()
+    dense_as_matched = {**_baseline("pca", ev=0.95, consistency=1.0), "model": "pca-n8", "K": 8, "k_active": 8}
+    rows = [*inputs.rows, dense_as_matched]
+    check = _by_name(build_scorecard(ScorecardInputs(rows, inputs.associations, inputs.windows)))[
+        "full ST-SAE − matched PCA: consistency"]
+    assert check.passed is True and "pca-n16" in check.detail and "pca-n8" not in check.detail
+
+
+def test_without_a_sparsified_baseline_the_comparison_is_not_available() -> None:
+    inputs = _good_inputs()
+    rows = [r if r["family"] != "ica" else {**r, "K": 8} for r in inputs.rows]
+    check = _by_name(build_scorecard(ScorecardInputs(rows, inputs.associations, inputs.windows)))[
+        "full ST-SAE − matched ICA: lag-1"]
+    assert check.passed is None and "more components than k" in check.detail

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stsae.eval.temporal import Lag1Autocorrelation, lag1_autocorrelation
 
@@ -15,7 +17,8 @@ def _pairs(n: int) -> np.ndarray:
 def test_constant_code_is_undefined_with_a_reason() -> None:
     codes = np.full((50, 4), 0.7, dtype=np.float32)
     result = lag1_autocorrelation(codes, _pairs(50))
-    assert result.value is None and result.n_defined == 0 and "constant" in result.reason
+    assert result.value is None and result.unweighted is None
+    assert result.n_defined == 0 and "constant" in result.reason
 
 
 def test_never_active_concepts_are_left_out_of_the_mean() -> None:
@@ -24,7 +27,33 @@ def test_never_active_concepts_are_left_out_of_the_mean() -> None:
     codes[:, 0] = np.sin(t / 20)  # slow: r close to 1
     result = lag1_autocorrelation(codes, _pairs(200))
     expected = np.corrcoef(codes[:-1, 0], codes[1:, 0])[0, 1]
-    assert result.n_defined == 1 and result.value == pytest.approx(expected)
+    assert result.n_defined == 1
+    assert result.value == pytest.approx(expected) and result.unweighted == pytest.approx(expected)
+
+
+def test_rarely_firing_concepts_do_not_drown_the_weighted_lag1() -> None:
+    """A sparse code: one slow, always-varying concept and 200 concepts that fire once at random.
+    The unweighted mean sinks towards their r ≈ 0; the variance-weighted form stays near the slow
+    concept's r because they carry almost no variance."""
+    gen = np.random.default_rng(0)
+    t = np.arange(2000, dtype=np.float64)
+    codes = np.zeros((2000, 201))
+    codes[:, 0] = 5.0 * np.sin(t / 30)
+    codes[gen.integers(0, 2000, 200), np.arange(1, 201)] = 0.5
+    result = lag1_autocorrelation(codes, _pairs(2000))
+    assert result.value > 0.9 and result.unweighted < 0.1
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 10_000), st.integers(2, 6))
+def test_weighted_lag1_is_pooled_covariance_over_pooled_scale(seed: int, k: int) -> None:
+    gen = np.random.default_rng(seed)
+    codes = gen.standard_normal((120, k)) * gen.uniform(0.1, 5.0, k)
+    codes[1:] += 0.5 * codes[:-1]
+    x, y = codes[:-1], codes[1:]
+    cov = ((x - x.mean(0)) * (y - y.mean(0))).sum(0)
+    scale = np.sqrt(((x - x.mean(0)) ** 2).sum(0) * ((y - y.mean(0)) ** 2).sum(0))
+    assert lag1_autocorrelation(codes, _pairs(120)).value == pytest.approx(cov.sum() / scale.sum())
 
 
 def test_white_noise_has_near_zero_lag1() -> None:
@@ -34,7 +63,7 @@ def test_white_noise_has_near_zero_lag1() -> None:
 
 def test_no_pairs_is_undefined_with_a_reason() -> None:
     result = Lag1Autocorrelation(3).result()
-    assert result.value is None and "no temporal pairs" in result.reason
+    assert result.value is None and result.unweighted is None and "no temporal pairs" in result.reason
 
 
 def test_merging_chunks_equals_one_pass() -> None:

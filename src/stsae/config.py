@@ -240,7 +240,8 @@ class EvalSection(_Section):
     stability_steps: int = Field(1000, ge=1, description="Training steps of each subsample refit.")
     max_eval_rows: int | None = Field(None, ge=1, description="Cap on evaluated test rows (None: all).")
     probe_max_rows: int = Field(
-        5000, ge=10, description="Test windows (whole patients, seeded) the linear probes are fit on."
+        5000, ge=10,
+        description="Windows of all splits (whole patients, seeded) the linear probes are cross-validated on.",
     )
     chunk_rows: int = Field(8192, ge=1, description="Rows encoded per chunk while streaming metrics.")
 

@@ -24,6 +24,7 @@ SCHEMA_VERSION = 1
 ROW_KEYS = (
     "model", "family", "variant", "K", "seed", "matched_sparsity", "k_active",
     "ev", "l0", "dead_fraction", "consistency_jaccard", "consistency_cosine", "lag1_autocorr",
+    "lag1_autocorr_unweighted",
     "stability_mean_cos", "stability_frac_07", "stability_frac_09", "stability_null_mean_cos",
     "probe", "single_concept",
 )

@@ -134,6 +134,22 @@ class StreamedMetrics:
     lag1: Lag1Result
 
 
+class _ViewMetrics:
+    """The accumulators of one view of the codes (dense, or top-k of them)."""
+
+    def __init__(self, n_concepts: int, train_mean: np.ndarray, k: int | None):
+        self.k = k
+        self.ev, self.sparsity = ExplainedVariance(train_mean), Sparsity(n_concepts)
+        self.consistency, self.lag1 = Consistency(), Lag1Autocorrelation(n_concepts)
+
+    def view(self, codes: np.ndarray) -> np.ndarray:
+        return codes if self.k is None else top_k_codes(codes, self.k)
+
+    def result(self) -> StreamedMetrics:
+        return StreamedMetrics(self.ev.result(), self.sparsity.l0(), self.sparsity.dead_fraction(),
+                               self.consistency.jaccard(), self.consistency.cosine(), self.lag1.result())
+
+
 def stream_metrics(
     encode: Encode,
     decode: Decode,
@@ -144,8 +160,11 @@ def stream_metrics(
     pairs: np.ndarray,
     train_mean: np.ndarray,
     chunk_rows: int = 8192,
-) -> StreamedMetrics:
-    """Every streamed metric in one pass over `rows` of z / z_aug (float32[M, 512] memmaps).
+    top_ks: tuple[int | None, ...] = (None,),
+) -> list[StreamedMetrics]:
+    """Every streamed metric in one pass over `rows` of z / z_aug (float32[M, 512] memmaps), for each
+    view of the codes in `top_ks` (None: the codes as encoded; k: `top_k_codes(codes, k)`, the dense
+    baselines at matched sparsity), so a slow encoder runs once for all views. One result per view.
 
     rows: int64[N] sorted row numbers to evaluate. pairs: int64[P, 2] temporal pairs (row t, row t+1),
     both rows in `rows`. Each chunk is encoded once (clean and augmented); a pair whose two rows fall
@@ -158,26 +177,28 @@ def stream_metrics(
     pos = np.searchsorted(rows, pairs) if len(pairs) else np.empty((0, 2), dtype=np.int64)
     if len(pairs) and not np.array_equal(rows[np.minimum(pos, len(rows) - 1)], pairs):
         raise ValueError("every temporal pair must have both rows in `rows`")
-    ev, sparsity, consistency = ExplainedVariance(train_mean), Sparsity(n_concepts), Consistency()
-    lag1 = Lag1Autocorrelation(n_concepts)
+    views = [_ViewMetrics(n_concepts, train_mean, k) for k in top_ks]
     chunk_of = pos // chunk_rows
     straddling = chunk_of[:, 0] != chunk_of[:, 1]
     for start in range(0, len(rows), chunk_rows):
         chunk = rows[start:start + chunk_rows]
         z_chunk = np.asarray(z[chunk], dtype=np.float32)
-        codes = encode(z_chunk)
-        ev.update(z_chunk, decode(codes))
-        sparsity.update(codes)
-        consistency.update(codes, encode(np.asarray(z_aug[chunk], dtype=np.float32)))
+        dense, dense_aug = encode(z_chunk), encode(np.asarray(z_aug[chunk], dtype=np.float32))
         inside = (chunk_of[:, 0] == start // chunk_rows) & ~straddling
         local = pos[inside] - start
-        lag1.update(codes[local[:, 0]], codes[local[:, 1]])
+        for v in views:
+            codes = v.view(dense)
+            v.ev.update(z_chunk, decode(codes))
+            v.sparsity.update(codes)
+            v.consistency.update(codes, v.view(dense_aug))
+            v.lag1.update(codes[local[:, 0]], codes[local[:, 1]])
     for start in range(0, int(straddling.sum()), chunk_rows):
         part = pairs[straddling][start:start + chunk_rows]
-        lag1.update(encode(np.asarray(z[part[:, 0]], dtype=np.float32)),
-                    encode(np.asarray(z[part[:, 1]], dtype=np.float32)))
-    return StreamedMetrics(ev.result(), sparsity.l0(), sparsity.dead_fraction(), consistency.jaccard(),
-                           consistency.cosine(), lag1.result())
+        first = encode(np.asarray(z[part[:, 0]], dtype=np.float32))
+        second = encode(np.asarray(z[part[:, 1]], dtype=np.float32))
+        for v in views:
+            v.lag1.update(v.view(first), v.view(second))
+    return [v.result() for v in views]
 
 
 def streamed_mean(z: np.ndarray, rows: np.ndarray, chunk_rows: int = 65536) -> np.ndarray:

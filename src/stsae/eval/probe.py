@@ -1,10 +1,27 @@
-"""Patient-grouped linear probes: how much of each label / planted factor do the concepts carry?
+"""Patient-grouped linear probes: how much of each label / planted factor is linearly decodable?
 
-Probes are cross-validated with `GroupKFold` on patient_id, so a probe is never tested on a patient it
-was trained on (the folds are checked). Out-of-fold predictions are pooled and scored once:
-continuous factors by R² (standardised features + RidgeCV over a fixed alpha grid), binary labels by
-AUROC (`classification_probe`: standardised features + L2 logistic regression). The same probes on the
-raw 512-d embeddings give the reference (`raw_value` on the leaderboard).
+A probe measures what a representation carries, not how a model generalises, so it is fit on whole
+patients from every split (the evaluate stage subsamples them; the ST-SAE never saw val/test windows
+anyway, and a dense baseline is a linear map of z, so no probe label reaches the representation).
+
+Protocol (the same for concepts, baselines and the raw 512-d embeddings, whose score is the reference
+`raw_value` on the leaderboard):
+- Outer CV: `GroupKFold` on patient_id (`grouped_folds`; a probe is never tested on a patient it was
+  trained on, and the folds are checked). Out-of-fold predictions are pooled and scored once:
+  continuous factors by R², binary labels by AUROC.
+- Model: ridge regression on features standardised with the outer training fold's mean and std, with
+  an unpenalised intercept. Binary labels are regressed as 0/1 (the least-squares linear
+  discriminant): AUROC depends only on the ranking of the scores, and one closed-form machinery lets
+  every factor share the same grouped penalty choice, in place of a logistic model with a fixed C.
+- Penalty: chosen per factor and per outer fold by leave-one-patient-out CV inside the outer training
+  fold (squared error, pooled over patients), never by window-level leave-one-out, which leaks across
+  the windows of one patient and picks far too little regularisation. The grid is relative:
+  alpha = λ · mean eigenvalue of the standardised Gram matrix, λ in `RIDGE_PENALTIES`.
+- Speed: one eigendecomposition XᵀX = V diag(e) Vᵀ per outer fold gives the fit for every penalty and
+  every factor at once (coefficients V diag(1/(e + alpha)) Vᵀ Xᵀy); the leave-one-patient-out
+  residuals follow exactly from the full fit, e_g = (I − H_gg)⁻¹ r_g with H the ridge hat matrix
+  (intercept included) restricted to patient g's rows, so no inner refit is needed. Columns constant
+  on the probe rows (dead concepts) are dropped first.
 
 Single-concept recovery: for each factor, the concept whose activation has the largest |Pearson r|
 with it (constant concepts have no r and are skipped).
@@ -17,17 +34,18 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from sklearn.linear_model import LogisticRegression, RidgeCV
+from scipy import sparse
 from sklearn.metrics import r2_score, roc_auc_score
 from sklearn.model_selection import GroupKFold
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 log = logging.getLogger(__name__)
 
 CONTINUOUS_FACTORS = ("age", "vascular_age", "hr_bpm", "resp_rate", "reflection_time", "aix", "notch_depth")
 BINARY_FACTORS = ("htn", "t2d", "sex")
-RIDGE_ALPHAS = tuple(np.logspace(-3, 4, 8))
+RIDGE_PENALTIES = tuple(np.logspace(-6, 3, 19))
+# A probe needs two patients to train and one to test in every outer fold, and two in the training
+# fold for the inner leave-one-patient-out choice of the penalty.
+MIN_PATIENTS = 3
 
 
 @dataclass
@@ -64,41 +82,152 @@ def binary_labels(values: pd.Series) -> np.ndarray:
     return np.where(np.isin(out, (0.0, 1.0)), out, np.nan)
 
 
-def regression_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray, n_folds: int) -> ProbeScore:
-    """Out-of-fold R² of a ridge probe: x float[N, P], y float[N] (NaN rows dropped), groups[N]."""
-    keep = np.isfinite(y)
-    x, y, groups = x[keep], y[keep], groups[keep]
-    if len(np.unique(groups)) < 2:
-        return ProbeScore("r2", None, "fewer than two patients with this label")
-    if np.ptp(y) == 0:
-        return ProbeScore("r2", None, "label is constant on the evaluation split")
-    pred = np.empty_like(y)
-    for train_idx, test_idx in grouped_folds(groups, n_folds):
-        model = make_pipeline(StandardScaler(), RidgeCV(alphas=RIDGE_ALPHAS))
-        pred[test_idx] = model.fit(x[train_idx], y[train_idx]).predict(x[test_idx])
-    return ProbeScore("r2", float(r2_score(y, pred)))
+class RidgePath:
+    """Ridge fits of y float[n, T] on the n training rows of x for every penalty in `penalties` at once.
 
-
-def classification_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray, n_folds: int) -> ProbeScore:
-    """Out-of-fold AUROC of a logistic probe: x float[N, P], y float[N] in {0, 1} (NaN rows dropped).
-
-    One class only -> skipped (value None) with the reason. A training fold that happens to hold one
-    class predicts that fold's base rate instead of fitting.
+    x: float64[n, P] ndarray or scipy sparse matrix (mostly-zero codes); gram: float64[P, P] = xᵀx of
+    those same rows, uncentred (the caller builds it from per-fold pieces). Features are standardised
+    with these rows' mean and std (a column constant here gets scale 1: it is zero after centring and
+    carries no weight); the intercept is the unpenalised mean of y.
     """
-    keep = np.isfinite(y)
-    x, y, groups = x[keep], y[keep].astype(int), groups[keep]
-    if len(np.unique(y)) < 2:
-        return ProbeScore("auroc", None, "only one class present on the evaluation split")
-    if len(np.unique(groups)) < 2:
-        return ProbeScore("auroc", None, "fewer than two patients with this label")
-    prob = np.empty(len(y))
-    for train_idx, test_idx in grouped_folds(groups, n_folds):
-        if len(np.unique(y[train_idx])) < 2:
-            prob[test_idx] = y[train_idx].mean()
-            continue
-        model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
-        prob[test_idx] = model.fit(x[train_idx], y[train_idx]).predict_proba(x[test_idx])[:, 1]
-    return ProbeScore("auroc", float(roc_auc_score(y, prob)))
+
+    def __init__(self, x: np.ndarray | sparse.csr_matrix, gram: np.ndarray, y: np.ndarray,
+                 penalties: tuple[float, ...] = RIDGE_PENALTIES):
+        n = x.shape[0]
+        if y.ndim != 2 or len(y) != n or gram.shape != (x.shape[1], x.shape[1]):
+            raise ValueError(f"x [n, P], gram [P, P] and y [n, T] disagree: {list(x.shape)}, "
+                             f"{list(gram.shape)}, {list(y.shape)}")
+        self.mean = np.asarray(x.sum(axis=0)).ravel() / n
+        centred = gram - n * np.outer(self.mean, self.mean)
+        variance = np.clip(np.diag(centred) / n, 0.0, None)
+        varies = variance > 1e-12 * (variance.max() + np.finfo(float).tiny)
+        self.scale = np.where(varies, np.sqrt(variance), 1.0)
+        standardised = centred / np.outer(self.scale, self.scale)
+        standardised[~varies] = 0.0
+        standardised[:, ~varies] = 0.0
+        eig, vecs = np.linalg.eigh(standardised)
+        eig = np.clip(eig, 0.0, None)
+        mean_eig = max(eig.sum() / max(int(varies.sum()), 1), np.finfo(float).tiny)
+        self.alphas = np.asarray(penalties) * mean_eig  # float64[A] absolute ridge penalties
+        self.weights = 1.0 / (eig[None, :] + self.alphas[:, None])  # [A, P]
+        self.projection = vecs / self.scale[:, None]  # standardised rows @ vecs = x @ projection − offset
+        self.offset = self.mean @ self.projection
+        self.rotated = self._rotate(x)  # [n, P] training rows in the eigenbasis
+        self.y_mean = y.mean(axis=0)
+        self.y_centred = y - self.y_mean
+        self.rotated_xty = self.rotated.T @ self.y_centred  # [P, T]
+
+    def _rotate(self, x: np.ndarray | sparse.csr_matrix) -> np.ndarray:
+        return np.asarray(x @ self.projection) - self.offset
+
+    def logo_squared_error(self, groups: np.ndarray) -> np.ndarray:
+        """float64[A, T]: Σ over training rows of the squared leave-one-group-out error, per penalty.
+
+        Exact for ridge with intercept: the residuals of group g refit without g are
+        (I − H_gg)⁻¹ r_g, H_gg = 1/n + U_g diag(w) U_gᵀ (U: rotated rows, w: eigen weights)."""
+        n = len(self.rotated)
+        fitted = self.rotated @ (self.weights[:, :, None] * self.rotated_xty[None])  # [A, n, T]
+        residual = self.y_centred[None] - fitted
+        _, inverse = np.unique(groups, return_inverse=True)
+        order = np.argsort(inverse, kind="stable")
+        bounds = np.flatnonzero(np.diff(inverse[order])) + 1
+        total = np.zeros((len(self.weights), self.y_centred.shape[1]))
+        for rows in np.split(order, bounds):
+            u = self.rotated[rows]
+            m = len(rows)
+            hat = ((self.weights[:, None, :] * u[None]).reshape(-1, u.shape[1]) @ u.T).reshape(-1, m, m)
+            hat += 1.0 / n  # [A, m, m]
+            errors = np.linalg.solve(np.eye(m)[None] - hat, residual[:, rows, :])
+            total += (errors**2).sum(axis=1)
+        return total
+
+    def predict(self, x: np.ndarray | sparse.csr_matrix, penalty_idx: np.ndarray) -> np.ndarray:
+        """float64[m, T] predictions for rows x [m, P], target t using penalty index penalty_idx[t]."""
+        coef = self.weights[penalty_idx].T * self.rotated_xty  # [P, T]
+        return self._rotate(x) @ coef + self.y_mean
+
+
+# Codes with at most this fraction of non-zeros (top-k sparse codes) are handled as sparse matrices.
+SPARSE_DENSITY = 0.1
+
+
+def _gram(x: np.ndarray | sparse.csr_matrix) -> np.ndarray:
+    gram = x.T @ x
+    return gram.toarray() if sparse.issparse(gram) else np.asarray(gram)
+
+
+def ridge_oof_predictions(x: np.ndarray, y: np.ndarray, groups: np.ndarray, n_folds: int) -> np.ndarray:
+    """Out-of-fold ridge predictions float64[N, T] for targets y float[N, T] (all finite) from
+    features x float[N, P]; outer folds grouped by `groups` (patients), penalty per target and fold
+    by leave-one-patient-out inside the training fold (see the module docstring).
+
+    Columns constant on these rows are dropped. Each fold's xᵀx is the total minus the test part's,
+    so the N·P² product is formed once; dense x is first shifted by its mean over all rows (label-free,
+    undone exactly by each fold's own centring) so that the uncentred sums lose no precision."""
+    x = x[:, np.ptp(x, axis=0) > 0].astype(np.float64)
+    x = sparse.csr_matrix(x) if np.count_nonzero(x) <= SPARSE_DENSITY * x.size else x - x.mean(axis=0)
+    folds = grouped_folds(groups, n_folds)
+    test_grams = [_gram(x[test_idx]) for _, test_idx in folds]
+    total = np.sum(test_grams, axis=0)
+    pred = np.empty(y.shape, dtype=np.float64)
+    for (train_idx, test_idx), test_gram in zip(folds, test_grams, strict=True):
+        path = RidgePath(x[train_idx], total - test_gram, y[train_idx])
+        best = path.logo_squared_error(groups[train_idx]).argmin(axis=0)
+        pred[test_idx] = path.predict(x[test_idx], best)
+    return pred
+
+
+def _skip_reason(metric: str, y: np.ndarray, groups: np.ndarray) -> str | None:
+    """Why a probe of y float[n] (finite rows only) cannot be scored, or None."""
+    if metric == "auroc" and len(np.unique(y)) < 2:
+        return "only one class present on the probe rows"
+    if metric == "r2" and np.ptp(y) == 0:
+        return "label is constant on the probe rows"
+    if len(np.unique(groups)) < MIN_PATIENTS:
+        return f"fewer than {MIN_PATIENTS} patients with this label"
+    return None
+
+
+def _score(metric: str, y: np.ndarray, pred: np.ndarray) -> float:
+    return float(r2_score(y, pred) if metric == "r2" else roc_auc_score(y, pred))
+
+
+def _by_known_rows(factors: dict[str, tuple[str, np.ndarray]],
+                   names: list[str]) -> list[tuple[np.ndarray, list[str]]]:
+    """Group factor names by the rows where their value is known: [(bool[N] mask, names)]. Factors
+    known on the same rows share one fit."""
+    groups: dict[bytes, tuple[np.ndarray, list[str]]] = {}
+    for name in names:
+        known = np.isfinite(factors[name][1])
+        groups.setdefault(known.tobytes(), (known, []))[1].append(name)
+    return list(groups.values())
+
+
+def probe_all(x: np.ndarray, factors: dict[str, tuple[str, np.ndarray]], groups: np.ndarray,
+              n_folds: int) -> dict[str, ProbeScore]:
+    """Probe every factor (metric "r2" | "auroc", values float[N] with NaN = unknown) on x float[N, P].
+
+    Factors known on the same rows share one ridge path per fold; skipped ones are logged with their
+    reason."""
+    if len(x) != len(groups):
+        raise ValueError(f"x has {len(x)} rows but groups has {len(groups)}")
+    scores: dict[str, ProbeScore] = {}
+    scored = []
+    for name, (metric, values) in factors.items():
+        known = np.isfinite(values)
+        reason = _skip_reason(metric, values[known], groups[known])
+        if reason:
+            scores[name] = ProbeScore(metric, None, reason)
+            log.info("probe %s skipped: %s", name, reason)
+        else:
+            scored.append(name)
+    for known, names in _by_known_rows(factors, scored):
+        y = np.column_stack([factors[name][1][known] for name in names])
+        pred = ridge_oof_predictions(x[known], y, groups[known], n_folds)
+        for j, name in enumerate(names):
+            metric = factors[name][0]
+            scores[name] = ProbeScore(metric, _score(metric, y[:, j], pred[:, j]))
+    return {name: scores[name] for name in factors}
 
 
 def available_factors(meta: pd.DataFrame) -> dict[str, tuple[str, np.ndarray]]:
@@ -117,37 +246,36 @@ def available_factors(meta: pd.DataFrame) -> dict[str, tuple[str, np.ndarray]]:
     return found
 
 
-def probe_all(x: np.ndarray, factors: dict[str, tuple[str, np.ndarray]], groups: np.ndarray,
-              n_folds: int) -> dict[str, ProbeScore]:
-    """Run the right probe for every factor; skipped ones are logged with their reason."""
-    scores: dict[str, ProbeScore] = {}
-    for name, (metric, values) in factors.items():
-        probe = regression_probe if metric == "r2" else classification_probe
-        scores[name] = probe(x, values, groups, n_folds)
-        if scores[name].value is None:
-            log.info("probe %s skipped: %s", name, scores[name].reason)
-    return scores
-
-
 @dataclass
 class SingleConcept:
     concept: int | None
     abs_r: float | None
 
 
-def single_concept_recovery(codes: np.ndarray, y: np.ndarray) -> SingleConcept:
-    """Best |Pearson r| of any one concept with y: codes float[N, K], y float[N] (NaN rows dropped)."""
-    keep = np.isfinite(y)
-    x, target = codes[keep].astype(np.float64), y[keep].astype(np.float64)
-    if len(target) < 3 or np.ptp(target) == 0:
-        return SingleConcept(None, None)
+def single_concept_recovery(codes: np.ndarray, y: np.ndarray) -> list[SingleConcept]:
+    """Best |Pearson r| of any one concept with each target: codes float[N, K], y float[N, T] with all
+    rows finite (one centring of the codes serves every target)."""
+    x, targets = codes.astype(np.float64), y.astype(np.float64)
     mean = x.mean(axis=0)
-    xc, yc = x - mean, target - target.mean()
+    xc, yc = x - mean, targets - targets.mean(axis=0)
     spread = np.sqrt((xc * xc).sum(axis=0))
-    constant = spread <= 1e-8 * np.abs(mean) * np.sqrt(len(target)) + 1e-300
+    constant = spread <= 1e-8 * np.abs(mean) * np.sqrt(len(x)) + 1e-300
     with np.errstate(divide="ignore", invalid="ignore"):
-        r = np.where(constant, np.nan, (xc.T @ yc) / (spread * np.sqrt((yc * yc).sum())))
-    if not np.isfinite(r).any():
-        return SingleConcept(None, None)
-    best = int(np.nanargmax(np.abs(r)))
-    return SingleConcept(best, float(min(abs(r[best]), 1.0)))
+        r = np.where(constant[:, None], np.nan, (xc.T @ yc) / np.outer(spread, np.sqrt((yc * yc).sum(axis=0))))
+    found = []
+    for t in range(targets.shape[1]):
+        if len(x) < 3 or np.ptp(targets[:, t]) == 0 or not np.isfinite(r[:, t]).any():
+            found.append(SingleConcept(None, None))
+            continue
+        best = int(np.nanargmax(np.abs(r[:, t])))
+        found.append(SingleConcept(best, float(min(abs(r[best, t]), 1.0))))
+    return found
+
+
+def single_concepts(codes: np.ndarray, factors: dict[str, tuple[str, np.ndarray]]) -> dict[str, SingleConcept]:
+    """`single_concept_recovery` of every factor (values float[N], NaN rows dropped per factor)."""
+    found: dict[str, SingleConcept] = {}
+    for known, names in _by_known_rows(factors, list(factors)):
+        y = np.column_stack([factors[name][1][known] for name in names])
+        found.update(zip(names, single_concept_recovery(codes[known], y), strict=True))
+    return {name: found[name] for name in factors}

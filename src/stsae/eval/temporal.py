@@ -1,14 +1,19 @@
 """Lag-1 autocorrelation of concept activations within records: are concepts smooth in time?
 
-Definition (the one number on the leaderboard): over all temporal pairs (t, t+1) of the evaluation
-split (consecutive windows of one record, from `stsae.data.dataset.temporal_pairs`), for each concept j
+Pairs: all temporal pairs (t, t+1) of the evaluation split (consecutive windows of one record, from
+`stsae.data.dataset.temporal_pairs`). With x_c = f_c(z_t), y_c = f_c(z_{t+1}) over the pairs, pooled
+cov_c = cov(x_c, y_c) and var_c^x, var_c^y the variances of concept c on the two sides:
 
-    r_j = pooled Pearson correlation of f_j(z_t) and f_j(z_{t+1}) over all pairs,
+    lag1_autocorr            = Σ_c cov_c / Σ_c sqrt(var_c^x · var_c^y)        (primary, leaderboard)
+    lag1_autocorr_unweighted = mean over c of r_c = cov_c / sqrt(var_c^x · var_c^y)
 
-and lag1 = mean of r_j over the concepts for which r_j is defined, i.e. whose activation varies on both
-sides of the pairs. A concept that is constant (e.g. never active) has no correlation and is left
-out; if no concept varies (a constant code) or there are no pairs, lag1 is undefined and reported
-as None with the reason, never as a number.
+The primary form is the share of the code's variance that persists to the next window: each concept
+counts in proportion to its variance, so a sparse code's hundreds of rarely-firing concepts (r ≈ 0
+from a handful of activations) do not drown the few that carry the signal, and a dense code of a few
+components is measured by the same formula. The unweighted mean is kept for comparison. Both sums
+and the mean run over the concepts that vary on both sides of the pairs; a constant concept (e.g.
+never active) has no correlation and is left out. If no concept varies (a constant code) or there
+are no pairs, both are undefined and reported as None with the reason, never as a number.
 
 Moments are merged chunk by chunk (Chan et al.), so any number of pairs streams in bounded memory.
 """
@@ -27,9 +32,11 @@ _CONSTANT_ATOL = 1e-30
 
 @dataclass
 class Lag1Result:
-    """value: mean r_j over defined concepts (None when undefined, with `reason`)."""
+    """value: variance-weighted pooled lag-1 autocorrelation; unweighted: mean r_c over the concepts
+    that vary (both None when undefined, with `reason`)."""
 
     value: float | None
+    unweighted: float | None
     n_pairs: int
     n_defined: int
     reason: str | None = None
@@ -67,23 +74,27 @@ class Lag1Autocorrelation:
         self.mean_y += delta_y * nb / n
         self.n = n
 
-    def per_concept(self) -> np.ndarray:
-        """float64[K] r_j, NaN where concept j is constant on either side of the pairs."""
+    def _varies(self) -> np.ndarray:
+        """bool[K]: concept c varies on both sides of the pairs."""
         var_x, var_y = self.m2_x / max(self.n, 1), self.m2_y / max(self.n, 1)
-        constant = (var_x <= _CONSTANT_RTOL * self.mean_x**2 + _CONSTANT_ATOL) | (
-            var_y <= _CONSTANT_RTOL * self.mean_y**2 + _CONSTANT_ATOL)
+        return (var_x > _CONSTANT_RTOL * self.mean_x**2 + _CONSTANT_ATOL) & (
+            var_y > _CONSTANT_RTOL * self.mean_y**2 + _CONSTANT_ATOL)
+
+    def per_concept(self) -> np.ndarray:
+        """float64[K] r_c, NaN where concept c is constant on either side of the pairs."""
         with np.errstate(divide="ignore", invalid="ignore"):
             r = self.c_xy / np.sqrt(self.m2_x * self.m2_y)
-        return np.where(constant, np.nan, np.clip(r, -1.0, 1.0))
+        return np.where(self._varies(), np.clip(r, -1.0, 1.0), np.nan)
 
     def result(self) -> Lag1Result:
         if self.n == 0:
-            return Lag1Result(None, 0, 0, "no temporal pairs in the evaluation split")
-        r = self.per_concept()
-        defined = np.isfinite(r)
-        if not defined.any():
-            return Lag1Result(None, self.n, 0, "constant code: no concept varies across temporal pairs")
-        return Lag1Result(float(r[defined].mean()), self.n, int(defined.sum()))
+            return Lag1Result(None, None, 0, 0, "no temporal pairs in the evaluation split")
+        varies = self._varies()
+        if not varies.any():
+            return Lag1Result(None, None, self.n, 0, "constant code: no concept varies across temporal pairs")
+        pooled = self.c_xy[varies].sum() / np.sqrt(self.m2_x[varies] * self.m2_y[varies]).sum()
+        unweighted = self.per_concept()[varies].mean()
+        return Lag1Result(float(np.clip(pooled, -1.0, 1.0)), float(unweighted), self.n, int(varies.sum()))
 
 
 def lag1_autocorrelation(codes: np.ndarray, pairs: np.ndarray) -> Lag1Result:
