@@ -9,14 +9,17 @@ Protocol (the same for concepts, baselines and the raw 512-d embeddings, whose s
 - Outer CV: `GroupKFold` on patient_id (`grouped_folds`; a probe is never tested on a patient it was
   trained on, and the folds are checked). Out-of-fold predictions are pooled and scored once:
   continuous factors by R², binary labels by AUROC.
-- Model: ridge regression on features standardised with the outer training fold's mean and std, with
-  an unpenalised intercept. Binary labels are regressed as 0/1 (the least-squares linear
+- Model: ridge regression on features centred on the outer training fold, with an unpenalised
+  intercept. Features are not standardised: every representation is in z units (unit-norm atoms, or
+  z itself), and standardising a sparse code inflates a concept seen on one training window to
+  ~√n, so its coefficient fits that one window and a test window using the concept gets a wild
+  prediction (R² of −3 on the demo). Binary labels are regressed as 0/1 (the least-squares linear
   discriminant): AUROC depends only on the ranking of the scores, and one closed-form machinery lets
   every factor share the same grouped penalty choice, in place of a logistic model with a fixed C.
 - Penalty: chosen per factor and per outer fold by leave-one-patient-out CV inside the outer training
   fold (squared error, pooled over patients), never by window-level leave-one-out, which leaks across
   the windows of one patient and picks far too little regularisation. The grid is relative:
-  alpha = λ · mean eigenvalue of the standardised Gram matrix, λ in `RIDGE_PENALTIES`.
+  alpha = λ · mean eigenvalue of the centred Gram matrix xᵀx, λ in `RIDGE_PENALTIES`.
 - Speed: one eigendecomposition XᵀX = V diag(e) Vᵀ per outer fold gives the fit for every penalty and
   every factor at once (coefficients V diag(1/(e + alpha)) Vᵀ Xᵀy); the leave-one-patient-out
   residuals follow exactly from the full fit, e_g = (I − H_gg)⁻¹ r_g with H the ridge hat matrix
@@ -86,9 +89,8 @@ class RidgePath:
     """Ridge fits of y float[n, T] on the n training rows of x for every penalty in `penalties` at once.
 
     x: float64[n, P] ndarray or scipy sparse matrix (mostly-zero codes); gram: float64[P, P] = xᵀx of
-    those same rows, uncentred (the caller builds it from per-fold pieces). Features are standardised
-    with these rows' mean and std (a column constant here gets scale 1: it is zero after centring and
-    carries no weight); the intercept is the unpenalised mean of y.
+    those same rows, uncentred (the caller builds it from per-fold pieces). Features are centred on
+    these rows, not standardised (see the module docstring); the intercept is the unpenalised mean of y.
     """
 
     def __init__(self, x: np.ndarray | sparse.csr_matrix, gram: np.ndarray, y: np.ndarray,
@@ -98,27 +100,19 @@ class RidgePath:
             raise ValueError(f"x [n, P], gram [P, P] and y [n, T] disagree: {list(x.shape)}, "
                              f"{list(gram.shape)}, {list(y.shape)}")
         self.mean = np.asarray(x.sum(axis=0)).ravel() / n
-        centred = gram - n * np.outer(self.mean, self.mean)
-        variance = np.clip(np.diag(centred) / n, 0.0, None)
-        varies = variance > 1e-12 * (variance.max() + np.finfo(float).tiny)
-        self.scale = np.where(varies, np.sqrt(variance), 1.0)
-        standardised = centred / np.outer(self.scale, self.scale)
-        standardised[~varies] = 0.0
-        standardised[:, ~varies] = 0.0
-        eig, vecs = np.linalg.eigh(standardised)
+        eig, self.vecs = np.linalg.eigh(gram - n * np.outer(self.mean, self.mean))
         eig = np.clip(eig, 0.0, None)
-        mean_eig = max(eig.sum() / max(int(varies.sum()), 1), np.finfo(float).tiny)
+        mean_eig = max(eig.sum() / len(eig), np.finfo(float).tiny)
         self.alphas = np.asarray(penalties) * mean_eig  # float64[A] absolute ridge penalties
         self.weights = 1.0 / (eig[None, :] + self.alphas[:, None])  # [A, P]
-        self.projection = vecs / self.scale[:, None]  # standardised rows @ vecs = x @ projection − offset
-        self.offset = self.mean @ self.projection
+        self.offset = self.mean @ self.vecs  # centred rows @ vecs = x @ vecs − offset
         self.rotated = self._rotate(x)  # [n, P] training rows in the eigenbasis
         self.y_mean = y.mean(axis=0)
         self.y_centred = y - self.y_mean
         self.rotated_xty = self.rotated.T @ self.y_centred  # [P, T]
 
     def _rotate(self, x: np.ndarray | sparse.csr_matrix) -> np.ndarray:
-        return np.asarray(x @ self.projection) - self.offset
+        return np.asarray(x @ self.vecs) - self.offset
 
     def logo_squared_error(self, groups: np.ndarray) -> np.ndarray:
         """float64[A, T]: Σ over training rows of the squared leave-one-group-out error, per penalty.
