@@ -411,7 +411,7 @@ def test_cohort_with_one_patient_fails_clearly_and_writes_no_windows(small_confi
 def test_probe_on_labels_of_one_class_is_skipped_with_reason() -> None:
     rng = np.random.default_rng(0)
     score = classification_probe(rng.normal(size=(40, 8)), np.ones(40), np.repeat(np.arange(8), 5), 3)
-    assert score.value is None and score.reason == "only one class present on the evaluation split"
+    assert score.value is None and score.reason == "only one class present on the probe rows"
 
 
 def test_association_on_labels_of_one_class_is_skipped_with_reason() -> None:

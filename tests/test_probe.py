@@ -13,8 +13,10 @@ from stsae.eval.probe import (
     RidgePath,
     available_factors,
     binary_labels,
+    classification_probe,
     grouped_folds,
     probe_all,
+    regression_probe,
     ridge_oof_predictions,
     single_concept_recovery,
     single_concepts,
@@ -142,6 +144,14 @@ def test_classification_probe_separates_a_linear_label() -> None:
     x = GEN.standard_normal((200, 3))
     score = probe_all(x, {"b": ("auroc", (x[:, 1] > 0).astype(float))}, GROUPS, 5)["b"]
     assert score.metric == "auroc" and score.value > 0.95
+
+
+def test_public_phenotype_probe_matches_the_shared_probe() -> None:
+    x = GEN.standard_normal((200, 3))
+    label = (x[:, 0] + 0.3 * GEN.standard_normal(200) > 0).astype(float)
+    assert classification_probe(x, label, GROUPS, 5) == probe_all(x, {"b": ("auroc", label)}, GROUPS, 5)["b"]
+    factor = x @ np.array([1.0, -2.0, 0.5])
+    assert regression_probe(x, factor, GROUPS, 5).value > 0.95
 
 
 def test_factor_carried_by_one_concept_is_recovered_by_that_concept() -> None:

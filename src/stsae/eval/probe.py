@@ -224,6 +224,20 @@ def probe_all(x: np.ndarray, factors: dict[str, tuple[str, np.ndarray]], groups:
     return {name: scores[name] for name in factors}
 
 
+def classification_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray, n_folds: int) -> ProbeScore:
+    """Phase I phenotype probe (HTN, T2D): out-of-fold AUROC of the grouped ridge probe of a 0/1 label.
+
+    x float[N, P] concepts, y float[N] in {0, 1} (NaN = unknown), groups[N] patient ids. One class only,
+    or too few patients, is a skip with the reason (value None), never a crash.
+    """
+    return probe_all(x, {"label": ("auroc", np.asarray(y, dtype=float))}, groups, n_folds)["label"]
+
+
+def regression_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray, n_folds: int) -> ProbeScore:
+    """Out-of-fold R² of the grouped ridge probe of a continuous factor y float[N] (NaN = unknown)."""
+    return probe_all(x, {"factor": ("r2", np.asarray(y, dtype=float))}, groups, n_folds)["factor"]
+
+
 def available_factors(meta: pd.DataFrame) -> dict[str, tuple[str, np.ndarray]]:
     """factor -> (metric, float[N] values) for every known factor column with at least one value."""
     found: dict[str, tuple[str, np.ndarray]] = {}
