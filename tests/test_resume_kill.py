@@ -41,7 +41,7 @@ def _any(pattern: str) -> Callable[[Path], bool]:
 KILL_POINTS = (
     KillPoint("embeddings", _any("embeddings/.extract-progress-*.json"), 0.2),
     KillPoint("models", _any("models/checkpoints/*.safetensors"), 0.1),
-    KillPoint("eval", _any("models/baselines/stage.json"), 3.0),
+    KillPoint("eval", _any("models/baselines/stage.json"), 0.5),
     KillPoint("figures", _any("figures/*.png"), 0.5),
 )
 

@@ -71,7 +71,8 @@ def test_windows_are_1250_samples_and_fit_inside_the_record(seconds: float, stri
     n = round(seconds * fs)
     out = window_signals(np.random.default_rng(0).standard_normal((2, n)), fs,
                          WindowingSection(stride_s=stride_s, band_high_hz=min(12.0, fs / 2 - 1)))
-    per_row = max(0, int(np.floor((np.floor(n * 125.0 / fs + 1e-9) - 1250) / (stride_s * 125))) + 1)
+    stride = round(stride_s * 125)  # the stride is a whole number of 125 Hz samples (2.5 s -> 312)
+    per_row = max(0, int(np.floor((np.floor(n * 125.0 / fs + 1e-9) - 1250) / stride)) + 1)
     assert out.windows.shape == (2 * per_row, 1250)
     assert out.raw.shape == (2 * per_row, round(10.0 * fs))
     assert np.all(out.t_start_s + 10.0 <= n / fs + 1e-9)
