@@ -141,7 +141,7 @@ def test_age_model_json_has_one_coefficient_per_concept(staged: RunDir) -> None:
 def test_associations_json_covers_every_predictor_and_condition(staged: RunDir) -> None:
     report = json.loads(staged.associations.read_text())
     assert set(report["metrics"]) == {"mae", "r", "r2", "delta_age_age_r", "delta_age_planted_r"}
-    assert report["bias_correction"]["fitted_on"] == "oof_train"
+    assert report["bias_correction"]["fitted_on"] == "validation"
     assert report["association_splits"] == ["val", "test"]
     assert report["predictors"]["best_baseline"]["model"] == "pca-n8"
     for predictor in ("concepts", "raw_embedding", "best_baseline"):

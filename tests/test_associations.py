@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stsae.aging.associations import association_splits, condition_associations, logistic_association
+from stsae.aging.associations import condition_associations, logistic_association
 
 
 def delta_table(n: int = 3000, or_per_5y: float = 2.0, seed: int = 0) -> pd.DataFrame:
@@ -70,16 +70,13 @@ def test_rows_with_missing_label_or_sex_are_left_out() -> None:
     assert logistic_association(table, "htn", min_events=10)["n"] == 450
 
 
-def test_condition_associations_use_test_patients_only() -> None:
-    table = pd.concat([delta_table(n=500), delta_table(n=300, seed=1).assign(split="val")])
+def test_condition_associations_leave_out_train_patients() -> None:
+    table = pd.concat([delta_table(n=500), delta_table(n=300, seed=1).assign(split="train")])
     result = condition_associations(table, min_events=10)
     assert set(result) == {"htn", "t2d"}
     assert result["htn"]["n"] == 500
 
-
-def test_oof_train_correction_lets_validation_patients_join_the_associations() -> None:
+def test_validation_and_test_patients_enter_the_associations() -> None:
     table = pd.concat([delta_table(n=500), delta_table(n=300, seed=1).assign(split="val"),
                        delta_table(n=200, seed=2).assign(split="train")])
-    result = condition_associations(table, min_events=10, splits=association_splits("oof_train"))
-    assert result["htn"]["n"] == 800
-    assert association_splits("validation") == ("test",)
+    assert condition_associations(table, min_events=10)["htn"]["n"] == 800

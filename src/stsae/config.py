@@ -253,7 +253,9 @@ class AgingSection(_Section):
     stability_rounds: int = Field(100, ge=1, description="Half-sample refits in stability selection.")
     stability_threshold: float = Field(0.6, gt=0, le=1, description="Selection frequency to keep.")
     bias_correction_on: Literal["validation", "oof_train"] = Field(
-        "oof_train", description="Predictions the age-bias correction is fitted on (never test)."
+        "validation",
+        description="Predictions the age-bias correction is fitted on (never test). oof_train is optimistic: "
+        "(alpha, l1_ratio, features) are chosen on all train, so it over-corrects.",
     )
     l1_ratios: list[float] = Field(
         [0.5, 0.7, 0.9, 0.95, 1.0], description="ElasticNetCV l1_ratio grid (1.0 = lasso)."

@@ -5,8 +5,8 @@ reading those two train keys couples this stage to the train section on purpose 
 is the one training made), and the `train` upstream fingerprint already reruns this stage when they
 change. The same pipeline runs on the patient-mean raw embedding and on every baseline, so the
 associations can be compared with the concept predictor's; the "best baseline" is the one with the
-lowest UNCORRECTED validation MAE (chosen without test data). Associations use the patients neither the
-age model nor its bias correction saw (`association_splits`).
+lowest UNCORRECTED validation MAE (chosen without test data). Associations use validation and test
+patients (`ASSOCIATION_SPLITS`: never seen by the age model; the correction never sees HTN/T2D).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from stsae.aging.age_pred import (
     patient_mean_codes,
     patient_table,
 )
-from stsae.aging.associations import CONDITIONS, association_splits, condition_associations
+from stsae.aging.associations import ASSOCIATION_SPLITS, CONDITIONS, condition_associations
 from stsae.data.store import load_embeddings
 from stsae.errors import InputDataError, StsaeError
 from stsae.models.registry import ModelInfo, list_models, load_concept_model
@@ -79,10 +79,8 @@ def run(ctx: StageContext) -> None:
     baselines = {
         b.name: fit(load_concept_model(b.path).encode) for b in models if b.family in BASELINE_FAMILIES
     }
-    held_out = association_splits(aging.bias_correction_on)
-
     def associate(result: AgingResult) -> dict[str, Any]:
-        return condition_associations(result.delta, min_events=aging.min_events, splits=held_out)
+        return condition_associations(result.delta, min_events=aging.min_events)
 
     associations: dict[str, Any] = {"concepts": associate(concept), "raw_embedding": associate(raw)}
     predictors = {"concepts": _summary(info.name, concept), "raw_embedding": _summary("raw_embedding", raw)}
@@ -108,7 +106,7 @@ def run(ctx: StageContext) -> None:
                 "intercept": correction.intercept,
             },
             "associations": associations,
-            "association_splits": list(held_out),
+            "association_splits": list(ASSOCIATION_SPLITS),
             "predictors": predictors,
         },
     )
