@@ -2,7 +2,9 @@
 
 Every variant is timed in interleaved rounds over the same windows (median of rounds), so a shared,
 loaded CPU slows all variants alike and the ratios stay meaningful; absolute windows/s are not.
-Reports: windows/s per variant, fastest/baseline ratio, achieved GFLOP/s (FLOPs counted with
+Variants: eager upstream graph, the channels-last FastEmbedder, and FastEmbedder under torch.compile
+(Inductor, frozen weights; its compile time is reported separately). Reports: windows/s per variant,
+fastest/baseline ratio, achieved GFLOP/s (FLOPs counted with
 torch.utils.flop_counter) against this machine's measured fp32 GEMM GFLOP/s, and the extract stage's
 peak RSS at two dataset sizes 10x apart (each in a fresh subprocess).
 Output: benchmarks/results/bench_extract.json.
@@ -15,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -32,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from stsae.config import load_config  # noqa: E402
-from stsae.models.encoder_runtime import FastEmbedder, native_bf16  # noqa: E402
+from stsae.models.encoder_runtime import CompiledEmbedder, FastEmbedder, native_bf16  # noqa: E402
 from stsae.models.papagei import embed_batches, encode, random_papagei_s  # noqa: E402
 from stsae.pipeline.rundir import RunDir  # noqa: E402
 from stsae.pipeline.runner import StageContext, run_stages  # noqa: E402
@@ -73,6 +74,15 @@ def time_variants(variants: dict[str, tuple[int, Callable[[], object]]], rounds:
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
+def own_peak_rss_mib() -> float:
+    """This process's peak RSS (VmHWM). Not ru_maxrss: Linux carries the forking parent's peak across
+    exec into it, so a child of a parent holding a compiled model would report the parent's size."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def child(run_dir: str, chunk_rows: int) -> None:
     """Run the extract stage in this fresh process; print its peak RSS (MiB) and rows as JSON."""
     config = load_config(None, ["encoder.allow_random_weights=true", f"extract.chunk_rows={chunk_rows}",
@@ -81,7 +91,7 @@ def child(run_dir: str, chunk_rows: int) -> None:
     run_stages(StageContext(config, RunDir(Path(run_dir)), fingerprint=""), ["extract"])
     rows = int(np.load(RunDir(Path(run_dir)).z, mmap_mode="r").shape[0])
     json.dump({"rows": rows, "seconds": time.perf_counter() - started,
-               "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}, sys.stdout)
+               "peak_rss_mib": own_peak_rss_mib()}, sys.stdout)
 
 
 def measure_rss(root: Path, n_windows: int, chunk_rows: int) -> dict[str, float]:
@@ -117,11 +127,18 @@ def main() -> None:
                 threads, lambda batch=batch: embed_batches(fast, windows, batch, "fp32"))
     if native_bf16():
         variants[f"fast_bf16_b64_t{cores}"] = (cores, lambda: embed_batches(fast, windows, 64, "bf16"))
+    torch.set_num_threads(cores)
+    compiled = CompiledEmbedder(fast, 128)
+    started = time.perf_counter()
+    compiled_z = embed_batches(compiled, windows, 128, "fp32")
+    compile_seconds = time.perf_counter() - started
+    compiled_max_abs_diff = float(np.abs(compiled_z - embed_batches(fast, windows, 128, "fp32")).max())
+    variants[f"compiled_fp32_b128_t{cores}"] = (cores, lambda: embed_batches(compiled, windows, 128, "fp32"))
     seconds = time_variants(variants, args.rounds)
     rate = {name: args.windows / s for name, s in seconds.items()}
     baseline = f"fp32_eager_b256_t{cores}"
     fastest = max(rate, key=rate.__getitem__)
-    same_threads = {t: max((n for n in rate if n.startswith("fast") and n.endswith(f"_t{t}")), key=rate.get)
+    same_threads = {t: max((n for n in rate if not n.startswith("fp32") and n.endswith(f"_t{t}")), key=rate.get)
                     for t in thread_options}
     flops = gflop_per_window(model)
     gemm = {f"t{t}": gemm_gflops(t) for t in thread_options}
@@ -135,6 +152,7 @@ def main() -> None:
         "speedup_fastest_over_baseline": rate[fastest] / rate[baseline],
         "speedup_fast_path_at_equal_threads": {
             f"t{t}": rate[same_threads[t]] / rate[f"fp32_eager_b64_t{t}"] for t in thread_options},
+        "compile_seconds": compile_seconds, "compiled_max_abs_diff_vs_fast": compiled_max_abs_diff,
         "gflop_per_window": flops,
         "achieved_gflops": {"baseline": rate[baseline] * flops, "fastest": rate[fastest] * flops},
         "gemm_fp32_gflops": gemm,
@@ -146,6 +164,7 @@ def main() -> None:
     print(f"fastest {fastest} / baseline {baseline}: {results['speedup_fastest_over_baseline']:.2f}x; "
           f"fast path vs eager at equal threads: "
           + ", ".join(f"{k} {v:.2f}x" for k, v in results["speedup_fast_path_at_equal_threads"].items()))
+    print(f"torch.compile (frozen) took {compile_seconds:.1f} s; max |compiled - fast| {compiled_max_abs_diff:.2e}")
     print(f"{flops:.4f} GFLOP/window -> {rate[fastest] * flops:.1f} GFLOP/s achieved vs fp32 GEMM "
           + ", ".join(f"{k} {v:.1f}" for k, v in gemm.items()) + " GFLOP/s")
     print(f"extract peak RSS: {small['rows']} rows {small['peak_rss_mib']:.0f} MiB, {large['rows']} rows "

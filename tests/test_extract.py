@@ -101,6 +101,20 @@ def test_manifest_records_random_encoder_identity_and_precision(tmp_path):
     assert fact["weights"] is None and fact["sha256"] == "RANDOM" and fact["precision"] == "fp32"
 
 
+@pytest.mark.slow
+def test_compiled_extraction_matches_eager_and_is_recorded(tmp_path):
+    eager = write_windows_dir(tmp_path / "eager")
+    _extract(eager, "extract.compile=false")
+    compiled = write_windows_dir(tmp_path / "compiled")
+    _extract(compiled, "extract.compile=true")
+    for name in ("z", "z_aug"):
+        expected = getattr(load_embeddings(eager), name)
+        np.testing.assert_allclose(getattr(load_embeddings(compiled), name), expected, rtol=1e-4,
+                                   atol=1e-5 * np.abs(expected).max())
+    assert "torch.compile" in read_manifest(compiled.manifest)["encoder"]["runtime"]
+    assert "torch.compile" not in read_manifest(eager.manifest)["encoder"]["runtime"]
+
+
 def test_a_crashed_run_leaves_no_final_files_and_resumes_to_identical_bytes(tmp_path, counted_encoding):
     reference = write_windows_dir(tmp_path / "reference")
     _extract(reference)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from stsae.config import EncoderSection
 from stsae.errors import StsaeError
 from stsae.models import encoder_runtime
-from stsae.models.encoder_runtime import FastEmbedder, choose_precision
+from stsae.models.encoder_runtime import CompiledEmbedder, FastEmbedder, choose_precision, should_compile
 from stsae.models.papagei import (
     PaPaGeiS,
     embed_batches,
@@ -126,6 +126,27 @@ def test_fast_embedder_matches_the_reference_model(trained_like_model):
     reference = encode(trained_like_model, windows)
     fast = embed_batches(FastEmbedder(trained_like_model), windows, 4, "fp32")
     np.testing.assert_allclose(fast, reference, rtol=1e-4, atol=1e-4 * np.abs(reference).max())
+
+
+@pytest.mark.slow
+def test_compiled_embedder_matches_the_fast_path_and_pads_a_short_last_batch(trained_like_model):
+    """Inductor-compiled (frozen) path: same embeddings within float rounding, incl. a 3-row tail batch."""
+    windows = _windows(7, seed=2)
+    fast = embed_batches(FastEmbedder(trained_like_model), windows, 4, "fp32")
+    compiled = embed_batches(CompiledEmbedder(FastEmbedder(trained_like_model), 4), windows, 4, "fp32")
+    assert compiled.shape == (7, 512)
+    np.testing.assert_allclose(compiled, fast, rtol=1e-4, atol=1e-5 * np.abs(fast).max())
+
+
+def test_compiled_embedder_refuses_a_batch_larger_than_it_was_built_for(trained_like_model):
+    with pytest.raises(ValueError, match="batch size 2"):
+        CompiledEmbedder(FastEmbedder(trained_like_model), 2)(torch.zeros(3, 1, 1250))
+
+
+@pytest.mark.parametrize(("requested", "encodes", "expected"),
+                         [("auto", 199_999, False), ("auto", 200_000, True), (True, 1, True), (False, 10**7, False)])
+def test_compile_is_chosen_only_where_it_pays_back(requested, encodes, expected):
+    assert should_compile(requested, encodes) is expected
 
 
 def test_auto_precision_is_fp32_without_native_bf16(monkeypatch, trained_like_model):

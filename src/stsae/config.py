@@ -161,6 +161,11 @@ class ExtractSection(_Section):
     num_threads: int | None = Field(
         None, ge=1, description="Torch intra-op threads per process (None: usable cores / torchrun ranks)."
     )
+    compile: Literal["auto"] | bool = Field(
+        "auto",
+        description="torch.compile (Inductor, frozen weights) the encoder: 1.3x faster on CPU but 18-50 s to "
+        "compile; auto: only when a process encodes >= 200k windows (clean + augmented); true / false force it.",
+    )
 
 
 class LossWeights(_Section):

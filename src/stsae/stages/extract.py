@@ -31,7 +31,13 @@ from stsae.config import Config
 from stsae.data.augment import augment_windows
 from stsae.data.store import EMBEDDING_DIM, INDEX_COLUMNS
 from stsae.errors import InputDataError
-from stsae.models.encoder_runtime import FastEmbedder, choose_precision, configure_threads
+from stsae.models.encoder_runtime import (
+    CompiledEmbedder,
+    FastEmbedder,
+    choose_precision,
+    configure_threads,
+    should_compile,
+)
 from stsae.models.papagei import WINDOW_SAMPLES, Precision, embed_batches, load_encoder
 from stsae.pipeline.rundir import RunDir
 from stsae.pipeline.runner import StageContext
@@ -183,12 +189,15 @@ def _publish(paths: RunDir, index: pd.DataFrame) -> None:
     _state_path(paths).unlink(missing_ok=True)
 
 
-def _resume_key(fingerprint: str, weights_sha256: str | None, precision: Precision, n_rows: int) -> str:
-    text = json.dumps([fingerprint, weights_sha256, precision, n_rows])
+def _resume_key(fingerprint: str, weights_sha256: str | None, precision: Precision, compiled: bool,
+                n_rows: int) -> str:
+    """Rows committed under another key were encoded differently (compiled output differs at float
+    rounding level), so a resume must not mix them."""
+    text = json.dumps([fingerprint, weights_sha256, precision, compiled, n_rows])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _encode_chunks(config: Config, paths: RunDir, embedder: FastEmbedder, windows: np.ndarray,
+def _encode_chunks(config: Config, paths: RunDir, embedder: torch.nn.Module, windows: np.ndarray,
                    window_ids: np.ndarray, plan: ChunkPlan, key: str, precision: Precision) -> None:
     """Encode this rank's chunks from its last commit on; write z / z_aug rows; commit each chunk."""
     this_rank, world = rank(), world_size()
@@ -234,18 +243,21 @@ def run(ctx: StageContext) -> None:
         precision, cosine = _agree(world, choose_precision(
             config.extract.precision, embedder, calibration, config.extract.batch_size))
         n_rows = len(window_ids)
-        key = _resume_key(ctx.fingerprint, identity["sha256"], precision, n_rows)
+        plan = ChunkPlan.for_rank(n_rows, config.extract.chunk_rows, this_rank, world)
+        compiled = _agree(world, should_compile(config.extract.compile, 2 * plan.n_rank_rows))
+        key = _resume_key(ctx.fingerprint, identity["sha256"], precision, compiled, n_rows)
         if this_rank == 0:
             _prepare_outputs(paths, n_rows, key)
         _barrier(world)
-        plan = ChunkPlan.for_rank(n_rows, config.extract.chunk_rows, this_rank, world)
-        _encode_chunks(config, paths, embedder, windows, window_ids, plan, key, precision)
+        runtime = CompiledEmbedder(embedder, config.extract.batch_size) if compiled else embedder
+        _encode_chunks(config, paths, runtime, windows, window_ids, plan, key, precision)
         _barrier(world)
         if this_rank == 0:
             _publish(paths, index)
             ctx.record("encoder", {**identity, "precision": precision, "bf16_min_cosine": cosine,
-                                   "runtime": "FastEmbedder (channels-last oneDNN, BN folded)",
+                                   "runtime": "FastEmbedder (channels-last oneDNN, BN folded)"
+                                   + (", torch.compile (Inductor, frozen)" if compiled else ""),
                                    "num_threads": threads, "world_size": world,
                                    "torch": torch.__version__})
-            log.info("extract: %d of %d windows passed QC and were encoded (%s, %d thread(s) x %d rank(s))",
-                     n_rows, windows.shape[0], precision, threads, world)
+            log.info("extract: %d of %d windows passed QC and were encoded (%s%s, %d thread(s) x %d rank(s))",
+                     n_rows, windows.shape[0], precision, ", compiled" if compiled else "", threads, world)
