@@ -11,6 +11,7 @@ from stsae.aging.age_pred import (
     aging_pipeline,
     fit_age_predictor,
     fit_bias_correction,
+    out_of_fold_predictions,
     patient_mean_codes,
     patient_table,
 )
@@ -87,6 +88,27 @@ def test_out_of_fold_correction_uses_train_patients_only() -> None:
     result = aging_pipeline(x, patients, FAST.model_copy(update={"bias_correction_on": "oof_train"}), seed=0)
     assert set(result.correction_patient_ids) == set(patients.loc[patients["split"] == "train", "patient_id"])
     assert result.correction.fitted_on == "oof_train"
+
+
+def test_out_of_fold_prediction_of_a_patient_never_sees_that_patients_age() -> None:
+    """Nested CV: changing one train patient's age changes every fold model but its own prediction."""
+    x, patients = cohort(n=120)
+    age = patients["age"].to_numpy()
+    groups = patients["patient_id"].to_numpy()
+    first = out_of_fold_predictions(x, age, groups, FAST, seed=0)
+    changed = age.copy()
+    changed[7] += 40.0
+    second = out_of_fold_predictions(x, changed, groups, FAST, seed=0)
+    assert first[7] == second[7]
+    assert not np.allclose(np.delete(first, 7), np.delete(second, 7))
+
+
+def test_nested_out_of_fold_correction_removes_the_age_dependence_of_test_delta_age() -> None:
+    x, patients = cohort(n=400)
+    oof = FAST.model_copy(update={"bias_correction_on": "oof_train"})
+    metrics = aging_pipeline(x, patients, oof, seed=0).metrics
+    assert abs(metrics["delta_age_age_r"]) < 0.2
+    assert metrics["delta_age_planted_r"] > 0.5
 
 
 def test_corrected_delta_age_is_uncorrelated_with_age_and_tracks_planted_acceleration() -> None:

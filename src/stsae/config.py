@@ -259,8 +259,8 @@ class AgingSection(_Section):
     stability_threshold: float = Field(0.6, gt=0, le=1, description="Selection frequency to keep.")
     bias_correction_on: Literal["validation", "oof_train"] = Field(
         "validation",
-        description="Predictions the age-bias correction is fitted on (never test). oof_train is optimistic: "
-        "(alpha, l1_ratio, features) are chosen on all train, so it over-corrects.",
+        description="Predictions the age-bias correction is fitted on (never test): validation, or nested "
+        "out-of-fold train predictions (the whole ElasticNetCV fit rerun per fold; ~cv_folds x the fit cost).",
     )
     l1_ratios: list[float] = Field(
         [0.5, 0.7, 0.9, 0.95, 1.0], description="ElasticNetCV l1_ratio grid (1.0 = lasso)."

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import ElasticNet, ElasticNetCV
+from sklearn.linear_model import ElasticNetCV
 from sklearn.model_selection import GroupKFold
 
 from stsae.aging.stability_selection import stability_selection
@@ -216,27 +216,23 @@ def fit_age_predictor(
 
 
 def out_of_fold_predictions(
-    x: np.ndarray,
-    age: np.ndarray,
-    groups: np.ndarray,
-    predictor: AgePredictor,
-    config: AgingSection,
-    seed: int,
+    x: np.ndarray, age: np.ndarray, groups: np.ndarray, config: AgingSection, seed: int
 ) -> np.ndarray:
-    """float64[P] train predictions, each from a model that did not see that patient.
+    """float64[P] train predictions, each from a model fitted without that patient (nested CV).
 
-    Each fold refits the elastic net with the full fit's (alpha, l1_ratio) on its selected features; the
-    hyperparameters themselves were chosen on all train rows, a small optimism documented here.
+    Each outer GroupKFold fold reruns the whole `fit_age_predictor` procedure - the ElasticNetCV search
+    over (alpha, l1_ratio) with its own inner folds, and stability selection when enabled - on the other
+    folds' patients, so no choice has seen the held-out patient (tested by changing its age).
+    On the demo it still gives a steeper predicted-vs-age slope than validation (0.877 vs 0.811) and
+    over-corrects test (corr(Δage, age) -0.33 vs -0.10), as the single-refit version did (0.886, -0.36):
+    train patients' windows trained the ST-SAE, so their concepts are in-sample. Hence the default is
+    validation.
     """
     oof = np.empty(len(age))
-    features = predictor.selected if len(predictor.selected) else np.arange(x.shape[1])
-    for fit_rows, held_rows in _group_folds(config.cv_folds, seed).split(x, age, groups):
-        mean, scale = _standardise(x[fit_rows][:, features])
-        model = ElasticNet(alpha=predictor.alpha, l1_ratio=predictor.l1_ratio, max_iter=5000)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            model.fit((x[fit_rows][:, features] - mean) / scale, age[fit_rows])
-        oof[held_rows] = model.predict((x[held_rows][:, features] - mean) / scale)
+    for fold, (fit_rows, held_rows) in enumerate(_group_folds(config.cv_folds, seed).split(x, age, groups)):
+        predictor = fit_age_predictor(x[fit_rows], age[fit_rows], groups[fit_rows], config,
+                                      derive_seed(seed, "aging", "oof", fold))
+        oof[held_rows] = predictor.predict(x[held_rows])
     return oof
 
 
@@ -304,7 +300,7 @@ def aging_pipeline(x: np.ndarray, patients: pd.DataFrame, config: AgingSection, 
         fit_pred = predicted[fit_rows]
     else:
         fit_rows = np.flatnonzero(train)
-        fit_pred = out_of_fold_predictions(x[train], age[train], ids[train], predictor, config, seed)
+        fit_pred = out_of_fold_predictions(x[train], age[train], ids[train], config, seed)
     correction = fit_bias_correction(fit_pred, age[fit_rows], config.bias_correction_on)
     corrected = correction.apply(predicted)
     keep = val | test
