@@ -74,6 +74,9 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> RunDir:
             )
     meta = pd.DataFrame(rows)
     vascular = (meta["age"] + meta["vascular_acceleration"]).to_numpy()
+    meta["reflection_time"] = 0.30 - 0.002 * vascular
+    meta["aix"] = 0.3 + 0.007 * vascular + gen.normal(0, 0.01, len(meta))
+    meta["notch_depth"] = 0.2 - 0.002 * vascular
     windows = np.stack([window(v, 0.7 + 0.3 * gen.random(), i) for i, v in enumerate(vascular)])
     z = gen.normal(size=(len(meta), 512)).astype(np.float32)
     z[:, :4] += (vascular[:, None] / 20).astype(np.float32)
@@ -148,6 +151,14 @@ def test_associations_json_covers_every_predictor_and_condition(staged: RunDir) 
         for condition in ("htn", "t2d"):
             entry = report["associations"][predictor][condition]
             assert set(entry) in ({"skipped"}, {"or_per_5y", "ci_low", "ci_high", "p", "n"})
+
+
+def test_planted_morphology_reference_predictor_runs_on_synthetic_meta_only(staged: RunDir) -> None:
+    reference = json.loads(staged.associations.read_text())["predictors"]["planted_morphology"]
+    assert reference["model"] == "planted_morphology"
+    assert reference["delta_age_planted_r"] > 0.9  # the fixture's morphology is vascular age plus tiny noise
+    real_meta = pd.read_parquet(staged.meta).drop(columns=["aix"])
+    assert age_stage.planted_morphology_rows(real_meta, real_meta["window_id"].to_numpy()) is None
 
 
 def test_concept_age_model_tracks_age_on_test(staged: RunDir) -> None:

@@ -44,6 +44,7 @@ def _good_inputs() -> ScorecardInputs:
     rows = [_full_row(0), _full_row(1), *(_baseline(f) for f in ("pca", "ica", "nmf"))]
     associations = {
         "metrics": {"delta_age_planted_r": 0.75},
+        "predictors": {"planted_morphology": {"delta_age_planted_r": 0.81}},
         "associations": {"concepts": {"htn": {"or_per_5y": 2.0, "ci_low": 1.3, "ci_high": 3.0},
                                       "t2d": {"or_per_5y": 1.7, "ci_low": 1.1, "ci_high": 2.6}}},
     }
@@ -61,6 +62,11 @@ def test_good_run_passes_every_graded_check() -> None:
     passed, graded = pass_count(checks)
     assert graded == 18
     assert passed == graded
+
+
+def test_delta_age_check_shows_the_planted_morphology_reference() -> None:
+    check = _by_name(build_scorecard(_good_inputs()))["Δage vs planted vascular acceleration: r"]
+    assert "exact planted morphology" in check.detail and "r 0.810" in check.detail
 
 
 def _set(path: tuple[Any, ...], value: Any) -> Callable[[ScorecardInputs], ScorecardInputs]:

@@ -233,8 +233,12 @@ def _baseline_checks(rows: list[dict[str, Any]], full: dict[str, Any] | None) ->
 
 def _association_checks(associations: dict[str, Any] | None) -> list[Check]:
     metrics = (associations or {}).get("metrics") or {}
+    reference = ((associations or {}).get("predictors") or {}).get("planted_morphology") or {}
+    reference_r = finite(reference.get("delta_age_planted_r"))
+    detail = ("" if reference_r is None else
+              f"same pipeline on the exact planted morphology (reflection time, AIx, notch depth): r {reference_r:.3f}")
     checks = [_check("Δage vs planted vascular acceleration: r", finite(metrics.get("delta_age_planted_r")),
-                     ">=", DELTA_AGE_PLANTED_MIN_R)]
+                     ">=", DELTA_AGE_PLANTED_MIN_R, detail)]
     concepts = ((associations or {}).get("associations") or {}).get("concepts") or {}
     for outcome in ("htn", "t2d"):
         entry = concepts.get(outcome) or {}

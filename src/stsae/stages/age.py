@@ -7,6 +7,10 @@ change. The same pipeline runs on the patient-mean raw embedding and on every ba
 associations can be compared with the concept predictor's; the "best baseline" is the one with the
 lowest UNCORRECTED validation MAE (chosen without test data). Associations use validation and test
 patients (`ASSOCIATION_SPLITS`: never seen by the age model; the correction never sees HTN/T2D).
+
+On the synthetic cohort the same pipeline also runs on the planted morphology itself (patient means of
+the exact reflection time, AIx and notch depth the simulator drew): a reference for how far Δage can
+track the planted acceleration at all, given the individual morphology deviations the simulator adds.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import logging
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from stsae.aging.age_pred import (
     AgingResult,
@@ -33,10 +38,7 @@ from stsae.utils import io
 log = logging.getLogger(__name__)
 
 BASELINE_FAMILIES = ("pca", "ica", "nmf")
-
-
-
-
+PLANTED_MORPHOLOGY = ("reflection_time", "aix", "notch_depth")
 
 
 def concept_model_info(models: list[ModelInfo], variant: str, d_dict: int, seed: int) -> ModelInfo:
@@ -50,6 +52,18 @@ def concept_model_info(models: list[ModelInfo], variant: str, d_dict: int, seed:
     )
 
 
+def planted_morphology_rows(meta: pd.DataFrame, window_ids: np.ndarray) -> np.ndarray | None:
+    """float64[M, 3] planted morphology of the embedded windows (row order of `window_ids`), or None
+    when meta has no planted morphology (real data)."""
+    if not set(PLANTED_MORPHOLOGY) <= set(meta.columns):
+        return None
+    values = meta.set_index("window_id").loc[window_ids, list(PLANTED_MORPHOLOGY)].to_numpy(np.float64)
+    if not np.isfinite(values).all():
+        log.warning("planted morphology has non-finite values: no planted-morphology reference predictor")
+        return None
+    return values
+
+
 def _summary(model: str, result: AgingResult) -> dict[str, Any]:
     return {"model": model, "val_mae": result.val_mae, **result.metrics}
 
@@ -57,7 +71,8 @@ def _summary(model: str, result: AgingResult) -> dict[str, Any]:
 def run(ctx: StageContext) -> None:
     config, run_dir = ctx.config, ctx.run_dir
     embeddings = load_embeddings(run_dir)
-    patients = patient_table(io.read_parquet(run_dir.meta))
+    meta = io.read_parquet(run_dir.meta)
+    patients = patient_table(meta)
     seed, aging = config.run.seed, config.aging
     window_patients = embeddings.index["patient_id"].astype(str).to_numpy()
 
@@ -67,8 +82,8 @@ def run(ctx: StageContext) -> None:
             f"{run_dir.index}: patient {unknown[0]} is not in {run_dir.meta.name} (rerun prepare)"
         )
 
-    def fit(encode: Any) -> AgingResult:
-        ids, features = patient_mean_codes(encode, embeddings.z, window_patients)
+    def fit(encode: Any, z: np.ndarray = embeddings.z) -> AgingResult:
+        ids, features = patient_mean_codes(encode, z, window_patients)
         rows = patients.set_index("patient_id").loc[ids].reset_index()
         return aging_pipeline(features, rows, aging, seed)
 
@@ -79,6 +94,7 @@ def run(ctx: StageContext) -> None:
     baselines = {
         b.name: fit(load_concept_model(b.path).encode) for b in models if b.family in BASELINE_FAMILIES
     }
+
     def associate(result: AgingResult) -> dict[str, Any]:
         return condition_associations(result.delta, min_events=aging.min_events)
 
@@ -92,6 +108,9 @@ def run(ctx: StageContext) -> None:
         associations["best_baseline"] = {
             c: {"skipped": "no baseline models in models/baselines"} for c in CONDITIONS
         }
+    planted = planted_morphology_rows(meta, embeddings.index["window_id"].to_numpy())
+    if planted is not None:
+        predictors["planted_morphology"] = _summary("planted_morphology", fit(np.asarray, planted))
     io.write_parquet(run_dir.predictions, concept.predictions)
     io.write_parquet(run_dir.delta_age, concept.delta)
     io.write_json(run_dir.age_model, age_model_record(info.name, concept.predictor))
