@@ -49,14 +49,19 @@ def overrides(n_windows: int, steps: int) -> list[str]:
     return [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
 
 
-def _tree_rss(proc: psutil.Process) -> int:
-    total = 0
+def _tree_rss(proc: psutil.Process) -> tuple[int, int]:
+    """(RSS, anonymous RSS) of a process tree. RSS counts the resident pages of memory-mapped files too
+    (page cache the kernel may drop at will, growing with the windows/z files a stage streams through);
+    anonymous RSS (RSS minus file-backed and shared pages) is the memory the stage actually holds."""
+    total = anonymous = 0
     for member in (proc, *proc.children(recursive=True)):
         try:
-            total += member.memory_info().rss
+            info = member.memory_info()
         except psutil.NoSuchProcess:
             continue
-    return total
+        total += info.rss
+        anonymous += info.rss - info.shared
+    return total, anonymous
 
 
 def run_stage(stage: str, run_dir: Path, sets: list[str]) -> dict[str, Any]:
@@ -66,19 +71,20 @@ def run_stage(stage: str, run_dir: Path, sets: list[str]) -> dict[str, Any]:
     started = time.perf_counter()
     popen = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     proc = psutil.Process(popen.pid)
-    peak = 0
+    peak = peak_anonymous = 0
     while popen.poll() is None:
         try:
-            peak = max(peak, _tree_rss(proc))
+            rss, anonymous = _tree_rss(proc)
         except psutil.NoSuchProcess:
             break
+        peak, peak_anonymous = max(peak, rss), max(peak_anonymous, anonymous)
         time.sleep(0.1)
     seconds = time.perf_counter() - started
     stderr = popen.stderr.read() if popen.stderr else ""
     if popen.returncode != 0:
         raise SystemExit(f"stage {stage} failed ({popen.returncode}): {stderr.strip()[-2000:]}")
     return {"seconds": round(seconds, 2), "peak_rss_bytes": peak, "peak_rss_gib": round(peak / 2**30, 3),
-            "rss_over_4gib": peak >= RSS_FLAG_BYTES}
+            "peak_anonymous_rss_gib": round(peak_anonymous / 2**30, 3), "rss_over_4gib": peak >= RSS_FLAG_BYTES}
 
 
 def scale_run(n_windows: int, steps: int, work: Path) -> dict[str, Any]:
@@ -89,7 +95,8 @@ def scale_run(n_windows: int, steps: int, work: Path) -> dict[str, Any]:
     for stage in STAGES:
         stages[stage] = run_stage(stage, run_dir, sets)
         print(f"  N={n_windows:>9}: {stage:<9} {stages[stage]['seconds']:>9.1f} s  "
-              f"peak RSS {stages[stage]['peak_rss_gib']:.2f} GiB", flush=True)
+              f"peak RSS {stages[stage]['peak_rss_gib']:.2f} GiB "
+              f"(anonymous {stages[stage]['peak_anonymous_rss_gib']:.2f} GiB)", flush=True)
     written = int(np.load(run_dir / "windows" / "windows.npy", mmap_mode="r").shape[0])
     for result in stages.values():
         result["windows_per_s"] = round(written / max(result["seconds"], 1e-9), 1)
@@ -118,16 +125,20 @@ def main() -> None:
                             / math.log(size_ratio), 3) for stage in STAGES}
     rss_ratio = {stage: round(large["stages"][stage]["peak_rss_bytes"]
                               / max(small["stages"][stage]["peak_rss_bytes"], 1), 3) for stage in STAGES}
+    anonymous_ratio = {stage: round(large["stages"][stage]["peak_anonymous_rss_gib"]
+                                    / max(small["stages"][stage]["peak_anonymous_rss_gib"], 1e-9), 3)
+                       for stage in STAGES}
     flagged = [f"{size}:{stage}" for size, res in (("large", large), ("small", small))
                for stage, r in res["stages"].items() if r["rss_over_4gib"]]
     machine = {"cpus": psutil.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1)}
     result = {"machine": machine,
               "steps": args.steps, "d_dict": 4096, "small": small, "large": large, "size_ratio": size_ratio,
-              "time_scaling_exponent": scaling, "peak_rss_ratio": rss_ratio, "rss_over_4gib": flagged,
+              "time_scaling_exponent": scaling, "peak_rss_ratio": rss_ratio,
+              "peak_anonymous_rss_ratio": anonymous_ratio, "rss_over_4gib": flagged,
               "note": "exponent 1.0 = time linear in windows; train runs fixed steps (expect ~0)."}
     write_json(args.out, result)
     print(f"size ratio {size_ratio:.1f}; time scaling exponent per stage {scaling}")
-    print(f"peak RSS ratio large/small {rss_ratio}; RSS >= 4 GiB: {flagged or 'none'}")
+    print(f"peak RSS ratio large/small {rss_ratio}; anonymous {anonymous_ratio}; RSS >= 4 GiB: {flagged or 'none'}")
     print(f"wrote {args.out}")
 
 
