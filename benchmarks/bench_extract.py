@@ -32,6 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
+from peak_memory import own_peak_rss_mib  # noqa: E402
 from stsae.config import load_config  # noqa: E402
 from stsae.models.encoder_runtime import CompiledEmbedder, FastEmbedder, native_bf16  # noqa: E402
 from stsae.models.papagei import embed_batches, encode, random_papagei_s  # noqa: E402
@@ -72,15 +73,6 @@ def time_variants(variants: dict[str, tuple[int, Callable[[], object]]], rounds:
             fn()
             samples[name].append(time.perf_counter() - started)
     return {name: statistics.median(values) for name, values in samples.items()}
-
-
-def own_peak_rss_mib() -> float:
-    """This process's peak RSS (VmHWM). Not ru_maxrss: Linux carries the forking parent's peak across
-    exec into it, so a child of a parent holding a compiled model would report the parent's size."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def child(run_dir: str, chunk_rows: int) -> None:

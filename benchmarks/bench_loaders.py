@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
+from peak_memory import own_peak_rss_mib  # noqa: E402
 from realformat_fixtures import (  # noqa: E402
     Channel,
     PulseSegment,
@@ -69,8 +69,7 @@ def child(source: str, root: str) -> None:
     for record in iter_source_records(cfg):
         n_records += 1
         n_samples += record.signal.size
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    json.dump({"records": n_records, "samples": n_samples, "peak_rss_mib": peak_kib / 1024,
+    json.dump({"records": n_records, "samples": n_samples, "peak_rss_mib": own_peak_rss_mib(),
                "seconds": time.perf_counter() - started}, sys.stdout)
 
 

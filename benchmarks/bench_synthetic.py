@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from peak_memory import own_peak_rss_mib
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_synthetic.json"
 
@@ -27,7 +28,7 @@ def _child(n_windows: int, chunk_windows: int, with_windowing: bool) -> dict[str
     base = SyntheticSection(chunk_windows=chunk_windows)
     per_patient = base.records_per_patient * windows_per_record(base, 10.0)
     cfg = base.model_copy(update={"n_patients": max(1, n_windows // per_patient)})
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_before = own_peak_rss_mib()
     start, cpu_start = time.perf_counter(), time.process_time()
     produced = 0
     for chunk in iter_cohort(cfg, 0, 10.0):
@@ -38,7 +39,7 @@ def _child(n_windows: int, chunk_windows: int, with_windowing: bool) -> dict[str
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     return {"windows": produced, "seconds": wall, "cpu_seconds": cpu, "windows_per_s": produced / wall,
             "rss_after_import_mb": rss_before,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mb": own_peak_rss_mib()}
 
 
 def _run_child(n_windows: int, chunk_windows: int, with_windowing: bool) -> dict[str, float]:
