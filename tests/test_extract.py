@@ -14,7 +14,7 @@ import pytest
 from stsae.config import load_config
 from stsae.data.store import load_embeddings
 from stsae.errors import InputDataError
-from stsae.models.encoder_runtime import FastEmbedder
+from stsae.models.encoder_runtime import FastEmbedder, cxx_compiler
 from stsae.models.papagei import embed_batches, load_encoder
 from stsae.pipeline.manifest import read_manifest
 from stsae.pipeline.rundir import RunDir
@@ -102,6 +102,7 @@ def test_manifest_records_random_encoder_identity_and_precision(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(cxx_compiler() is None, reason="no C++ compiler for torch.compile (install g++)")
 def test_compiled_extraction_matches_eager_and_is_recorded(tmp_path):
     eager = write_windows_dir(tmp_path / "eager")
     _extract(eager, "extract.compile=false")

@@ -129,6 +129,7 @@ def test_fast_embedder_matches_the_reference_model(trained_like_model):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(encoder_runtime.cxx_compiler() is None, reason="no C++ compiler for torch.compile (install g++)")
 def test_compiled_embedder_matches_the_fast_path_and_pads_a_short_last_batch(trained_like_model):
     """Inductor-compiled (frozen) path: same embeddings within float rounding, incl. a 3-row tail batch."""
     windows = _windows(7, seed=2)
@@ -145,8 +146,16 @@ def test_compiled_embedder_refuses_a_batch_larger_than_it_was_built_for(trained_
 
 @pytest.mark.parametrize(("requested", "encodes", "expected"),
                          [("auto", 199_999, False), ("auto", 200_000, True), (True, 1, True), (False, 10**7, False)])
-def test_compile_is_chosen_only_where_it_pays_back(requested, encodes, expected):
+def test_compile_is_chosen_only_where_it_pays_back(monkeypatch, requested, encodes, expected):
+    monkeypatch.setattr(encoder_runtime, "cxx_compiler", lambda: "g++")
     assert should_compile(requested, encodes) is expected
+
+
+def test_without_a_cxx_compiler_auto_falls_back_and_true_is_refused(monkeypatch):
+    monkeypatch.setattr(encoder_runtime, "cxx_compiler", lambda: None)
+    assert should_compile("auto", 10**7) is False
+    with pytest.raises(StsaeError, match=r"extract\.compile: true needs a C\+\+ compiler"):
+        should_compile(True, 1)
 
 
 def test_auto_precision_is_fp32_without_native_bf16(monkeypatch, trained_like_model):

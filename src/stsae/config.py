@@ -164,7 +164,7 @@ class ExtractSection(_Section):
     compile: Literal["auto"] | bool = Field(
         "auto",
         description="torch.compile (Inductor, frozen weights) the encoder: 1.3x faster on CPU but 18-50 s to "
-        "compile; auto: only when a process encodes >= 200k windows (clean + augmented); true / false force it.",
+        "compile; auto: only when a process encodes >= 200k windows (clean + augmented) and g++ is present.",
     )
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from typing import Literal
 
 import numpy as np
@@ -28,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stsae.errors import StsaeError
 from stsae.models.papagei import (
     BasicBlock,
     Precision,
@@ -153,11 +155,29 @@ class CompiledEmbedder(nn.Module):
             return self.compiled(x)[:rows]
 
 
+def cxx_compiler() -> str | None:
+    """The C++ compiler Inductor would build its CPU kernels with ($CXX, else g++), or None if absent."""
+    for name in (os.environ.get("CXX"), "g++", "clang++"):
+        if name and shutil.which(name):
+            return name
+    return None
+
+
 def should_compile(requested: Literal["auto"] | bool, n_encodes: int) -> bool:
-    """Resolve `extract.compile` for a process that will encode `n_encodes` windows."""
-    if requested == "auto":
-        return n_encodes >= COMPILE_MIN_ENCODES
-    return requested
+    """Resolve `extract.compile` for a process that will encode `n_encodes` windows.
+
+    Inductor needs a C++ compiler: `auto` falls back to the eager path (with a warning) without one,
+    `true` is refused naming the key, rather than failing at the first batch of a long run.
+    """
+    if requested is False or (requested == "auto" and n_encodes < COMPILE_MIN_ENCODES):
+        return False
+    if cxx_compiler() is None:
+        if requested is True:
+            raise StsaeError("extract.compile: true needs a C++ compiler for torch.compile (none of $CXX, "
+                             "g++, clang++ found); install g++ or set extract.compile: auto")
+        log.warning("extract.compile auto: no C++ compiler for torch.compile; encoding eagerly (~1.3x slower)")
+        return False
+    return True
 
 
 def native_bf16() -> bool:
