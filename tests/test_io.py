@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -68,3 +69,25 @@ def test_memmap_with_wrong_width_names_the_file(tmp_path):
     np.save(tmp_path / "z.npy", np.zeros((4, 10), dtype=np.float32))
     with pytest.raises(ValueError, match=r"z.npy: expected 512 columns, got 10"):
         io.open_memmap_rows(tmp_path / "z.npy", 512)
+
+
+def _rss_file_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1])
+    raise AssertionError("no RssFile in /proc/self/status")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc to read RssFile")
+def test_released_memmap_pages_leave_rss_and_keep_their_data(tmp_path):
+    path = tmp_path / "big.npy"
+    io.save_npy(path, np.arange(8 * 2**20, dtype=np.float32).reshape(-1, 1024))  # 32 MiB
+    writable = np.load(path, mmap_mode="r+")
+    writable[:] += 1
+    writable.flush()
+    touched = _rss_file_kib()
+    io.release_mapped_pages(writable)
+    assert touched - _rss_file_kib() > 24 * 1024  # most of the 32 MiB left this process's RSS
+    reopened = np.load(path, mmap_mode="r")
+    assert reopened[0, 0] == 1 and reopened[-1, -1] == 8 * 2**20
+    io.release_mapped_pages(np.zeros(3))  # a plain array: nothing to release, no error

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from stsae.eval.temporal import Lag1Autocorrelation, Lag1Result
+from stsae.utils import io
 
 Encode = Callable[[np.ndarray], np.ndarray]
 Decode = Callable[[np.ndarray], np.ndarray]
@@ -192,6 +193,8 @@ def stream_metrics(
             v.sparsity.update(codes)
             v.consistency.update(codes, v.view(dense_aug))
             v.lag1.update(codes[local[:, 0]], codes[local[:, 1]])
+        io.release_mapped_pages(z)
+        io.release_mapped_pages(z_aug)
     for start in range(0, int(straddling.sum()), chunk_rows):
         part = pairs[straddling][start:start + chunk_rows]
         first = encode(np.asarray(z[part[:, 0]], dtype=np.float32))
@@ -208,4 +211,5 @@ def streamed_mean(z: np.ndarray, rows: np.ndarray, chunk_rows: int = 65536) -> n
     total = np.zeros(z.shape[1], dtype=np.float64)
     for start in range(0, len(rows), chunk_rows):
         total += np.asarray(z[rows[start:start + chunk_rows]], dtype=np.float64).sum(axis=0)
+        io.release_mapped_pages(z)
     return (total / len(rows)).astype(np.float32)

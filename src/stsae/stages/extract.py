@@ -220,6 +220,8 @@ def _encode_chunks(config: Config, paths: RunDir, embedder: torch.nn.Module, win
             z_aug[lo:hi] = embed_batches(embedder, augmented, batch, precision)
             z.flush()
             z_aug.flush()
+            for mapped in (windows, z, z_aug):
+                io.release_mapped_pages(mapped)
             io.write_json(progress_file, {"key": key, "first": plan.first, "next_chunk": chunk + 1})
             encoded += 2 * (hi - lo)
             bar.update(hi - lo)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import mmap
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -136,3 +137,16 @@ def open_memmap_rows(path: Path | str, n_cols: int | None = None) -> np.ndarray:
     if n_cols is not None and array.shape[1] != n_cols:
         raise InputDataError(f"{path}: expected {n_cols} columns, got {array.shape[1]}")
     return array
+
+
+def release_mapped_pages(array: np.ndarray) -> None:
+    """Drop this process's resident pages of a memmap (after a flush, for a writable one).
+
+    Why: a stage streaming through a multi-GB memmap otherwise keeps every page it touched mapped, so
+    its RSS grows to the file size (5 GB of windows.npy at 1M windows) even though the kernel could
+    drop those pages. MADV_DONTNEED on a shared file mapping only unmaps: the data stays in the file
+    and page cache, and the next access faults it back in. No-op for plain arrays / without madvise.
+    """
+    handle = getattr(array, "_mmap", None)  # np.memmap's mapping object
+    if isinstance(handle, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+        handle.madvise(mmap.MADV_DONTNEED)
