@@ -77,6 +77,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> RunDir:
     meta["reflection_time"] = 0.30 - 0.002 * vascular
     meta["aix"] = 0.3 + 0.007 * vascular + gen.normal(0, 0.01, len(meta))
     meta["notch_depth"] = 0.2 - 0.002 * vascular
+    meta["hr_bpm"] = 60 + 20 * gen.random(len(meta))
     windows = np.stack([window(v, 0.7 + 0.3 * gen.random(), i) for i, v in enumerate(vascular)])
     z = gen.normal(size=(len(meta), 512)).astype(np.float32)
     z[:, :4] += (vascular[:, None] / 20).astype(np.float32)
@@ -157,6 +158,10 @@ def test_planted_morphology_reference_predictor_runs_on_synthetic_meta_only(stag
     reference = json.loads(staged.associations.read_text())["predictors"]["planted_morphology"]
     assert reference["model"] == "planted_morphology"
     assert reference["delta_age_planted_r"] > 0.9  # the fixture's morphology is vascular age plus tiny noise
+    meta = pd.read_parquet(staged.meta)
+    features = age_stage.planted_morphology_rows(meta, meta["window_id"].to_numpy()[::-1])
+    assert features.shape == (len(meta), 5)
+    np.testing.assert_array_equal(features[:, 4], (meta["sex"] == "F").to_numpy(float)[::-1])
     real_meta = pd.read_parquet(staged.meta).drop(columns=["aix"])
     assert age_stage.planted_morphology_rows(real_meta, real_meta["window_id"].to_numpy()) is None
 

@@ -236,7 +236,8 @@ def _association_checks(associations: dict[str, Any] | None) -> list[Check]:
     reference = ((associations or {}).get("predictors") or {}).get("planted_morphology") or {}
     reference_r = finite(reference.get("delta_age_planted_r"))
     detail = ("" if reference_r is None else
-              f"same pipeline on the exact planted morphology (reflection time, AIx, notch depth): r {reference_r:.3f}")
+              f"same pipeline on the exact planted morphology (reflection time, AIx, notch depth, HR, sex): "
+              f"r {reference_r:.3f}")
     checks = [_check("Δage vs planted vascular acceleration: r", finite(metrics.get("delta_age_planted_r")),
                      ">=", DELTA_AGE_PLANTED_MIN_R, detail)]
     concepts = ((associations or {}).get("associations") or {}).get("concepts") or {}

@@ -8,9 +8,10 @@ associations can be compared with the concept predictor's; the "best baseline" i
 lowest UNCORRECTED validation MAE (chosen without test data). Associations use validation and test
 patients (`ASSOCIATION_SPLITS`: never seen by the age model; the correction never sees HTN/T2D).
 
-On the synthetic cohort the same pipeline also runs on the planted morphology itself (patient means of
-the exact reflection time, AIx and notch depth the simulator drew): a reference for how far Δage can
-track the planted acceleration at all, given the individual morphology deviations the simulator adds.
+On the synthetic cohort the same pipeline also runs on the planted truth the waveform is drawn from,
+minus vascular age itself (patient means of the exact reflection time, AIx, notch depth and heart rate,
+and sex): a reference for how far a linear age model can make Δage track the planted acceleration at
+all, given the individual morphology deviations the simulator adds.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from stsae.utils import io
 log = logging.getLogger(__name__)
 
 BASELINE_FAMILIES = ("pca", "ica", "nmf")
-PLANTED_MORPHOLOGY = ("reflection_time", "aix", "notch_depth")
+PLANTED_MORPHOLOGY = ("reflection_time", "aix", "notch_depth", "hr_bpm")
 
 
 def concept_model_info(models: list[ModelInfo], variant: str, d_dict: int, seed: int) -> ModelInfo:
@@ -53,11 +54,14 @@ def concept_model_info(models: list[ModelInfo], variant: str, d_dict: int, seed:
 
 
 def planted_morphology_rows(meta: pd.DataFrame, window_ids: np.ndarray) -> np.ndarray | None:
-    """float64[M, 3] planted morphology of the embedded windows (row order of `window_ids`), or None
-    when meta has no planted morphology (real data)."""
-    if not set(PLANTED_MORPHOLOGY) <= set(meta.columns):
+    """float64[M, 5] planted morphology, heart rate and sex (1 = female; the simulator shortens reflection
+    time in women) of the embedded windows, in the row order of `window_ids`; None when meta has no
+    planted morphology (real data)."""
+    if not {*PLANTED_MORPHOLOGY, "sex"} <= set(meta.columns):
         return None
-    values = meta.set_index("window_id").loc[window_ids, list(PLANTED_MORPHOLOGY)].to_numpy(np.float64)
+    rows = meta.set_index("window_id").loc[window_ids]
+    female = (rows["sex"].astype(str) == "F").to_numpy(np.float64)[:, None]
+    values = np.hstack([rows[list(PLANTED_MORPHOLOGY)].to_numpy(np.float64), female])
     if not np.isfinite(values).all():
         log.warning("planted morphology has non-finite values: no planted-morphology reference predictor")
         return None
