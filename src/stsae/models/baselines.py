@@ -140,7 +140,11 @@ class Baseline:
                 log.debug("%s: clipped %.3g%% of values below the train minimum", self.name,
                           100 * negative.mean())
                 shifted = np.maximum(shifted, 0)
-            raw = self.estimator.transform(shifted)
+            with warnings.catch_warnings():
+                # transform is NNLS by coordinate descent capped at max_iter; the fit already logged
+                # whether it converged, and one warning per encoded batch would flood the log.
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                raw = self.estimator.transform(shifted)
         else:
             raw = self.estimator.transform(z)
         return (raw * self.atom_norms).astype(np.float32)
