@@ -27,11 +27,14 @@ Encode = Callable[[np.ndarray], np.ndarray]
 Decode = Callable[[np.ndarray], np.ndarray]
 
 
-def top_k_codes(codes: np.ndarray, k: int) -> np.ndarray:
+def top_k_codes(codes: np.ndarray, k: int | None) -> np.ndarray:
     """Keep each row's k entries of largest |activation|, zero the rest: float32[N, K] -> float32[N, K].
 
-    Used to evaluate dense baselines at the ST-SAE's sparsity (k >= K returns the codes unchanged).
+    Used to evaluate dense baselines at the ST-SAE's sparsity (k None or k >= K returns the codes
+    unchanged, so "the codes as encoded" and "their top-k" are one call).
     """
+    if k is None:
+        return codes
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     if k >= codes.shape[1]:
@@ -144,7 +147,7 @@ class _ViewMetrics:
         self.consistency, self.lag1 = Consistency(), Lag1Autocorrelation(n_concepts)
 
     def view(self, codes: np.ndarray) -> np.ndarray:
-        return codes if self.k is None else top_k_codes(codes, self.k)
+        return top_k_codes(codes, self.k)
 
     def result(self) -> StreamedMetrics:
         return StreamedMetrics(self.ev.result(), self.sparsity.l0(), self.sparsity.dead_fraction(),

@@ -124,7 +124,7 @@ def _score(views: list[tuple[dict[str, Any], int | None]], model: ConceptModel, 
                    lag1_autocorr_unweighted=m.lag1.unweighted)
         if m.lag1.reason:
             lb.skip(row, ("lag1_autocorr", "lag1_autocorr_unweighted"), m.lag1.reason)
-        codes = dense if k is None else top_k_codes(dense, k)
+        codes = top_k_codes(dense, k)
         for name, score in probe_all(codes, data.factors, data.groups, cfg.probe_folds).items():
             row["probe"][name] = {"metric": score.metric, "value": score.value,
                                   "raw_value": raw_probe[name].value}
