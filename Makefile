@@ -3,7 +3,7 @@ PY := .venv/bin/python
 CONFIG ?= configs/demo.yaml
 RUN_DIR ?= runs/demo
 
-.PHONY: setup run test test-fast bench bench-scale lint clean help
+.PHONY: setup run test test-fast test-min test-latest lock bench bench-scale lint clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -20,6 +20,15 @@ test: setup  ## the full test suite (includes slow end-to-end tests)
 test-fast: setup  ## unit tests only
 	$(PY) -m pytest -q -m "not slow"
 
+test-min: setup  ## fast tests against the LOWEST versions pyproject.toml allows (.venv-min)
+	bash scripts/test_bounds.sh lowest
+
+test-latest: setup  ## fast tests against the NEWEST releases (.venv-latest)
+	bash scripts/test_bounds.sh highest
+
+lock: setup  ## regenerate requirements.lock from pyproject.toml (a deliberate commit)
+	bash scripts/lock.sh
+
 bench: setup  ## throughput benchmarks (JSON in benchmarks/results/)
 	$(PY) benchmarks/bench_synthetic.py
 	$(PY) benchmarks/bench_extract.py
@@ -32,4 +41,4 @@ lint: setup  ## ruff
 	$(PY) -m ruff check src tests benchmarks
 
 clean:  ## remove runs and caches (keeps .venv)
-	rm -rf runs .pytest_cache .ruff_cache
+	rm -rf runs .pytest_cache .ruff_cache .venv-min .venv-latest

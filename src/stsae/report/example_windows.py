@@ -59,7 +59,7 @@ def plot_windows_by_age_decile(windows: np.ndarray, meta: pd.DataFrame, path: Pa
     """
     usable = meta["age"].notna().to_numpy()
     if qc is not None:
-        usable &= qc["qc_pass"].to_numpy(dtype=bool)
+        usable = usable & qc["qc_pass"].to_numpy(dtype=bool)
     ages = meta["age"].to_numpy(dtype=float)
     rows, labels = [], []
     if usable.any():
