@@ -38,6 +38,17 @@ def build_grid(cfg: TrainSection) -> list[GridEntry]:
     return list(dict.fromkeys(entries))
 
 
+def main_entry(cfg: TrainSection) -> GridEntry:
+    """The one "main model" every stage reports: `full` at train.d_dict with the FIRST seed of train.seeds.
+
+    Evaluation headlines, the age model, grounding, figures and the scorecard all ask this function, so
+    reordering `train.seeds` changes the main model everywhere at once and nowhere else.
+    """
+    if not cfg.seeds:
+        raise StsaeError("train.seeds is empty: the main model is `full` at train.d_dict with the first seed")
+    return GridEntry("full", cfg.d_dict, cfg.seeds[0])
+
+
 def _parse_int(token: str, key: str) -> int:
     try:
         return int(token.split("=", 1)[1])
