@@ -102,7 +102,7 @@ def test_manifest_records_random_encoder_identity_and_precision(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(cxx_compiler() is None, reason="no C++ compiler for torch.compile (install g++)")
+@pytest.mark.needs(cxx_compiler() is not None, "no C++ compiler for torch.compile (install g++)")
 def test_compiled_extraction_matches_eager_and_is_recorded(tmp_path):
     eager = write_windows_dir(tmp_path / "eager")
     _extract(eager, "extract.compile=false")
