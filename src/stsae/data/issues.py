@@ -1,9 +1,10 @@
 """Record-level problems of real sources: a bad record is skipped, a bad field set unknown, never the cohort.
 
 Why a collector instead of plain warnings: a partial MIMIC download can miss thousands of segments, and one
-WARNING each buries everything else. Every problem is logged once at INFO naming its file (the complete
-list lands in run.log), and `log_summary` prints one WARNING per run with the counts by reason and the
-first file of each; the prepare stage also records `summary()` in manifest.json.
+WARNING each buries everything else. Every problem is logged once naming its file, the first of each reason
+at WARNING and the rest at INFO (the complete list lands in run.log); `log_summary` prints one WARNING per
+run with the counts by reason and the first files of each; the prepare stage also records `summary()` in
+manifest.json.
 """
 
 from __future__ import annotations
@@ -33,13 +34,17 @@ class DataIssues:
         """Record that the record, segment or file `where` was left out; detail: one line naming it."""
         self.skipped[reason] += 1
         self._example(reason, where)
-        log.info("skipped: %s [%s]", detail, reason)
+        self._log(self.skipped[reason], "skipped: %s [%s]", detail, reason)
 
     def unknown(self, reason: str, where: Path | str, detail: str) -> None:
         """Record that one value read from `where` was implausible and is now unknown (record kept)."""
         self.set_unknown[reason] += 1
         self._example(reason, where)
-        log.info("set unknown: %s [%s]", detail, reason)
+        self._log(self.set_unknown[reason], "set unknown: %s [%s]", detail, reason)
+
+    @staticmethod
+    def _log(nth: int, message: str, detail: str, reason: str) -> None:
+        log.log(logging.WARNING if nth == 1 else logging.INFO, message, detail, reason)
 
     def _example(self, reason: str, where: Path | str) -> None:
         shown = self.examples.setdefault(reason, [])
