@@ -7,6 +7,7 @@ with a logged reason naming the file, counted in the per-run summary, and the go
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 from datetime import datetime
@@ -29,11 +30,12 @@ from realformat_fixtures import (
     pulse_signal,
     write_matlab_struct_array,
     write_mimic_iii_clinical,
+    write_mimic_iv_clinical,
     write_multisegment_record,
     write_pulsedb_subject,
 )
 from stsae.cli import app
-from stsae.data.clinical import load_mimic_iii_clinical
+from stsae.data.clinical import load_mimic_iii_clinical, load_mimic_iv_clinical
 from stsae.data.issues import DataIssues
 from stsae.data.mimic import iter_mimic_records, iter_record_runs
 from stsae.data.pulsedb import iter_pulsedb_records
@@ -259,11 +261,15 @@ def _clinical(directory: Path, patients: list[dict]) -> Path:
 
 
 def test_patients_csv_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
-    directory = _clinical(tmp_path, [{"subject_id": 10, "gender": "F", "dob": "2090-01-01 00:00:00"}])
-    csv = directory / "PATIENTS.csv"
-    csv.write_bytes(b"\xef\xbb\xbf" + csv.read_bytes())
-    tables = load_mimic_iii_clinical(directory, [10])
-    facts = tables.lookup(10, START)
+    directory = write_mimic_iv_clinical(
+        tmp_path, [{"subject_id": 10, "gender": "F", "anchor_age": 60, "anchor_year": 2150}],
+        [{"subject_id": 10, "hadm_id": 100, "admittime": "2150-01-01 00:00:00",
+          "dischtime": "2150-01-05 00:00:00"}], [])
+    patients = directory / "patients.csv.gz"
+    text = gzip.decompress(patients.read_bytes())
+    assert text.startswith(b"subject_id,")  # the BOM lands on the column the loader filters by
+    patients.write_bytes(gzip.compress(b"\xef\xbb\xbf" + text))
+    facts = load_mimic_iv_clinical(directory, [10]).lookup(10, START)
     assert facts is not None and facts[0]["sex"] == "F" and facts[0]["age"] == pytest.approx(60.0, abs=0.01)
 
 

@@ -82,6 +82,9 @@ class WindowingSection(_Section):
 
     @model_validator(mode="after")
     def _encoder_window_and_stride(self) -> WindowingSection:
+        if self.fs_target != ENCODER_FS_HZ:
+            raise ValueError(f"data.windowing.fs_target={self.fs_target:g} Hz: PaPaGei-S was trained on "
+                             f"{ENCODER_FS_HZ:g} Hz windows")
         samples = self.window_s * self.fs_target
         if abs(samples - ENCODER_WINDOW_SAMPLES) > 1e-6:
             raise ValueError(
