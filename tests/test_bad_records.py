@@ -125,6 +125,18 @@ def test_unpaired_surrogate_in_a_subject_id_is_replaced_not_fatal(tmp_path: Path
     pd.DataFrame({"patient_id": [record.patient_id]}).to_parquet(tmp_path / "ok.parquet")
 
 
+def test_broken_time_vector_falls_back_to_125_hz_and_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "Segment_Files" / "PulseDB_MIMIC" / "p000001.mat"
+    write_pulsedb_subject(path, _subject("p000001", n_segments=1), fs=250.0)
+    with h5py.File(path, "r+") as handle:
+        for ref in handle["Subj_Wins"]["T"][()].ravel():
+            handle[ref][...] = 0.0  # every sample at t = 0: no sampling rate can be read from it
+    issues = DataIssues()
+    (record,) = _read_pulsedb(tmp_path, issues)
+    assert record.fs == 125.0
+    assert issues.set_unknown == {"bad_time_vector": 1} and issues.examples["bad_time_vector"] == [str(path)]
+
+
 def test_file_without_the_ppg_field_lists_the_fields_it_has(tmp_path: Path,
                                                             caplog: pytest.LogCaptureFixture) -> None:
     folder = tmp_path / "Segment_Files" / "PulseDB_MIMIC"

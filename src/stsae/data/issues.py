@@ -37,7 +37,8 @@ class DataIssues:
         self._log(self.skipped[reason], "skipped: %s [%s]", detail, reason)
 
     def unknown(self, reason: str, where: Path | str, detail: str) -> None:
-        """Record that one value read from `where` was implausible and is now unknown (record kept)."""
+        """Record that one value read from `where` was implausible and is now unknown, or replaced by the
+        source's documented default (the record is kept)."""
         self.set_unknown[reason] += 1
         self._example(reason, where)
         self._log(self.set_unknown[reason], "set unknown: %s [%s]", detail, reason)

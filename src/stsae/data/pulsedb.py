@@ -313,6 +313,10 @@ def _emit(
                     f"{subject.path}: case {first.case_id!r} from segment {first.segment_id} is all NaN")
         return
     axis = subject.time_axis(first.element)
+    if axis is None and subject.has_time_vector():
+        issues.unknown("bad_time_vector", subject.path,
+                       f"{subject.path}: case {first.case_id!r} segment {first.segment_id} has a time vector 'T' "
+                       f"that is not finite and increasing; using PulseDB's published {PULSEDB_FS_HZ:g} Hz")
     t_start, fs = axis if axis is not None else (0.0, PULSEDB_FS_HZ)
     yield RawRecord(
         patient_id=patient_id,
