@@ -194,7 +194,7 @@ def iter_record_runs(
     yield from builder.flush()
     if seen and not any(name in seen for name in channels):
         issues.skip("no_ppg_channel", header_path, f"{header_path}: no PPG channel ({'/'.join(channels)}) in "
-                    f"any segment; channels seen: {', '.join(seen) or 'none'}")
+                    f"any segment; channels seen: {', '.join(seen)}")
 
 
 def _read_segment(builder: _RunBuilder, segment: Path, seg_header: wfdb.Record, index: int, length: int,
