@@ -273,7 +273,9 @@ class AgingSection(_Section):
     l1_ratios: list[float] = Field(
         [0.5, 0.7, 0.9, 0.95, 1.0], description="ElasticNetCV l1_ratio grid (1.0 = lasso)."
     )
-    n_alphas: int = Field(50, ge=2, description="ElasticNetCV path length per l1_ratio; also the stability-selection lambda path length.")
+    n_alphas: int = Field(
+        50, ge=2, description="ElasticNetCV path length per l1_ratio; also the stability-selection lambda path length."
+    )
     min_events: int = Field(
         10, ge=1, description="Fewest cases and non-cases an HTN/T2D logistic regression needs; else skipped."
     )
