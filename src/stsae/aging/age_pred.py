@@ -203,14 +203,17 @@ def fit_age_predictor(
             "stability selection kept %d of %d features (q %.1f, E[false selections] <= %.2f)",
             len(stable.selected), x.shape[1], stable.q, stable.pfer_bound,
         )
-        coef = np.zeros(x.shape[1])
-        intercept = float(age.mean())
         if len(stable.selected) == 0:
-            log.warning("stability selection kept no feature: the age model predicts the train mean age")
-        else:
-            refit = _elastic_net_cv(xs[:, stable.selected], age, groups, config, seed)
-            coef[stable.selected] = refit.coef_
-            intercept, alpha, l1_ratio = float(refit.intercept_), float(refit.alpha_), float(refit.l1_ratio_)
+            raise StsaeError(
+                f"stability selection kept none of {x.shape[1]} features (max selection probability "
+                f"{stable.frequency.max():.2f} < aging.stability_threshold {stable.pi_thr}; q {stable.q:.1f} of "
+                f"{stable.q_max} allowed): raise aging.stability_pfer, lower aging.stability_threshold, "
+                "or set aging.stability_selection false"
+            )
+        coef = np.zeros(x.shape[1])
+        refit = _elastic_net_cv(xs[:, stable.selected], age, groups, config, seed)
+        coef[stable.selected] = refit.coef_
+        intercept, alpha, l1_ratio = float(refit.intercept_), float(refit.alpha_), float(refit.l1_ratio_)
     return AgePredictor(
         mean=mean,
         scale=scale,

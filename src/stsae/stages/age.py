@@ -145,8 +145,10 @@ def run(ctx: StageContext) -> None:
             c: {"skipped": "no baseline models in models/baselines"} for c in CONDITIONS
         }
     planted = planted_morphology_rows(meta, embeddings.index["window_id"].to_numpy())
-    if planted is not None:
-        predictors["planted_morphology"] = _summary("planted_morphology", fit(np.asarray, planted))
+    if planted is not None:  # five known features: no selection among them, a plain elastic net
+        reference = aging_pipeline(*features(np.asarray, planted),
+                                   aging.model_copy(update={"stability_selection": False}), seed)
+        predictors["planted_morphology"] = _summary("planted_morphology", reference)
     io.write_parquet(run_dir.predictions, concept.predictions)
     io.write_parquet(run_dir.delta_age, concept.delta)
     io.write_json(run_dir.age_model, age_model_record(info.name, concept.predictor))
