@@ -108,6 +108,18 @@ def test_low_group_is_the_lowest_active_decile_not_the_first_patients_silent_win
     assert not set(result.low.rows) & set(result.high.rows)
 
 
+def test_a_sparse_concepts_high_and_low_groups_hold_only_windows_where_it_fires() -> None:
+    gen = np.random.default_rng(2)
+    activation = np.where(gen.random(1000) < 0.05, gen.uniform(0.1, 1.0, 1000), 0.0)
+    old_high = np.argsort(activation, kind="stable")[-100:]  # the previous rule: top decile of all windows
+    assert np.mean(activation[old_high] > 0) < 0.6
+    result = ground(activation, pulses_scaled_by(activation), pd.DataFrame({"f": activation}))
+    n_active = int((activation > 0).sum())
+    assert len(result.high.rows) == len(result.low.rows) == max(2, n_active // 10)
+    assert np.all(activation[result.high.rows] >= np.sort(activation)[-len(result.high.rows)])
+    assert np.all(activation[result.low.rows] > 0)
+
+
 def test_silent_sample_is_drawn_from_the_seed_not_from_window_order() -> None:
     activation, pulses, patients = mostly_silent_cohort()
     runs = [ground(activation, pulses, pd.DataFrame({"f": activation}), patients, seed=s) for s in (0, 0, 1)]

@@ -2,9 +2,9 @@
 
 Why: a concept that predicts age is only interpretable if the pulses where it fires strongly differ
 visibly, and in named clinical features, from those where it fires weakly or not at all. Three groups per
-concept: its highest decile, its lowest ACTIVE decile (lowest among windows where it fires; ties broken
-at random, never by window order, which would pick the first patients' windows) and a sample of SILENT
-windows spread across patients. Windows of one patient are not independent, so every band is a cluster
+concept: the highest and the lowest decile of the windows where it fires (ties broken at random, never
+by window order, which would pick the first patients' windows) and a sample of SILENT windows spread
+across patients. Windows of one patient are not independent, so every band is a cluster
 bootstrap over patients and every correlation is Spearman over patient means, with Benjamini–Hochberg
 FDR over the whole table since many concept × feature pairs are tested.
 """
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 BAND_PERCENTILES = (2.5, 97.5)
 GROUPS = ("high", "low", "silent")
-"""high: top decile; low: lowest decile among windows where the concept fires; silent: activation ≤ 0."""
+"""high / low: top / bottom decile of the windows where the concept fires; silent: activation ≤ 0."""
 MIN_GROUP = 2
 """A group with fewer windows than this gets NaN pulses (a concept that almost never fires or never rests)."""
 
@@ -103,18 +103,17 @@ def decile_groups(activation: np.ndarray, usable: np.ndarray, patients: np.ndarr
                   rng: np.random.Generator) -> DecileRows:
     """The high, lowest-active and silent window rows of one concept (ties at random, never by order).
 
-    activation: float[N]; usable: int64[U] rows with a pulse; patients: [N]. Each group holds
-    floor(decile · U) windows at most; the high group holds active windows only and the low group
-    takes the lowest floor(decile · active) of the remaining active windows.
+    activation: float[N]; usable: int64[U] rows with a pulse; patients: [N]. high / low: the top / bottom
+    `decile` of the A active windows (activation > 0), at least MIN_GROUP each when A allows and never
+    overlapping (at most A // 2 each), so a sparse concept's groups are not filled with silent windows;
+    silent: floor(decile · U) windows with activation ≤ 0, spread over patients.
     """
-    n_end = int(np.floor(decile * len(usable)))
     ranked = usable[np.lexsort((rng.random(len(usable)), activation[usable]))]  # ascending, random ties
     active = ranked[activation[ranked] > 0]
-    high = active[len(active) - min(n_end, len(active)):]
-    rest = active[: len(active) - len(high)]
-    low = rest[: int(np.floor(decile * len(active)))]
-    silent = _spread_over_patients(ranked[activation[ranked] <= 0], patients, n_end, rng)
-    return DecileRows(high=high[::-1], low=low, silent=np.sort(silent))
+    n_active = min(max(MIN_GROUP, int(np.floor(decile * len(active)))), len(active) // 2)
+    silent = _spread_over_patients(ranked[activation[ranked] <= 0], patients,
+                                   int(np.floor(decile * len(usable))), rng)
+    return DecileRows(high=active[len(active) - n_active:][::-1], low=active[:n_active], silent=np.sort(silent))
 
 
 def _median_diff(numeric: pd.DataFrame, first: np.ndarray, second: np.ndarray) -> dict[str, float]:
@@ -139,8 +138,8 @@ def ground_concept(
 
     activation: float[N] the concept's activation per window; pulses: float32[N, L] average pulses (NaN
     rows are skipped); morphology: N rows of numeric features; patients: [N] patient id per window.
-    `decile` is the fraction of windows with a pulse taken per group; rng draws ties, the silent sample
-    and the bootstrap.
+    Groups as in `decile_groups`; rng draws ties, the silent sample and the bootstrap. Too few windows
+    with a pulse for a decile of MIN_GROUP is a user error.
     """
     if activation.shape != (pulses.shape[0],) or len(morphology) != pulses.shape[0] or len(patients) != len(
         activation
