@@ -110,10 +110,10 @@ def decile_groups(activation: np.ndarray, usable: np.ndarray, patients: np.ndarr
     """
     ranked = usable[np.lexsort((rng.random(len(usable)), activation[usable]))]  # ascending, random ties
     active = ranked[activation[ranked] > 0]
-    n_active = min(max(MIN_GROUP, int(np.floor(decile * len(active)))), len(active) // 2)
+    n_group = min(max(MIN_GROUP, int(np.floor(decile * len(active)))), len(active) // 2)
     silent = _spread_over_patients(ranked[activation[ranked] <= 0], patients,
                                    int(np.floor(decile * len(usable))), rng)
-    return DecileRows(high=active[len(active) - n_active:][::-1], low=active[:n_active], silent=np.sort(silent))
+    return DecileRows(high=active[len(active) - n_group:][::-1], low=active[:n_group], silent=np.sort(silent))
 
 
 def _median_diff(numeric: pd.DataFrame, first: np.ndarray, second: np.ndarray) -> dict[str, float]:
