@@ -295,8 +295,16 @@ class AgingSection(_Section):
     model: str = Field("full", description="ST-SAE variant whose concepts predict age.")
     cv_folds: int = Field(5, ge=2, description="GroupKFold folds for ElasticNetCV.")
     stability_selection: bool = Field(False, description="Run stability selection over concepts.")
-    stability_rounds: int = Field(100, ge=1, description="Half-sample refits in stability selection.")
-    stability_threshold: float = Field(0.6, gt=0, le=1, description="Selection frequency to keep.")
+    stability_rounds: int = Field(100, ge=1, description="Half-sample randomised-lasso paths in stability selection.")
+    stability_threshold: float = Field(
+        0.8, gt=0.5, le=1, description="pi_thr: max selection probability over the lambda path to keep a concept."
+    )
+    stability_pfer: float = Field(
+        1.0, gt=0, description="Tolerated expected false selections; sets q by E[V] <= q^2/((2 pi_thr - 1) K)."
+    )
+    stability_weakness: float = Field(
+        0.5, ge=0.2, le=0.8, description="Randomised lasso: each penalty weight is drawn from U[weakness, 1]."
+    )
     bias_correction_on: Literal["validation", "oof_train"] = Field(
         "validation",
         description="Predictions the age-bias correction is fitted on (never test): validation, or nested "
@@ -306,7 +314,9 @@ class AgingSection(_Section):
         [0.5, 0.7, 0.9, 0.95, 1.0], min_length=1,
         description="ElasticNetCV l1_ratio grid, each in (0, 1] (1.0 = lasso; 0 has no automatic alpha path).",
     )
-    n_alphas: int = Field(50, ge=2, description="ElasticNetCV regularisation path length per l1_ratio.")
+    n_alphas: int = Field(
+        50, ge=2, description="ElasticNetCV path length per l1_ratio; also the stability-selection lambda path length."
+    )
     min_events: int = Field(
         10, ge=1, description="Fewest cases and non-cases an HTN/T2D logistic regression needs; else skipped."
     )
