@@ -3,7 +3,9 @@ machine, but FAILS under CI (CI=true), so a green CI means every test really ran
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterator
 
 import pytest
 
@@ -20,6 +22,19 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI must run this test, but: {reason}", pytrace=False)
         pytest.skip(reason)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_stsae_logger() -> Iterator[None]:
+    """Undo a CLI test's `setup_logging` (own handlers, propagate=False) so caplog in later tests sees records
+    whatever the pytest version (older pytest only captures through the root logger)."""
+    yield
+    logger = logging.getLogger("stsae")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    logger.propagate = True
+    logger.setLevel(logging.NOTSET)
 
 
 pytest_plugins = ["pytester"]
