@@ -300,3 +300,13 @@ def test_preallocated_npy_is_a_zero_array_with_its_blocks_on_disk(tmp_path: Path
     array = np.load(path, mmap_mode="r+")
     assert array.dtype == np.float32 and array.shape == (300, 512) and not array.any()
     assert os.stat(path).st_blocks * 512 >= os.stat(path).st_size  # allocated, not sparse
+
+
+def test_preallocation_falls_back_to_a_sparse_file_where_fallocate_is_unsupported(tmp_path: Path,
+                                                                                 monkeypatch) -> None:
+    def unsupported(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
+
+    monkeypatch.setattr(os, "posix_fallocate", unsupported)
+    io.preallocate_npy(tmp_path / "z.npy.partial", (3, 512))
+    assert np.load(tmp_path / "z.npy.partial").shape == (3, 512)

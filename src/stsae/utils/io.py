@@ -235,15 +235,15 @@ def _allocate(fd: int, size: int, path: Path) -> None:
     Filesystems without fallocate support (EOPNOTSUPP / EINVAL) fall back to a sparse file: the old
     behaviour, no worse than before.
     """
-    allocate = getattr(os, "posix_fallocate", None)
+    allocate = getattr(os, "posix_fallocate", None)  # absent on macOS
     try:
-        if allocate is None:
-            raise OSError(errno.EOPNOTSUPP, "posix_fallocate unavailable")
-        allocate(fd, 0, size)
+        if allocate is not None:
+            allocate(fd, 0, size)
+            return
     except OSError as exc:
         if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
             raise OSError(exc.errno, exc.strerror, str(path)) from None
-        os.ftruncate(fd, size)
+    os.ftruncate(fd, size)
 
 
 def preallocate_npy(path: Path | str, shape: tuple[int, ...], dtype: str = "<f4") -> None:
