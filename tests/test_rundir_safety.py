@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from run_fixture import write_fake_run, write_fake_run_with_figures
+from run_fixture import write_fake_run
 from stsae.cli import app
 from stsae.pipeline import lock as lock_module
 from stsae.pipeline.rundir import RunDir
 from stsae.pipeline.safety import environment_error_message
+from stsae.report.figures import FigureInfo, write_figure_index
 from stsae.report.html import write_report
 from stsae.utils import io
 
@@ -247,14 +248,15 @@ def test_symlinked_stage_folder_is_allowed(tmp_path: Path) -> None:
 # --- figures named in figures/index.json -----------------------------------------------------------
 
 
+def index_figures(run_dir: RunDir, *names: str) -> None:
+    """figures/index.json listing `names` as drawn (what the figures stage writes, minus the drawing)."""
+    write_figure_index(run_dir, [FigureInfo(name, "data", name, "") for name in names])
+
+
 def test_figure_index_naming_a_path_outside_figures_is_refused(tmp_path: Path) -> None:
-    run_dir = write_fake_run_with_figures(tmp_path / "a" / "b" / "run", tmp_path / "cache")
-    secret = tmp_path / "a" / "secret.png"
-    secret.write_bytes(b"\x89PNG secret")
-    index = io.read_json(run_dir.figure_index)
-    index["figures"].append({"name": "../../secret", "section": "data", "title": "t", "caption": "",
-                             "available": True, "note": ""})
-    io.write_json(run_dir.figure_index, index)
+    run_dir = write_fake_run(tmp_path / "a" / "b" / "run")
+    (tmp_path / "a" / "secret.png").write_bytes(b"\x89PNG secret")
+    index_figures(run_dir, "../../secret")
     before = snapshot(run_dir.root)
     code, line = stsae("report", "--run-dir", str(run_dir.root))
     assert (code, line) == (2, f"error: {run_dir.figure_index}: figure name '../../secret' is not a bare file "
@@ -265,12 +267,11 @@ def test_figure_index_naming_a_path_outside_figures_is_refused(tmp_path: Path) -
 
 
 def test_symlinked_figure_png_is_not_embedded(tmp_path: Path) -> None:
-    run_dir = write_fake_run_with_figures(tmp_path / "run", tmp_path / "cache")
-    name = next(info["name"] for info in io.read_json(run_dir.figure_index)["figures"] if info["available"])
-    png = run_dir.figures_dir / f"{name}.png"
-    png.unlink()
-    png.symlink_to(tmp_path / "cache" / "drawn" / "figures" / f"{name}.png")
-    with pytest.raises(io.UnsafePathError, match=rf"{name}.png: is a symbolic link"):
+    run_dir = write_fake_run(tmp_path / "run")
+    (tmp_path / "secret.png").write_bytes(b"\x89PNG secret")
+    index_figures(run_dir, "pareto")
+    (run_dir.figures_dir / "pareto.png").symlink_to(tmp_path / "secret.png")
+    with pytest.raises(io.UnsafePathError, match=r"figures/pareto.png: is a symbolic link"):
         write_report(run_dir, "t")
     assert not run_dir.report_html.exists()
 
