@@ -32,8 +32,11 @@ SETTINGS = ["encoder.allow_random_weights=true", "extract.batch_size=8", "extrac
 
 
 def write_windows_dir(root: Path, n: int = 60) -> RunDir:
-    """A prepare-stage output with n random z-scored windows; every 7th window fails QC."""
+    """A prepare-stage output with n random z-scored windows; every 7th window fails QC.
+
+    With a manifest, as a real run leaves one: the CLI refuses a non-empty directory without it."""
     paths = RunDir(root)
+    io.write_json(paths.manifest, {"run_name": "extract-test"})
     rng = np.random.default_rng(0)
     io.save_npy(paths.windows, rng.standard_normal((n, 1250)).astype(np.float32))
     ids = np.arange(n, dtype=np.int64)

@@ -1,15 +1,11 @@
 """Stage fingerprints: unchanged stages are skipped, a config change reruns exactly its downstream."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
 from stsae.config import load_config
 from stsae.pipeline import runner
-from stsae.pipeline.lock import RunLockedError, run_lock
 from stsae.pipeline.rundir import RunDir
 from stsae.pipeline.stages import STAGE_BY_NAME, STAGES
 
@@ -104,20 +100,3 @@ def test_missing_stage_module_is_reported_not_implemented(monkeypatch):
                        "stsae.stages.does_not_exist:run")
     with pytest.raises(runner.StageNotImplementedError, match="stage 'prepare' is not implemented yet"):
         runner._load_entry(fake)
-
-
-def test_second_holder_of_a_live_lock_is_refused(tmp_path):
-    lock = tmp_path / ".lock"
-    with run_lock(lock), pytest.raises(RunLockedError, match="in use by process"), run_lock(lock):
-        pass
-    assert not lock.exists()
-
-
-def test_stale_lock_from_dead_process_is_cleared(tmp_path):
-    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
-    dead_pid = int(proc.stdout)
-    lock = tmp_path / ".lock"
-    lock.write_text(f"{dead_pid}\n{os.uname().nodename}")
-    with run_lock(lock):
-        assert lock.read_text().startswith(str(os.getpid()))

@@ -26,7 +26,8 @@ class RunDir:
 
     @property
     def lock(self) -> Path:
-        return self.root / ".lock"
+        """flock'ed while a run writes; its presence also marks the directory as an stsae run."""
+        return self.root / ".stsae.lock"
 
     @property
     def log(self) -> Path:

@@ -71,6 +71,7 @@ def _embed(run_dir: RunDir, info: FigureInfo) -> EmbeddedFigure:
     path = run_dir.figures_dir / f"{info.name}.png"
     if not info.available:
         return EmbeddedFigure(info, None)
+    io.refuse_symlink(path)
     if not path.is_file():
         raise InputDataError(f"{path}: listed in figures/index.json but missing "
                              "(rerun `stsae figures --force`)")
