@@ -97,7 +97,7 @@ def patch_registry(patch: pytest.MonkeyPatch) -> None:
     ]
     models = {Path("stsae.safetensors"): FakeModel(K), Path("pca.joblib"): FakeModel(8)}
     for module in (age_stage, ground_stage):
-        patch.setattr(module, "list_models", lambda run_dir: infos)
+        patch.setattr(module, "list_models", lambda run_dir, baselines: infos)
         patch.setattr(module, "load_concept_model", lambda path: models[Path(path)])
 
 

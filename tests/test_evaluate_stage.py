@@ -117,7 +117,7 @@ def test_stability_refits_train_on_half_the_train_patients(run_dir_with_models: 
 
     ctx = run_dir_with_models
     cfg = ctx.config.eval.model_copy(update={"stability_subsamples": 2, "stability_steps": 7})
-    main = evaluate_stage.main_stsae(list_models(ctx.run_dir))
+    main = evaluate_stage.main_stsae(list_models(ctx.run_dir, ctx.config.baselines))
     dictionaries = evaluate_stage.subsample_dictionaries(load_embeddings(ctx.run_dir), main, cfg, 0)
     assert seen == [7, 7] and [d.shape for d in dictionaries] == [(32, 512), (32, 512)]
 

@@ -91,7 +91,7 @@ def run(ctx: StageContext) -> None:
         rows = patients.set_index("patient_id").loc[ids].reset_index()
         return aging_pipeline(features, rows, aging, seed)
 
-    models = list_models(run_dir)
+    models = list_models(run_dir, config.baselines)
     info = concept_model_info(models, aging.model, config.train.d_dict, config.train.seeds[0])
     concept = fit(load_concept_model(info.path).encode)
     raw = fit(np.asarray)

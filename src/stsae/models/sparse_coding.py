@@ -1,0 +1,137 @@
+"""Batched exact (non-negative) least squares and k-sparse pursuit on a dictionary's Gram matrix.
+
+Why: NMF baselines need NNLS codes for every window, and every baseline needs k-sparse codes on its own
+dictionary for the matched-sparsity comparison. Both are one active-set algorithm (Lawson & Hanson
+1974, ch. 23) run on the Gram matrix G = D Dᵀ (float64[n, n]) and b = y Dᵀ (float64[N, n]), so the
+512-d data enter only once, through b:
+
+    minimise ‖y − x D‖²  ⇔  minimise ½ xᵀ G x − bᵀ x,   over x: float64[n] per row,
+
+- `non_negative=True`, `max_active=None`: exact NNLS (Lawson–Hanson). Converged when the KKT conditions
+  hold: x ≥ 0 and the gradient b − xG is ≤ tol on every atom outside the passive set.
+- `non_negative=True`, `max_active=k`: the same active-set path stopped when k atoms are passive — a
+  greedy k-sparse NNLS (each step adds the atom of largest positive gradient, re-solves NNLS on the set).
+- `non_negative=False`, `max_active=k`: orthogonal matching pursuit (atom of largest |gradient|,
+  unconstrained least squares on the set).
+`allowed` restricts the atoms that may enter (e.g. a fixed support to refit).
+
+All rows advance together: each iteration solves one least-squares system per live row on its passive
+set, gathered into a padded batch of the largest passive-set size, so the cost grows with the number
+of active atoms, not the dictionary size. Rows leave the batch as they converge.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+RTOL = 1e-10  # gradient tolerance relative to max|b| of the row (float64 normal equations)
+
+
+def _solve_on_support(gram: np.ndarray, b: np.ndarray, support: np.ndarray) -> np.ndarray:
+    """Least squares restricted to each row's support: x[S] = G[S, S]⁻¹ b[S], 0 elsewhere.
+
+    gram: float64[n, n]; b: float64[M, n]; support: bool[M, n] -> float64[M, n]. Rows are padded to
+    the largest support with identity rows (zero right-hand side) so one batched solve serves all.
+    """
+    out = np.zeros_like(b)
+    width = int(support.sum(axis=1).max(initial=0))
+    if width == 0:
+        return out
+    idx = np.argsort(~support, axis=1, kind="stable")[:, :width]  # support atoms first, in atom order
+    valid = np.take_along_axis(support, idx, axis=1)
+    both = valid[:, :, None] & valid[:, None, :]
+    pad = np.eye(width, dtype=bool)[None] & ~valid[:, :, None]
+    g_sub = np.where(both, gram[idx[:, :, None], idx[:, None, :]], 0.0) + pad
+    rhs = np.where(valid, np.take_along_axis(b, idx, axis=1), 0.0)
+    try:
+        sol = np.linalg.solve(g_sub, rhs[:, :, None])[:, :, 0]
+    except np.linalg.LinAlgError:  # linearly dependent atoms on a support: minimum-norm solution
+        sol = (np.linalg.pinv(g_sub, hermitian=True) @ rhs[:, :, None])[:, :, 0]
+    np.put_along_axis(out, idx, np.where(valid, sol, 0.0), axis=1)
+    return out
+
+
+def _step_to_feasible(x: np.ndarray, s: np.ndarray, passive: np.ndarray) -> None:
+    """Lawson–Hanson inner step, in place: move x towards s until the first passive coordinate hits 0,
+    then drop the zero coordinates from the passive set. x: float64[M, n] ≥ 0; s: its LS solution."""
+    blocking = passive & (s <= 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(blocking, x / (x - s), np.inf)
+    alpha = np.clip(ratio.min(axis=1, keepdims=True), 0.0, 1.0)
+    x += alpha * (s - x)
+    passive &= x > 0
+    x[~passive] = 0.0
+
+
+def _refuse_rounding_entries(may_enter: np.ndarray, s: np.ndarray, rows: np.ndarray, entered: np.ndarray,
+                             infeasible: np.ndarray) -> None:
+    """In exact arithmetic the atom Lawson–Hanson just added is positive in the next solution; when
+    rounding makes it ≤ 0 its gradient was noise, and letting it re-enter would cycle, so bar it."""
+    last = entered[rows]
+    s_last = s[infeasible][np.arange(len(rows)), np.maximum(last, 0)]
+    bar = (last >= 0) & (s_last <= 0)
+    may_enter[rows[bar], last[bar]] = False
+
+
+def active_set_solve(gram: np.ndarray, b: np.ndarray, *, non_negative: bool, max_active: int | None = None,
+                     allowed: np.ndarray | None = None, rtol: float = RTOL) -> np.ndarray:
+    """Codes x: float64[N, n] minimising ½ xᵀGx − bᵀx per row (see the module docstring for the modes).
+
+    gram: float[n, n] = D Dᵀ; b: float[N, n] = y Dᵀ; max_active: most nonzero codes per row (None: no
+    cap); allowed: bool[N, n] or bool[n] atoms that may enter (None: all).
+    """
+    gram, b = np.asarray(gram, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    n_rows, n_atoms = b.shape
+    if gram.shape != (n_atoms, n_atoms):
+        raise ValueError(f"gram: expected float[{n_atoms}, {n_atoms}], got {list(gram.shape)}")
+    cap = n_atoms if max_active is None else min(max_active, n_atoms)
+    may_enter = np.ones((n_rows, n_atoms), bool) if allowed is None else np.broadcast_to(
+        np.asarray(allowed, dtype=bool), (n_rows, n_atoms)).copy()
+    x = np.zeros((n_rows, n_atoms))
+    passive = np.zeros((n_rows, n_atoms), bool)
+    tol = rtol * np.maximum(np.abs(b).max(axis=1, initial=0.0), np.finfo(np.float64).tiny)
+    live = np.arange(n_rows)
+    entered = np.full(n_rows, -1)  # the atom each row added last
+    for _ in range(3 * n_atoms + 10):
+        if live.size == 0:
+            return x
+        x_l, p_l = x[live], passive[live]
+        s = _solve_on_support(gram, b[live], p_l)
+        infeasible = (p_l & (s <= 0)).any(axis=1) if non_negative else np.zeros(len(live), bool)
+        if infeasible.any():
+            _refuse_rounding_entries(may_enter, s, live[infeasible], entered, infeasible)
+            x_bad, p_bad = x_l[infeasible], p_l[infeasible]
+            _step_to_feasible(x_bad, s[infeasible], p_bad)
+            x[live[infeasible]], passive[live[infeasible]] = x_bad, p_bad
+        ok = live[~infeasible]
+        x[ok] = s[~infeasible]
+        gradient = b[ok] - x[ok] @ gram
+        score = np.where(passive[ok] | ~may_enter[ok], -np.inf, gradient if non_negative else np.abs(gradient))
+        best = score.argmax(axis=1)
+        grows = (score[np.arange(len(ok)), best] > tol[ok]) & (passive[ok].sum(axis=1) < cap)
+        passive[ok[grows], best[grows]] = True
+        entered[ok[grows]] = best[grows]
+        live = np.concatenate([live[infeasible], ok[grows]])
+    log.warning("active-set solver stopped at the iteration cap with %d of %d rows unconverged",
+                live.size, n_rows)
+    return x
+
+
+def objective(gram: np.ndarray, b: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """float64[N]: xᵀGx − 2 bᵀx per row = ‖y − xD‖² − ‖y‖², so lower is a better reconstruction."""
+    return np.einsum("ni,ij,nj->n", x, gram, x) - 2.0 * np.einsum("ni,ni->n", b, x)
+
+
+def top_k_support(codes: np.ndarray, k: int) -> np.ndarray:
+    """bool[N, n]: each row's k entries of largest |code| (all entries when k >= n)."""
+    support = np.zeros(codes.shape, dtype=bool)
+    if k >= codes.shape[1]:
+        support[:] = True
+        return support
+    keep = np.argpartition(-np.abs(codes), k - 1, axis=1)[:, :k]
+    np.put_along_axis(support, keep, True, axis=1)
+    return support
