@@ -40,7 +40,7 @@ from sklearn.exceptions import ConvergenceWarning
 
 from stsae.errors import InputDataError, StsaeError
 from stsae.models.sparse_coding import active_set_solve, objective, top_k_support
-from stsae.models.stsae import read_safetensors, safetensors_bytes
+from stsae.models.stsae import CheckpointError, read_safetensors, safetensors_bytes
 from stsae.utils import io
 
 log = logging.getLogger(__name__)
@@ -320,6 +320,9 @@ def load_baseline(path: Path | str) -> AffineDictionary:
     meta = read_baseline_sidecar(path)
     model = make_baseline(meta["method"], int(meta["n_components"]), seed=int(meta["seed"]),
                           max_iter=int(meta["max_iter"]))
-    tensors, _ = read_safetensors(path)
+    try:
+        tensors, _ = read_safetensors(path)
+    except CheckpointError as exc:
+        raise InputDataError(str(exc)) from None
     model._set_arrays({key: value.numpy() for key, value in tensors.items()}, path)
     return model
