@@ -63,8 +63,9 @@ def run_dir_with_models(tmp_path) -> StageContext:
 
 
 def test_baselines_stage_writes_one_file_per_method_and_size(run_dir_with_models: StageContext) -> None:
-    names = sorted(p.name for p in run_dir_with_models.run_dir.baselines_dir.glob("*.joblib"))
-    assert names == ["nmf-n4.joblib", "nmf-n8.joblib", "pca-n4.joblib", "pca-n8.joblib"]
+    names = sorted(p.name for p in run_dir_with_models.run_dir.baselines_dir.iterdir())
+    assert names == [f"{stem}{suffix}" for stem in ("nmf-n4", "nmf-n8", "pca-n4", "pca-n8")
+                     for suffix in (".json", ".safetensors")]
 
 
 @pytest.mark.slow
