@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import nnls
 
-from stsae.models.sparse_coding import active_set_solve, objective, top_k_support
+from stsae.models.sparse_coding import greedy_pursuit, least_squares_on_support, nnls_gram, objective, top_k_support
 
 
 def _problem(seed: int, n_atoms: int, dim: int, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
@@ -20,7 +20,7 @@ def _problem(seed: int, n_atoms: int, dim: int, n_rows: int) -> tuple[np.ndarray
        n_rows=st.integers(1, 6))
 def test_nnls_equals_scipy_nnls(seed: int, n_atoms: int, extra_dim: int, n_rows: int) -> None:
     atoms, y = _problem(seed, n_atoms, n_atoms + extra_dim, n_rows)  # full column rank: unique optimum
-    x = active_set_solve(atoms @ atoms.T, y @ atoms.T, non_negative=True)
+    x = nnls_gram(atoms @ atoms.T, y @ atoms.T)
     reference = np.stack([nnls(atoms.T, row)[0] for row in y])
     np.testing.assert_allclose(x, reference, atol=1e-8 * max(1.0, np.abs(reference).max()))
 
@@ -30,7 +30,7 @@ def test_nnls_equals_scipy_nnls(seed: int, n_atoms: int, extra_dim: int, n_rows:
 def test_nnls_meets_kkt_conditions_when_atoms_are_dependent(seed: int, n_atoms: int, dim: int) -> None:
     atoms, y = _problem(seed, n_atoms, dim, 4)  # more atoms than dimensions: many optima, one objective
     gram, b = atoms @ atoms.T, y @ atoms.T
-    x = active_set_solve(gram, b, non_negative=True)
+    x = nnls_gram(gram, b)
     gradient = b - x @ gram
     assert (x >= 0).all()
     assert (gradient <= 1e-8 * max(1.0, np.abs(b).max())).all()
@@ -42,7 +42,7 @@ def test_omp_on_orthonormal_atoms_keeps_the_k_largest_projections() -> None:
     atoms = np.linalg.qr(np.random.default_rng(0).standard_normal((64, 16)))[0].T  # 16 orthonormal rows
     y = np.random.default_rng(1).standard_normal((50, 64))
     b = y @ atoms.T
-    x = active_set_solve(atoms @ atoms.T, b, non_negative=False, max_active=5)
+    x = greedy_pursuit(atoms @ atoms.T, b, 5, non_negative=False)
     np.testing.assert_allclose(x, np.where(top_k_support(b, 5), b, 0.0), atol=1e-12)
 
 
@@ -58,27 +58,40 @@ def _planted(non_negative: bool, k: int = 3, seed: int = 0) -> tuple[np.ndarray,
 
 def test_omp_recovers_a_planted_signed_support() -> None:
     atoms, y, support = _planted(non_negative=False)
-    x = active_set_solve(atoms @ atoms.T, y @ atoms.T, non_negative=False, max_active=3)
+    x = greedy_pursuit(atoms @ atoms.T, y @ atoms.T, 3, non_negative=False)
     np.testing.assert_array_equal(x != 0, support)
 
 
 def test_k_sparse_nnls_recovers_a_planted_non_negative_support() -> None:
     atoms, y, support = _planted(non_negative=True)
-    x = active_set_solve(atoms @ atoms.T, y @ atoms.T, non_negative=True, max_active=3)
+    x = greedy_pursuit(atoms @ atoms.T, y @ atoms.T, 3, non_negative=True)
     np.testing.assert_array_equal(x > 0, support)
     assert (x >= 0).all()
 
 
 def test_max_active_caps_the_nonzeros_per_row() -> None:
     atoms, y = _problem(3, 30, 60, 20)
-    x = active_set_solve(atoms @ atoms.T, y @ atoms.T, non_negative=True, max_active=4)
+    x = greedy_pursuit(atoms @ atoms.T, y @ atoms.T, 4, non_negative=True)
     assert (np.count_nonzero(x, axis=1) <= 4).all() and (np.count_nonzero(x, axis=1) > 0).all()
 
 
-def test_allowed_atoms_bound_the_support_and_refit_it_exactly() -> None:
+def test_nnls_restricted_to_allowed_atoms_equals_scipy_on_those_atoms() -> None:
     atoms, y = _problem(4, 10, 40, 8)
     allowed = np.zeros(10, dtype=bool)
     allowed[[1, 4, 7]] = True
-    x = active_set_solve(atoms @ atoms.T, y @ atoms.T, non_negative=False, allowed=allowed)
+    x = nnls_gram(atoms @ atoms.T, y @ atoms.T, allowed=allowed)
     assert not x[:, ~allowed].any()
-    np.testing.assert_allclose(x[:, allowed], np.linalg.lstsq(atoms[allowed].T, y.T, rcond=None)[0].T, atol=1e-10)
+    reference = np.stack([nnls(atoms[allowed].T, row)[0] for row in y])
+    np.testing.assert_allclose(x[:, allowed], reference, atol=1e-10)
+
+
+def test_least_squares_on_a_support_is_the_restricted_lstsq() -> None:
+    atoms, y = _problem(5, 10, 40, 8)
+    support = np.zeros((8, 10), dtype=bool)
+    support[:, [0, 3]] = True
+    support[::2, 9] = True
+    x = least_squares_on_support(atoms @ atoms.T, y @ atoms.T, support)
+    assert not x[~support].any()
+    for row in range(8):
+        expected = np.linalg.lstsq(atoms[support[row]].T, y[row], rcond=None)[0]
+        np.testing.assert_allclose(x[row, support[row]], expected, atol=1e-10)

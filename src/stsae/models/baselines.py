@@ -14,8 +14,8 @@ attributes end in `_`, parameters are validated at fit and errors name the confi
   sources times those column norms (`unmixing_` holds the scaled unmixing matrix), so ẑ is unchanged.
 - NMF: fit on the shifted data z − shift_, shift_ = per-feature train minimum (every train value ≥ 0);
   offset_ = shift_. Rows later seen below shift_ are clipped at 0. Codes are the exact non-negative
-  least-squares fit of z − shift_ on the unit-norm atoms (batched Lawson–Hanson on the Gram matrix;
-  NMF's own coordinate-descent transform stops at an iteration cap and is ~10× slower).
+  least-squares fit of z − shift_ on the unit-norm atoms (batched block principal pivoting on the Gram
+  matrix; NMF's own coordinate-descent transform stops at an iteration cap and is slower).
 
 `encode_k_sparse(z, k)` re-encodes with at most k nonzero codes on the model's own dictionary (the
 matched-sparsity comparison with the ST-SAE), offset kept: see its docstring.
@@ -39,7 +39,7 @@ from sklearn.decomposition import NMF, PCA, FastICA
 from sklearn.exceptions import ConvergenceWarning
 
 from stsae.errors import InputDataError, StsaeError
-from stsae.models.sparse_coding import active_set_solve, objective, top_k_support
+from stsae.models.sparse_coding import greedy_pursuit, least_squares_on_support, nnls_gram, objective, top_k_support
 from stsae.models.stsae import CheckpointError, read_safetensors, safetensors_bytes
 from stsae.utils import io
 
@@ -174,9 +174,10 @@ class AffineDictionary(ABC):
         z = _check_z(z)
         atoms = self.components_.astype(np.float64)
         gram, b = atoms @ atoms.T, self._target(z) @ atoms.T
-        greedy = active_set_solve(gram, b, non_negative=self.non_negative, max_active=k)
-        refit = active_set_solve(gram, b, non_negative=self.non_negative, max_active=k,
-                                 allowed=top_k_support(self._dense_codes(z), k))
+        greedy = greedy_pursuit(gram, b, k, non_negative=self.non_negative)
+        support = top_k_support(self._dense_codes(z), k)
+        refit = nnls_gram(gram, b, allowed=support) if self.non_negative else least_squares_on_support(
+            gram, b, support)
         better = objective(gram, b, refit) < objective(gram, b, greedy)
         return np.where(better[:, None], refit, greedy).astype(np.float32)
 
@@ -276,7 +277,7 @@ class NMFBaseline(AffineDictionary):
 
     def _dense_codes(self, z: np.ndarray) -> np.ndarray:
         atoms = self.components_.astype(np.float64)
-        return active_set_solve(atoms @ atoms.T, self._target(z) @ atoms.T, non_negative=True)
+        return nnls_gram(atoms @ atoms.T, self._target(z) @ atoms.T)
 
 
 BASELINE_CLASSES: dict[str, type[AffineDictionary]] = {cls.method: cls for cls in
