@@ -7,7 +7,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import nnls
 
-from stsae.models.sparse_coding import greedy_pursuit, least_squares_on_support, nnls_gram, objective, top_k_support
+from stsae.models.sparse_coding import (
+    greedy_pursuit,
+    least_squares_off_support,
+    least_squares_on_support,
+    nnls_gram,
+    objective,
+    top_k_support,
+)
 
 
 def _problem(seed: int, n_atoms: int, dim: int, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
@@ -95,3 +102,21 @@ def test_least_squares_on_a_support_is_the_restricted_lstsq() -> None:
     for row in range(8):
         expected = np.linalg.lstsq(atoms[support[row]].T, y[row], rcond=None)[0]
         np.testing.assert_allclose(x[row, support[row]], expected, atol=1e-10)
+
+
+def test_solving_through_the_complement_equals_solving_on_the_support() -> None:
+    atoms, y = _problem(6, 12, 40, 30)
+    gram = atoms @ atoms.T
+    support = np.random.default_rng(7).random((30, 12)) < 0.8
+    np.testing.assert_allclose(least_squares_off_support(np.linalg.inv(gram), y @ atoms.T, ~support),
+                               least_squares_on_support(gram, y @ atoms.T, support), atol=1e-10)
+
+
+def test_nnls_with_most_atoms_active_equals_scipy() -> None:
+    """Many coherent atoms, most of them active: the regime where the complement form is used."""
+    gen = np.random.default_rng(8)
+    atoms = np.abs(gen.standard_normal((40, 60))) + 0.5
+    y = np.abs(gen.standard_normal((25, 60))) * 3
+    x = nnls_gram(atoms @ atoms.T, y @ atoms.T)
+    reference = np.stack([nnls(atoms.T, row)[0] for row in y])
+    np.testing.assert_allclose(x, reference, atol=1e-7 * np.abs(reference).max())
