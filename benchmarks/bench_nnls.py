@@ -1,5 +1,5 @@
 """NMF baseline encoding: scikit-learn's coordinate-descent `NMF.transform` (the old path) vs the exact
-batched Lawson–Hanson NNLS on the Gram matrix (`NMFBaseline.transform`), on a demo-sized problem.
+batched NNLS (block principal pivoting) on the Gram matrix (`NMFBaseline.transform`), on a demo-sized problem.
 
 z: float32[4800, 512] drawn like the demo's PaPaGei-S embeddings (large mean, ‖μ‖/‖σ‖ ≈ 10, effective
 rank ≈ 12, small isotropic noise). For each n, one NMF is fit, then both encoders run on the same rows in
