@@ -125,9 +125,7 @@ def _planted_model(cls: type[AffineDictionary], seed: int = 0) -> tuple[AffineDi
     offset = np.full(512, -0.5)
     model = cls(24)
     model.components_ = atoms.astype(np.float32)
-    for name in model.fitted_arrays:
-        if name in ("mean_", "shift_"):
-            setattr(model, name, offset.astype(np.float32))
+    setattr(model, model.offset_name, offset.astype(np.float32))
     if isinstance(model, ICABaseline):
         model.unmixing_ = np.linalg.pinv(atoms.T).astype(np.float32)
     return model, (codes @ atoms + offset).astype(np.float32), support

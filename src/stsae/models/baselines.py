@@ -78,6 +78,7 @@ class AffineDictionary(ABC):
 
     method: ClassVar[Method]
     non_negative: ClassVar[bool] = False
+    offset_name: ClassVar[str]  # the fitted float32[512] attribute that is offset_ (mean_ or shift_)
     fitted_arrays: ClassVar[tuple[str, ...]]  # attributes saved to / loaded from safetensors
 
     components_: np.ndarray  # float32[n, 512], unit-norm rows
@@ -93,9 +94,9 @@ class AffineDictionary(ABC):
         return f"{self.method}-n{self.n_components}"
 
     @property
-    @abstractmethod
     def offset_(self) -> np.ndarray:
         """float32[512]: the part of ẑ that no code carries (never dropped by sparsification)."""
+        return getattr(self, self.offset_name)
 
     @abstractmethod
     def _fit(self, z: np.ndarray) -> None:
@@ -204,19 +205,16 @@ class AffineDictionary(ABC):
             setattr(self, key, arrays[key].astype(np.float32))
 
     def _expected_shape(self, key: str) -> tuple[int, ...]:
-        return (EMBEDDING_DIM,) if key in ("mean_", "shift_") else (self.n_components, EMBEDDING_DIM)
+        return (EMBEDDING_DIM,) if key == self.offset_name else (self.n_components, EMBEDDING_DIM)
 
 
 class PCABaseline(AffineDictionary):
     """PCA: codes are projections on the principal axes (an orthonormal dictionary)."""
 
     method = "pca"
+    offset_name = "mean_"
     fitted_arrays = ("components_", "mean_")
     mean_: np.ndarray
-
-    @property
-    def offset_(self) -> np.ndarray:
-        return self.mean_
 
     def _fit(self, z: np.ndarray) -> None:
         est = PCA(n_components=self.n_components, svd_solver="full", random_state=self.seed % 2**32).fit(z)
@@ -231,13 +229,10 @@ class ICABaseline(AffineDictionary):
     """FastICA: codes are the independent sources, scaled so the atoms (mixing columns) have unit norm."""
 
     method = "ica"
+    offset_name = "mean_"
     fitted_arrays = ("components_", "mean_", "unmixing_")
     mean_: np.ndarray
     unmixing_: np.ndarray  # float32[n, 512]: codes = (z − mean_) @ unmixing_ᵀ
-
-    @property
-    def offset_(self) -> np.ndarray:
-        return self.mean_
 
     def _fit(self, z: np.ndarray) -> None:
         est = FastICA(n_components=self.n_components, whiten="unit-variance", max_iter=self.max_iter,
@@ -255,12 +250,9 @@ class NMFBaseline(AffineDictionary):
 
     method = "nmf"
     non_negative = True
+    offset_name = "shift_"
     fitted_arrays = ("components_", "shift_")
     shift_: np.ndarray  # float32[512] per-feature train minimum
-
-    @property
-    def offset_(self) -> np.ndarray:
-        return self.shift_
 
     def _fit(self, z: np.ndarray) -> None:
         self.shift_ = z.min(axis=0)
