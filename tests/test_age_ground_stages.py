@@ -101,7 +101,7 @@ def patch_registry(patch: pytest.MonkeyPatch) -> None:
     models = {Path("stsae.safetensors"): FakeModel(K), Path("stsae-s1.safetensors"): FakeModel(K, start=1),
               Path("ica.joblib"): FakeModel(8, start=100), Path("pca.joblib"): FakeModel(8)}
     for module in (age_stage, ground_stage):
-        patch.setattr(module, "list_models", lambda run_dir: infos)
+        patch.setattr(module, "list_models", lambda run_dir, baselines: infos)
         patch.setattr(module, "load_concept_model", lambda path: models[Path(path)])
 
 

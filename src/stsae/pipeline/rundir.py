@@ -91,6 +91,10 @@ class RunDir:
     def baselines_dir(self) -> Path:
         return self.models_dir / "baselines"
 
+    def baseline(self, method: str, n_components: int) -> Path:
+        """safetensors arrays of a fitted baseline; a `.json` with method and parameters sits beside it."""
+        return self.baselines_dir / f"{method}-n{n_components}.safetensors"
+
     def stsae_checkpoint(self, variant: str, d_dict: int, seed: int) -> Path:
         """safetensors weights; a `.json` with config and metrics sits beside it."""
         return self.models_dir / f"stsae-{variant}-K{d_dict}-s{seed}.safetensors"

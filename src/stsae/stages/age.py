@@ -122,7 +122,7 @@ def run(ctx: StageContext) -> None:
     def fit(encode: Encode, z: np.ndarray = embeddings.z) -> AgingResult:
         return aging_pipeline(*features(encode, z), aging, seed)
 
-    models = list_models(run_dir)
+    models = list_models(run_dir, config.baselines)
     main = main_entry(config.train)
     info = concept_model_info(models, aging.model, main.d_dict, main.seed)
     concept = fit(load_concept_model(info.path).encode)

@@ -59,7 +59,7 @@ def run(ctx: StageContext) -> None:
     config, run_dir = ctx.config, ctx.run_dir
     grounding, seed = config.grounding, config.run.seed
     age_model = io.read_json(run_dir.age_model)
-    infos = {info.name: info for info in list_models(run_dir)}
+    infos = {info.name: info for info in list_models(run_dir, config.baselines)}
     if age_model.get("model") not in infos:
         raise InputDataError(f"{run_dir.age_model}: model {age_model.get('model')!r} is not in models/")
     model = load_concept_model(infos[age_model["model"]].path)
