@@ -12,6 +12,7 @@ file at a time, so this layout suits cohorts that fit in memory; use a table or 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 from zipfile import BadZipFile
@@ -50,7 +51,7 @@ def _signals(arrays: dict[str, np.ndarray], path: Path) -> list[np.ndarray]:
         offsets = np.asarray(arrays["offsets"], dtype=np.int64)
         if offsets.ndim != 1 or offsets[0] != 0 or offsets[-1] != ppg.size or (np.diff(offsets) < 0).any():
             raise InputDataError(f"data.npz_path: {path}: offsets must rise from 0 to len(ppg) = {ppg.size}")
-        return [np.asarray(ppg[a:b], dtype=np.float64) for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+        return [np.asarray(ppg[a:b], dtype=np.float64) for a, b in itertools.pairwise(offsets)]
     raise InputDataError(f"data.npz_path: {path}: ppg has shape {ppg.shape}; expected [records, samples], "
                          "a 1-D array with offsets, or an object array")
 

@@ -17,6 +17,7 @@ the band-pass already removes).
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 from dataclasses import dataclass
 from fractions import Fraction
@@ -99,7 +100,7 @@ def uniform_runs(t_s: np.ndarray, x: np.ndarray, max_gap_s: float) -> list[Unifo
         raise ValueError(f"time is not strictly increasing at sample {bad} ({t_s[bad - 1]!r} then {t_s[bad]!r})")
     bounds = np.concatenate([[0], np.flatnonzero(steps > max_gap_s) + 1, [t_s.size]])
     runs = []
-    for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
+    for start, stop in itertools.pairwise(bounds):
         if stop - start < 2:
             continue
         t, y = t_s[start:stop], x[start:stop]
