@@ -1,8 +1,9 @@
 """Write the sample pair examples/my_ppg.csv + examples/my_clinical.csv in the layout of your own data.
 
 Why generated: the sample must be small (< 1 MB), reproducible and free to share, so it comes from the
-built-in synthetic cohort (seed 0): 6 patients × 90 s at 100 Hz, stored as a long-form table with a
-millisecond timer that jitters by up to ±2 ms (as phone and wearable clocks do) and integer ADC counts,
+built-in synthetic cohort (seed 0): 16 patients (enough for a 3-patient test split) × 41 s at 100 Hz,
+stored as a long-form table with a millisecond timer that jitters by up to ±2 ms (as phone and wearable
+clocks do) and 10-bit ADC counts,
 plus a clinical table with age, sex, htn, t2d and one extra 0/1 phenotype column (`smoker`, drawn at
 random: it carries no signal). Run: python examples/make_examples.py
 """
@@ -18,8 +19,8 @@ from stsae.config import SyntheticSection
 from stsae.data.synthetic import iter_cohort
 
 HERE = Path(__file__).resolve().parent
-N_PATIENTS = 6
-SECONDS = 90
+N_PATIENTS = 16
+SECONDS = 41  # four 10 s windows, with room for the jittered clock
 FS_HZ = 100.0
 JITTER_MS = 2
 
@@ -39,7 +40,7 @@ def _ppg_table(records: pd.DataFrame, signals: np.ndarray, g: np.random.Generato
         scaled = (signal - signal.mean()) / signal.std()
         ticks = np.arange(signal.size) * 1000.0 / FS_HZ + g.integers(-JITTER_MS, JITTER_MS + 1, signal.size)
         parts.append(pd.DataFrame({"patient_id": patient, "time_ms": ticks.astype(np.int64),
-                                   "ppg": np.round(2048 + 400 * scaled).astype(np.int64)}))
+                                   "ppg": np.clip(np.round(512 + 120 * scaled), 0, 1023).astype(np.int64)}))
     return pd.concat(parts, ignore_index=True)
 
 

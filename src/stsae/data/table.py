@@ -109,9 +109,9 @@ def _long_record(rows: pd.DataFrame, path: Path, options: TableOptions,
     where = f"{path} (record {record})"
     ppg = pd.to_numeric(rows["ppg"], errors="coerce").to_numpy(dtype=np.float64)
     if options.time_column in rows.columns:
+        seconds = _seconds(rows[options.time_column], options.time_unit, path, options.time_column)
         try:
-            runs = uniform_runs(_seconds(rows[options.time_column], options.time_unit, path, options.time_column),
-                                ppg, options.max_gap_s)
+            runs = uniform_runs(seconds, ppg, options.max_gap_s)
         except ValueError as exc:
             issues.skip("bad_time_vector", path, f"{where}: {exc}; sort the rows by time")
             return
@@ -142,22 +142,22 @@ def _long_groups(path: Path, rows: int) -> Iterator[pd.DataFrame]:
     """Rows of one record at a time, carrying a record that straddles a chunk boundary into the next."""
     done: set[str] = set()
     carry: list[pd.DataFrame] = []
+    carry_key = ""
     for chunk in _chunks(path, rows):
         keys = _keys(chunk).to_numpy()
         starts = np.concatenate([[0], np.flatnonzero(keys[1:] != keys[:-1]) + 1])
         for start, stop in zip(starts, [*starts[1:], len(chunk)], strict=True):
-            key = keys[start]
-            if carry and _keys(carry[0]).iloc[0] != key:
-                yield _finish(carry, done, path)
+            if carry and carry_key != keys[start]:
+                yield _finish(carry, carry_key, done, path)
                 carry = []
+            carry_key = keys[start]
             carry.append(chunk.iloc[start:stop])
     if carry:
-        yield _finish(carry, done, path)
+        yield _finish(carry, carry_key, done, path)
 
 
-def _finish(parts: list[pd.DataFrame], done: set[str], path: Path) -> pd.DataFrame:
+def _finish(parts: list[pd.DataFrame], key: str, done: set[str], path: Path) -> pd.DataFrame:
     rows = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0].reset_index(drop=True)
-    key = _keys(rows.iloc[:1]).iloc[0]
     if key in done:
         raise InputDataError(f"data.table_path: {path}: rows of record {key.replace(chr(31), '/')} are not "
                              "contiguous; sort the file by patient_id, record_id and time first")
