@@ -3,6 +3,9 @@ streaming in chunks, one-line errors naming the config key, and the clinical_pat
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import tracemalloc
 from pathlib import Path
 
@@ -191,3 +194,14 @@ def test_prepare_runs_on_the_shipped_sample_files(tmp_path: Path, monkeypatch: p
     expected = clinical.set_index("patient_id").loc[joined.index]
     assert np.allclose(joined["age"], expected["age"]) and np.allclose(joined["smoker"], expected["smoker"])
     assert pd.read_parquet(run_dir.qc)["qc_pass"].mean() > 0.9
+
+
+@pytest.mark.slow
+def test_stsae_run_on_the_shipped_sample_gets_to_the_report(tmp_path: Path) -> None:
+    """The documented copy-paste command of DATA_GUIDE.md, "Your own PPG" (~1.5 min on 2 cores)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "stsae", "run", "--config", "configs/own_csv.yaml", "--run-dir",
+                           str(tmp_path / "own")], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "own" / "report.html").is_file()
+    assert "RANDOM" in (tmp_path / "own" / "manifest.json").read_text()

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import signal as sps
 
-from stsae.config import SyntheticSection, WindowingSection
+from stsae.config import QCSection, SyntheticSection, WindowingSection
 from stsae.data.records import RawRecord
 from stsae.data.synthetic import iter_cohort, window_factors
 from stsae.data.windowing import (
@@ -135,3 +137,18 @@ def test_qc_rejects_planted_artifacts_and_passes_clean_windows() -> None:
     assert planted.sum() > 250
     assert sensitivity >= 0.95
     assert specificity >= 0.95
+
+
+def test_signal_quality_mask_keywords_are_the_qc_config_keys_with_its_defaults() -> None:
+    """The stage passes data.qc as keywords; a renamed or re-defaulted key would silently drift."""
+    keywords = {name: p.default for name, p in inspect.signature(signal_quality_mask).parameters.items()
+                if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    assert keywords == QCSection().model_dump()
+
+
+def test_bandpass_keywords_match_the_windowing_defaults() -> None:
+    defaults = {name: p.default for name, p in inspect.signature(bandpass).parameters.items()
+                if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    cfg = WindowingSection()
+    assert defaults == {"low_hz": cfg.band_low_hz, "high_hz": cfg.band_high_hz, "method": cfg.filter,
+                        "order": cfg.filter_order}
