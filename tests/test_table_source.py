@@ -153,7 +153,7 @@ def test_long_csv_memory_does_not_grow_with_the_number_of_records(tmp_path: Path
 
 def _clinical(path: Path) -> Path:
     pd.DataFrame({"patient_id": ["a", "b", "c"], "age": [51.0, 250.0, 40.0], "sex": ["female", "M", "F"],
-                  "htn": [1, 0, "maybe"], "t2d": [0, 1, 0], "ckd": [1, 0, 1], "site": ["x", "y", "z"]}
+                  "htn": [1, 0, "maybe"], "t2d": [0, 1, 0], "ckd": [1, 0, 1], "site": ["x", "y", "z"], "split": [1, 1, 0]}
                  ).to_csv(path, index=False)
     return path
 
@@ -166,7 +166,7 @@ def test_clinical_table_joins_by_patient_with_range_checks_and_phenotypes(tmp_pa
     assert a.clinical == {"age": 51.0, "sex": "F", "htn": 1, "t2d": 0} and a.extra == {"ckd": 1.0}
     assert np.isnan(b.clinical["age"]) and b.clinical["sex"] == "M" and b.extra == {"ckd": 0.0}
     assert issues.set_unknown == {"age_out_of_range": 1, "bad_binary_value": 1}
-    assert "site" not in a.extra  # not a 0/1 column
+    assert "site" not in a.extra and "split" not in a.extra  # not 0/1; would overwrite meta's split
 
 
 def test_clinical_table_without_patient_id_names_the_key(tmp_path: Path) -> None:

@@ -3,9 +3,10 @@
 Joins to every generic source (table, wfdb, npz) by patient_id. The file is CSV or Parquet with one row per
 patient: `patient_id` (required), `age` (years), `sex` (M/F, male/female, any case), `htn`, `t2d` (0/1,
 true/false, yes/no) and any further column whose values are all 0/1 (a phenotype, copied to every window's
-metadata under its own name). A non-binary extra column is ignored with a warning naming it. Checks as for
-the MIMIC tables: an age outside (0, 120) years and a 0/1 label that is neither become unknown, and a
-patient whose rows disagree loses all its values, each recorded in DataIssues naming the file.
+metadata under its own name). A non-binary extra column, or one named like a meta.parquet column (`split`,
+`source`, …), is ignored with a warning naming it. Checks as for the MIMIC tables: an age outside
+(0, 120) years and a 0/1 label that is neither become unknown, and a patient whose rows disagree loses all
+its values, each recorded in DataIssues naming the file.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ log = logging.getLogger(__name__)
 
 KEY = "patient_id"
 _STANDARD = ("age", "sex", "htn", "t2d")
+# meta.parquet columns a phenotype must not overwrite
+_RESERVED = frozenset({"window_id", "record_id", "segment_idx", "t_start_s", "fs_orig", "source", "split",
+                       "age_capped"})
 _TRUE = {"1", "1.0", "true", "yes", "y"}
 _FALSE = {"0", "0.0", "false", "no", "n"}
 
@@ -114,9 +118,10 @@ def load_clinical_table(path: Path, issues: DataIssues | None = None) -> Clinica
                              f"{', '.join(map(str, frame.columns))})")
     frame[KEY] = frame[KEY].astype(str)
     extra_columns = [c for c in frame.columns if c not in (KEY, *_STANDARD)]
-    phenotypes = [c for c in extra_columns if _is_binary_column(frame[c])]
+    phenotypes = [c for c in extra_columns if c not in _RESERVED and _is_binary_column(frame[c])]
     for column in sorted(set(extra_columns) - set(phenotypes)):
-        log.warning("data.clinical_path: %s column '%s' is not 0/1; ignored", path, column)
+        why = "is a meta.parquet column name" if column in _RESERVED else "is not 0/1"
+        log.warning("data.clinical_path: %s column '%s' %s; ignored", path, column, why)
     frame = unique_patients(frame[[KEY, *[c for c in _STANDARD if c in frame.columns], *phenotypes]], path,
                             issues, key=KEY)
     table = ClinicalTable(path)
