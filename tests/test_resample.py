@@ -10,7 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stsae.data.resample import MAX_FACTOR, RATE_TOLERANCE, rational_factors, resample_poly_to, uniform_runs
+from stsae.data.resample import (
+    MAX_FACTOR,
+    RATE_TOLERANCE,
+    SamplingRateError,
+    rational_factors,
+    resample_poly_to,
+    resampling_summary,
+    uniform_runs,
+)
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -94,3 +102,14 @@ def test_hour_long_117_hz_record_windows_with_small_peak_memory() -> None:
     n_windows, growth_mb = done.stdout.split()
     assert int(n_windows) == 360
     assert float(growth_mb) < 100
+
+
+def test_summary_names_the_worst_rate_of_a_cohort() -> None:
+    summary = resampling_summary(np.array([125.0, 117.03, 100.0, 117.03]), 125.0)
+    assert summary == {"n_rates": 3, "max_rel_error": rational_factors(117.03, 125.0).rel_error,
+                       "worst_fs": 117.03, "up": 47, "down": 44}
+
+
+def test_rate_beyond_bounded_factors_is_a_per_record_sampling_rate_error() -> None:
+    with pytest.raises(SamplingRateError, match="1e\\+09 Hz cannot be resampled to 125 Hz"):
+        rational_factors(1e9, 125.0)

@@ -153,7 +153,8 @@ def test_long_csv_memory_does_not_grow_with_the_number_of_records(tmp_path: Path
 
 def _clinical(path: Path) -> Path:
     pd.DataFrame({"patient_id": ["a", "b", "c"], "age": [51.0, 250.0, 40.0], "sex": ["female", "M", "F"],
-                  "htn": [1, 0, "maybe"], "t2d": [0, 1, 0], "ckd": [1, 0, 1], "site": ["x", "y", "z"], "split": [1, 1, 0]}
+                  "htn": [1, 0, "maybe"], "t2d": [0, 1, 0], "ckd": [1, 0, 1], "site": ["x", "y", "z"],
+                  "split": [1, 1, 0]}
                  ).to_csv(path, index=False)
     return path
 

@@ -6,7 +6,8 @@ filters of 10⁸ taps and the process is killed for memory. `rational_factors` p
 denominator among 10, 100, 1 000, 10 000 whose ratio is within `RATE_TOLERANCE` of the true one, and
 up, down ≤ `MAX_FACTOR`, so the filter stays below ~10⁶ taps (8 MB) whatever the rate (124.945 Hz, MIMIC-IV
 pleth: ×9091/9087; 117.03 Hz: ×47/44); the relative rate error it leaves (a
-time-scale error: 1e-4 is 1 ms in a 10 s window) is returned so the caller can record it.
+time-scale error: 1e-4 is 1 ms in a 10 s window) is returned so the caller can record it
+(`resampling_summary`, a manifest fact of prepare).
 
 Timestamped signals (a table with a time column) are rarely on an exact grid: `uniform_runs` splits them at
 gaps longer than `max_gap_s`, measures each run's mean rate from its first and last timestamps, and
@@ -25,11 +26,18 @@ from fractions import Fraction
 import numpy as np
 from scipy import signal as sps
 
+from stsae.errors import InputDataError
+
 log = logging.getLogger(__name__)
 
 RATE_TOLERANCE = 1e-4  # largest accepted relative error of the resampling ratio
 _DENOMINATORS = (10, 100, 1000, 10_000)
 MAX_FACTOR = 50_000  # largest up or down factor (a filter of ~20 taps per unit)
+
+
+class SamplingRateError(InputDataError):
+    """A signal's sampling rate cannot be processed (too low for the band-pass, or beyond the resampler's
+    bounded factors): a property of one record, so a caller streaming many records skips that one."""
 
 
 @dataclass(frozen=True)
@@ -45,10 +53,10 @@ class ResampleFactors:
 def rational_factors(fs: float, fs_target: float) -> ResampleFactors:
     """The smallest-denominator fraction up/down ≈ fs_target/fs within RATE_TOLERANCE (logged once per rate).
 
-    Raises ValueError for a rate so extreme that no fraction with denominator ≤ 10 000 is close enough.
+    Raises SamplingRateError for a rate so extreme that no bounded fraction is close enough.
     """
     if not (np.isfinite(fs) and fs > 0 and np.isfinite(fs_target) and fs_target > 0):
-        raise ValueError(f"sampling rates must be positive and finite, got fs={fs}, fs_target={fs_target}")
+        raise SamplingRateError(f"sampling rates must be positive and finite, got fs={fs}, fs_target={fs_target}")
     ratio = fs_target / fs
     for limit in _DENOMINATORS:
         fraction = Fraction(ratio).limit_denominator(limit)
@@ -56,10 +64,10 @@ def rational_factors(fs: float, fs_target: float) -> ResampleFactors:
         if error <= RATE_TOLERANCE and max(fraction.numerator, fraction.denominator) <= MAX_FACTOR:
             factors = ResampleFactors(fraction.numerator, fraction.denominator, error)
             if error > 0:
-                log.info("resampling %g Hz → %g Hz as ×%d/%d (relative rate error %.2g)",
+                log.debug("resampling %g Hz → %g Hz as ×%d/%d (relative rate error %.2g)",
                          fs, fs_target, factors.up, factors.down, error)
             return factors
-    raise ValueError(f"sampling rate {fs:g} Hz cannot be resampled to {fs_target:g} Hz within a relative "
+    raise SamplingRateError(f"sampling rate {fs:g} Hz cannot be resampled to {fs_target:g} Hz within a relative "
                      f"error of {RATE_TOLERANCE:g}")
 
 
@@ -108,3 +116,11 @@ def uniform_runs(t_s: np.ndarray, x: np.ndarray, max_gap_s: float) -> list[Unifo
         grid = t[0] + np.arange(t.size) / fs
         runs.append(UniformRun(float(t[0]), float(fs), np.interp(grid, t, y)))
     return runs
+
+
+def resampling_summary(rates: np.ndarray, fs_target: float) -> dict[str, float | int]:
+    """Manifest fact: how many distinct input rates, and the worst one's factors and relative rate error."""
+    worst_fs, worst = max(((float(fs), rational_factors(float(fs), fs_target)) for fs in np.unique(rates)),
+                          key=lambda item: item[1].rel_error)
+    return {"n_rates": int(np.unique(rates).size), "max_rel_error": worst.rel_error, "worst_fs": worst_fs,
+            "up": worst.up, "down": worst.down}

@@ -20,8 +20,8 @@ from scipy import signal as sps
 
 from stsae.config import WindowingSection
 from stsae.data.records import RawRecord
-from stsae.data.resample import resample_poly_to
-from stsae.errors import InputDataError, StsaeError
+from stsae.data.resample import SamplingRateError, resample_poly_to
+from stsae.errors import StsaeError
 
 QC_REASONS = ("nan", "flatline", "clipping", "implausible_hr", "low_sqi")
 _REASON_DTYPE = "<U14"
@@ -29,11 +29,6 @@ _FLAT_BLOCK_S = 0.25  # flatness is judged on blocks this long
 _CLIP_TOLERANCE = 1e-3  # a sample within this fraction of the range from an extreme counts as pinned
 _MAX_RR_RATIO = 2.2  # longest / shortest beat interval (Orphanidou et al. 2015)
 _MAX_GAP_S = 3.0  # longest allowed beat interval (Orphanidou et al. 2015)
-
-
-class SamplingRateError(InputDataError):
-    """A signal's sampling rate is too low for the configured band-pass (a property of one record, so a
-    caller streaming many records can skip that one instead of aborting the cohort)."""
 
 
 @dataclass(frozen=True)

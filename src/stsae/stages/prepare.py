@@ -22,6 +22,7 @@ import pandas as pd
 from stsae.config import Config
 from stsae.data.issues import DataIssues
 from stsae.data.records import CLINICAL_FIELDS
+from stsae.data.resample import resampling_summary
 from stsae.data.synthetic import iter_cohort, window_factors, windows_per_record
 from stsae.data.windowing import SamplingRateError, Windows, signal_quality_mask, window_record, window_signals
 from stsae.errors import InputDataError
@@ -187,4 +188,6 @@ def _log_qc(ctx: StageContext, meta: pd.DataFrame, qc: pd.DataFrame, issues: Dat
              len(qc), meta["patient_id"].nunique(), 100 * rate, rejected or "none")
     ctx.record("prepare", {"n_windows": len(qc), "n_patients": int(meta["patient_id"].nunique()),
                            "qc_pass_rate": rate, "qc_rejections": {k: int(v) for k, v in rejected.items()},
-                           "data_issues": issues.summary()})
+                           "data_issues": issues.summary(),
+                           "resampling": resampling_summary(meta["fs_orig"].to_numpy(),
+                                                            ctx.config.data.windowing.fs_target)})
