@@ -170,7 +170,8 @@ def _array_records(path: Path, options: TableOptions, issues: DataIssues) -> Ite
     for chunk in _chunks(path, _ARRAY_ROWS):
         for row in chunk.itertuples(index=False):
             patient = str(row.patient_id)
-            record = str(getattr(row, "record_id", None) or f"{patient}#{seen.get(patient, 0)}")
+            given = getattr(row, "record_id", None)
+            record = f"{patient}#{seen.get(patient, 0)}" if given is None or pd.isna(given) else str(given)
             seen[patient] = seen.get(patient, 0) + 1
             fs = float(pd.to_numeric(row.fs, errors="coerce"))
             if not (np.isfinite(fs) and fs > 0):
