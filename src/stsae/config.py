@@ -151,8 +151,9 @@ class SplitSection(_Section):
 
 
 class DataSection(_Section):
-    source: Literal["synthetic", "pulsedb", "mimic_iii", "mimic_iv"] = Field(
-        "synthetic", description="Where raw PPG comes from."
+    source: Literal["synthetic", "pulsedb", "mimic_iii", "mimic_iv", "table", "wfdb", "npz"] = Field(
+        "synthetic", description="Where raw PPG comes from: the built-in synthetic cohort, a named database, "
+        "or your own PPG as a CSV/Parquet table, a WFDB directory or an .npz file (DATA_GUIDE.md)."
     )
     synthetic: SyntheticSection = Field(default_factory=SyntheticSection)
     pulsedb_root: Path | None = Field(None, description="PulseDB root (holds Segment_Files/).")
@@ -167,8 +168,42 @@ class DataSection(_Section):
     pulsedb_folders: list[Literal["PulseDB_MIMIC", "PulseDB_Vital"]] = Field(
         ["PulseDB_MIMIC", "PulseDB_Vital"], description="PulseDB Segment_Files sub-folders read."
     )
-    mimic_ppg_channels: list[str] = Field(
-        ["PLETH", "Pleth"], description="WFDB channel names taken as PPG (first match per segment wins)."
+    table_path: Path | None = Field(
+        None, description="source=table: CSV or Parquet, long form (one row per sample) or one row per record "
+        "with an array column `ppg` and a column `fs`."
+    )
+    table_time_column: str = Field(
+        "time", description="source=table, long form: the timestamp column (absent: a per-record `fs` column "
+        "gives the rate)."
+    )
+    table_time_unit: Literal["s", "ms", "datetime"] = Field(
+        "s", description="Unit of table_time_column: seconds, milliseconds, or date-times (ISO 8601, mixed "
+        "precision allowed)."
+    )
+    table_chunk_rows: int = Field(
+        500_000, ge=1, description="source=table: rows read at a time (memory is one chunk plus one record)."
+    )
+    wfdb_root: Path | None = Field(
+        None, description="source=wfdb: a PhysioNet-style directory (RECORDS file, else every header found)."
+    )
+    npz_path: Path | None = Field(
+        None, description="source=npz: arrays ppg (2-D, or 1-D concatenated with offsets), fs, patient_id, "
+        "optional record_id."
+    )
+    npz_allow_pickle: bool = Field(
+        False, description="source=npz: accept an object-array ppg (needs pickle: only for files you trust)."
+    )
+    clinical_path: Path | None = Field(
+        None, description="table/wfdb/npz: CSV or Parquet keyed by patient_id with age, sex, htn, t2d and any "
+        "extra 0/1 phenotype columns (copied to meta.parquet)."
+    )
+    max_gap_s: float = Field(
+        1.0, gt=0, description="Timestamped signals: a step longer than this (s) ends a record; shorter "
+        "irregular steps are interpolated onto a uniform grid."
+    )
+    ppg_channels: list[str] = Field(
+        ["PLETH", "Pleth"], description="WFDB channel names taken as PPG, case-insensitive, first match per "
+        "segment wins (wfdb, mimic_iii, mimic_iv)."
     )
     max_record_s: float = Field(
         3600.0, gt=0, description="Longest record yielded (s); longer gap-free runs are split so memory "
