@@ -194,3 +194,18 @@ def test_baseline_with_at_most_k_components_gets_no_matched_row(caplog: pytest.L
     assert "dense code" in caplog.text
     matched = evaluate_stage._matched_row(types.SimpleNamespace(**{**vars(info), "d_dict": 32}), 16)
     assert matched["matched_sparsity"] and matched["k_active"] == 16 and matched["K"] == 32
+
+
+def test_untrained_data_initialised_dictionaries_form_a_null_far_above_isotropic(
+        run_dir_with_models: StageContext) -> None:
+    """The fixture's embeddings have rank 6: two dictionaries from the trainer's own initialisation
+    (different seeds, no training) already match far above random unit vectors."""
+    from stsae.data.store import load_embeddings
+    from stsae.eval.stability import random_null, stability_against
+    from stsae.models.registry import list_models
+
+    ctx = run_dir_with_models
+    main = evaluate_stage.main_stsae(list_models(ctx.run_dir), ctx.config.train)
+    first, second = evaluate_stage.untrained_dictionaries(load_embeddings(ctx.run_dir), main, 32, 0)
+    assert not np.allclose(first, second)
+    assert stability_against(first, [second]).mean_cos > random_null(32, 512, np.random.default_rng(0)).mean_cos + 0.3
