@@ -209,3 +209,19 @@ def test_untrained_data_initialised_dictionaries_form_a_null_far_above_isotropic
     first, second = evaluate_stage.untrained_dictionaries(load_embeddings(ctx.run_dir), main, 32, 0)
     assert not np.allclose(first, second)
     assert stability_against(first, [second]).mean_cos > random_null(32, 512, np.random.default_rng(0)).mean_cos + 0.3
+
+
+@pytest.mark.slow
+def test_reordered_seeds_make_the_first_listed_seed_the_main_model_in_the_leaderboard(tmp_path) -> None:
+    ctx = _context(tmp_path)
+    ctx = StageContext(ctx.config.model_copy(update={"train": ctx.config.train.model_copy(
+        update={"seeds": [1, 0]})}), ctx.run_dir, fingerprint="test")
+    z_train = _write_inputs(ctx.run_dir)
+    for seed in (0, 1):
+        write_stsae(ctx.run_dir, z_train, "full", 32, seed)
+    evaluate_stage.run(ctx)
+    board = io.read_json(ctx.run_dir.leaderboard)
+    assert board["main_model"] == "stsae-full-K32-s1"
+    assert [r["seed"] for r in board["rows"] if r["is_main"]] == [1]
+    from stsae.report.scorecard import main_row
+    assert main_row(board["rows"])["model"] == "stsae-full-K32-s1"

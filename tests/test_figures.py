@@ -98,3 +98,16 @@ def test_run_without_optional_inputs_marks_figures_unavailable(tmp_path: Path) -
         path.unlink()
     infos = draw_figures(run_dir)
     assert infos and all(not info.available and info.note for info in infos)
+
+
+def test_k_sweep_and_main_k_follow_the_row_evaluate_marked_main() -> None:
+    """train.seeds: [1, 0] makes seed 1 the main model: the figures take its seed and K, not the lowest."""
+    from stsae.report import figures
+
+    def row(seed: int, k: int, is_main: bool) -> dict:
+        return {"model": f"stsae-full-K{k}-s{seed}", "family": "stsae", "variant": "full", "K": k, "seed": seed,
+                "matched_sparsity": False, "is_main": is_main}
+
+    rows = [row(0, 64, False), row(1, 64, True), row(1, 128, False), row(0, 32, False)]
+    assert figures._main_seed(rows) == 1
+    assert figures.main_dictionary_size(rows) == 64
