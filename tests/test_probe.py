@@ -273,3 +273,11 @@ def test_single_concept_is_chosen_on_train_patients_and_scored_on_held_out_ones(
     real = np.column_stack([noise, y + 0.3 * gen.standard_normal(len(y))])
     best = single_concepts_heldout(real[fit], factors[0], real[~fit], factors[1])["f"]
     assert best.concept == 300 and best.abs_r > 0.9
+
+
+def test_a_chosen_concept_silent_on_held_out_patients_scores_zero() -> None:
+    y = np.arange(10.0)
+    codes_fit = np.column_stack([y, np.zeros(10)])
+    codes_score = np.zeros((10, 2))
+    best = single_concepts_heldout(codes_fit, {"f": ("r2", y)}, codes_score, {"f": ("r2", y)})["f"]
+    assert (best.concept, best.abs_r) == (0, 0.0)

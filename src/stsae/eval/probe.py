@@ -376,7 +376,8 @@ def single_concepts_heldout(codes_fit: np.ndarray, factors_fit: dict[str, tuple[
                             factors_score: dict[str, tuple[str, np.ndarray]]) -> dict[str, SingleConcept]:
     """Per factor: the concept with the largest |r| on the fit rows (train patients), and its |r| on
     the score rows (held-out patients). Choosing and scoring on the same rows would report the
-    maximum of K noisy correlations, which is biased upwards; here the choice cannot see the score rows."""
+    maximum of K noisy correlations, which is biased upwards; here the choice cannot see the score rows.
+    A chosen concept that never varies on the score rows carries nothing there: |r| = 0."""
     chosen = single_concepts(codes_fit, factors_fit)
     found: dict[str, SingleConcept] = {}
     for name, best in chosen.items():
@@ -386,10 +387,12 @@ def single_concepts_heldout(codes_fit: np.ndarray, factors_fit: dict[str, tuple[
             found[name] = SingleConcept(best.concept, None)
             continue
         column, target = codes_score[known, best.concept].astype(np.float64), values[known]
-        if np.ptp(column) == 0 or np.ptp(target) == 0:
+        if np.ptp(target) == 0:
             found[name] = SingleConcept(best.concept, None)
-            continue
-        found[name] = SingleConcept(best.concept, float(abs(np.corrcoef(column, target)[0, 1])))
+        elif np.ptp(column) == 0:
+            found[name] = SingleConcept(best.concept, 0.0)
+        else:
+            found[name] = SingleConcept(best.concept, float(abs(np.corrcoef(column, target)[0, 1])))
     return found
 
 
