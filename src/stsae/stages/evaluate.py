@@ -44,6 +44,8 @@ from stsae.eval import leaderboard as lb
 from stsae.eval.metrics import StreamedMetrics, stream_metrics, streamed_mean, top_k_codes
 from stsae.eval.probe import (
     PHENOTYPES,
+    AdjustedPhenotype,
+    ProbeScore,
     ProbeSet,
     adjusted_phenotypes,
     age_sex_scores,
@@ -74,6 +76,16 @@ NULL_KEYS = ("stability_live_atoms", "stability_null_data_mean_cos", "stability_
 DEAD_TRAIN_KEYS = ("dead_fraction_train", "dead_window_samples")
 # Train rows the data-aware nulls are built from (the trainer's own cap is train.stats_max_rows).
 COVARIANCE_MAX_ROWS = 20_000
+
+
+@dataclass
+class References:
+    """What every row is compared with: raw-embedding probes, the held-out age+sex-only phenotype scores
+    (float[m] per phenotype) and the raw+age+sex adjusted phenotype probes."""
+
+    raw: dict[str, ProbeScore]
+    age_sex: dict[str, np.ndarray]
+    raw_adjusted: dict[str, AdjustedPhenotype]
 
 
 @dataclass
@@ -202,20 +214,20 @@ def _fill_dead_train(row: dict[str, Any], info: ModelInfo) -> None:
 
 
 def _fill_probes(row: dict[str, Any], codes: np.ndarray, data: EvalData, cfg: EvalSection,
-                 references: dict[str, Any], seed: int) -> None:
+                 references: References, seed: int) -> None:
     """Held-out probes, the age+sex-adjusted phenotype probes and single-concept |r| of one view."""
     probes = data.probes
     for name, score in probe_heldout(codes, probes).items():
         row["probe"][name] = {"metric": score.metric, "value": score.value,
-                              "raw_value": references["raw"][name].value}
+                              "raw_value": references.raw[name].value}
         if score.reason:
             row[lb.REASONS_KEY][f"probe.{name}"] = score.reason
-    adjusted = adjusted_phenotypes(codes, probes, references["age_sex"], cfg.n_bootstrap,
+    adjusted = adjusted_phenotypes(codes, probes, references.age_sex, cfg.n_bootstrap,
                                    rng(seed, "eval", "bootstrap", row["model"]))
     for name, result in adjusted.items():
         row["probe"][name].update(
             age_sex_value=result.age_sex, adjusted_value=result.adjusted,
-            raw_adjusted_value=references["raw_adjusted"][name].adjusted, increment=result.increment,
+            raw_adjusted_value=references.raw_adjusted[name].adjusted, increment=result.increment,
             increment_ci=None if result.increment_ci is None else list(result.increment_ci))
     fit = probes.fit
     split_factors = ({n: (m, v[fit]) for n, (m, v) in probes.factors.items()},
@@ -225,7 +237,7 @@ def _fill_probes(row: dict[str, Any], codes: np.ndarray, data: EvalData, cfg: Ev
 
 
 def _score(views: list[tuple[dict[str, Any], int | None]], model: ConceptModel, data: EvalData,
-           cfg: EvalSection, references: dict[str, Any], seed: int) -> np.ndarray:
+           cfg: EvalSection, references: References, seed: int) -> np.ndarray:
     """Fill every metric of each (row, top-k) view of one model (k None: the codes as encoded); the
     model encodes every window once for all views. Returns bool[K] live atoms of the first view."""
     streamed = stream_metrics(model.encode, model.decode, model.d_dict, data.emb.z, data.emb.z_aug,
@@ -329,14 +341,15 @@ class StabilityNulls:
             return None, isotropic
         if d_dict not in self.untrained:
             self.untrained[d_dict] = untrained_dictionaries(self.emb, self.main, d_dict, self.seed)
-            self._summarise(d_dict, gen)
+            self._summarise(d_dict)
         first, second = self.untrained[d_dict]
         picked = [d[np.sort(gen.choice(d_dict, n, replace=False))] for d, n in zip((first, second), sizes,
                                                                                   strict=True)]
         return stability_against(picked[0], [picked[1]]), isotropic
 
-    def _summarise(self, d_dict: int, gen: np.random.Generator) -> None:
+    def _summarise(self, d_dict: int) -> None:
         first, second = self.untrained[d_dict]
+        gen = rng(self.seed, "eval", "null-summary", d_dict)
         self.summary[str(d_dict)] = {
             "data_init": _summary(stability_against(first, [second])),
             "gaussian_train_covariance": _summary(covariance_null(self.covariance, (d_dict, d_dict), gen)),
@@ -379,20 +392,18 @@ def _stability(rows: list[dict[str, Any]], live: dict[str, np.ndarray], infos: l
             row.update(stability_null_data_mean_cos=data_null.mean_cos, stability_null_data_frac_07=data_null.frac_07)
 
 
-def _references(data: EvalData, cfg: EvalSection, seed: int) -> dict[str, Any]:
-    """What every row is compared with: raw-embedding probes, age+sex-only and raw+age+sex phenotype AUROCs."""
+def _references(data: EvalData, cfg: EvalSection, seed: int) -> References:
     raw = np.asarray(data.emb.z[data.probe_rows], dtype=np.float32)
     age_sex = age_sex_scores(data.probes)
     missing = sorted(set(PHENOTYPES) & data.probes.factors.keys() - age_sex.keys())
     if missing:
         log.info("no age+sex-adjusted probe for %s (age, sex or one class missing on a side)", missing)
-    return {"raw": probe_heldout(raw, data.probes), "age_sex": age_sex,
-            "raw_adjusted": adjusted_phenotypes(raw, data.probes, age_sex, cfg.n_bootstrap,
-                                                rng(seed, "eval", "bootstrap", "raw"))}
+    return References(probe_heldout(raw, data.probes), age_sex, adjusted_phenotypes(
+        raw, data.probes, age_sex, cfg.n_bootstrap, rng(seed, "eval", "bootstrap", "raw")))
 
 
 def _score_all(infos: list[ModelInfo], main: ModelInfo | None, data: EvalData, cfg: EvalSection,
-               references: dict[str, Any], seed: int
+               references: References, seed: int
                ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray], int | None]:
     """Score every model (main first: its L0 is the k of the matched-sparsity rows); returns the rows,
     each ST-SAE's live atoms and k."""
@@ -439,7 +450,7 @@ def run(ctx: StageContext) -> None:
         rows, live, k_active = _score_all(infos, main, data, cfg, references, seed)
         nulls = StabilityNulls(emb, main, seed)
         _stability(rows, live, infos, main, [] if refits is None else refits.result(), nulls)
-    age_sex = {name: result.age_sex for name, result in references["raw_adjusted"].items()}
+    age_sex = {name: result.age_sex for name, result in references.raw_adjusted.items()}
     lb.write_leaderboard(ctx.run_dir.leaderboard, rows, {
         "main_model": None if main is None else main.name, "stability_null": nulls.summary,
         "lag1_within_record_reference_hr": reference_hr_lag1(meta, data), "phenotype_age_sex_auroc": age_sex})
