@@ -25,7 +25,7 @@ ROW_KEYS = (
     "model", "family", "variant", "K", "seed", "matched_sparsity", "k_active", "is_main",
     "ev", "l0", "dead_fraction_train", "dead_window_samples", "never_fired_test_fraction", "n_test_windows",
     "consistency_jaccard", "consistency_cosine", "consistency_heldout_aug",
-    "lag1_within_record", "between_record_variance_share", "lag1_autocorr", "lag1_autocorr_unweighted",
+    "lag1_within_record", "between_record_variance_share", "lag1_pooled", "lag1_pooled_unweighted",
     "seed_stability_mean_cos", "seed_stability_frac_07", "seed_stability_frac_09",
     "subsample_stability_mean_cos", "subsample_stability_frac_07", "subsample_stability_frac_09",
     "stability_live_atoms", "stability_null_data_mean_cos", "stability_null_data_frac_07",

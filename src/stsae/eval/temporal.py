@@ -1,19 +1,25 @@
-"""Lag-1 autocorrelation of concept activations within records: are concepts smooth in time?
+"""Lag-1 autocorrelation of concept activations: are concepts smooth in time within a record?
 
-Pairs: all temporal pairs (t, t+1) of the evaluation split (consecutive windows of one record, from
+Primary (`WithinRecordLag1`, leaderboard `lag1_within_record`): each concept demeaned within its
+record, adjacent-pair minus non-adjacent-pair correlation, with the between-record variance share
+beside it; see the class docstring.
+
+Pooled (`Lag1Autocorrelation`, leaderboard `lag1_pooled*`, kept for comparison): all temporal pairs
+(t, t+1) of the evaluation split (consecutive windows of one record, from
 `stsae.data.dataset.temporal_pairs`). With x_c = f_c(z_t), y_c = f_c(z_{t+1}) over the pairs, pooled
 cov_c = cov(x_c, y_c) and var_c^x, var_c^y the variances of concept c on the two sides:
 
-    lag1_autocorr            = Σ_c cov_c / Σ_c sqrt(var_c^x · var_c^y)        (primary, leaderboard)
-    lag1_autocorr_unweighted = mean over c of r_c = cov_c / sqrt(var_c^x · var_c^y)
+    lag1_pooled            = Σ_c cov_c / Σ_c sqrt(var_c^x · var_c^y)
+    lag1_pooled_unweighted = mean over c of r_c = cov_c / sqrt(var_c^x · var_c^y)
 
-The primary form is the share of the code's variance that persists to the next window: each concept
-counts in proportion to its variance, so a sparse code's hundreds of rarely-firing concepts (r ≈ 0
-from a handful of activations) do not drown the few that carry the signal, and a dense code of a few
-components is measured by the same formula. The unweighted mean is kept for comparison. Both sums
-and the mean run over the concepts that vary on both sides of the pairs; a constant concept (e.g.
-never active) has no correlation and is left out. If no concept varies (a constant code) or there
-are no pairs, both are undefined and reported as None with the reason, never as a number.
+Because the pairs are pooled across records, a concept that differs between records but is flat
+within them scores ≈ 1: on the demo 88 % of the main model's code variance lies between records, so
+this number mostly measures that, not temporal smoothness. The weighted form counts each concept in
+proportion to its variance, so a sparse code's hundreds of rarely-firing concepts (r ≈ 0 from a
+handful of activations) do not drown the few that carry the signal; the unweighted mean is kept
+beside it. Both run over the concepts that vary on both sides of the pairs; a constant concept
+(e.g. never active) has no correlation and is left out. If no concept varies (a constant code) or
+there are no pairs, both are undefined and reported as None with the reason, never as a number.
 
 Moments are merged chunk by chunk (Chan et al.), so any number of pairs streams in bounded memory.
 """

@@ -187,15 +187,15 @@ def _fill_streamed(row: dict[str, Any], m: StreamedMetrics) -> None:
     row.update(ev=m.ev, l0=m.l0, never_fired_test_fraction=m.never_fired_fraction, n_test_windows=m.n_windows,
                consistency_jaccard=m.consistency_jaccard, consistency_cosine=m.consistency_cosine,
                consistency_heldout_aug=m.consistency_heldout_aug, lag1_within_record=m.lag1_within.value,
-               between_record_variance_share=m.lag1_within.between_share, lag1_autocorr=m.lag1.value,
-               lag1_autocorr_unweighted=m.lag1.unweighted)
+               between_record_variance_share=m.lag1_within.between_share, lag1_pooled=m.lag1.value,
+               lag1_pooled_unweighted=m.lag1.unweighted)
     if m.consistency_heldout_aug is None:
         lb.skip(row, ("consistency_heldout_aug",), "no held-out augmentation (data.augment.heldout_families "
                 "empty when extracted)")
     if m.lag1_within.reason:
         lb.skip(row, ("lag1_within_record",), m.lag1_within.reason)
     if m.lag1.reason:
-        lb.skip(row, ("lag1_autocorr", "lag1_autocorr_unweighted"), m.lag1.reason)
+        lb.skip(row, ("lag1_pooled", "lag1_pooled_unweighted"), m.lag1.reason)
 
 
 def _fill_dead_train(row: dict[str, Any], info: ModelInfo) -> None:
