@@ -136,7 +136,7 @@ class WithinRecordLag1:
     with, pooled over records r and for concept c, x = f_c demeaned within r: A_c = Σ_t x_t x_{t+1}
     (N_adj adjacent pairs), B_c = Σ_{|i−j|≥2} x_i x_j (N_non non-adjacent unordered pairs; equal to
     −S_r/2 − A_r since the demeaned values sum to 0), S_c = Σ x² (N windows). Each concept counts in
-    proportion to its within-record variance, as in the pooled primary form above.
+    proportion to its within-record variance, as in the weighted pooled form.
 
     Under within-record exchangeability (no serial dependence) adjacent and non-adjacent pairs share
     one expectation, so the estimator is exactly unbiased at 0 whatever the record length; for a
