@@ -140,7 +140,7 @@ def _prepare(ctx: StageContext, emb: Embeddings, cfg: EvalSection, seed: int) ->
     pairs = pairs[np.isin(pairs[:, 0], rows) & np.isin(pairs[:, 1], rows)]
     if len(pairs) and np.any(pairs[:, 1] != pairs[:, 0] + 1):
         raise InputDataError(f"{ctx.run_dir.index}: rows of a record must be consecutive and in "
-                             "segment_idx order (rerun `stsae extract`)")
+                             "segment_idx order (prepare writes each record's windows together)")
     meta = io.read_parquet(ctx.run_dir.meta).set_index("window_id")
     unknown = np.setdiff1d(emb.index["window_id"].to_numpy(), meta.index.to_numpy())
     if unknown.size:
@@ -371,7 +371,7 @@ def _stability(rows: list[dict[str, Any]], live: dict[str, np.ndarray], infos: l
         row["stability_live_atoms"] = len(reference)
         seeds = [live[o.name] for o in infos if o.family == "stsae" and o.name != info.name
                  and (o.variant, o.d_dict) == (info.variant, info.d_dict) and len(live[o.name])]
-        subsamples = refits if info is main else []
+        subsamples = [d for d in refits if len(d)] if info is main else []
         for keys, others, reason in (
                 (SEED_KEYS, seeds, f"only one model of variant {info.variant} at K={info.d_dict}"),
                 (SUBSAMPLE_KEYS, subsamples, "patient-subsample refits exist for the main model only")):
