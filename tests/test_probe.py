@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn.linear_model import Ridge, RidgeCV
+from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import GroupKFold, cross_val_predict
 
 from stsae.eval import probe as probe_module
@@ -15,6 +16,7 @@ from stsae.eval.probe import (
     RidgePath,
     adjusted_phenotypes,
     age_sex_scores,
+    auroc_or_none,
     available_factors,
     binary_labels,
     classification_probe,
@@ -281,3 +283,11 @@ def test_a_chosen_concept_silent_on_held_out_patients_scores_zero() -> None:
     codes_score = np.zeros((10, 2))
     best = single_concepts_heldout(codes_fit, {"f": ("r2", y)}, codes_score, {"f": ("r2", y)})["f"]
     assert (best.concept, best.abs_r) == (0, 0.0)
+
+
+def test_bootstrap_auroc_equals_sklearn_including_ties() -> None:
+    gen = np.random.default_rng(7)
+    y = gen.integers(0, 2, 300).astype(float)
+    score = np.round(y + gen.standard_normal(300), 1)  # rounding makes ties
+    assert auroc_or_none(y, score) == pytest.approx(roc_auc_score(y, score), abs=1e-12)
+    assert auroc_or_none(np.ones(5), np.arange(5.0)) is None

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import sparse
+from scipy import sparse, stats
 from sklearn.metrics import r2_score, roc_auc_score
 from sklearn.model_selection import GroupKFold
 
@@ -347,8 +347,14 @@ def adjusted_predictions(x_fit: np.ndarray, c_fit: np.ndarray, y_fit: np.ndarray
 
 
 def auroc_or_none(y: np.ndarray, score: np.ndarray) -> float | None:
-    """AUROC, or None when y (0/1) holds one class only."""
-    return float(roc_auc_score(y, score)) if len(np.unique(y)) == 2 else None
+    """AUROC of 0/1 labels y, or None when one class only: the Mann–Whitney form (mean rank of the
+    positives, ties at mid-rank), equal to sklearn's roc_auc_score and cheap enough to bootstrap."""
+    positives = int(y.sum())
+    negatives = len(y) - positives
+    if positives == 0 or negatives == 0:
+        return None
+    ranks = stats.rankdata(score)
+    return float((ranks[y == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
 
 def bootstrap_auroc_difference(y: np.ndarray, score_a: np.ndarray, score_b: np.ndarray, groups: np.ndarray,
