@@ -205,7 +205,7 @@ def write_fake_run(root: Path, *, encoder_sha256: str = SHA256, seed: int = 0) -
     io.write_parquet(run_dir.meta, meta)
     io.write_parquet(run_dir.qc, qc)
     rows = _leaderboard(rng)
-    io.write_json(run_dir.leaderboard, {"schema_version": 1, "rows": rows,
+    io.write_json(run_dir.leaderboard, {"schema_version": 2, "rows": rows,
                                         "main_model": f"stsae-full-K{MAIN_K}-s{SEEDS[0]}"})
     io.write_json(run_dir.pareto, _pareto(rows))
     for seed_ in SEEDS:

@@ -73,7 +73,7 @@ def test_evaluate_writes_complete_rows_and_pareto(run_dir_with_models: StageCont
     ctx = run_dir_with_models
     evaluate_stage.run(ctx)
     board = io.read_json(ctx.run_dir.leaderboard)
-    assert board["schema_version"] == 1 and board["main_model"] == "stsae-full-K32-s0"
+    assert board["schema_version"] == 2 and board["main_model"] == "stsae-full-K32-s0"
     rows = board["rows"]
     assert len(rows) == 3 + 4 + 2
     assert [r["model"] for r in rows if r["is_main"]] == ["stsae-full-K32-s0"]

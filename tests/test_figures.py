@@ -93,7 +93,7 @@ def test_malformed_figure_index_is_an_error_naming_the_file(tmp_path: Path) -> N
 
 def test_run_without_optional_inputs_marks_figures_unavailable(tmp_path: Path) -> None:
     run_dir = write_fake_run(tmp_path / "run")
-    run_dir.leaderboard.write_text(json.dumps({"schema_version": 1, "rows": []}))
+    run_dir.leaderboard.write_text(json.dumps({"schema_version": 2, "rows": []}))
     for path in (*run_dir.aging_dir.iterdir(), *run_dir.grounding_dir.iterdir(), run_dir.windows):
         path.unlink()
     infos = draw_figures(run_dir)

@@ -20,7 +20,7 @@ from stsae.utils import io
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: within-record lag-1, held-out consistency and probes, live-atom stability, is_main
 ROW_KEYS = (
     "model", "family", "variant", "K", "seed", "matched_sparsity", "k_active", "is_main",
     "ev", "l0", "dead_fraction_train", "dead_window_samples", "never_fired_test_fraction", "n_test_windows",
@@ -63,7 +63,7 @@ def _check_rows(rows: list[dict[str, Any]]) -> None:
 
 
 def write_leaderboard(path: Path, rows: list[dict[str, Any]], extra: dict[str, Any] | None = None) -> None:
-    """eval/leaderboard.json: {"schema_version": 1, "rows": [...], **extra} (NaN written as null)."""
+    """eval/leaderboard.json: {"schema_version": SCHEMA_VERSION, "rows": [...], **extra} (NaN written as null)."""
     _check_rows(rows)
     io.write_json(path, {"schema_version": SCHEMA_VERSION, "rows": rows, **(extra or {})})
 
