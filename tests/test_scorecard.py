@@ -232,3 +232,14 @@ def test_without_a_sparsified_baseline_the_comparison_is_not_available() -> None
     check = _by_name(build_scorecard(ScorecardInputs(rows, inputs.associations, inputs.windows)))[
         "full ST-SAE − matched ICA: lag-1 within records"]
     assert check.passed is None and "more components than k" in check.detail
+
+
+def test_phenotype_increment_over_age_and_sex_is_reported_ungraded() -> None:
+    inputs = _set(("rows", 0, "probe", "htn"), {"metric": "auroc", "value": 0.83, "raw_value": 0.84,
+                                                "age_sex_value": 0.82, "adjusted_value": 0.83,
+                                                "increment": 0.01, "increment_ci": [-0.02, 0.04]})(_good_inputs())
+    checks = _by_name(build_scorecard(inputs))
+    line = checks["HTN: AUROC increment of concepts over age + sex"]
+    assert line.value == 0.01 and line.op is None and line.passed is None
+    assert "0.830 (concepts + age + sex) vs 0.820 (age + sex)" in line.detail and "[-0.020, 0.040]" in line.detail
+    assert checks["T2D: AUROC increment of concepts over age + sex"].value is None
