@@ -16,6 +16,7 @@ from scipy.optimize import linear_sum_assignment
 from stsae.config import LossWeights, TrainSection
 from stsae.data.dataset import WindowTripletDataset
 from stsae.errors import StsaeError
+from stsae.eval.temporal import lag1_autocorrelation
 from stsae.train.trainer import Trainer, fit_stsae, variant_spec
 
 D = 512
@@ -87,9 +88,12 @@ def codes_of(model, data: WindowTripletDataset):
 
 
 def lag1_autocorr(f_t: np.ndarray, f_t1: np.ndarray) -> float:
-    """Mean over latents active in >= 1 % of windows of corr(f_t[:, j], f_t1[:, j])."""
-    used = ((f_t > 0).mean(0) >= 0.01) & (f_t.std(0) > 0) & (f_t1.std(0) > 0)
-    return float(np.mean([np.corrcoef(f_t[:, j], f_t1[:, j])[0, 1] for j in np.flatnonzero(used)]))
+    """The leaderboard's variance-weighted lag-1 autocorrelation of the codes (eval/temporal.py); the
+    unweighted per-latent mean is dominated by rarely-firing latents and flips sign across seeds."""
+    pairs = np.stack([np.arange(len(f_t)), np.arange(len(f_t)) + len(f_t)], axis=1)
+    value = lag1_autocorrelation(np.concatenate([f_t, f_t1]), pairs).value
+    assert value is not None
+    return value
 
 
 def jaccard(f_a: np.ndarray, f_b: np.ndarray) -> float:

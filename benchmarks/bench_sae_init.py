@@ -1,0 +1,132 @@
+"""Why the Top-K SAE converged slowly and left most latents dead: initialisation, lr scaling, AuxK.
+
+Trains the plain Top-K SAE (variant `vanilla`: L_rec + AuxK) on synthetic embeddings shaped like
+PaPaGei-S's (DESIGN §6: low effective rank, ‖μ‖/‖σ‖ ≈ 10) under several settings and records, at
+each checkpoint step: held-out EV = 1 − Σ‖x − x̂‖² / Σ‖x − x̄‖²; the fraction of latents that never
+fire on the held-out rows (count stated); the Gao-style training dead fraction (no firing in the last
+`dead_after_samples` training rows); the AuxK loss (1 = the dead latents explain none of the
+residual); and the mean step time. Threads default to 1: the box is shared, compare ratios.
+
+    .venv/bin/python benchmarks/bench_sae_init.py [--sizes 1024 2048] [--steps 50 250]
+        [--batch 1024] [--out benchmarks/results/sae_init.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from stsae.config import TrainSection
+from stsae.data.dataset import WindowTripletDataset
+from stsae.models.stsae import STSAE, effective_rank
+from stsae.train.trainer import Trainer
+from stsae.utils import io
+
+D = 512
+RANK = 12
+SETTINGS: dict[str, dict[str, Any]] = {
+    "data_rows": {"init": "data", "init_fit_scale": False},
+    "data_rows_scaled": {"init": "data", "init_fit_scale": True},
+    "random_tied": {"init": "random", "init_fit_scale": False},
+    "random_tied_scaled": {"init": "random", "init_fit_scale": True},
+    "random_tied_scaled_kaux32": {"init": "random", "init_fit_scale": True, "aux_k": 32},
+    "random_tied_scaled_lr_inv_sqrt_k": {"init": "random", "init_fit_scale": True, "lr_reference_d_dict": 1024},
+    "random_tied_scaled_no_auxk": {"init": "random", "init_fit_scale": True, "loss_weights": {"auxk": 0.0}},
+}
+
+
+def embeddings(n_train: int, n_held: int, seed: int = 0) -> tuple[WindowTripletDataset, np.ndarray]:
+    """Rows z = μ + c·diag(1/√i)·B + noise: a rank-12 model with a decaying spectrum plus isotropic
+    noise at 1 % of the signal power, and a mean 10× the spread. Returns (train pairs, held-out rows)."""
+    rs = np.random.default_rng(seed)
+    n = n_train + n_held
+    signal = (rs.normal(size=(n, RANK)) / np.sqrt(np.arange(1, RANK + 1))) @ rs.normal(size=(RANK, D))
+    spread = np.sqrt((signal**2).sum(1).mean())
+    z = signal + 0.1 * spread / np.sqrt(D) * rs.normal(size=(n, D))
+    z = (z + 10 * spread * rs.normal(size=D) / np.sqrt(D)).astype(np.float32)
+    index = pd.DataFrame({"record_id": (np.arange(n_train) // 40).astype(str),
+                          "segment_idx": np.arange(n_train) % 40, "split": "train"})
+    return WindowTripletDataset(z[:n_train], z[:n_train], index, "train"), z[n_train:]
+
+
+@torch.no_grad()
+def held_out(model: STSAE, z: np.ndarray) -> dict[str, float]:
+    """EV and never-firing fraction of `model` on held-out rows z: float32[N, 512]."""
+    x = model.standardise(torch.from_numpy(z))
+    codes = model.codes(x, dense=False)
+    x_hat = model.decode_codes(codes)
+    ev = 1 - float((x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
+    assert codes.idx is not None and codes.vals is not None
+    fired = torch.zeros(model.d_dict, dtype=torch.bool)
+    fired[codes.idx[codes.vals > 0]] = True
+    return {"heldout_ev": ev, "heldout_never_fired": 1 - float(fired.float().mean())}
+
+
+@torch.no_grad()
+def initial_overshoot(trainer: Trainer, z: np.ndarray) -> float:
+    """Σ‖x − x̂‖² / Σ‖x − x̄‖² on held-out rows before any step (1 = no better than the mean)."""
+    return 1 - held_out(trainer.model, z)["heldout_ev"]
+
+
+def run(train: WindowTripletDataset, z_held: np.ndarray, d_dict: int, overrides: dict[str, Any],
+        checkpoints: list[int], batch: int, k: int) -> dict[str, Any]:
+    """Train one setting to max(checkpoints) steps, measuring at every checkpoint."""
+    cfg = TrainSection(**{"d_dict": d_dict, "k": k, "batch_size": batch, "steps": max(checkpoints),
+                          "warmup_steps": 10, "eval_every": 10**9, "checkpoint_every": 10**9,
+                          "d_dict_sweep": [d_dict], "keep_best": False, **overrides})
+    trainer = Trainer(train, None, cfg, "vanilla", d_dict, seed=0)
+    out: dict[str, Any] = {"initial_l_rec": initial_overshoot(trainer, z_held), "lr": cfg.lr_for(d_dict),
+                           "at_step": {}}
+    seconds: list[float] = []
+    while trainer.step < max(checkpoints):
+        t0 = time.perf_counter()
+        last = trainer.update()
+        seconds.append(time.perf_counter() - t0)
+        if trainer.step in checkpoints:
+            out["at_step"][str(trainer.step)] = {
+                **held_out(trainer.model, z_held), "train_dead_fraction": last["dead_fraction"],
+                "l_auxk": last["l_auxk"], "mean_step_s": float(np.mean(seconds))}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048])
+    parser.add_argument("--steps", type=int, nargs="+", default=[50, 250])
+    parser.add_argument("--batch", type=int, default=1024)
+    parser.add_argument("--k", type=int, default=32)
+    parser.add_argument("--n-train", type=int, default=40_000)
+    parser.add_argument("--n-held", type=int, default=8192)
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/sae_init.json"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    train, z_held = embeddings(args.n_train, args.n_held)
+    centred = train.z - train.z.mean(0)
+    result: dict[str, Any] = {
+        "machine": platform.processor() or platform.machine(), "threads": args.threads,
+        "data": {"n_train": args.n_train, "n_held_out": args.n_held, "d": D, "planted_rank": RANK,
+                 "effective_rank": effective_rank(centred),
+                 "mean_norm_over_std": float(np.linalg.norm(train.z.mean(0)) / np.sqrt((centred**2).sum(1).mean()))},
+        "k": args.k, "batch_size": args.batch, "dead_after_samples": TrainSection().dead_after_samples,
+        "runs": {}}
+    for d_dict in args.sizes:
+        for name in args.settings:
+            if name.endswith("lr_inv_sqrt_k") and d_dict == SETTINGS[name]["lr_reference_d_dict"]:
+                continue  # identical to random_tied_scaled at the reference K
+            result["runs"][f"K{d_dict}/{name}"] = run(train, z_held, d_dict, SETTINGS[name], args.steps,
+                                                      args.batch, args.k)
+            io.write_json(args.out, result)
+            print(f"K{d_dict}/{name}", result["runs"][f"K{d_dict}/{name}"], flush=True)
+
+
+if __name__ == "__main__":
+    main()
