@@ -14,6 +14,7 @@ residual); and the mean step time. Threads default to 1: the box is shared, comp
 from __future__ import annotations
 
 import argparse
+import itertools
 import platform
 import time
 from pathlib import Path
@@ -76,12 +77,12 @@ def initial_overshoot(trainer: Trainer, z: np.ndarray) -> float:
 
 
 def run(train: WindowTripletDataset, z_held: np.ndarray, d_dict: int, overrides: dict[str, Any],
-        checkpoints: list[int], batch: int, k: int) -> dict[str, Any]:
+        checkpoints: list[int], batch: int, k: int, seed: int) -> dict[str, Any]:
     """Train one setting to max(checkpoints) steps, measuring at every checkpoint."""
     cfg = TrainSection(**{"d_dict": d_dict, "k": k, "batch_size": batch, "steps": max(checkpoints),
                           "warmup_steps": 10, "eval_every": 10**9, "checkpoint_every": 10**9,
                           "d_dict_sweep": [d_dict], "keep_best": False, **overrides})
-    trainer = Trainer(train, None, cfg, "vanilla", d_dict, seed=0)
+    trainer = Trainer(train, None, cfg, "vanilla", d_dict, seed=seed)
     out: dict[str, Any] = {"initial_l_rec": initial_overshoot(trainer, z_held), "lr": cfg.lr_for(d_dict),
                            "at_step": {}}
     seconds: list[float] = []
@@ -105,6 +106,7 @@ def main() -> None:
     parser.add_argument("--n-train", type=int, default=40_000)
     parser.add_argument("--n-held", type=int, default=8192)
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/sae_init.json"))
     args = parser.parse_args()
@@ -118,14 +120,13 @@ def main() -> None:
                  "mean_norm_over_std": float(np.linalg.norm(train.z.mean(0)) / np.sqrt((centred**2).sum(1).mean()))},
         "k": args.k, "batch_size": args.batch, "dead_after_samples": TrainSection().dead_after_samples,
         "runs": {}}
-    for d_dict in args.sizes:
-        for name in args.settings:
-            if name.endswith("lr_inv_sqrt_k") and d_dict == SETTINGS[name]["lr_reference_d_dict"]:
-                continue  # identical to random_tied_scaled at the reference K
-            result["runs"][f"K{d_dict}/{name}"] = run(train, z_held, d_dict, SETTINGS[name], args.steps,
-                                                      args.batch, args.k)
-            io.write_json(args.out, result)
-            print(f"K{d_dict}/{name}", result["runs"][f"K{d_dict}/{name}"], flush=True)
+    for d_dict, name, seed in itertools.product(args.sizes, args.settings, args.seeds):
+        if name.endswith("lr_inv_sqrt_k") and d_dict == SETTINGS[name]["lr_reference_d_dict"]:
+            continue  # identical to random_tied_scaled at the reference K
+        key = f"K{d_dict}/{name}/s{seed}"
+        result["runs"][key] = run(train, z_held, d_dict, SETTINGS[name], args.steps, args.batch, args.k, seed)
+        io.write_json(args.out, result)
+        print(key, result["runs"][key], flush=True)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,14 @@ Public SAE practice this follows, and where from:
   active atoms with `embedding_bag`, the two `@torch.no_grad()` decoder-norm helpers, safetensors + JSON:
   EleutherAI "sparsify" (sparse_coder.py, fused_encoder.py).
 - b_dec initialised to the geometric median of the data: "saprmarks/dictionary_learning" top_k.py.
-- Encoder initialised *from data* (atoms = random standardised train rows): our embeddings have
-  effective rank ≈ 12 of 512, so random atoms would mostly point where no data lives (DESIGN §6).
+- Atoms start as random unit directions (Gao et al.; `init="data"` puts them on standardised train
+  rows instead) with the encoder tied to them and scaled by least squares so the first reconstruction
+  has the right magnitude. Unscaled data-row atoms on our low-rank embeddings (effective rank ≈ 12
+  of 512) fired together and overshot ≈ 300–600× the variance; undoing that drove most encoder
+  biases negative for good (benchmarks/bench_sae_init.py).
+- AuxK passes gradient straight through the ReLU of the dead latents it selects: a dead latent's
+  pre-activation is typically negative on every row, where the ReLU's gradient is zero, so with a
+  plain ReLU the AuxK loss stayed at 1.000 and revived nothing (tests/test_auxk.py).
 
 The Top-K encoder has a sparse backward pass (only the k selected latents, plus the AuxK latents, get
 gradient), so a training step costs one dense GEMM instead of three; see `_TopKEncode`.

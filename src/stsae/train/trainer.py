@@ -229,7 +229,8 @@ class Trainer:
         ids = self.batch_ids(self.step)
         share = cfg.batch_size // self.world
         z_t, z_t1, z_aug = self.train_data.batch(ids[self.rank * share:(self.rank + 1) * share])
-        dead_mask = self.since_fired >= cfg.dead_after_samples if cfg.activation == "topk" else None
+        use_auxk = cfg.activation == "topk" and self.spec.weights.auxk > 0
+        dead_mask = self.since_fired >= cfg.dead_after_samples if use_auxk else None
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(self.step)
         model.train()
