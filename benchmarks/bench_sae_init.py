@@ -27,6 +27,7 @@ import torch
 from stsae.config import TrainSection
 from stsae.data.dataset import WindowTripletDataset
 from stsae.models.stsae import STSAE, effective_rank
+from stsae.train.losses import l_auxk, l_rec
 from stsae.train.trainer import Trainer
 from stsae.utils import io
 
@@ -97,6 +98,29 @@ def run(train: WindowTripletDataset, z_held: np.ndarray, d_dict: int, overrides:
     return out
 
 
+def auxk_step_seconds(z: np.ndarray, d_dict: int, batch: int, k: int, n_dead: int, k_aux: int,
+                      repeats: int = 5) -> float:
+    """Median seconds of one forward + backward of L_rec + AuxK with `n_dead` dead latents."""
+    gen = torch.Generator().manual_seed(0)
+    model = STSAE(D, d_dict, "topk", k, generator=gen)
+    model.init_from_data(z, gen)
+    x = model.standardise(torch.from_numpy(z[:batch]))
+    dead = torch.zeros(d_dict, dtype=torch.bool)
+    dead[torch.randperm(d_dict, generator=gen)[:n_dead]] = True
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        codes = model.codes(x, dead if n_dead else None, k_aux, dense=False)
+        x_hat = model.decode_codes(codes)
+        loss = l_rec(x, x_hat)
+        if codes.aux_idx is not None and codes.aux_vals is not None:
+            loss = loss + l_auxk(x - x_hat, model.sparse_combination(codes.aux_idx, codes.aux_vals)) / 32
+        loss.backward()
+        model.zero_grad()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048])
@@ -107,6 +131,7 @@ def main() -> None:
     parser.add_argument("--n-held", type=int, default=8192)
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--cost", action="store_true", help="also time one AuxK step per dead count")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/sae_init.json"))
     args = parser.parse_args()
@@ -120,6 +145,12 @@ def main() -> None:
                  "mean_norm_over_std": float(np.linalg.norm(train.z.mean(0)) / np.sqrt((centred**2).sum(1).mean()))},
         "k": args.k, "batch_size": args.batch, "dead_after_samples": TrainSection().dead_after_samples,
         "runs": {}}
+    if args.cost:
+        result["auxk_step_s"] = {
+            f"K{d_dict}/dead{n_dead}/kaux{k_aux}": auxk_step_seconds(train.z, d_dict, args.batch, args.k,
+                                                                       n_dead, k_aux)
+            for d_dict in args.sizes for n_dead in (0, d_dict // 16, d_dict // 2) for k_aux in (32, 256)}
+        io.write_json(args.out, result)
     for d_dict, name, seed in itertools.product(args.sizes, args.settings, args.seeds):
         if name.endswith("lr_inv_sqrt_k") and d_dict == SETTINGS[name]["lr_reference_d_dict"]:
             continue  # identical to random_tied_scaled at the reference K
