@@ -38,9 +38,9 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "data_rows_scaled": {"init": "data", "init_fit_scale": True},
     "random_tied": {"init": "random", "init_fit_scale": False},
     "random_tied_scaled": {"init": "random", "init_fit_scale": True},
-    "random_tied_scaled_kaux32": {"init": "random", "init_fit_scale": True, "aux_k": 32},
-    "random_tied_scaled_lr_inv_sqrt_k": {"init": "random", "init_fit_scale": True, "lr_reference_d_dict": 1024},
-    "random_tied_scaled_no_auxk": {"init": "random", "init_fit_scale": True, "loss_weights": {"auxk": 0.0}},
+    "random_tied_kaux32": {"init": "random", "init_fit_scale": False, "aux_k": 32},
+    "random_tied_lr_inv_sqrt_k": {"init": "random", "init_fit_scale": False, "lr_reference_d_dict": 1024},
+    "random_tied_no_auxk": {"init": "random", "init_fit_scale": False, "loss_weights": {"auxk": 0.0}},
 }
 
 

@@ -228,11 +228,13 @@ class TrainSection(_Section):
     )
     init: Literal["random", "data"] = Field(
         "random", description="Initial atoms: random unit directions (Gao et al.) or random standardised "
-        "train rows; the encoder starts tied to them."
+        "train rows ('data'); the encoder starts tied to them. Random left fewer latents dead "
+        "(benchmarks/bench_sae_init.py)."
     )
     init_fit_scale: bool = Field(
-        True, description="Scale the tied encoder so the first reconstruction has the least-squares "
-        "magnitude (unscaled data-row atoms overshot ~600x the variance)."
+        False, description="Scale the tied encoder so the first reconstruction has least-squares "
+        "magnitude: needed by init 'data' (unscaled data-row atoms overshot ~300-600x the variance), "
+        "harmful with random atoms (2-4x more latents dead after 250 steps)."
     )
     batch_size: int = Field(256, ge=1, description="Triplets per optimizer step.")
     steps: int = Field(2000, ge=1, description="Optimizer steps per model.")

@@ -11,11 +11,11 @@ Public SAE practice this follows, and where from:
   active atoms with `embedding_bag`, the two `@torch.no_grad()` decoder-norm helpers, safetensors + JSON:
   EleutherAI "sparsify" (sparse_coder.py, fused_encoder.py).
 - b_dec initialised to the geometric median of the data: "saprmarks/dictionary_learning" top_k.py.
-- Atoms start as random unit directions (Gao et al.; `init="data"` puts them on standardised train
-  rows instead) with the encoder tied to them and scaled by least squares so the first reconstruction
-  has the right magnitude. Unscaled data-row atoms on our low-rank embeddings (effective rank ≈ 12
-  of 512) fired together and overshot ≈ 300–600× the variance; undoing that drove most encoder
-  biases negative for good (benchmarks/bench_sae_init.py).
+- Atoms start as random unit directions with the encoder tied to them (Gao et al.). `init="data"`
+  puts them on standardised train rows instead: on our low-rank embeddings (effective rank ≈ 12 of
+  512) such atoms fire together and the first reconstructions overshoot ≈ 300–600× the variance
+  unless the encoder is scaled by least squares (`fit_scale`); even then more latents end dead than
+  with random atoms (benchmarks/bench_sae_init.py).
 - AuxK passes gradient straight through the ReLU of the dead latents it selects: a dead latent's
   pre-activation is typically negative on every row, where the ReLU's gradient is zero, so with a
   plain ReLU the AuxK loss stayed at 1.000 and revived nothing (tests/test_auxk.py).
@@ -236,7 +236,7 @@ class STSAE(nn.Module):
     # ---- initialisation -------------------------------------------------------------------------
     @torch.no_grad()
     def init_from_data(self, z: np.ndarray, generator: torch.Generator, init: str = "random",
-                       fit_scale: bool = True) -> InputStats:
+                       fit_scale: bool = False) -> InputStats:
         """Set mean/scale, b_dec and the tied atoms from train rows z: float32[N, d_in]; log the stats.
 
         scale = sqrt(mean ‖z − μ‖²), so E‖x‖² = 1 and code magnitudes are O(1) whatever the encoder:
@@ -280,8 +280,9 @@ class STSAE(nn.Module):
 
         With b_enc = 0 both Top-K and ReLU are positively homogeneous: scaling W_enc by s > 0 keeps
         the selected latents and scales their codes, so the first reconstruction is exactly s·r.
-        Tied unit atoms on low-rank data otherwise fire together and overshoot many-fold, and the
-        gradient that undoes it drives most encoder biases negative for good (dead latents).
+        Tied data-row atoms on low-rank data otherwise fire together and overshoot many-fold; after
+        the correction most latents had a negative pre-activation on every row (dead). Random atoms
+        do not overshoot, and scaling them measured worse (more dead latents), hence off by default.
         """
         target = x - self.b_dec
         recon = self.decode_codes(self.codes(x, dense=False)) - self.b_dec
