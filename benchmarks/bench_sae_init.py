@@ -26,7 +26,9 @@ import torch
 
 from stsae.config import TrainSection
 from stsae.data.dataset import WindowTripletDataset
+from stsae.data.store import load_embeddings
 from stsae.models.stsae import STSAE, effective_rank
+from stsae.pipeline.rundir import RunDir
 from stsae.train.losses import l_auxk, l_rec
 from stsae.train.trainer import Trainer
 from stsae.utils import io
@@ -56,6 +58,14 @@ def embeddings(n_train: int, n_held: int, seed: int = 0) -> tuple[WindowTripletD
     index = pd.DataFrame({"record_id": (np.arange(n_train) // 40).astype(str),
                           "segment_idx": np.arange(n_train) % 40, "split": "train"})
     return WindowTripletDataset(z[:n_train], z[:n_train], index, "train"), z[n_train:]
+
+
+def run_embeddings(root: Path) -> tuple[WindowTripletDataset, np.ndarray]:
+    """Train pairs and held-out (val + test) rows of a run directory's extracted embeddings."""
+    emb = load_embeddings(RunDir(root))
+    z = np.asarray(emb.z, dtype=np.float32)
+    held = emb.index["split"].to_numpy() != "train"
+    return WindowTripletDataset(z, np.asarray(emb.z_aug), emb.index, "train"), z[held]
 
 
 @torch.no_grad()
@@ -130,24 +140,29 @@ def main() -> None:
     parser.add_argument("--n-train", type=int, default=40_000)
     parser.add_argument("--n-held", type=int, default=8192)
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--run-dir", type=Path, default=None,
+                        help="use this run's extracted embeddings (held out: val + test) instead of synthetic")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--cost", action="store_true", help="also time one AuxK step per dead count")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/sae_init.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    train, z_held = embeddings(args.n_train, args.n_held)
-    centred = train.z - train.z.mean(0)
+    train, z_held = (run_embeddings(args.run_dir) if args.run_dir is not None
+                     else embeddings(args.n_train, args.n_held))
+    z_train = np.asarray(train.z[np.unique(train.pairs.ravel())], dtype=np.float32)
+    centred = z_train - z_train.mean(0)
     result: dict[str, Any] = {
         "machine": platform.processor() or platform.machine(), "threads": args.threads,
-        "data": {"n_train": args.n_train, "n_held_out": args.n_held, "d": D, "planted_rank": RANK,
+        "data": {"source": str(args.run_dir or "synthetic"), "n_train": len(z_train), "n_held_out": len(z_held),
+                 "n_train_pairs": len(train),
                  "effective_rank": effective_rank(centred),
-                 "mean_norm_over_std": float(np.linalg.norm(train.z.mean(0)) / np.sqrt((centred**2).sum(1).mean()))},
+                 "mean_norm_over_std": float(np.linalg.norm(z_train.mean(0)) / np.sqrt((centred**2).sum(1).mean()))},
         "k": args.k, "batch_size": args.batch, "dead_after_samples": TrainSection().dead_after_samples,
         "runs": {}}
     if args.cost:
         result["auxk_step_s"] = {
-            f"K{d_dict}/dead{n_dead}/kaux{k_aux}": auxk_step_seconds(train.z, d_dict, args.batch, args.k,
+            f"K{d_dict}/dead{n_dead}/kaux{k_aux}": auxk_step_seconds(z_train, d_dict, args.batch, args.k,
                                                                        n_dead, k_aux)
             for d_dict in args.sizes for n_dead in (0, d_dict // 16, d_dict // 2) for k_aux in (32, 256)}
         io.write_json(args.out, result)
