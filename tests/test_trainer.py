@@ -174,6 +174,15 @@ def test_lr_warms_up_then_decays_to_zero():
     assert lrs[99] == pytest.approx(0.02) and all(a >= b for a, b in itertools.pairwise(lrs[50:]))
 
 
+def test_lr_scales_with_inverse_sqrt_of_dictionary_size_when_a_reference_is_set():
+    assert small_cfg(lr=1e-3).lr_for(4096) == 1e-3
+    assert small_cfg(lr=1e-3, lr_reference_d_dict=1024).lr_for(4096) == pytest.approx(5e-4)
+    z, z_aug, index, _ = planted(n_records=10)
+    trainer = Trainer(*datasets(z, z_aug, index), small_cfg(warmup_steps=0, lr=1.0, lr_reference_d_dict=8),
+                      "full", 32, seed=0, steps=100)
+    assert trainer.lr_at(0) == pytest.approx(0.5)
+
+
 def test_batches_cover_every_pair_once_per_epoch():
     z, z_aug, index, _ = planted(n_records=20, length=17)
     train, val = datasets(z, z_aug, index)
