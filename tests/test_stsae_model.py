@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from stsae.errors import StsaeError
-from stsae.models.stsae import STSAE, effective_rank
+from stsae.models.stsae import STSAE, effective_rank, input_statistics
 
 D = 512
 
@@ -50,10 +51,78 @@ def test_effective_rank_counts_equal_directions():
     assert effective_rank(data - data.mean(0)) == pytest.approx(5, rel=0.02)
 
 
-def test_init_ties_encoder_to_unit_norm_decoder():
+def test_init_ties_encoder_to_a_positive_multiple_of_the_unit_norm_decoder():
     model = _model()
-    assert torch.equal(model.W_enc, model.W_dec)
+    scale = model.W_enc.norm(dim=1)
+    assert torch.allclose(scale, scale[0].expand(64)) and scale[0] > 0
+    assert torch.allclose(model.W_enc / scale[0], model.W_dec, atol=1e-6)
     assert torch.allclose(model.W_dec.norm(dim=1), torch.ones(64), atol=1e-6)
+
+
+def test_streamed_input_statistics_equal_the_direct_float64_computation():
+    z = _data(n=1000)
+    mean, scatter = input_statistics(z, chunk_rows=77)
+    z64 = z.astype(np.float64)
+    centred = z64 - z64.mean(0)
+    assert np.allclose(mean, z64.mean(0), rtol=0, atol=1e-9)
+    assert np.allclose(scatter, centred.T @ centred, rtol=1e-10, atol=1e-6)
+    singular = np.linalg.svd(centred, compute_uv=False) ** 2
+    p = singular / singular.sum()
+    assert effective_rank(centred) == pytest.approx(float(np.exp(-(p * np.log(p)).sum())), rel=1e-6)
+
+
+def test_input_statistics_peak_memory_is_one_chunk_not_the_whole_array():
+    z = np.random.default_rng(0).normal(size=(20_000, D)).astype(np.float32)  # 41 MB, 82 MB as float64
+    tracemalloc.start()
+    input_statistics(z, chunk_rows=1024)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 16e6
+
+
+@pytest.mark.parametrize("init", ["random", "data"])
+def test_fitted_encoder_scale_makes_the_first_reconstruction_least_squares(init):
+    gen = torch.Generator().manual_seed(0)
+    model = STSAE(D, 64, "topk", 8, generator=gen)
+    z = _data(n=2000)
+    model.init_from_data(z, gen, init=init, fit_scale=True)
+    with torch.no_grad():
+        x = model.standardise(torch.from_numpy(z))
+        target, recon = x - model.b_dec, model.decode_codes(model.codes(x)) - model.b_dec
+    assert abs(float((target - recon).mul(recon).sum())) < 1e-2 * float(recon.pow(2).sum())
+
+
+def test_unscaled_data_row_atoms_overshoot_and_the_fitted_scale_removes_it():
+    z = torch.from_numpy(_data(n=2000))
+
+    def first_l_rec(fit_scale: bool) -> float:
+        gen = torch.Generator().manual_seed(0)
+        model = STSAE(D, 256, "topk", 32, generator=gen)
+        model.init_from_data(z.numpy(), gen, init="data", fit_scale=fit_scale)
+        x = model.standardise(z)
+        return float((x - model(z).x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
+
+    assert first_l_rec(False) > 5
+    assert first_l_rec(True) < 1
+
+
+def test_unknown_init_is_refused_naming_the_key():
+    gen = torch.Generator().manual_seed(0)
+    with pytest.raises(StsaeError, match=r"train\.init"):
+        STSAE(D, 64, "topk", 8, generator=gen).init_from_data(_data(), gen, init="zeros")
+
+
+def test_auxk_selects_only_dead_latents_and_passes_gradient_through_non_positive_ones():
+    model = _model()
+    x = model.standardise(torch.from_numpy(_data(n=50, seed=5)))
+    dead = torch.zeros(64, dtype=torch.bool)
+    dead[::4] = True
+    with torch.no_grad():
+        model.b_enc[dead] = -100.0  # dead for good: every pre-activation is negative
+    codes = model.codes(x, dead, k_aux=16)
+    assert dead[codes.aux_idx].all() and (codes.aux_vals == 0).all()
+    codes.aux_vals.sum().backward()
+    assert (model.b_enc.grad[dead] > 0).all() and (model.b_enc.grad[~dead] == 0).all()
 
 
 def test_topk_keeps_exactly_k_active():

@@ -280,6 +280,20 @@ class TrainSection(_Section):
     d_dict: int = Field(1024, ge=1, description="Dictionary size K of the main ('full') model.")
     k: int = Field(16, ge=1, description="Active concepts per window for Top-K.")
     lr: float = Field(1e-3, gt=0, description="Adam learning rate after warm-up.")
+    lr_reference_d_dict: int | None = Field(
+        None, ge=1, description="If set, train.lr holds at this K and K atoms train at lr·√(ref/K) "
+        "(dictionary_learning's 1/√K scaling); null: the same lr for every K."
+    )
+    init: Literal["random", "data"] = Field(
+        "random", description="Initial atoms: random unit directions (Gao et al.) or random standardised "
+        "train rows ('data'); the encoder starts tied to them. Random left fewer latents dead "
+        "(benchmarks/bench_sae_init.py)."
+    )
+    init_fit_scale: bool = Field(
+        False, description="Scale the tied encoder so the first reconstruction has least-squares "
+        "magnitude: needed by init 'data' (unscaled data-row atoms overshot ~300-600x the variance), "
+        "harmful with random atoms (2-4x more latents dead after 250 steps)."
+    )
     batch_size: int = Field(256, ge=1, description="Triplets per optimizer step.")
     steps: int = Field(2000, ge=1, description="Optimizer steps per model.")
     warmup_steps: int = Field(100, ge=0, description="Linear learning-rate warm-up steps.")
@@ -317,6 +331,12 @@ class TrainSection(_Section):
     seeds: list[int] = Field(
         [0, 1, 2], min_length=1, description="Seeds trained per variant (seed stability); the first is the main model."
     )
+
+    def lr_for(self, d_dict: int) -> float:
+        """Peak learning rate of a dictionary of `d_dict` atoms (see lr_reference_d_dict)."""
+        if self.lr_reference_d_dict is None:
+            return self.lr
+        return self.lr * (self.lr_reference_d_dict / d_dict) ** 0.5
 
     @model_validator(mode="after")
     def _k_within_dictionary(self) -> TrainSection:

@@ -11,8 +11,14 @@ Public SAE practice this follows, and where from:
   active atoms with `embedding_bag`, the two `@torch.no_grad()` decoder-norm helpers, safetensors + JSON:
   EleutherAI "sparsify" (sparse_coder.py, fused_encoder.py).
 - b_dec initialised to the geometric median of the data: "saprmarks/dictionary_learning" top_k.py.
-- Encoder initialised *from data* (atoms = random standardised train rows): our embeddings have
-  effective rank ≈ 12 of 512, so random atoms would mostly point where no data lives (DESIGN §6).
+- Atoms start as random unit directions with the encoder tied to them (Gao et al.). `init="data"`
+  puts them on standardised train rows instead: on our low-rank embeddings (effective rank ≈ 12 of
+  512) such atoms fire together and the first reconstructions overshoot ≈ 300–600× the variance
+  unless the encoder is scaled by least squares (`fit_scale`); even then more latents end dead than
+  with random atoms (benchmarks/bench_sae_init.py).
+- AuxK passes gradient straight through the ReLU of the dead latents it selects: a dead latent's
+  pre-activation is typically negative on every row, where the ReLU's gradient is zero, so with a
+  plain ReLU the AuxK loss stayed at 1.000 and revived nothing (tests/test_auxk.py).
 
 The Top-K encoder has a sparse backward pass (only the k selected latents, plus the AuxK latents, get
 gradient), so a training step costs one dense GEMM instead of three; see `_TopKEncode`.
@@ -43,6 +49,9 @@ ACTIVATIONS = ("topk", "relu")
 FORMAT = "stsae/1"
 _TENSORS = ("W_enc", "b_enc", "W_dec", "b_dec", "input_mean", "input_scale")
 _INIT_NOISE = 0.1  # relative isotropic noise mixed into data-sampled atoms so duplicates never tie
+_INIT_ROWS = 8192  # train rows for the geometric median and the encoder-scale fit
+_STATS_CHUNK = 8192  # rows per float64 chunk of the input statistics
+INITS = ("random", "data")
 
 
 class CheckpointError(StsaeError, ValueError):
@@ -109,34 +118,36 @@ class _TopKEncode(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, b_dec: Tensor, w_enc: Tensor, b_enc: Tensor, k: int,
-                dead_mask: Tensor | None, k_aux: int, aux_rows: int) -> tuple[Tensor, ...]:
+                dead_ids: Tensor | None, k_aux: int, aux_rows: int) -> tuple[Tensor, ...]:
         centred = x - b_dec
         pre = F.linear(centred, w_enc, b_enc).float()
         vals, idx = pre.topk(k, dim=1, sorted=False)
         vals = vals.clamp_min(0.0)  # ReLU after the selection: same result, one pass over [B, K] less
-        if dead_mask is not None and k_aux > 0:
-            dead_pre = pre[:aux_rows].masked_fill(~dead_mask, float("-inf"))
-            aux_vals, aux_idx = dead_pre.topk(k_aux, dim=1, sorted=False)
+        if dead_ids is not None and k_aux > 0:
+            dead_pre = pre[:aux_rows].index_select(1, dead_ids)  # [B_aux, n_dead]: cost ∝ dead latents
+            aux_vals, position = dead_pre.topk(k_aux, dim=1, sorted=False)
+            aux_idx = dead_ids[position]
             aux_vals = aux_vals.clamp_min(0.0)
         else:
             aux_vals = pre.new_zeros(0, 0)
             aux_idx = idx.new_zeros(0, 0)
-        ctx.save_for_backward(centred.float(), w_enc, vals, idx, aux_vals, aux_idx)
+        ctx.save_for_backward(centred.float(), w_enc, vals, idx, aux_idx)
         ctx.mark_non_differentiable(idx, aux_idx)
         return vals, idx, aux_vals, aux_idx
 
     @staticmethod
     def backward(ctx: Any, g_vals: Tensor, _g_idx: Tensor | None, g_aux: Tensor | None,
                  _g_aux_idx: Tensor | None) -> tuple[Tensor | None, ...]:
-        centred, w_enc, vals, idx, aux_vals, aux_idx = ctx.saved_tensors
+        centred, w_enc, vals, idx, aux_idx = ctx.saved_tensors
         n_latents = w_enc.shape[0]
         g = g_vals * (vals > 0)
         grad_w = _transposed_bag_sum(idx, g, centred, n_latents)
         grad_b_enc = torch.bincount(idx.reshape(-1), weights=g.reshape(-1), minlength=n_latents)
         if g_aux is not None and aux_idx.numel() > 0:
-            ga = g_aux * (aux_vals > 0)
-            grad_w = grad_w + _transposed_bag_sum(aux_idx, ga, centred[: aux_idx.shape[0]], n_latents)
-            grad_b_enc = grad_b_enc + torch.bincount(aux_idx.reshape(-1), weights=ga.reshape(-1),
+            # Straight-through ReLU for the AuxK latents: a latent usually dies because its
+            # pre-activation went negative on every row, exactly where the ReLU's gradient is zero.
+            grad_w = grad_w + _transposed_bag_sum(aux_idx, g_aux, centred[: aux_idx.shape[0]], n_latents)
+            grad_b_enc = grad_b_enc + torch.bincount(aux_idx.reshape(-1), weights=g_aux.reshape(-1),
                                                      minlength=n_latents)
         grad_b_dec = -(grad_b_enc.to(w_enc.dtype) @ w_enc)
         return None, grad_b_dec, grad_w, grad_b_enc.to(w_enc.dtype), None, None, None, None
@@ -155,15 +166,45 @@ def geometric_median(points: Tensor, max_iter: int = 100, tol: float = 1e-5) -> 
     return guess
 
 
-def effective_rank(centred: np.ndarray) -> float:
-    """Entropy effective rank (Roy & Vetterli 2007): exp(H(λ/Σλ)) of the covariance eigenvalues.
+def input_statistics(z: np.ndarray, chunk_rows: int = _STATS_CHUNK) -> tuple[np.ndarray, np.ndarray]:
+    """(mean float64[d], scatter float64[d, d] = Σ (z − μ)(z − μ)ᵀ) of rows z: float[N, d].
 
-    centred: float[N, d] rows minus their mean. 1 for a line, d for isotropic data.
+    Two passes over float64 chunks of `chunk_rows` rows, so the peak is one chunk plus d×d, whatever N
+    (the direct float64 computation on 100k rows peaked at 2.6 GiB).
     """
-    singular = np.linalg.svd(centred.astype(np.float64), compute_uv=False)
-    power = singular**2
+    n = z.shape[0]
+    total = np.zeros(z.shape[1])
+    for start in range(0, n, chunk_rows):
+        total += np.asarray(z[start:start + chunk_rows], dtype=np.float64).sum(0)
+    mean = total / n
+    scatter = np.zeros((z.shape[1], z.shape[1]))
+    for start in range(0, n, chunk_rows):
+        centred = np.asarray(z[start:start + chunk_rows], dtype=np.float64) - mean
+        scatter += centred.T @ centred
+    return mean, scatter
+
+
+def effective_rank_of_scatter(scatter: np.ndarray) -> float:
+    """Entropy effective rank (Roy & Vetterli 2007): exp(H(λ/Σλ)) of the eigenvalues of a scatter matrix.
+
+    1 for a line, d for isotropic data.
+    """
+    power = np.clip(np.linalg.eigvalsh(scatter), 0.0, None)
     p = power[power > 0] / power.sum()
     return float(np.exp(-(p * np.log(p)).sum()))
+
+
+def effective_rank(centred: np.ndarray) -> float:
+    """Effective rank of rows already centred: float[N, d] (see `effective_rank_of_scatter`)."""
+    return effective_rank_of_scatter(input_statistics(centred)[1])
+
+
+def _rows(z: np.ndarray, n: int, generator: torch.Generator) -> np.ndarray:
+    """float32[n, d]: n distinct random rows of z (with replacement only when z has fewer)."""
+    total = z.shape[0]
+    picks = torch.randperm(total, generator=generator)[:n] if total >= n else \
+        torch.randint(total, (n,), generator=generator)
+    return np.asarray(z[np.sort(picks.numpy())], dtype=np.float32)
 
 
 class STSAE(nn.Module):
@@ -194,38 +235,61 @@ class STSAE(nn.Module):
 
     # ---- initialisation -------------------------------------------------------------------------
     @torch.no_grad()
-    def init_from_data(self, z: np.ndarray, generator: torch.Generator) -> InputStats:
+    def init_from_data(self, z: np.ndarray, generator: torch.Generator, init: str = "random",
+                       fit_scale: bool = False) -> InputStats:
         """Set mean/scale, b_dec and the tied atoms from train rows z: float32[N, d_in]; log the stats.
 
         scale = sqrt(mean ‖z − μ‖²), so E‖x‖² = 1 and code magnitudes are O(1) whatever the encoder:
-        the loss weights in the config then mean the same on every dataset.
+        the loss weights in the config then mean the same on every dataset. b_dec starts at the
+        geometric median (dictionary_learning). init="random" keeps the random unit atoms of the
+        constructor (Gao et al.); "data" puts them on random standardised train rows. fit_scale then
+        scales the tied encoder so the first reconstructions have the least-squares magnitude (see
+        `_fit_encoder_scale`; data-row atoms without it overshot ≈ 600× the variance).
         """
+        if init not in INITS:
+            raise StsaeError(f"train.init: must be one of {INITS}, got {init!r}")
         if z.ndim != 2 or z.shape[1] != self.d_in or z.shape[0] < 2:
             raise StsaeError(f"train rows: expected float32[N>=2, {self.d_in}], got {list(z.shape)}")
-        z64 = np.asarray(z, dtype=np.float64)
-        mean = z64.mean(0)
-        centred = z64 - mean
-        scale = float(np.sqrt((centred**2).sum(1).mean()))
+        mean, scatter = input_statistics(z)
+        n = z.shape[0]
+        scale = float(np.sqrt(np.trace(scatter) / n))
         if not scale > 0:
             raise StsaeError("train embeddings are constant (zero spread); check the extract stage")
-        stats = InputStats(float(np.linalg.norm(mean) / scale), effective_rank(centred), int(z.shape[0]))
+        stats = InputStats(float(np.linalg.norm(mean) / scale), effective_rank_of_scatter(scatter), n)
         log.info("train embeddings: ‖μ‖/‖σ‖ = %.2f, effective rank = %.1f of %d (%d rows)",
                  stats.mean_norm_over_std, stats.effective_rank, self.d_in, stats.n_rows)
         self.input_mean.copy_(torch.from_numpy(mean).float())
         self.input_scale.fill_(scale)
-        x = torch.from_numpy(centred / scale).float()
-        self.b_dec.copy_(geometric_median(x))
-        n = x.shape[0]
-        rows = torch.randperm(n, generator=generator)[: self.d_dict] if n >= self.d_dict else \
-            torch.randint(n, (self.d_dict,), generator=generator)
-        atoms = F.normalize(x[rows] - self.b_dec, dim=1)
-        noise = torch.randn(self.d_dict, self.d_in, generator=generator) / math.sqrt(self.d_in)
-        atoms = F.normalize(atoms + _INIT_NOISE * noise, dim=1)
-        self.W_dec.copy_(atoms)
-        self.W_enc.copy_(atoms)
+        sample = self.standardise(torch.from_numpy(_rows(z, _INIT_ROWS, generator)))
+        self.b_dec.copy_(geometric_median(sample))
+        if init == "data":
+            atoms = F.normalize(self.standardise(torch.from_numpy(_rows(z, self.d_dict, generator))) - self.b_dec,
+                                dim=1)
+            noise = torch.randn(self.d_dict, self.d_in, generator=generator) / math.sqrt(self.d_in)
+            self.W_dec.copy_(F.normalize(atoms + _INIT_NOISE * noise, dim=1))
+        self.W_enc.copy_(self.W_dec)
         self.b_enc.zero_()
+        if fit_scale:
+            self._fit_encoder_scale(sample)
         self.stats = stats
         return stats
+
+    @torch.no_grad()
+    def _fit_encoder_scale(self, x: Tensor) -> None:
+        """Scale W_enc by the s minimising Σ‖x − b_dec − s·r‖², r the tied reconstruction minus b_dec.
+
+        With b_enc = 0 both Top-K and ReLU are positively homogeneous: scaling W_enc by s > 0 keeps
+        the selected latents and scales their codes, so the first reconstruction is exactly s·r.
+        Tied data-row atoms on low-rank data otherwise fire together and overshoot many-fold; after
+        the correction most latents had a negative pre-activation on every row (dead). Random atoms
+        do not overshoot, and scaling them measured worse (more dead latents), hence off by default.
+        """
+        target = x - self.b_dec
+        recon = self.decode_codes(self.codes(x, dense=False)) - self.b_dec
+        power = float(recon.pow(2).sum())
+        s = float((target * recon).sum()) / power if power > 0 else 0.0
+        if s > 0:
+            self.W_enc.mul_(s)
 
     # ---- decoder geometry -----------------------------------------------------------------------
     @torch.no_grad()
@@ -260,10 +324,11 @@ class STSAE(nn.Module):
         if self.activation == "relu":
             f = F.relu(F.linear(x - self.b_dec, self.W_enc, self.b_enc).float())
             return Codes(f, None, None, None, None)
-        k_aux = min(k_aux, int(dead_mask.sum())) if dead_mask is not None else 0
+        dead_ids = None if dead_mask is None else torch.nonzero(dead_mask).squeeze(1)
+        k_aux = 0 if dead_ids is None else min(k_aux, dead_ids.numel())
         n_aux = x.shape[0] if aux_rows is None else aux_rows
         vals, idx, aux_vals, aux_idx = _TopKEncode.apply(
-            x, self.b_dec, self.W_enc, self.b_enc, self.k, dead_mask if k_aux > 0 else None, k_aux, n_aux)
+            x, self.b_dec, self.W_enc, self.b_enc, self.k, dead_ids if k_aux > 0 else None, k_aux, n_aux)
         f = self.dense_codes(idx, vals) if dense else None
         if k_aux == 0:
             return Codes(f, idx, vals, None, None)

@@ -116,7 +116,8 @@ class Trainer:
         self.checkpoint = checkpoint
         init = torch.Generator().manual_seed(derive_seed(seed, "stsae-init", d_dict))
         self.model = STSAE(EMBEDDING_DIM, d_dict, cfg.activation, cfg.k, cfg.sparse_decode, generator=init)
-        self.model.init_from_data(train_row_sample(train, cfg.stats_max_rows, seed), init)
+        self.model.init_from_data(train_row_sample(train, cfg.stats_max_rows, seed), init, cfg.init,
+                                   cfg.init_fit_scale)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, fused=True)
         self.since_fired = torch.zeros(d_dict, dtype=torch.int64)
         self.step = 0
@@ -163,7 +164,7 @@ class Trainer:
         decay_start = int(cfg.lr_decay_start * self.total_steps)
         if step >= decay_start and self.total_steps > decay_start:
             factor = min(factor, (self.total_steps - step) / (self.total_steps - decay_start))
-        return cfg.lr * factor
+        return cfg.lr_for(self.d_dict) * factor
 
     # ---- distributed helpers --------------------------------------------------------------------
     def _sum(self, value: Tensor) -> Tensor:
@@ -228,7 +229,8 @@ class Trainer:
         ids = self.batch_ids(self.step)
         share = cfg.batch_size // self.world
         z_t, z_t1, z_aug = self.train_data.batch(ids[self.rank * share:(self.rank + 1) * share])
-        dead_mask = self.since_fired >= cfg.dead_after_samples if cfg.activation == "topk" else None
+        use_auxk = cfg.activation == "topk" and self.spec.weights.auxk > 0
+        dead_mask = self.since_fired >= cfg.dead_after_samples if use_auxk else None
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(self.step)
         model.train()
