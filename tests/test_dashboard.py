@@ -4,6 +4,7 @@ what every card needs (a real, tiny ST-SAE on a fake run)."""
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 from pathlib import Path
 
@@ -189,7 +190,8 @@ def test_every_live_concept_has_a_complete_card(built: tuple[RunDir, dict]) -> N
         assert {"density", "hist", "top", "quantiles", "effect", "morph", "pulses", "rel", "mix"} <= set(card)
         assert 0 < card["density"] <= 1 and sum(card["hist"]["counts"]) == card["n_active"]
         assert {"lag1", "consistency", "matched_cos"} == set(card["rel"])
-        assert all(str(w) in data["windows"] for w in card["top"] + sum(card["quantiles"], []))
+        shown = card["top"] + [w for rows in card["quantiles"] for w in rows]
+        assert all(str(w) in data["windows"] for w in shown)
 
 
 def test_top_windows_are_the_largest_with_at_most_two_per_patient(built: tuple[RunDir, dict]) -> None:
@@ -206,7 +208,7 @@ def test_quantile_examples_are_graded(built: tuple[RunDir, dict]) -> None:
     card = max(data["concepts"], key=lambda c: c["n_active"])
     levels = [[dict(map(tuple, data["windows"][str(w)]["act"]))[card["id"]] for w in ws] for ws in card["quantiles"]]
     assert len(levels) == 4
-    for low, high in zip(levels, levels[1:]):
+    for low, high in itertools.pairwise(levels):
         assert max(low) <= min(high)
 
 
@@ -271,3 +273,19 @@ def test_no_main_model_makes_the_dashboard_unavailable_with_the_file_named(tmp_p
 def test_the_example_pool_is_capped(built: tuple[RunDir, dict]) -> None:
     _, data = built
     assert len(data["windows"]) <= MAX_POOL_WINDOWS
+
+
+def test_morphology_rows_come_from_the_grounding_table_or_are_computed_for_the_rest(
+        built: tuple[RunDir, dict]) -> None:
+    run_dir, data = built
+    table = pd.read_csv(run_dir.concept_morphology)
+    by_id = {c["id"]: c for c in data["concepts"]}
+    assert 3 in by_id, "concept 3 is in the fixture's grounding table"
+    expected = table[table["concept"] == 3]
+    assert [r[0] for r in by_id[3]["morph"]] == expected["feature"].tolist()
+    assert np.allclose([r[1] for r in by_id[3]["morph"]], expected["rho"], atol=1e-3)
+    others = [c for c in data["concepts"] if c["id"] != 3]
+    assert all(isinstance(c["morph"], list) and c["morph"][0][5] > 3 for c in others)
+    for row in by_id[3]["morph"] + others[0]["morph"]:
+        if row[2] is not None:
+            assert row[2] <= row[1] <= row[3]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import json
 import logging
 import secrets
@@ -231,10 +232,12 @@ def _histogram(activation: np.ndarray) -> dict[str, Any]:
 def _mix(index: pd.DataFrame, rows: list[int]) -> dict[str, dict[str, int]]:
     """Counts of age bin, sex and source among the given rows ("unknown" for missing values)."""
     chosen = index.iloc[rows]
-    ages = pd.cut(chosen["age"], bins=list(AGE_BINS), right=False,
-                  labels=[f"{a}–{b}" if b < 200 else f"{a}+" for a, b in zip(AGE_BINS, AGE_BINS[1:])])
-    return {name: {str(k): int(v) for k, v in series.astype(object).fillna("unknown").value_counts().items()}
-            for name, series in (("age", ages), ("sex", chosen["sex"]), ("source", chosen["source"]))}
+    labels = [f"{a}–{b}" if b < AGE_BINS[-1] else f"{a}+" for a, b in itertools.pairwise(AGE_BINS)]
+    ages = pd.cut(chosen["age"], bins=list(AGE_BINS), right=False, labels=labels)
+    mix = {name: series.astype(object).fillna("unknown").value_counts()
+           for name, series in (("age", ages), ("sex", chosen["sex"]), ("source", chosen["source"]))}
+    mix["age"] = mix["age"].reindex([*labels, "unknown"]).dropna()  # bins in age order, not by count
+    return {name: {str(k): int(v) for k, v in counts.items()} for name, counts in mix.items()}
 
 
 class PulseSource:
@@ -299,13 +302,17 @@ def _morphology(run_dir: RunDir, cohort: Cohort, live: np.ndarray) -> tuple[dict
         table = computed if table is None else pd.concat([table, computed], ignore_index=True)
     if table is None:
         return {}, "grounding/concept_morphology.csv and morphology.parquet missing"
-    out: dict[int, list] = {}
-    for concept, group in table.groupby("concept"):
-        n_col = group["n_patients"] if "n_patients" in group.columns else pd.Series(np.nan, index=group.index)
-        out[int(concept)] = [[f, _round(r), *(_round(v) for v in stats.spearman_ci(r, int(n) if pd.notna(n) else 0)),
-                              _round(q), None if pd.isna(n) else int(n)]
-                             for f, r, q, n in zip(group["feature"], group["rho"], group["q"], n_col)]
-    return out, None
+    if "n_patients" not in table.columns:
+        table = table.assign(n_patients=np.nan)
+    return {int(concept): [_morphology_row(row) for row in group.itertuples()]
+            for concept, group in table.groupby("concept")}, None
+
+
+def _morphology_row(row: Any) -> list[Any]:
+    """[feature, rho, CI low, CI high, q, n patients] of one concept_morphology.csv row."""
+    n = None if pd.isna(row.n_patients) else int(row.n_patients)
+    low, high = stats.spearman_ci(row.rho, n or 0)
+    return [row.feature, _round(row.rho), _round(low), _round(high), _round(row.q), n]
 
 
 def _age_effects(run_dir: RunDir, cohort: Cohort) -> tuple[np.ndarray | None, np.ndarray | None, str | None]:
@@ -418,7 +425,7 @@ def build_dashboard(run_dir: RunDir, config: Config) -> dict[str, Any]:
         card["rel"] = _reliability_cells(reliability, int(concept))
         cards.append(card)
     return {"available": True, "model": model.info.name, "K": int(cohort.codes.shape[1]),
-            "n_windows": int(len(cohort.index)), "n_test": int(cohort.test.sum()), "n_live": int(len(live)),
+            "n_windows": len(cohort.index), "n_test": int(cohort.test.sum()), "n_live": len(live),
             "fs": fs / DECIMATE, "per_bin": per_bin, "concepts": cards,
             "windows": {str(k): v for k, v in pool.entries.items()},
             "patients": _patients(cohort, pool, contrib, read_optional_parquet(run_dir.predictions))}

@@ -3,7 +3,8 @@
 A strict Content-Security-Policy meta tag forbids every fetch except inline `data:` images and the
 inline stylesheet, so even a stray URL could not leave the page. The one script (the concept dashboard,
 dashboard.js) runs because the policy names its sha256 hash; any other script, inline or not, is
-blocked. Required inputs are manifest.json, the leaderboard and the figures index; everything else is optional and shows as "not available".
+blocked. Required inputs are manifest.json, the leaderboard and the figures index; everything else is
+optional and shows as "not available".
 """
 
 from __future__ import annotations
