@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
 from html.parser import HTMLParser
 from pathlib import Path
@@ -15,7 +17,7 @@ from stsae.pipeline.rundir import RunDir
 from stsae.pipeline.runner import StageContext
 from stsae.report.figures import read_figure_index
 from stsae.report.headline import RANDOM_WARNING, headline_lines
-from stsae.report.html import write_report
+from stsae.report.html import DASHBOARD_JS, write_report
 from stsae.stages import report as report_stage
 from stsae.utils import io
 
@@ -79,11 +81,15 @@ def test_every_available_figure_is_embedded_as_a_png_data_uri(runs: dict[str, Ru
     assert all(src.startswith("data:image/png;base64,") for src in sources)
 
 
-def test_content_security_policy_forbids_requests(runs: dict[str, RunDir]) -> None:
-    attrs = _attributes(runs["random"].report_html.read_text())
-    csp = [v for tag, name, v in attrs if tag == "meta" and name == "content" and "default-src" in v]
-    assert csp == ["default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; "
-                   "form-action 'none'"]
+def test_content_security_policy_forbids_requests_and_allows_only_the_dashboard_script(
+        runs: dict[str, RunDir]) -> None:
+    html = runs["random"].report_html.read_text()
+    csp = [v for tag, name, v in _attributes(html) if tag == "meta" and name == "content" and "default-src" in v]
+    scripts = re.findall(r"<script>(.*?)</script>", html, re.DOTALL)
+    assert scripts == [DASHBOARD_JS]
+    digest = base64.b64encode(hashlib.sha256(scripts[0].encode()).digest()).decode()
+    assert csp == [f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'sha256-{digest}'; "
+                   "base-uri 'none'; form-action 'none'"]
 
 
 def test_scorecard_misses_are_marked(runs: dict[str, RunDir]) -> None:
@@ -121,7 +127,9 @@ def test_report_stage_writes_report_and_records_it(tmp_path: Path) -> None:
     config = Config()
     config.report.title = "Stage title"
     report_stage.run(StageContext(config, run_dir, "fingerprint"))
-    assert "<title>Stage title</title>" in run_dir.report_html.read_text()
+    html = run_dir.report_html.read_text()
+    assert "<title>Stage title</title>" in html
+    assert "Concept dashboard not available: " in html and "stsae-full-K1024-s0.safetensors" in html
     assert io.read_json(run_dir.manifest)["report"] == {"path": "report.html"}
 
 
