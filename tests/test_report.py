@@ -8,6 +8,7 @@ import re
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from run_fixture import write_fake_run_with_figures
@@ -15,9 +16,10 @@ from stsae.config import Config
 from stsae.errors import InputDataError
 from stsae.pipeline.rundir import RunDir
 from stsae.pipeline.runner import StageContext
-from stsae.report.figures import read_figure_index
+from stsae.report.figures import ev_axis_bottom, plot_pareto, read_figure_index, spread_positions
 from stsae.report.headline import RANDOM_WARNING, headline_lines
 from stsae.report.html import DASHBOARD_JS, write_report
+from stsae.report.scorecard import leaderboard_rows
 from stsae.stages import report as report_stage
 from stsae.utils import io
 
@@ -150,3 +152,28 @@ def test_headline_lines_survive_a_run_without_results(tmp_path: Path) -> None:
     lines = headline_lines(RunDir(tmp_path))
     assert lines[0] == "Report: not written (run `stsae report`)"
     assert "Age (test): MAE not available, r not available" in lines
+
+
+def test_pareto_axis_clips_a_far_outlier_and_leaves_normal_spreads_alone() -> None:
+    evs = [0.95, 0.94, 0.93, 0.9, 0.82, 0.78, 0.7, 0.62, -1.9]
+    bottom = ev_axis_bottom(evs)
+    assert bottom is not None and 0.5 < bottom < 0.62
+    assert ev_axis_bottom([0.95, 0.9, 0.8, 0.7, 0.6, 0.5]) is None
+
+
+def test_pareto_marks_off_scale_models_in_its_note(tmp_path: Path) -> None:
+    run_dir = write_fake_run_with_figures(tmp_path / "run", tmp_path)
+    rows = leaderboard_rows(run_dir)
+    outlier = next(r for r in rows if r["family"] == "pca" and r["matched_sparsity"])
+    outlier["ev"] = -1.9
+    info = plot_pareto(rows, io.read_json(run_dir.pareto), tmp_path / "fig")
+    assert info.available and "1 model(s) below the axis" in info.note
+    assert (tmp_path / "fig" / "pareto.png").is_file()
+
+
+def test_spread_labels_keep_order_and_a_minimum_gap() -> None:
+    values = [0.50, 0.51, 0.30, 0.505]
+    placed = spread_positions(values, 0.05)
+    assert np.argsort(placed).tolist() == np.argsort(values, kind="stable").tolist()
+    assert np.diff(np.sort(placed)).min() >= 0.05 - 1e-12
+    assert placed[2] == pytest.approx(0.30)
