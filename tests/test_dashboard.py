@@ -23,6 +23,7 @@ from stsae.report.dashboard import (
     TOP_PER_PATIENT,
     build_dashboard,
     dashboard_json,
+    example_counts,
     quantise,
 )
 from stsae.utils import io
@@ -273,6 +274,10 @@ def test_no_main_model_makes_the_dashboard_unavailable_with_the_file_named(tmp_p
 def test_the_example_pool_is_capped(built: tuple[RunDir, dict]) -> None:
     _, data = built
     assert len(data["windows"]) <= MAX_POOL_WINDOWS
+    assert example_counts(16) == (6, 5)
+    for n_live in (16, 128, 1024, 4096, 8192):
+        n_top, per_bin = example_counts(n_live)
+        assert n_top >= 1 and n_live * (n_top + 4 * per_bin) <= max(MAX_POOL_WINDOWS, n_live)
 
 
 def test_morphology_rows_come_from_the_grounding_table_or_are_computed_for_the_rest(

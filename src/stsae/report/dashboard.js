@@ -140,6 +140,9 @@
     host.appendChild(el("h4", {text: "Top activating windows (≤ 2 per patient; red: beat onsets)"}));
     host.appendChild(el("div", {"class": "thumbs top"}, c.top.map(w => windowThumb(String(w), c.id))));
     host.appendChild(el("h4", {text: "Windows per activation quantile (lowest first)"}));
+    if (!c.quantiles.length) {
+      host.appendChild(el("p", {"class": "muted", text: na("left out: " + data.n_live + " concepts exceed the report's example cap")}));
+    }
     c.quantiles.forEach((ws, i) => host.appendChild(el("div", {"class": "thumbs quantile"},
       [el("div", {"class": "qlabel", text: "Q" + (i + 1)}), ...ws.map(w => windowThumb(String(w), c.id))])));
     host.appendChild(el("h4", {text: "Effects"}));

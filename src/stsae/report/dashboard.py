@@ -44,7 +44,7 @@ from stsae.utils.seeding import rng
 log = logging.getLogger(__name__)
 
 DECIMATE = 5  # 125 Hz -> 25 Hz: enough for the eye, a fifth of the bytes
-MAX_POOL_WINDOWS = 4000  # at ~0.45 kB each, ≈ 1.8 MB of waveforms whatever K and N are
+MAX_POOL_WINDOWS = 8000  # at ~0.5 kB each, ≤ 4 MB of waveforms whatever K and N are
 TOP_WINDOWS = 6
 TOP_PER_PATIENT = 2
 QUANTILES = 4
@@ -329,12 +329,12 @@ def _age_effects(run_dir: RunDir, cohort: Cohort) -> tuple[np.ndarray | None, np
     return coef, stats.age_contributions(cohort.patient_codes, train, coef), None
 
 
-def _concept_card(concept: int, cohort: Cohort, pool: WindowPool, pulses: PulseSource, per_bin: int,
-                  seed: int) -> dict[str, Any]:
+def _concept_card(concept: int, cohort: Cohort, pool: WindowPool, pulses: PulseSource,
+                  counts: tuple[int, int], seed: int) -> dict[str, Any]:
     activation = cohort.codes[:, concept]
     patients = cohort.row_patient
-    top = _top_rows(activation, patients, TOP_WINDOWS, TOP_PER_PATIENT)
-    quantiles = _quantile_rows(activation, per_bin, rng(seed, "report", "quantiles", concept))
+    top = _top_rows(activation, patients, counts[0], TOP_PER_PATIENT)
+    quantiles = _quantile_rows(activation, counts[1], rng(seed, "report", "quantiles", concept)) if counts[1] else []
     mix_rows = _top_rows(activation, patients, MIX_TOP, TOP_PER_PATIENT)
     window_ids = cohort.index["window_id"].to_numpy(dtype=np.int64)
     return {"id": concept, "density": _round((activation > 0).mean()), "n_active": int((activation > 0).sum()),
@@ -344,10 +344,12 @@ def _concept_card(concept: int, cohort: Cohort, pool: WindowPool, pulses: PulseS
             "pulses": pulses.pulses(concept, activation, window_ids)}
 
 
-def _per_bin(n_live: int) -> int:
-    """Quantile examples per bin so the pool stays under MAX_POOL_WINDOWS (at least 1, at most 5)."""
-    budget = MAX_POOL_WINDOWS // max(n_live, 1) - TOP_WINDOWS
-    return int(np.clip(budget // QUANTILES, 1, PER_QUANTILE))
+def example_counts(n_live: int) -> tuple[int, int]:
+    """(top windows, windows per quantile bin) per card, so that n_live cards need at most MAX_POOL_WINDOWS
+    examples: 6 and 5 while that fits; fewer for large K, down to one top window and no quantile rows."""
+    per_card = MAX_POOL_WINDOWS // max(n_live, 1)
+    n_top = int(np.clip(per_card // 3, 1, TOP_WINDOWS))
+    return n_top, int(np.clip((per_card - n_top) // QUANTILES, 0, PER_QUANTILE))
 
 
 def _reliability_cells(reliability: dict[str, dict[str, Any]], concept: int) -> dict[str, Any]:
@@ -416,17 +418,17 @@ def build_dashboard(run_dir: RunDir, config: Config) -> dict[str, Any]:
     reliability = _reliability(run_dir, config, model, cohort)
     coef, contrib, age_reason = _age_effects(run_dir, cohort)
     morphology, morph_reason = _morphology(run_dir, cohort, live)
-    per_bin = _per_bin(len(live))
+    counts = example_counts(len(live))
     cards = []
     for concept in live:
-        card = _concept_card(int(concept), cohort, pool, pulses, per_bin, config.run.seed)
+        card = _concept_card(int(concept), cohort, pool, pulses, counts, config.run.seed)
         card["effect"] = _effects(int(concept), cohort, coef, contrib, age_reason, config.aging.min_events)
         card["morph"] = morphology.get(int(concept)) or {"na": morph_reason or "not in the grounding tables"}
         card["rel"] = _reliability_cells(reliability, int(concept))
         cards.append(card)
     return {"available": True, "model": model.info.name, "K": int(cohort.codes.shape[1]),
             "n_windows": len(cohort.index), "n_test": int(cohort.test.sum()), "n_live": len(live),
-            "fs": fs / DECIMATE, "per_bin": per_bin, "concepts": cards,
+            "fs": fs / DECIMATE, "n_top": counts[0], "per_bin": counts[1], "concepts": cards,
             "windows": {str(k): v for k, v in pool.entries.items()},
             "patients": _patients(cohort, pool, contrib, read_optional_parquet(run_dir.predictions))}
 
