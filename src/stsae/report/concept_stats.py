@@ -124,7 +124,8 @@ def activation_odds_ratio(activation: np.ndarray, patients: pd.DataFrame, label:
     frame = patients[["age", "sex", label]].assign(delta_age=np.asarray(activation, dtype=np.float64))
     if frame["delta_age"].std() == 0:
         return {"skipped": "activation constant over patients"}
-    fit = logistic_association(frame, label, min_events=min_events)
+    with np.errstate(divide="ignore"):  # log(0) inside statsmodels on near-separated data; handled there
+        fit = logistic_association(frame, label, min_events=min_events)
     if "skipped" in fit:
         return {"skipped": str(fit["skipped"])}
     return {"or": fit["or_per_sd"], "lo": fit["or_per_sd_ci_low"], "hi": fit["or_per_sd_ci_high"],

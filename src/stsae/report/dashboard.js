@@ -165,7 +165,8 @@
     const patient = data.patients[w.p] || {contrib: {}};
     host.appendChild(el("h3", {text: "Window " + wid + " · patient " + w.p}));
     host.appendChild(el("p", {"class": "muted", text: "age " + fmt(w.age, 0) + ", sex " + (w.sex || "?") + ", " + (w.src || "?") +
-      ", split " + w.split + "; predicted age " + fmt(patient.pred, 1)}));
+      ", split " + w.split + "; predicted age " + (patient.pred === null || patient.pred === undefined
+        ? "n/a (only validation and test patients are predicted)" : fmt(patient.pred, 1))}));
     host.appendChild(line(decode(w.w), 900, 120, "#1d2733", w.on));
     const head = el("tr", {}, ["Concept", "Activation here", "Contribution to patient's predicted age (y)"].map(t => el("th", {text: t})));
     const body = w.act.slice().sort((a, b) => b[1] - a[1]).map(a => el("tr", {}, [
