@@ -18,6 +18,7 @@ from stsae.config import Config
 from stsae.models.stsae import STSAE
 from stsae.pipeline.rundir import RunDir
 from stsae.report import concept_stats as stats
+from stsae.report import dashboard
 from stsae.report.dashboard import (
     MAX_POOL_WINDOWS,
     TOP_PER_PATIENT,
@@ -294,3 +295,17 @@ def test_morphology_rows_come_from_the_grounding_table_or_are_computed_for_the_r
     for row in by_id[3]["morph"] + others[0]["morph"]:
         if row[2] is not None:
             assert row[2] <= row[1] <= row[3]
+
+
+def test_large_runs_encode_whole_patients_up_to_the_cell_cap(monkeypatch: pytest.MonkeyPatch,
+                                                            built: tuple[RunDir, dict]) -> None:
+    run_dir, _ = built
+    monkeypatch.setattr(dashboard, "MAX_CODE_CELLS", 60 * K)
+    data = build_dashboard(run_dir, dashboard_config())
+    index = io.read_parquet(run_dir.index)
+    assert data["n_windows_all"] == len(index) and 0 < data["n_windows"] <= 60
+    rows = dashboard.patient_sample(index, K, np.random.default_rng(0))
+    chosen = index.iloc[rows]
+    assert len(rows) <= 60 and chosen["patient_id"].nunique() >= 1
+    complete = index[index["patient_id"].isin(chosen["patient_id"])]
+    assert len(complete) == len(chosen), "a sampled patient must bring all of its windows"

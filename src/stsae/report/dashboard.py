@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from stsae.config import Config
 from stsae.data.store import load_embeddings
@@ -44,6 +45,7 @@ from stsae.utils.seeding import rng
 log = logging.getLogger(__name__)
 
 DECIMATE = 5  # 125 Hz -> 25 Hz: enough for the eye, a fifth of the bytes
+MAX_CODE_CELLS = 50_000_000  # windows × concepts encoded (200 MB of float32 codes)
 MAX_POOL_WINDOWS = 8000  # at ~0.5 kB each, ≤ 4 MB of waveforms whatever K and N are
 TOP_WINDOWS = 6
 TOP_PER_PATIENT = 2
@@ -76,23 +78,39 @@ def quantise(values: np.ndarray) -> dict[str, Any]:
 @dataclass
 class Cohort:
     """The encoded windows. codes: float32[M, K] (row r ↔ index row r); index: embeddings index joined
-    with meta (age, sex, source, htn, t2d); test: bool[M]; patients: one row per patient (sorted) with
+    with meta (age, sex, source, htn, t2d); rows: int64[M] their rows in z.npy (all n_all rows, or a patient
+    sample: `patient_sample`); test: bool[M]; patients: one row per patient (sorted) with
     split, age, sex, htn, t2d; patient_codes: float64[P, K]; row_patient: int64[M] row into patients."""
 
     codes: np.ndarray
     index: pd.DataFrame
+    rows: np.ndarray
     test: np.ndarray
     patients: pd.DataFrame
     patient_codes: np.ndarray
     row_patient: np.ndarray
+    n_all: int
 
 
-def _encode(model: ConceptModel, z: np.ndarray, chunk: int = 8192) -> np.ndarray:
-    return np.concatenate([model.encode(np.array(z[s:s + chunk], dtype=np.float32))
-                           for s in range(0, z.shape[0], chunk)]).astype(np.float32)
+def _encode(model: ConceptModel, z: np.ndarray, rows: np.ndarray, chunk: int = 8192) -> np.ndarray:
+    """float32[len(rows), K] codes of z[rows] (sorted rows of a memmap, read chunk by chunk)."""
+    return np.concatenate([model.encode(np.array(z[rows[s:s + chunk]], dtype=np.float32))
+                           for s in range(0, len(rows), chunk)]).astype(np.float32)
 
 
-def _cohort(run_dir: RunDir, model: ConceptModel) -> Cohort:
+def patient_sample(index: pd.DataFrame, n_concepts: int, generator: np.random.Generator) -> np.ndarray:
+    """Sorted embedding rows to encode: all of them, or, when N·K exceeds MAX_CODE_CELLS, every window of
+    a random sample of whole patients (so patient means and records stay intact) up to that many cells."""
+    max_rows = MAX_CODE_CELLS // max(n_concepts, 1)
+    if len(index) <= max_rows:
+        return np.arange(len(index))
+    ids, sizes = np.unique(index["patient_id"].to_numpy(), return_counts=True)
+    order = generator.permutation(len(ids))
+    keep = ids[order[np.cumsum(sizes[order]) <= max_rows]]
+    return np.flatnonzero(index["patient_id"].isin(keep).to_numpy())
+
+
+def _cohort(run_dir: RunDir, model: ConceptModel, seed: int) -> Cohort:
     embeddings = load_embeddings(run_dir)
     meta = io.read_parquet(run_dir.meta)
     wanted = [c for c in ("window_id", "age", "sex", "source", "htn", "t2d") if c in meta.columns]
@@ -104,15 +122,17 @@ def _cohort(run_dir: RunDir, model: ConceptModel) -> Cohort:
         if column not in index.columns:
             index[column] = None
     index["patient_id"] = index["patient_id"].astype(str)
-    codes = _encode(model, embeddings.z)
+    n_all = len(index)
+    rows = patient_sample(index, model.info.d_dict, rng(seed, "report", "patients"))
+    index = index.iloc[rows].reset_index(drop=True)
+    codes = _encode(model, embeddings.z, rows)
     row_patient, ids = pd.factorize(index["patient_id"], sort=True)
-    sums = np.zeros((len(ids), codes.shape[1]))
-    np.add.at(sums, row_patient, codes.astype(np.float64))
-    patient_codes = sums / np.bincount(row_patient, minlength=len(ids))[:, None]
+    one_hot = sp.csr_matrix((np.ones(len(rows)), (row_patient, np.arange(len(rows)))), shape=(len(ids), len(rows)))
+    patient_codes = np.asarray(one_hot @ codes, dtype=np.float64) / np.bincount(row_patient)[:, None]
     patients = (index.groupby("patient_id", sort=True)[["split", "age", "sex", "htn", "t2d"]].first()
                 .reset_index())
-    return Cohort(codes, index, (index["split"] == "test").to_numpy(), patients, patient_codes,
-                  row_patient.astype(np.int64))
+    return Cohort(codes, index, rows, (index["split"] == "test").to_numpy(), patients, patient_codes,
+                  row_patient.astype(np.int64), n_all)
 
 
 def _main_model(run_dir: RunDir, config: Config) -> ConceptModel:
@@ -129,15 +149,16 @@ def _other_seed_dictionaries(run_dir: RunDir, config: Config) -> tuple[list[np.n
     return found, None
 
 
-def _aug_codes(run_dir: RunDir, model: ConceptModel, test: np.ndarray) -> tuple[np.ndarray, str]:
+def _aug_codes(run_dir: RunDir, model: ConceptModel, cohort: Cohort) -> tuple[np.ndarray, str]:
     """Test-window codes of the held-out augmentations when extracted, else of z_aug; which one is said."""
     held_out = run_dir.embeddings_dir / "z_aug_heldout.npy"
     path, label = ((held_out, "held-out augmentations") if held_out.is_file()
                    else (run_dir.z_aug, "training augmentations"))
     z_aug = io.open_memmap_rows(path, 512)
-    if z_aug.shape[0] != len(test):
-        raise InputDataError(f"{path}: {z_aug.shape[0]} rows but {run_dir.index.name} lists {len(test)}")
-    return _encode(model, z_aug[np.flatnonzero(test)]), label
+    n_index = len(io.read_parquet(run_dir.index))
+    if z_aug.shape[0] != n_index:
+        raise InputDataError(f"{path}: {z_aug.shape[0]} rows but {run_dir.index.name} lists {n_index}")
+    return _encode(model, z_aug, cohort.rows[cohort.test]), label
 
 
 def _reliability(run_dir: RunDir, config: Config, model: ConceptModel,
@@ -152,7 +173,7 @@ def _reliability(run_dir: RunDir, config: Config, model: ConceptModel,
             rng(config.run.seed, "report", "lag1")), "note": "test split, within records"}
     else:
         out["lag1"] = {"reason": "fewer than 3 test windows"}
-    codes_aug, label = _aug_codes(run_dir, model, test)
+    codes_aug, label = _aug_codes(run_dir, model, cohort)
     if not test.any():
         out["consistency"] = {"reason": "no test windows"}
     else:
@@ -405,7 +426,7 @@ def build_dashboard(run_dir: RunDir, config: Config) -> dict[str, Any]:
     missing). Live concepts: those that fire on at least one window."""
     try:
         model = _main_model(run_dir, config)
-        cohort = _cohort(run_dir, model)
+        cohort = _cohort(run_dir, model, config.run.seed)
     except (InputDataError, FileNotFoundError) as exc:
         log.warning("concept dashboard not available: %s", exc)
         return {"available": False, "reason": str(exc)}
@@ -427,7 +448,8 @@ def build_dashboard(run_dir: RunDir, config: Config) -> dict[str, Any]:
         card["rel"] = _reliability_cells(reliability, int(concept))
         cards.append(card)
     return {"available": True, "model": model.info.name, "K": int(cohort.codes.shape[1]),
-            "n_windows": len(cohort.index), "n_test": int(cohort.test.sum()), "n_live": len(live),
+            "n_windows": len(cohort.index), "n_windows_all": cohort.n_all, "n_test": int(cohort.test.sum()),
+            "n_live": len(live),
             "fs": fs / DECIMATE, "n_top": counts[0], "per_bin": counts[1], "concepts": cards,
             "windows": {str(k): v for k, v in pool.entries.items()},
             "patients": _patients(cohort, pool, contrib, read_optional_parquet(run_dir.predictions))}
