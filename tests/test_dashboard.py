@@ -309,3 +309,14 @@ def test_large_runs_encode_whole_patients_up_to_the_cell_cap(monkeypatch: pytest
     assert len(rows) <= 60 and chosen["patient_id"].nunique() >= 1
     complete = index[index["patient_id"].isin(chosen["patient_id"])]
     assert len(complete) == len(chosen), "a sampled patient must bring all of its windows"
+
+
+def test_a_run_without_test_patients_still_gets_cards_with_reasons(tmp_path: Path) -> None:
+    run_dir = write_fake_run(tmp_path / "run")
+    add_model_and_embeddings(run_dir)
+    index = io.read_parquet(run_dir.index)
+    io.write_parquet(run_dir.index, index.assign(split=index["split"].replace("test", "val")))
+    data = build_dashboard(run_dir, dashboard_config())
+    assert data["n_test"] == 0
+    rel = data["concepts"][0]["rel"]
+    assert rel["lag1"]["na"] == "fewer than 3 test windows" and rel["consistency"]["na"] == "no test windows"

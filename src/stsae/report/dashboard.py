@@ -173,10 +173,10 @@ def _reliability(run_dir: RunDir, config: Config, model: ConceptModel,
             rng(config.run.seed, "report", "lag1")), "note": "test split, within records"}
     else:
         out["lag1"] = {"reason": "fewer than 3 test windows"}
-    codes_aug, label = _aug_codes(run_dir, model, cohort)
     if not test.any():
         out["consistency"] = {"reason": "no test windows"}
     else:
+        codes_aug, label = _aug_codes(run_dir, model, cohort)
         out["consistency"] = {"values": stats.firing_jaccard(cohort.codes[test], codes_aug),
                               "null": stats.independent_jaccard((cohort.codes[test] > 0).mean(axis=0),
                                                                 (codes_aug > 0).mean(axis=0)),
@@ -197,7 +197,8 @@ class WindowPool:
         self.entries: dict[int, dict[str, Any]] = {}
 
     def patient_hash(self, patient_id: str) -> str:
-        return hashlib.blake2s(patient_id.encode(), key=self.salt, digest_size=4).hexdigest()
+        """Keyed BLAKE2s, 40 bits: stable within this report, not reversible by hashing candidate ids."""
+        return hashlib.blake2s(patient_id.encode(), key=self.salt, digest_size=5).hexdigest()
 
     def add(self, row: int) -> int:
         """Store index row `row` (once); returns its window_id."""
