@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 DECIMATE = 5  # 125 Hz -> 25 Hz: enough for the eye, a fifth of the bytes
 MAX_CODE_CELLS = 50_000_000  # windows × concepts encoded (200 MB of float32 codes)
-MAX_POOL_WINDOWS = 8000  # at ~0.5 kB each, ≤ 4 MB of waveforms whatever K and N are
+MAX_POOL_WINDOWS = 6000  # at ~0.7 kB each (waveform, onsets, active codes), ≤ 4.2 MB whatever K and N are
 TOP_WINDOWS = 6
 TOP_PER_PATIENT = 2
 QUANTILES = 4
