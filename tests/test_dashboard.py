@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from run_fixture import write_fake_run, write_fake_run_with_figures
 from stsae.config import Config
 from stsae.models.stsae import STSAE
 from stsae.pipeline.rundir import RunDir
+from stsae.pipeline.runner import StageContext
 from stsae.report import concept_stats as stats
 from stsae.report import dashboard
 from stsae.report.dashboard import (
@@ -27,6 +29,7 @@ from stsae.report.dashboard import (
     example_counts,
     quantise,
 )
+from stsae.stages import report as report_stage
 from stsae.utils import io
 
 K = 16
@@ -320,3 +323,20 @@ def test_a_run_without_test_patients_still_gets_cards_with_reasons(tmp_path: Pat
     assert data["n_test"] == 0
     rel = data["concepts"][0]["rel"]
     assert rel["lag1"]["na"] == "fewer than 3 test windows" and rel["consistency"]["na"] == "no test windows"
+
+
+def test_mix_counts_cover_the_same_top_windows(built: tuple[RunDir, dict]) -> None:
+    _, data = built
+    for card in data["concepts"]:
+        totals = {name: sum(counts.values()) for name, counts in card["mix"].items()}
+        assert len(set(totals.values())) == 1 and 0 < totals["sex"] <= dashboard.MIX_TOP
+        assert set(card["mix"]["sex"]) <= {"M", "F", "unknown"}
+
+
+def test_report_stage_embeds_the_dashboard_of_the_main_model(tmp_path: Path) -> None:
+    run_dir = write_dashboard_run(tmp_path / "run", tmp_path)
+    report_stage.run(StageContext(dashboard_config(), run_dir, "fingerprint"))
+    html = run_dir.report_html.read_text()
+    found = re.search(r'<script type="application/json" id="dashboard-data">(.*?)</script>', html, re.DOTALL)
+    assert found and json.loads(found.group(1))["model"] == f"stsae-full-K{K}-s0"
+    assert 'id="concept-table"' in html
