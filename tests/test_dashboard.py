@@ -16,6 +16,7 @@ import torch
 
 from run_fixture import write_fake_run, write_fake_run_with_figures
 from stsae.config import Config
+from stsae.errors import InputDataError
 from stsae.models.stsae import STSAE
 from stsae.pipeline.rundir import RunDir
 from stsae.pipeline.runner import StageContext
@@ -340,3 +341,11 @@ def test_report_stage_embeds_the_dashboard_of_the_main_model(tmp_path: Path) -> 
     found = re.search(r'<script type="application/json" id="dashboard-data">(.*?)</script>', html, re.DOTALL)
     assert found and json.loads(found.group(1))["model"] == f"stsae-full-K{K}-s0"
     assert 'id="concept-table"' in html
+
+
+def test_a_broken_grounding_file_is_an_error_naming_it(tmp_path: Path) -> None:
+    run_dir = write_fake_run(tmp_path / "run")
+    add_model_and_embeddings(run_dir)
+    run_dir.concept_pulses.write_bytes(b"not an npz")
+    with pytest.raises(InputDataError, match=r"concept_pulses\.npz"):
+        build_dashboard(run_dir, dashboard_config())

@@ -106,8 +106,9 @@
     const box = el("div", {"class": "pulses"});
     box.appendChild(line(decode(p.high), 220, 90, "#c0262d"));
     box.appendChild(line(decode(p.low), 220, 90, "#0b4f8a"));
-    box.appendChild(el("div", {"class": "muted", text: "red: highest decile (n " + p.n_high + "), blue: lowest active decile (n " +
-      p.n_low + "); " + p.src}));
+    const n = v => (v === null ? "" : " (n " + v + ")");
+    box.appendChild(el("div", {"class": "muted", text: "red: highest decile" + n(p.n_high) + ", blue: lowest active decile" +
+      n(p.n_low) + "; " + p.src}));
     return box;
   }
 

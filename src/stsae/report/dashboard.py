@@ -37,6 +37,7 @@ from stsae.grounding.concepts import correlate_concepts_with_morphology
 from stsae.models.registry import ConceptModel, load_concept_model
 from stsae.pipeline.rundir import RunDir
 from stsae.report import concept_stats as stats
+from stsae.report.figures import read_concept_correlations, read_concept_pulses
 from stsae.report.scorecard import read_optional_json, read_optional_parquet
 from stsae.train.grid import main_entry
 from stsae.utils import io
@@ -269,13 +270,8 @@ class PulseSource:
     def __init__(self, run_dir: RunDir, fs: float, beat_samples: int):
         self.fs, self.beat_samples = fs, beat_samples
         self.windows = io.open_memmap_rows(run_dir.windows)
-        self.grounded: dict[int, int] = {}
-        self.arrays: dict[str, np.ndarray] = {}
-        if run_dir.concept_pulses.is_file():
-            io.refuse_symlink(run_dir.concept_pulses)
-            with np.load(run_dir.concept_pulses, allow_pickle=False) as data:
-                self.arrays = {key: data[key] for key in data.files}
-            self.grounded = {int(c): i for i, c in enumerate(self.arrays.get("concepts", []))}
+        self.arrays = read_concept_pulses(run_dir.concept_pulses) or {}
+        self.grounded = {int(c): i for i, c in enumerate(self.arrays.get("concepts", []))}
         self._pulse = lru_cache(maxsize=None)(self._window_pulse)
 
     def _window_pulse(self, window_id: int) -> np.ndarray:
@@ -289,12 +285,10 @@ class PulseSource:
         return mean, len(usable)
 
     def pulses(self, concept: int, activation: np.ndarray, window_ids: np.ndarray) -> dict[str, Any]:
-        if concept in self.grounded and "high_mean" in self.arrays:
+        if concept in self.grounded:
             i = self.grounded[concept]
-            n = {g: int(self.arrays[f"n_{g}"][i]) if f"n_{g}" in self.arrays else None for g in ("high", "low")}
-            return {"src": "grounding stage (decile of its window sample, patient-bootstrap band)",
-                    "high": quantise(self.arrays["high_mean"][i]), "low": quantise(self.arrays["low_mean"][i]),
-                    "n_high": n["high"], "n_low": n["low"]}
+            return {"src": "grounding stage (decile of its window sample)", "n_high": None, "n_low": None,
+                    "high": quantise(self.arrays["high_mean"][i]), "low": quantise(self.arrays["low_mean"][i])}
         active = np.flatnonzero(activation > 0)
         ranked = active[np.argsort(activation[active], kind="stable")]
         n_group = min(max(2, len(ranked) // 10), len(ranked) // 2, PULSE_WINDOWS)
@@ -309,9 +303,7 @@ class PulseSource:
 def _morphology(run_dir: RunDir, cohort: Cohort, live: np.ndarray) -> tuple[dict[int, list], str | None]:
     """Per concept: [feature, rho, lo, hi, q, n] rows, from concept_morphology.csv when it covers the
     concept, else Spearman over patient means of the windows in morphology.parquet."""
-    table = None
-    if run_dir.concept_morphology.is_file():
-        table = pd.read_csv(run_dir.concept_morphology)
+    table = read_concept_correlations(run_dir.concept_morphology)
     covered = set() if table is None else set(table["concept"].astype(int))
     missing = [int(c) for c in live if int(c) not in covered]
     morphology = read_optional_parquet(run_dir.morphology)
@@ -324,8 +316,7 @@ def _morphology(run_dir: RunDir, cohort: Cohort, live: np.ndarray) -> tuple[dict
         table = computed if table is None else pd.concat([table, computed], ignore_index=True)
     if table is None:
         return {}, "grounding/concept_morphology.csv and morphology.parquet missing"
-    if "n_patients" not in table.columns:
-        table = table.assign(n_patients=np.nan)
+    table = table.assign(**{c: np.nan for c in ("q", "n_patients") if c not in table.columns})
     return {int(concept): [_morphology_row(row) for row in group.itertuples()]
             for concept, group in table.groupby("concept")}, None
 
