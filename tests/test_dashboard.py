@@ -349,3 +349,8 @@ def test_a_broken_grounding_file_is_an_error_naming_it(tmp_path: Path) -> None:
     run_dir.concept_pulses.write_bytes(b"not an npz")
     with pytest.raises(InputDataError, match=r"concept_pulses\.npz"):
         build_dashboard(run_dir, dashboard_config())
+
+
+def test_the_same_run_gives_the_same_dashboard(built: tuple[RunDir, dict]) -> None:
+    run_dir, data = built
+    assert dashboard_json(build_dashboard(run_dir, dashboard_config())) == dashboard_json(data)

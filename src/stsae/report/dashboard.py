@@ -10,7 +10,9 @@ Inputs (docs/CONTRACTS.md): the main model (`stsae.train.grid.main_entry`), embe
 encoded; reliability uses the test split), windows.npy + meta.parquet, aging/age_model.json, grounding
 outputs and the other seeds' `full` models. Anything missing shows as "n/a (reason)" on the cards; a
 missing main model or embeddings make the whole dashboard "not available" with the reason.
-Patient ids are shown as salted hashes (a fresh salt per report), never in clear.
+Patient ids are shown as keyed hashes, never in clear; the key is a digest of the main model's weights,
+which stay on the machine: the same run gives the same report byte for byte (tests/test_determinism.py),
+and someone holding only the report cannot test guessed ids against it.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ import hashlib
 import itertools
 import json
 import logging
-import secrets
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -136,6 +138,12 @@ def _cohort(run_dir: RunDir, model: ConceptModel, seed: int) -> Cohort:
                   row_patient.astype(np.int64), n_all)
 
 
+def _patient_key(weights: Path) -> bytes:
+    """32-byte BLAKE2s key for patient-id hashes: the digest of the model file (module docstring)."""
+    with open(weights, "rb") as handle:
+        return hashlib.file_digest(handle, lambda: hashlib.blake2s(person=b"stsae-pt")).digest()
+
+
 def _main_model(run_dir: RunDir, config: Config) -> ConceptModel:
     entry = main_entry(config.train)
     return load_concept_model(run_dir.stsae_checkpoint(entry.variant, entry.d_dict, entry.seed))
@@ -192,14 +200,14 @@ def _reliability(run_dir: RunDir, config: Config, model: ConceptModel,
 class WindowPool:
     """The example windows shown anywhere in the dashboard, each stored once (decimated, int8)."""
 
-    def __init__(self, run_dir: RunDir, cohort: Cohort, salt: bytes, fs: float):
+    def __init__(self, run_dir: RunDir, cohort: Cohort, key: bytes, fs: float):
         self.windows = io.open_memmap_rows(run_dir.windows)
-        self.cohort, self.salt, self.fs = cohort, salt, fs
+        self.cohort, self.key, self.fs = cohort, key, fs
         self.entries: dict[int, dict[str, Any]] = {}
 
     def patient_hash(self, patient_id: str) -> str:
-        """Keyed BLAKE2s, 40 bits: stable within this report, not reversible by hashing candidate ids."""
-        return hashlib.blake2s(patient_id.encode(), key=self.salt, digest_size=5).hexdigest()
+        """Keyed BLAKE2s, 40 bits: stable for this run, not reversible by hashing candidate ids."""
+        return hashlib.blake2s(patient_id.encode(), key=self.key, digest_size=5).hexdigest()
 
     def add(self, row: int) -> int:
         """Store index row `row` (once); returns its window_id."""
@@ -426,7 +434,7 @@ def build_dashboard(run_dir: RunDir, config: Config) -> dict[str, Any]:
         return {"available": False, "reason": f"{run_dir.windows} missing"}
     live = np.flatnonzero((cohort.codes > 0).any(axis=0))
     fs = config.data.windowing.fs_target
-    pool = WindowPool(run_dir, cohort, secrets.token_bytes(16), fs)
+    pool = WindowPool(run_dir, cohort, _patient_key(model.info.path), fs)
     pulses = PulseSource(run_dir, fs, config.grounding.beat_samples)
     reliability = _reliability(run_dir, config, model, cohort)
     coef, contrib, age_reason = _age_effects(run_dir, cohort)
