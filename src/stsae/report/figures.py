@@ -143,7 +143,7 @@ def _clip_ev_axis(ax: Axes, points: list[dict[str, Any]]) -> int:
     for r in below:
         ax.scatter([r["l0"]], [bottom], marker="v", s=60, color="#c0262d", zorder=6, clip_on=False)
         ax.annotate(f"{r.get('model', '?')}: EV {r['ev']:.2f}", (r["l0"], bottom), textcoords="offset points",
-                    xytext=(0, 8), ha="center", fontsize=7, color="#c0262d")
+                    xytext=(7, 3), ha="left", fontsize=7, color="#c0262d")
     return len(below)
 
 
