@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from run_fixture import write_fake_run_with_figures
@@ -13,9 +16,10 @@ from stsae.config import Config
 from stsae.errors import InputDataError
 from stsae.pipeline.rundir import RunDir
 from stsae.pipeline.runner import StageContext
-from stsae.report.figures import read_figure_index
+from stsae.report.figures import ev_axis_bottom, plot_pareto, read_figure_index, spread_positions
 from stsae.report.headline import RANDOM_WARNING, headline_lines
-from stsae.report.html import write_report
+from stsae.report.html import DASHBOARD_JS, write_report
+from stsae.report.scorecard import leaderboard_rows
 from stsae.stages import report as report_stage
 from stsae.utils import io
 
@@ -79,11 +83,15 @@ def test_every_available_figure_is_embedded_as_a_png_data_uri(runs: dict[str, Ru
     assert all(src.startswith("data:image/png;base64,") for src in sources)
 
 
-def test_content_security_policy_forbids_requests(runs: dict[str, RunDir]) -> None:
-    attrs = _attributes(runs["random"].report_html.read_text())
-    csp = [v for tag, name, v in attrs if tag == "meta" and name == "content" and "default-src" in v]
-    assert csp == ["default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; "
-                   "form-action 'none'"]
+def test_content_security_policy_forbids_requests_and_allows_only_the_dashboard_script(
+        runs: dict[str, RunDir]) -> None:
+    html = runs["random"].report_html.read_text()
+    csp = [v for tag, name, v in _attributes(html) if tag == "meta" and name == "content" and "default-src" in v]
+    scripts = re.findall(r"<script>(.*?)</script>", html, re.DOTALL)
+    assert scripts == [DASHBOARD_JS]
+    digest = base64.b64encode(hashlib.sha256(scripts[0].encode()).digest()).decode()
+    assert csp == [f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'sha256-{digest}'; "
+                   "base-uri 'none'; form-action 'none'"]
 
 
 def test_scorecard_misses_are_marked(runs: dict[str, RunDir]) -> None:
@@ -121,7 +129,9 @@ def test_report_stage_writes_report_and_records_it(tmp_path: Path) -> None:
     config = Config()
     config.report.title = "Stage title"
     report_stage.run(StageContext(config, run_dir, "fingerprint"))
-    assert "<title>Stage title</title>" in run_dir.report_html.read_text()
+    html = run_dir.report_html.read_text()
+    assert "<title>Stage title</title>" in html
+    assert "Concept dashboard not available: " in html and "stsae-full-K1024-s0.safetensors" in html
     assert io.read_json(run_dir.manifest)["report"] == {"path": "report.html"}
 
 
@@ -142,3 +152,28 @@ def test_headline_lines_survive_a_run_without_results(tmp_path: Path) -> None:
     lines = headline_lines(RunDir(tmp_path))
     assert lines[0] == "Report: not written (run `stsae report`)"
     assert "Age (test): MAE not available, r not available" in lines
+
+
+def test_pareto_axis_clips_a_far_outlier_and_leaves_normal_spreads_alone() -> None:
+    evs = [0.95, 0.94, 0.93, 0.9, 0.82, 0.78, 0.7, 0.62, -1.9]
+    bottom = ev_axis_bottom(evs)
+    assert bottom is not None and 0.5 < bottom < 0.62
+    assert ev_axis_bottom([0.95, 0.9, 0.8, 0.7, 0.6, 0.5]) is None
+
+
+def test_pareto_marks_off_scale_models_in_its_note(tmp_path: Path) -> None:
+    run_dir = write_fake_run_with_figures(tmp_path / "run", tmp_path)
+    rows = leaderboard_rows(run_dir)
+    outlier = next(r for r in rows if r["family"] == "pca" and r["matched_sparsity"])
+    outlier["ev"] = -1.9
+    info = plot_pareto(rows, io.read_json(run_dir.pareto), tmp_path / "fig")
+    assert info.available and "1 model(s) below the axis" in info.note
+    assert (tmp_path / "fig" / "pareto.png").is_file()
+
+
+def test_spread_labels_keep_order_and_a_minimum_gap() -> None:
+    values = [0.50, 0.51, 0.30, 0.505]
+    placed = spread_positions(values, 0.05)
+    assert np.argsort(placed).tolist() == np.argsort(values, kind="stable").tolist()
+    assert np.diff(np.sort(placed)).min() >= 0.05 - 1e-12
+    assert placed[2] == pytest.approx(0.30)

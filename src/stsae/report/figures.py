@@ -116,6 +116,65 @@ def _no_data(ax: Axes, text: str = "not available") -> None:
 # --- Models: Pareto, ablations, K-sweep, stability ---------------------------------------------
 
 
+def ev_axis_bottom(evs: list[float]) -> float | None:
+    """Lower EV limit that keeps the interesting range readable, or None when nothing is off-scale.
+
+    A model worse than predicting the mean (EV < 0, e.g. truncated NMF at −1.9) or far below the rest
+    (below Q1 − 3·IQR, Tukey's far-out fence) would stretch the axis until every other model sits on one
+    line; those are drawn at the bottom edge instead. The fence is never below 0.
+    """
+    values = np.asarray(evs, dtype=np.float64)
+    q1, q3 = np.percentile(values, [25, 75])
+    fence = max(0.0, q1 - 3 * (q3 - q1))
+    inside = values[values >= fence]
+    if len(inside) == len(values) or len(inside) == 0:
+        return None
+    span = max(float(inside.max() - inside.min()), 0.02)
+    return float(inside.min() - 0.12 * span)
+
+
+def _clip_ev_axis(ax: Axes, points: list[dict[str, Any]]) -> int:
+    """Clip the y axis at `ev_axis_bottom`; mark each off-scale model with ▼ and its EV. Returns how many."""
+    bottom = ev_axis_bottom([r["ev"] for r in points])
+    if bottom is None:
+        return 0
+    top = max(r["ev"] for r in points)
+    ax.set_ylim(bottom, top + 0.06 * (top - bottom))
+    below = sorted((r for r in points if r["ev"] < bottom), key=lambda r: r["l0"])
+    for r in below:
+        ax.scatter([r["l0"]], [bottom], marker="v", s=60, color="#c0262d", zorder=6, clip_on=False)
+        ax.annotate(f"{r.get('model', '?')}: EV {r['ev']:.2f}", (r["l0"], bottom), textcoords="offset points",
+                    xytext=(7, 3), ha="left", fontsize=7, color="#c0262d")
+    return len(below)
+
+
+def spread_positions(values: list[float], min_gap: float) -> list[float]:
+    """Positions as close as possible to `values` (any order) with consecutive ones at least min_gap apart,
+    so stacked labels never overlap: the lowest stays, each next one is pushed up; the order is kept."""
+    order = np.argsort(values, kind="stable")
+    placed = np.asarray(values, dtype=np.float64)[order].copy()
+    for i in range(1, len(placed)):
+        placed[i] = max(placed[i], placed[i - 1] + min_gap)
+    out = np.empty_like(placed)
+    out[order] = placed
+    return out.tolist()
+
+
+def _label_sweep(ax: Axes, sweep: list[dict[str, Any]]) -> None:
+    """K=… labels of the K-sweep points, stacked to their right with leader lines: at the frontier the
+    sweep's points sit almost on top of each other, and fixed offsets wrote the labels over one another."""
+    if len(sweep) < 2:
+        return
+    ax.get_xlim(), ax.get_ylim()  # settle pending autoscaling before converting to axes fractions
+    to_axes = ax.transAxes.inverted()
+    spots = [to_axes.transform(ax.transData.transform((r["l0"], r["ev"]))) for r in sweep]
+    ys = spread_positions([float(y) for _, y in spots], 0.055)
+    for r, (x, _), y in zip(sweep, spots, ys, strict=True):
+        ax.annotate(f"K={r['K']}", (r["l0"], r["ev"]), xytext=(min(x + 0.07, 0.97), y), textcoords="axes fraction",
+                    fontsize=7.5, color=VARIANT_COLORS["full"], va="center",
+                    arrowprops={"arrowstyle": "-", "color": VARIANT_COLORS["full"], "lw": 0.6, "alpha": 0.6})
+
+
 def plot_pareto(rows: list[dict[str, Any]], pareto: dict[str, Any] | None, out_dir: Path) -> FigureInfo:
     """EV vs L0 for ST-SAE variants, the K-sweep and baselines (matched-sparsity curves), front marked."""
     name, title = "pareto", "Reconstruction vs sparsity"
@@ -131,9 +190,6 @@ def plot_pareto(rows: list[dict[str, Any]], pareto: dict[str, Any] | None, out_d
         if len(sweep) > 1:
             ax.plot([r["l0"] for r in sweep], [r["ev"] for r in sweep], color=VARIANT_COLORS["full"],
                     lw=1, alpha=0.5, zorder=2)
-            for r in sweep:
-                ax.annotate(f"K={r['K']}", (r["l0"], r["ev"]), textcoords="offset points", xytext=(6, -3),
-                            fontsize=7.5, color=VARIANT_COLORS["full"])
         for variant in ABLATION_ORDER:
             chosen = [r for r in stsae_rows(points, variant) if r.get("K") == main_k]
             if chosen:
@@ -163,6 +219,10 @@ def plot_pareto(rows: list[dict[str, Any]], pareto: dict[str, Any] | None, out_d
                            edgecolor="#222222", lw=1.2, zorder=5)
         ax.set_xscale("log")
         _plain_log_axis(ax.xaxis)
+        off_scale = _clip_ev_axis(ax, points)
+        if off_scale:
+            note = (note + " " if note else "") + f"{off_scale} model(s) below the axis, marked ▼ with their EV."
+        _label_sweep(ax, sweep)
         ax.set_xlabel("L0 (mean active concepts per window, log scale)")
         ax.set_ylabel("Explained variance (test split)")
         ax.set_title(title)

@@ -1,16 +1,20 @@
 """report.html: one self-contained file (figures as data URIs) that opens offline with no requests.
 
 A strict Content-Security-Policy meta tag forbids every fetch except inline `data:` images and the
-inline stylesheet, so even a stray URL could not leave the page. Required inputs are manifest.json,
-the leaderboard and the figures index; everything else is optional and shows as "not available".
+inline stylesheet, so even a stray URL could not leave the page. The one script (the concept dashboard,
+dashboard.js) runs because the policy names its sha256 hash; any other script, inline or not, is
+blocked. Required inputs are manifest.json, the leaderboard and the figures index; everything else is
+optional and shows as "not available".
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +22,7 @@ import jinja2
 
 from stsae.errors import InputDataError
 from stsae.pipeline.rundir import RunDir
+from stsae.report.dashboard import dashboard_json
 from stsae.report.figures import FigureInfo, read_figure_index
 from stsae.report.headline import NOT_AVAILABLE, RANDOM_WARNING, Headline, headline
 from stsae.report.scorecard import (
@@ -35,10 +40,9 @@ from stsae.utils import io
 
 log = logging.getLogger(__name__)
 
-CONTENT_SECURITY_POLICY = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
-                           "base-uri 'none'; form-action 'none'")
+DASHBOARD_JS = resources.files("stsae.report").joinpath("dashboard.js").read_text(encoding="utf-8")
 SECTIONS = (("models", "Models"), ("aging", "Vascular age"), ("concepts", "Concept cards"),
-            ("data", "Data and quality control"))
+            ("dashboard", "Concept dashboard"), ("data", "Data and quality control"))
 LEADERBOARD_COLUMNS = (("model", "Model", None), ("family", "Family", None), ("variant", "Variant", None),
                        ("K", "K", None), ("seed", "Seed", None), ("k_active", "Top-k", None),
                        ("ev", "EV", ".3f"), ("l0", "L0", ".1f"), ("dead_fraction_train", "Dead", ".3f"),
@@ -51,6 +55,16 @@ AGE_METRICS = (("mae", "MAE (years)", ".2f"), ("r", "r (predicted vs age)", ".3f
                ("delta_age_planted_raw_r", "raw r (Δage vs planted acceleration)", ".3f"))
 FEATURE_SETS = (("concepts", "ST-SAE concepts"), ("raw_embedding", "Raw embedding"),
                 ("best_baseline", "Best baseline"))
+
+
+def content_security_policy(script: str) -> str:
+    """Nothing may be fetched; only `script` (by its sha256) runs, only inline styles and data: images load."""
+    digest = base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii")
+    return (f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'sha256-{digest}'; "
+            "base-uri 'none'; form-action 'none'")
+
+
+CONTENT_SECURITY_POLICY = content_security_policy(DASHBOARD_JS)
 
 
 @dataclass(frozen=True)
@@ -195,8 +209,9 @@ def _scorecard_rows(checks: list[Check] | None) -> list[dict[str, str]] | None:
              "label": "info" if c.op is None else status[c.passed][1], "detail": c.detail} for c in checks]
 
 
-def report_context(run_dir: RunDir, title: str) -> dict[str, Any]:
-    """Everything the template shows, read from the run directory."""
+def report_context(run_dir: RunDir, title: str, dashboard: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything the template shows, read from the run directory; `dashboard` is the concept dashboard's
+    data (`stsae.report.dashboard.build_dashboard`; None: not built, shown as not available)."""
     manifest = read_optional_json(run_dir.manifest)
     if not isinstance(manifest, dict):
         raise InputDataError(f"{run_dir.manifest}: missing or not a JSON object (run `stsae run` first)")
@@ -216,6 +231,8 @@ def report_context(run_dir: RunDir, title: str) -> dict[str, Any]:
         "aging": _aging(read_optional_json(run_dir.associations)),
         "qc_reasons": _qc_reasons(run_dir),
         "scorecard": _scorecard_rows(scorecard(run_dir)),
+        "dashboard": dashboard or {"available": False, "reason": "not built for this report"},
+        "dashboard_json": dashboard_json(dashboard or {"available": False}), "dashboard_js": DASHBOARD_JS,
     }
 
 
@@ -227,9 +244,9 @@ def render_report(context: dict[str, Any]) -> str:
     return env.get_template("report.html.j2").render(**context)
 
 
-def write_report(run_dir: RunDir, title: str) -> Path:
+def write_report(run_dir: RunDir, title: str, dashboard: dict[str, Any] | None = None) -> Path:
     """Build report.html from the run directory and write it atomically; returns its path."""
-    html = render_report(report_context(run_dir, title))
+    html = render_report(report_context(run_dir, title, dashboard))
     io.write_text(run_dir.report_html, html)
     log.info("report written: %s (%.1f MB)", run_dir.report_html, len(html) / 1e6)
     return run_dir.report_html

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from stsae.pipeline.runner import StageContext
+from stsae.report.dashboard import build_dashboard
 from stsae.report.html import write_report
 
 
 def run(ctx: StageContext) -> None:
-    """Render report.html (title from `report.title`) and record its path in the manifest."""
-    path = write_report(ctx.run_dir, ctx.config.report.title)
+    """Render report.html (title from `report.title`) with the concept dashboard of the main model
+    (`train` picks it, `data.windowing`, `grounding.beat_samples` and `aging.min_events` shape its cards)
+    and record its path in the manifest."""
+    dashboard = build_dashboard(ctx.run_dir, ctx.config)
+    path = write_report(ctx.run_dir, ctx.config.report.title, dashboard)
     ctx.record("report", {"path": str(path.relative_to(ctx.run_dir.root))})

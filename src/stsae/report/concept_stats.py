@@ -1,0 +1,141 @@
+"""Per-concept numbers for the report's concept dashboard that no upstream stage writes.
+
+The evaluate stage reports reliability per *model* (one lag-1, one consistency, one stability number);
+a dashboard card needs them per *concept*, and the effect of each concept on age and phenotypes. All
+functions here are pure (arrays in, arrays out) so each can be checked against a planted truth.
+
+Definitions (K concepts, N windows):
+- within-record lag-1 of concept c = Pearson r of (a_t, a_t+1) over adjacent windows of one record minus
+  r over non-adjacent pairs (gap ≥ 2) of the same record, both on within-record-demeaned codes. Demeaning
+  removes between-record level differences (88 % of the code variance on the demo); subtracting the
+  non-adjacent r removes the small-record bias that demeaning itself introduces (≈ −1/(n−1)).
+  Null: 0 for a concept that carries no temporal structure beyond its record's level.
+- consistency of c = Jaccard |A ∩ B| / |A ∪ B| of the windows where c fires on z and on z_aug.
+  Null: the Jaccard of two independent firing sets of the same densities, p²/(2p − p²).
+- matched cosine of c = mean over other seeds of the cosine of atom c with its Hungarian match.
+- contribution of c to a patient's predicted age = coef_c · (x_pc − mean_c) / scale_c in years, with the
+  age model's standardisation (train-patient mean and SD of patient-mean codes).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from stsae.aging.associations import logistic_association
+from stsae.eval.stability import matched_cosines
+
+# Spearman's Fisher-z standard error is sqrt(1.06 / (n − 3)) (Fieller, Hartley & Pearson 1957).
+_SPEARMAN_VAR = 1.06
+_Z95 = 1.959963984540054
+
+
+def _pooled_r(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """float64[K] Pearson r of columns of x, y: float[P, K]; NaN where a column is constant or P < 3."""
+    if x.shape[0] < 3:
+        return np.full(x.shape[1], np.nan)
+    dx, dy = x - x.mean(axis=0), y - y.mean(axis=0)
+    denom = np.sqrt((dx * dx).sum(axis=0) * (dy * dy).sum(axis=0))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = (dx * dy).sum(axis=0) / denom
+    return np.where(denom > 1e-12, r, np.nan)
+
+
+def record_pairs(record_ids: np.ndarray, segment_idx: np.ndarray, rng: np.random.Generator,
+                 draws: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """(adjacent int64[P, 2], non-adjacent int64[Q, 2]) row pairs within records.
+
+    Adjacent: segment_idx differs by exactly 1. Non-adjacent: `draws` random partners per row from its own
+    record, kept when the segments are at least 2 apart (so the set scales with N, not N²).
+    """
+    order = np.lexsort((segment_idx, record_ids))
+    rec, seg = np.asarray(record_ids)[order], np.asarray(segment_idx)[order]
+    same = rec[1:] == rec[:-1]
+    adjacent = np.flatnonzero(same & (seg[1:] - seg[:-1] == 1))
+    adj = np.column_stack([order[adjacent], order[adjacent + 1]])
+    _, start, count = np.unique(rec, return_index=True, return_counts=True)
+    owner = np.repeat(np.arange(len(start)), count)
+    rows = np.tile(np.arange(len(rec)), draws)
+    partner = start[owner[rows]] + (rng.random(len(rows)) * count[owner[rows]]).astype(np.int64)
+    keep = np.abs(seg[rows] - seg[partner]) >= 2
+    non = np.column_stack([order[rows[keep]], order[partner[keep]]])
+    return adj.astype(np.int64), non.astype(np.int64)
+
+
+def within_record_lag1(codes: np.ndarray, record_ids: np.ndarray, segment_idx: np.ndarray,
+                       rng: np.random.Generator) -> np.ndarray:
+    """float64[K] bias-aware within-record lag-1 per concept (module docstring); NaN when undefined.
+
+    codes: float[N, K]; record_ids, segment_idx: [N].
+    """
+    codes = np.asarray(codes, dtype=np.float64)
+    inverse, _ = pd.factorize(np.asarray(record_ids))
+    counts = np.bincount(inverse).astype(np.float64)
+    sums = np.zeros((len(counts), codes.shape[1]))
+    np.add.at(sums, inverse, codes)
+    demeaned = codes - (sums / counts[:, None])[inverse]
+    adj, non = record_pairs(np.asarray(record_ids), np.asarray(segment_idx), rng)
+    r_adj = _pooled_r(demeaned[adj[:, 0]], demeaned[adj[:, 1]])
+    r_non = _pooled_r(demeaned[non[:, 0]], demeaned[non[:, 1]])
+    return r_adj - r_non
+
+
+def firing_jaccard(codes: np.ndarray, codes_aug: np.ndarray) -> np.ndarray:
+    """float64[K] Jaccard of the windows where each concept fires on z vs z_aug (NaN if it never fires)."""
+    a, b = codes > 0, codes_aug > 0
+    union = (a | b).sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(union > 0, (a & b).sum(axis=0) / union, np.nan)
+
+
+def independent_jaccard(density: np.ndarray, density_aug: np.ndarray) -> np.ndarray:
+    """The Jaccard two independent firing sets of these densities would have: pq / (p + q − pq)."""
+    union = density + density_aug - density * density_aug
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(union > 0, density * density_aug / union, np.nan)
+
+
+def matched_atom_cosines(dictionary: np.ndarray, others: list[np.ndarray]) -> np.ndarray:
+    """float64[K]: for each atom of dictionary float[K, D], the mean cosine with its Hungarian match in each
+    of `others` (same shape). `matched_cosines` returns pairs in row order, so entry k is atom k."""
+    per_seed = [matched_cosines(dictionary, other) for other in others]
+    return np.mean(per_seed, axis=0).astype(np.float64)
+
+
+def age_contributions(patient_codes: np.ndarray, train: np.ndarray, coef: np.ndarray) -> np.ndarray:
+    """float64[P, K] years each concept adds to each patient's predicted age (module docstring).
+
+    patient_codes: float[P, K] patient-mean codes; train: bool[P] patients the age model was fitted on
+    (their mean and SD standardise, as in `stsae.aging.age_pred.fit_age_predictor`); coef: float[K].
+    """
+    mean = patient_codes[train].mean(axis=0)
+    scale = patient_codes[train].std(axis=0)
+    scale = np.where(scale > 1e-12, scale, 1.0)
+    return (patient_codes - mean) / scale * np.asarray(coef, dtype=np.float64)
+
+
+def activation_odds_ratio(activation: np.ndarray, patients: pd.DataFrame, label: str, *,
+                          min_events: int) -> dict[str, float | int | str]:
+    """OR of `label` per SD of a concept's patient-mean activation, adjusted for age and sex (95 % Wald CI).
+
+    The same logistic model as the Δage associations (`logistic_association`), with the activation in
+    place of Δage: {"or", "lo", "hi", "p", "n"} or {"skipped": reason}.
+    """
+    frame = patients[["age", "sex", label]].assign(delta_age=np.asarray(activation, dtype=np.float64))
+    if frame["delta_age"].std() == 0:
+        return {"skipped": "activation constant over patients"}
+    with np.errstate(divide="ignore"):  # log(0) inside statsmodels on near-separated data; handled there
+        fit = logistic_association(frame, label, min_events=min_events)
+    if "skipped" in fit:
+        return {"skipped": str(fit["skipped"])}
+    return {"or": fit["or_per_sd"], "lo": fit["or_per_sd_ci_low"], "hi": fit["or_per_sd_ci_high"],
+            "p": fit["p"], "n": fit["n"]}
+
+
+def spearman_ci(rho: float, n: int) -> tuple[float, float]:
+    """95 % CI of a Spearman rho over n points (Fisher z, Fieller variance); NaNs when n ≤ 3."""
+    if n <= 3 or not np.isfinite(rho):
+        return float("nan"), float("nan")
+    z = np.arctanh(np.clip(rho, -0.999999, 0.999999))
+    half = _Z95 * np.sqrt(_SPEARMAN_VAR / (n - 3))
+    return float(np.tanh(z - half)), float(np.tanh(z + half))
