@@ -115,7 +115,7 @@ def test_whole_patient_subset_respects_the_cap_and_keeps_patients_whole() -> Non
 def test_main_model_is_the_first_configured_seed(run_dir_with_models: StageContext) -> None:
     from stsae.models.registry import list_models
 
-    infos = list_models(run_dir_with_models.run_dir)
+    infos = list_models(run_dir_with_models.run_dir, run_dir_with_models.config.baselines)
     train = run_dir_with_models.config.train
     assert evaluate_stage.main_stsae(infos, train).name == "stsae-full-K32-s0"
     reordered = train.model_copy(update={"seeds": [1, 0]})
