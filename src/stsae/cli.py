@@ -67,17 +67,24 @@ def _user_errors() -> Iterator[None]:
         raise typer.Exit(2) from None
 
 
+@contextlib.contextmanager
+def _session(config: Config, paths: RunDir, force: bool, verbose: int, quiet: bool,
+             only: list[str] | None = None, break_lock: bool = False) -> Iterator[StageContext]:
+    """Claim the run directory, start logging and hold the run lock while the caller works in it."""
+    if is_main_process():
+        claim_run_dir(paths, force)
+    setup_logging(-1 if quiet else verbose, paths.log)
+    lock = run_lock(paths.lock, break_lock) if is_main_process() else contextlib.nullcontext()
+    with lock:
+        yield StageContext(config, paths, fingerprint="", force=force, only=only or [])
+
+
 def _execute(stage_names: list[str], config_path: Path | None, overrides: list[str] | None,
              run_dir: Path | None, force: bool, verbose: int, quiet: bool, only: list[str] | None = None,
              break_lock: bool = False) -> RunDir:
     with _user_errors():
         config, paths = _resolve(config_path, overrides, run_dir)
-        if is_main_process():
-            claim_run_dir(paths, force)
-        setup_logging(-1 if quiet else verbose, paths.log)
-        ctx = StageContext(config, paths, fingerprint="", force=force, only=only or [])
-        lock = run_lock(paths.lock, break_lock) if is_main_process() else contextlib.nullcontext()
-        with lock:
+        with _session(config, paths, force, verbose, quiet, only, break_lock) as ctx:
             run_stages(ctx, stage_names)
     return paths
 
@@ -123,3 +130,38 @@ def run_command(config: ConfigOpt = None, run_dir: RunDirOpt = None, set_: SetOp
             for line in headline_lines(paths):
                 typer.echo(line)
 
+
+
+def _apply(source: Path, config_path: Path | None, overrides: list[str] | None, run_dir: Path | None,
+           force: bool, verbose: int, quiet: bool, break_lock: bool, transfer: bool) -> None:
+    from stsae.apply.run import apply_run, checked_source
+
+    with _user_errors():
+        config, paths = _resolve(config_path, overrides, run_dir)
+        checked = checked_source(source, config)  # refused before the run directory is touched
+        with _session(config, paths, force, verbose, quiet, break_lock=break_lock) as ctx:
+            apply_run(ctx, checked, transfer=transfer)
+    if is_main_process():
+        typer.echo(f"Report: {paths.report_html}")
+
+
+@app.command(name="apply")
+def apply_command(
+    from_run: Annotated[Path, typer.Option("--from-run", help="Finished run directory A whose models are applied.")],
+    config: ConfigOpt = None, run_dir: RunDirOpt = None, set_: SetOpt = None, force: ForceOpt = False,
+    verbose: VerboseOpt = 0, quiet: QuietOpt = False, break_lock: BreakLockOpt = False,
+    transfer: Annotated[bool, typer.Option("--transfer", help="Also write transfer.json (`stsae transfer`).")] = False,
+) -> None:
+    """Prepare and extract a new cohort with run A's settings, then apply A's frozen concepts and age model."""
+    _apply(from_run, config, set_, run_dir, force, verbose, quiet, break_lock, transfer)
+
+
+@app.command(name="transfer")
+def transfer_command(
+    source: Annotated[Path, typer.Option("--source", help="Finished run directory A (the source site).")],
+    target_config: Annotated[Path | None, typer.Option("--target-config", help="YAML config of cohort B.")] = None,
+    run_dir: RunDirOpt = None, set_: SetOpt = None, force: ForceOpt = False, verbose: VerboseOpt = 0,
+    quiet: QuietOpt = False, break_lock: BreakLockOpt = False,
+) -> None:
+    """`apply` plus transfer.json: A's age model vs a refit on B, Δage odds ratios, concept firing shift."""
+    _apply(source, target_config, set_, run_dir, force, verbose, quiet, break_lock, transfer=True)

@@ -377,13 +377,34 @@ def ridge_val_mae(x: np.ndarray, patients: pd.DataFrame) -> float:
 
 
 def age_model_record(model_name: str, predictor: AgePredictor) -> dict[str, Any]:
-    """The age_model.json payload (docs/CONTRACTS.md): coef in standardised units, one per concept."""
+    """The age_model.json payload (docs/CONTRACTS.md): coef in standardised units, one per concept, with
+    the standardisation (`mean`, `scale`) so the frozen model can be applied to a new cohort."""
     return {
         "model": model_name,
         "coef": predictor.coef.tolist(),
+        "mean": predictor.mean.tolist(),
+        "scale": predictor.scale.tolist(),
         "intercept": predictor.intercept,
         "alpha": predictor.alpha,
         "l1_ratio": predictor.l1_ratio,
         "selected": predictor.selected.tolist(),
         "stability": None if predictor.stability is None else predictor.stability.record(),
     }
+
+
+def age_predictor_from_record(record: dict[str, Any], source: str) -> AgePredictor:
+    """The frozen AgePredictor of an age_model.json payload (inverse of `age_model_record`).
+
+    JSON floats round-trip exactly, so predictions equal the age stage's own. Records written before
+    `mean`/`scale` were saved cannot be applied: a StsaeError naming `source` says to rerun the age stage.
+    The stability-selection details are not needed to predict and are not rebuilt.
+    """
+    missing = [key for key in ("coef", "mean", "scale", "intercept") if key not in record]
+    if missing:
+        raise StsaeError(f"{source}: no {missing} (written by an older stsae); rerun `stsae age --force` there")
+    coef, mean, scale = (np.asarray(record[key], dtype=np.float64) for key in ("coef", "mean", "scale"))
+    if not coef.ndim == mean.ndim == scale.ndim == 1 or not len(coef) == len(mean) == len(scale):
+        raise StsaeError(f"{source}: coef, mean and scale must be lists of one length")
+    return AgePredictor(mean=mean, scale=scale, coef=coef, intercept=float(record["intercept"]),
+                        alpha=float(record.get("alpha", float("nan"))),
+                        l1_ratio=float(record.get("l1_ratio", float("nan"))), selected=np.flatnonzero(coef))
