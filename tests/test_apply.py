@@ -150,6 +150,17 @@ def test_codes_npz_holds_the_source_concept_model_activations(applied: tuple[Run
 
 
 @pytest.mark.slow
+def test_applying_into_a_run_with_models_is_refused_and_leaves_it_untouched(applied: tuple[RunDir, RunDir]) -> None:
+    source, _ = applied
+    before = _digest(source.root)
+    result = runner.invoke(app, ["apply", "--from-run", str(source.root), "--run-dir", str(source.root), "-q",
+                                 "--config", str(source.config_resolved)])
+    assert result.exit_code == 2
+    assert result.output.strip().startswith(f"error: --run-dir {source.root}: holds trained models")
+    assert _digest(source.root) == before
+
+
+@pytest.mark.slow
 def test_manifest_and_report_name_the_source_of_every_model(applied: tuple[RunDir, RunDir]) -> None:
     source, target = applied
     fact = io.read_json(target.manifest)["applied_from"]

@@ -138,7 +138,7 @@ def _apply(source: Path, config_path: Path | None, overrides: list[str] | None, 
 
     with _user_errors():
         config, paths = _resolve(config_path, overrides, run_dir)
-        checked = checked_source(source, config)  # refused before the run directory is touched
+        checked = checked_source(source, config, paths)  # refused before the run directory is touched
         with _session(config, paths, force, verbose, quiet, break_lock=break_lock) as ctx:
             apply_run(ctx, checked, transfer=transfer)
     if is_main_process():

@@ -11,6 +11,7 @@ contribution_k = coef_k / scale_k · (x̄_k − mean_k), so intercept + Σ_k con
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +40,7 @@ class SparseCodeRecorder:
     means are computed exactly as the age stage computes them.
     """
 
-    def __init__(self, encode: Any):
+    def __init__(self, encode: Callable[[np.ndarray], np.ndarray]):
         self._encode = encode
         self._indices: list[np.ndarray] = []
         self._values: list[np.ndarray] = []

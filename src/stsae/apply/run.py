@@ -13,7 +13,9 @@ from stsae.apply.report import write_applied_report
 from stsae.apply.source import SourceRun, check_compatible, load_frozen_models, read_source
 from stsae.apply.transfer import transfer_evaluation
 from stsae.config import Config
+from stsae.errors import StsaeError
 from stsae.pipeline.manifest import update_manifest
+from stsae.pipeline.rundir import RunDir
 from stsae.pipeline.runner import StageContext, run_stages
 from stsae.utils import io
 
@@ -22,8 +24,12 @@ log = logging.getLogger(__name__)
 TARGET_STAGES = ["prepare", "extract"]
 
 
-def checked_source(source_root: Path, target: Config) -> SourceRun:
-    """Run A, refused before anything is written when `target` would embed B differently."""
+def checked_source(source_root: Path, target: Config, target_dir: RunDir) -> SourceRun:
+    """Run A, refused before anything is written when `target` would embed B differently, or when B's run
+    directory holds trained models (a run of its own, A itself included: its report would be replaced)."""
+    if target_dir.models_dir.exists():
+        raise StsaeError(f"--run-dir {target_dir.root}: holds trained models ({target_dir.models_dir.name}/); "
+                         "apply a run into a new run directory")
     source = read_source(source_root)
     check_compatible(source, target)
     return source
