@@ -33,6 +33,10 @@ Mean Δage {{ fmt(mean_delta) }} years.</p>
 {% for name, row in associations.items() %}<tr><td>{{ name }}</td>{% if 'skipped' in row %}<td colspan="4">skipped:
 {{ row.skipped }}</td>{% else %}<td>{{ fmt(row.or_per_5y) }}</td><td>{{ fmt(row.ci_low) }}–{{ fmt(row.ci_high) }}</td>
 <td>{{ fmt(row.p) }}</td><td>{{ row.n }}</td>{% endif %}</tr>{% endfor %}</table>
+<h2>Concepts that move predicted age most (mean |contribution| over patients, years)</h2>
+<table><tr><th>Concept</th><th>mean |contribution|</th><th>mean contribution</th></tr>
+{% for row in contributions %}<tr><td>{{ row.concept }}</td><td>{{ fmt(row.abs_years) }}</td>
+<td>{{ fmt(row.years) }}</td></tr>{% endfor %}</table>
 {% if transfer %}<h2 id="transfer">Transfer from run {{ source.run }}</h2>
 <table><tr><th>Age model</th><th>test MAE (years)</th><th>test r</th><th>n</th></tr>
 <tr><td>frozen, from run {{ source.run }}</td><td>{{ fmt(transfer.age.frozen_source_model.test.mae) }}</td>
@@ -52,6 +56,17 @@ def _fmt(value: Any) -> str:
     return "n/a" if value is None else f"{value:.3g}"
 
 
+TOP_CONCEPTS = 8
+
+
+def _top_contributions(out: AppliedDir) -> list[dict[str, Any]]:
+    """The TOP_CONCEPTS concepts with the largest mean |contribution_years| over B's patients."""
+    table = io.read_parquet(out.contributions)
+    summary = table.assign(abs_years=table["contribution_years"].abs()).groupby("concept").agg(
+        abs_years=("abs_years", "mean"), years=("contribution_years", "mean"))
+    return summary.nlargest(TOP_CONCEPTS, "abs_years").reset_index().to_dict("records")
+
+
 def write_applied_report(out: AppliedDir, title: str, applied_from: dict[str, Any],
                          associations: dict[str, Any], transfer: dict[str, Any] | None) -> None:
     """Render B's report.html (atomic) from what apply and transfer wrote."""
@@ -60,5 +75,6 @@ def write_applied_report(out: AppliedDir, title: str, applied_from: dict[str, An
     html = env.from_string(TEMPLATE).render(
         title=title, csp=CSP, source=applied_from, metrics=associations["metrics"], fmt=_fmt,
         mean_delta=float(pd.to_numeric(predictions["delta_age"]).mean()) if len(predictions) else None,
-        associations=associations["associations"], transfer=transfer)
+        associations=associations["associations"], transfer=transfer,
+        contributions=_top_contributions(out))
     io.write_text(out.run_dir.report_html, html)
