@@ -307,8 +307,10 @@ def subsample_dictionaries(data: EvalData, main: ModelInfo, cfg: EvalSection, se
 
 
 def untrained_dictionaries(emb: Embeddings, main: ModelInfo, d_dict: int, seed: int) -> list[np.ndarray]:
-    """Two dictionaries of size d_dict initialised by the trainer's own code (`Trainer.__init__`, so
-    `train.init` of the model's sidecar: random directions or data rows) with different seeds, never trained: the data-aware null of seed stability."""
+    """Two dictionaries of size d_dict initialised by the trainer's own code, never trained.
+
+    `Trainer.__init__` follows `train.init` of the model's sidecar (random directions or data rows) with
+    different seeds: the data-aware null of seed stability."""
     from stsae.train.trainer import Trainer
 
     dataset = WindowTripletDataset(emb.z, emb.z_aug, emb.index, split="train")
