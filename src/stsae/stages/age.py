@@ -33,7 +33,7 @@ from stsae.aging.associations import ASSOCIATION_SPLITS, CONDITIONS, condition_a
 from stsae.data.store import load_embeddings
 from stsae.errors import InputDataError, StsaeError
 from stsae.models.registry import ModelInfo, list_models, load_concept_model
-from stsae.pipeline.runner import StageContext
+from stsae.pipeline.contract import StageContext, StageContract
 from stsae.utils import io
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,11 @@ def planted_morphology_rows(meta: pd.DataFrame, window_ids: np.ndarray) -> np.nd
 
 def _summary(model: str, result: AgingResult) -> dict[str, Any]:
     return {"model": model, "val_mae": result.val_mae, **result.metrics}
+
+
+CONTRACT = StageContract(
+    name="age", help="Predict age from concepts; bias-corrected delta-age; HTN/T2D associations.",
+    reads=("run.seed", "aging", "train.d_dict", "train.seeds"), upstream=("train", "baselines"), out_dir="aging")
 
 
 def run(ctx: StageContext) -> None:

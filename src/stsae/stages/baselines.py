@@ -14,7 +14,7 @@ import numpy as np
 from stsae.data.store import load_embeddings
 from stsae.errors import InputDataError
 from stsae.models.baselines import Baseline
-from stsae.pipeline.runner import StageContext
+from stsae.pipeline.contract import StageContext, StageContract
 from stsae.utils.seeding import derive_seed, rng
 
 log = logging.getLogger(__name__)
@@ -23,6 +23,11 @@ log = logging.getLogger(__name__)
 def baseline_path(ctx: StageContext, method: str, n_components: int) -> Path:
     """models/baselines/<method>-n<n>.joblib."""
     return ctx.run_dir.baselines_dir / f"{method}-n{n_components}.joblib"
+
+
+CONTRACT = StageContract(
+    name="baselines", help="Fit PCA / ICA / NMF on the train split.",
+    reads=("run.seed", "baselines"), upstream=("extract",), out_dir="models/baselines")
 
 
 def run(ctx: StageContext) -> None:

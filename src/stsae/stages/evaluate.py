@@ -39,7 +39,7 @@ from stsae.eval.metrics import stream_metrics, streamed_mean, top_k_codes
 from stsae.eval.probe import ProbeScore, available_factors, probe_all, single_concepts
 from stsae.eval.stability import analytical_null_mean_cos, random_null, stability_against
 from stsae.models.registry import ConceptModel, ModelInfo, list_models, load_concept_model
-from stsae.pipeline.runner import StageContext
+from stsae.pipeline.contract import StageContext, StageContract
 from stsae.utils import io
 from stsae.utils.seeding import derive_seed, rng
 
@@ -225,6 +225,11 @@ def _score_all(infos: list[ModelInfo], main: ModelInfo | None, data: EvalData, c
         if info is main:
             k_active = max(1, round(row["l0"]))
     return rows, dictionaries, k_active
+
+
+CONTRACT = StageContract(
+    name="evaluate", help="Score every model on the test split; write leaderboard and Pareto front.",
+    reads=("run.seed", "eval"), upstream=("train", "baselines"), out_dir="eval")
 
 
 def run(ctx: StageContext) -> None:

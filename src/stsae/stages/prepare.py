@@ -23,7 +23,7 @@ from stsae.config import Config
 from stsae.data.synthetic import iter_cohort, window_factors, windows_per_record
 from stsae.data.windowing import Windows, signal_quality_mask, window_record, window_signals
 from stsae.errors import InputDataError
-from stsae.pipeline.runner import StageContext
+from stsae.pipeline.contract import StageContext, StageContract
 from stsae.utils import io
 from stsae.utils.progress import progress
 from stsae.utils.splits import patient_split
@@ -130,6 +130,17 @@ def _expected_windows(config: Config) -> int | None:
         return None
     syn = config.data.synthetic
     return syn.n_patients * syn.records_per_patient * windows_per_record(syn, config.data.windowing.window_s)
+
+
+CONTRACT = StageContract(
+    name="prepare", help="Simulate or load raw PPG, window it, QC it, split patients.",
+    reads=("run.seed", "data.source", "data.synthetic", "data.windowing", "data.qc", "data.split",
+           "data.pulsedb_root", "data.pulsedb_signal", "data.pulsedb_subset_info", "data.pulsedb_folders",
+           "data.mimic_iii_root", "data.mimic_iii_clinical", "data.mimic_iv_root", "data.mimic_iv_clinical",
+           "data.mimic_ppg_channels", "data.max_record_s", "data.max_records"),
+    inputs=("data.pulsedb_root", "data.pulsedb_subset_info", "data.mimic_iii_root", "data.mimic_iii_clinical",
+            "data.mimic_iv_root", "data.mimic_iv_clinical"),
+    upstream=(), out_dir="windows")
 
 
 def run(ctx: StageContext) -> None:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from stsae.pipeline.runner import StageContext
+from stsae.pipeline.contract import StageContext, StageContract
 from stsae.report.html import write_report
+
+CONTRACT = StageContract(
+    name="report", help="Write the self-contained report.html.",
+    reads=("report",), upstream=("figures",), out_dir="report", extra_outputs=("report_html",))
 
 
 def run(ctx: StageContext) -> None:

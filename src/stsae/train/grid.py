@@ -81,15 +81,19 @@ def select(entries: list[GridEntry], only: list[str]) -> list[GridEntry]:
     return chosen
 
 
-def expected_sidecar(entry: GridEntry, cfg: TrainSection) -> dict[str, Any]:
-    """The sidecar fields a finished model must carry to count as done under this config."""
+def expected_sidecar(entry: GridEntry, cfg: TrainSection, embeddings: str | None) -> dict[str, Any]:
+    """The sidecar fields a finished model must carry to count as done under this config.
+
+    embeddings: the extract stage's provenance key (fingerprint + output digest); a model trained on
+    other embeddings (other weights, seed, augmentation or windows) is stale even if `train` is unchanged.
+    """
     return {"variant": entry.variant, "d_dict": entry.d_dict, "seed": entry.seed,
             "activation": cfg.activation, "k": cfg.k, "steps": cfg.steps, "complete": True,
-            "train_config": cfg.model_dump(mode="json")}
+            "train_config": cfg.model_dump(mode="json"), "embeddings": embeddings}
 
 
-def is_finished(weights: Path, entry: GridEntry, cfg: TrainSection) -> bool:
-    """True when `weights` exists and its JSON sidecar is complete with matching settings."""
+def is_finished(weights: Path, entry: GridEntry, cfg: TrainSection, embeddings: str | None) -> bool:
+    """True when `weights` exists and its JSON sidecar is complete with matching settings and embeddings."""
     sidecar = weights.with_suffix(".json")
     if not (weights.is_file() and sidecar.is_file()):
         return False
@@ -97,4 +101,4 @@ def is_finished(weights: Path, entry: GridEntry, cfg: TrainSection) -> bool:
         info = json.loads(sidecar.read_text())
     except json.JSONDecodeError:
         return False
-    return all(info.get(key) == value for key, value in expected_sidecar(entry, cfg).items())
+    return all(info.get(key) == value for key, value in expected_sidecar(entry, cfg, embeddings).items())
