@@ -111,7 +111,7 @@ def run(ctx: StageContext, only: Sequence[str] = ()) -> None:
     if checkpoints.is_dir() and not any(checkpoints.iterdir()):
         checkpoints.rmdir()
     main = paths[main_entry(cfg)].stem
-    stats = _input_stats(ctx.run_dir, main)
+    stats = _input_stats(ctx.run_dir, [main, *trained])
     ctx.record("train", {
         "main_model": main, "embeddings": embeddings, "models_trained": trained, "models_skipped": skipped,
         "models_set_aside": stale, "seconds": round(time.perf_counter() - t0, 1), "world_size": world_size(),
@@ -119,10 +119,12 @@ def run(ctx: StageContext, only: Sequence[str] = ()) -> None:
     })
 
 
-def _input_stats(run_dir: RunDir, stem: str) -> dict[str, float]:
-    """‖μ‖/‖σ‖ and effective rank of the inputs, as the main model's sidecar recorded them (if trained)."""
-    sidecar = run_dir.models_dir / f"{stem}.json"
-    if not sidecar.is_file():
-        return {}
-    info = io.read_json(sidecar)
-    return {key: info[key] for key in ("input_mean_norm_over_std", "effective_rank") if key in info}
+def _input_stats(run_dir: RunDir, stems: list[str]) -> dict[str, float]:
+    """‖μ‖/‖σ‖ and effective rank of the train inputs, from the first of `stems` (main model first) whose
+    sidecar exists: a property of the embeddings that every model measures on its train-row sample."""
+    for stem in stems:
+        sidecar = run_dir.models_dir / f"{stem}.json"
+        if sidecar.is_file():
+            info = io.read_json(sidecar)
+            return {key: info[key] for key in ("input_mean_norm_over_std", "effective_rank") if key in info}
+    return {}
