@@ -14,6 +14,7 @@ from stsae.models.baselines import Baseline
 from stsae.models.registry import list_models, load_concept_model
 from stsae.models.stsae import STSAE
 from stsae.pipeline.rundir import RunDir
+from stsae.train.grid import GridEntry
 
 
 def write_stsae(run_dir: RunDir, z_train: np.ndarray, variant: str, d_dict: int, seed: int, k: int = 4,
@@ -80,3 +81,16 @@ def test_incomplete_checkpoint_is_refused_naming_the_sidecar(tmp_path, z) -> Non
 def test_unknown_model_file_type_is_refused(tmp_path) -> None:
     with pytest.raises(InputDataError, match="unknown model file type"):
         load_concept_model(tmp_path / "model.pt")
+
+
+def test_list_models_with_a_grid_lists_only_its_stsae_models_and_never_stale_ones(tmp_path, z) -> None:
+    run_dir = RunDir(tmp_path)
+    write_stsae(run_dir, z, "full", 32, 0)
+    write_stsae(run_dir, z, "full", 16, 0)
+    stale = run_dir.stale_models_dir
+    stale.mkdir(parents=True)
+    old = write_stsae(RunDir(tmp_path / "elsewhere"), z, "full", 8, 0)
+    for path in (old, old.with_suffix(".json")):
+        path.rename(stale / path.name)
+    assert [i.name for i in list_models(run_dir)] == ["stsae-full-K16-s0", "stsae-full-K32-s0"]
+    assert [i.name for i in list_models(run_dir, [GridEntry("full", 32, 0)])] == ["stsae-full-K32-s0"]

@@ -3,7 +3,9 @@
 Evaluation, aging and grounding never care which family a model is: they call
 `list_models(run_dir)` and `load_concept_model(path)` and get `encode / decode / dictionary` on
 numpy arrays. ST-SAE metadata comes from the checkpoint's JSON sidecar (never from the file name);
-baseline metadata from the joblib payload.
+baseline metadata from the joblib payload. Only models/ itself is listed: the train stage moves models of
+an earlier grid, config or embeddings into models/stale/, so after it ran models/ is the current grid;
+a reader holding the train config can also pass that grid explicitly.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from abc import ABC, abstractmethod
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -156,15 +159,19 @@ def _baseline_info(path: Path, baseline: Baseline) -> ModelInfo:
     return ModelInfo(path.stem, baseline.method, baseline.method, baseline.n_components, baseline.seed, path)
 
 
-def list_models(run_dir: RunDir) -> list[ModelInfo]:
-    """Every complete ST-SAE checkpoint (sidecar `complete: true`) and every baseline, sorted by name."""
+def list_models(run_dir: RunDir, grid: Collection[tuple[str, int, int]] | None = None) -> list[ModelInfo]:
+    """Every complete ST-SAE checkpoint (sidecar `complete: true`) and every baseline, sorted by name.
+
+    grid: (variant, d_dict, seed) of the ST-SAE models to list (e.g. `stsae.train.grid.build_grid(cfg)`
+    entries); None lists every complete checkpoint in models/ (not models/stale/).
+    """
     infos: list[ModelInfo] = []
     if run_dir.models_dir.is_dir():
         for path in sorted(run_dir.models_dir.glob("stsae-*.safetensors")):
             info = _stsae_info(path)
             if info is None:
                 log.info("skipping %s: no complete .json sidecar (training unfinished?)", path.name)
-            else:
+            elif grid is None or (info.variant, info.d_dict, info.seed) in grid:
                 infos.append(info)
     if run_dir.baselines_dir.is_dir():
         for path in sorted(run_dir.baselines_dir.glob("*.joblib")):

@@ -7,18 +7,16 @@ each K in train.d_dict_sweep) for the first seed; an entry that appears twice is
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from stsae.config import TrainSection
 from stsae.errors import StsaeError
 from stsae.train.trainer import VARIANTS
 
 
-@dataclass(frozen=True)
-class GridEntry:
-    """One model of the grid."""
+class GridEntry(NamedTuple):
+    """One model of the grid: (variant, d_dict, seed), comparable with the registry's plain tuples."""
 
     variant: str
     d_dict: int
