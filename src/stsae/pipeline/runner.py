@@ -106,7 +106,7 @@ def run_stage(base: StageContext, stage: StageContract, entry: StageEntry | None
     """
     run_dir, config = base.run_dir, base.config
     fp = fingerprint(config, run_dir, stage)
-    reason = "forced" if base.force or entry is not None else stale_reason(run_dir, stage, fp)
+    reason = "partial run" if entry is not None else "forced" if base.force else stale_reason(run_dir, stage, fp)
     if reason is None:
         log.info("stage %-9s up to date (fingerprint %s), skipped", stage.name, fp)
         return False
