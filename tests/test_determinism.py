@@ -22,7 +22,8 @@ REPO = TINY.parents[2]
 KEY_FILES = ("windows/windows.npy", "embeddings/z.npy", "embeddings/z_aug.npy", "eval/leaderboard.json")
 KEY_GLOBS = ("models/*.safetensors",)
 # Wall-clock facts, dropped before JSON files are compared.
-TIME_KEYS = frozenset({"started", "finished", "seconds", "triplets_per_s", "upstream_runs"})
+TIME_KEYS = frozenset({"started", "finished", "seconds", "triplets_per_s", "mtime_ns", "upstream_outputs",
+                       "outputs_digest"})
 # manifest.json also records what this invocation did (models trained vs skipped), which a resumed run
 # legitimately reports differently.
 INVOCATION_KEYS = frozenset({"models_trained", "models_skipped"})

@@ -165,14 +165,24 @@ def test_a_partial_run_always_runs_and_is_never_recorded_complete(tmp_path, fake
     assert calls == ["partial"] and not (run_dir.models_dir / "stage.json").exists()
 
 
-def test_a_stage_receives_its_upstream_keys(tmp_path, fake_stages):
+def test_a_stage_receives_its_upstream_fingerprints(tmp_path, fake_stages):
     run_dir = RunDir(tmp_path / "run")
     _run(run_dir)
     seen = {}
     ctx = runner.StageContext(load_config(None), run_dir, "", force=True)
     runner.run_stages(ctx, ["train"], {"train": lambda c: seen.update(c.upstream)})
     record = json.loads((run_dir.embeddings_dir / "stage.json").read_text())
-    assert seen == {"extract": f"{record['fingerprint']}.{record['outputs_digest']}"}
+    assert seen == {"extract": record["fingerprint"]}
+
+
+def test_fingerprints_are_reproducible_in_another_run_directory(tmp_path, fake_stages):
+    a, b = RunDir(tmp_path / "a"), RunDir(tmp_path / "b")
+    _run(a)
+    _run(b)
+    for stage in CHAIN:
+        record_a, record_b = (json.loads((d.root / runner.STAGE_BY_NAME[stage].out_dir / "stage.json").read_text())
+                              for d in (a, b))
+        assert record_a["fingerprint"] == record_b["fingerprint"]
 
 
 def test_failed_stage_leaves_no_record(tmp_path, monkeypatch):

@@ -2,7 +2,8 @@
 
 The graph comes from the `CONTRACT` each stage module declares beside its `run` (imported here in
 pipeline order). A stage is up to date when its `stage.json` holds the fingerprint computed now (see
-`stsae.pipeline.provenance`) and every output it recorded is still there, unchanged. `stage.json` is
+`stsae.pipeline.provenance`), the output digests of its upstream stages are those it was built from, and
+every output it recorded is still there, unchanged. `stage.json` is
 deleted before a stage runs and written (atomically) only after it succeeds, so a killed stage is never
 mistaken for a finished one; resumable stages keep their own progress files.
 """
@@ -56,23 +57,32 @@ def read_record(run_dir: RunDir, stage: StageContract) -> dict[str, Any] | None:
         return None
 
 
-def upstream_key(record: dict[str, Any] | None) -> str | None:
-    """What a downstream stage depends on: the upstream fingerprint and the digest of its outputs."""
-    if record is None or "outputs_digest" not in record:
-        return None
-    return f"{record['fingerprint']}.{record['outputs_digest']}"
+def _upstream_field(run_dir: RunDir, stage: StageContract, key: str) -> dict[str, str | None]:
+    records = {name: read_record(run_dir, STAGE_BY_NAME[name]) for name in stage.upstream}
+    return {name: (record or {}).get(key) for name, record in records.items()}
 
 
-def upstream_keys(run_dir: RunDir, stage: StageContract) -> dict[str, str | None]:
-    return {name: upstream_key(read_record(run_dir, STAGE_BY_NAME[name])) for name in stage.upstream}
+def upstream_fingerprints(run_dir: RunDir, stage: StageContract) -> dict[str, str | None]:
+    """The fingerprint each upstream stage last finished with (None: never finished)."""
+    return _upstream_field(run_dir, stage, "fingerprint")
+
+
+def upstream_outputs(run_dir: RunDir, stage: StageContract) -> dict[str, str | None]:
+    """The digest of each upstream stage's recorded outputs (sizes, mtimes, sampled hashes)."""
+    return _upstream_field(run_dir, stage, "outputs_digest")
 
 
 def fingerprint(config: Config, run_dir: RunDir, stage: StageContract) -> str:
-    """Declared config slice + external input identities + upstream keys + package version."""
+    """Declared config slice + external input identities + upstream fingerprints + package version.
+
+    Reproducible: the same config and inputs give the same fingerprints in any run directory, so a model
+    can record the extract fingerprint it was trained on. Upstream *outputs* are checked separately
+    (`stale_reason`), since their identity includes modification times.
+    """
     inputs = {key: provenance.input_identity(config_slice(config, (key,))[key], run_dir.hash_cache)
               for key in stage.inputs}
     return provenance.digest({"version": __version__, "reads": config_slice(config, stage.reads),
-                              "inputs": inputs, "upstream": upstream_keys(run_dir, stage)})
+                              "inputs": inputs, "upstream": upstream_fingerprints(run_dir, stage)})
 
 
 def output_files(run_dir: RunDir, stage: StageContract) -> list[Path]:
@@ -91,7 +101,11 @@ def stale_reason(run_dir: RunDir, stage: StageContract, fp: str) -> str | None:
     if record is None:
         return "never finished"
     if record.get("fingerprint") != fp:
-        return "config, inputs or upstream outputs changed"
+        return "config, external inputs or upstream fingerprints changed"
+    rebuilt = [name for name, digest in upstream_outputs(run_dir, stage).items()
+               if record.get("upstream_outputs", {}).get(name) != digest]
+    if rebuilt:
+        return f"outputs of upstream stage(s) {', '.join(rebuilt)} changed since it ran"
     changed = provenance.changed_files(run_dir.root, record.get("outputs", {}))
     if changed:
         return f"output(s) changed or missing: {', '.join(changed[:3])}"
@@ -113,7 +127,7 @@ def run_stage(base: StageContext, stage: StageContract, entry: StageEntry | None
     record = record_path(run_dir, stage)
     record.unlink(missing_ok=True)
     record.parent.mkdir(parents=True, exist_ok=True)
-    upstream = {name: key for name, key in upstream_keys(run_dir, stage).items() if key is not None}
+    upstream = {name: key for name, key in upstream_fingerprints(run_dir, stage).items() if key is not None}
     ctx = StageContext(restricted(config, stage), run_dir, fp, base.force, upstream)
     started = datetime.now(timezone.utc).isoformat()
     t0 = time.perf_counter()
@@ -126,7 +140,8 @@ def run_stage(base: StageContext, stage: StageContract, entry: StageEntry | None
     outputs = provenance.snapshot(run_dir.root, output_files(run_dir, stage))
     finished = datetime.now(timezone.utc).isoformat()
     io.write_json(record, {"stage": stage.name, "fingerprint": fp, "started": started, "finished": finished,
-                           "seconds": seconds, "upstream": upstream, "outputs": outputs,
+                           "seconds": seconds, "upstream": upstream,
+                           "upstream_outputs": upstream_outputs(run_dir, stage), "outputs": outputs,
                            "outputs_digest": provenance.digest(outputs)})
     update_manifest(run_dir.manifest, {"stages": {stage.name: {
         "started": started, "finished": finished, "seconds": round(seconds, 3), "fingerprint": fp}}})

@@ -82,8 +82,8 @@ def select(entries: list[GridEntry], only: list[str]) -> list[GridEntry]:
 def expected_sidecar(entry: GridEntry, cfg: TrainSection, embeddings: str | None) -> dict[str, Any]:
     """The sidecar fields a finished model must carry to count as done under this config.
 
-    embeddings: the extract stage's provenance key (fingerprint + output digest); a model trained on
-    other embeddings (other weights, seed, augmentation or windows) is stale even if `train` is unchanged.
+    embeddings: the extract stage's fingerprint; a model trained on other embeddings (other weights,
+    seed, augmentation, windowing or raw data) is stale even if `train` is unchanged.
     """
     return {"variant": entry.variant, "d_dict": entry.d_dict, "seed": entry.seed,
             "activation": cfg.activation, "k": cfg.k, "steps": cfg.steps, "complete": True,

@@ -98,7 +98,7 @@ class Trainer:
     train / val: triplet datasets of the train and validation splits (val None: no model selection).
     checkpoint: a resumable training-state file (one safetensors file whose header holds the JSON
     state, so weights and state can never disagree); resumed when its settings match, else ignored.
-    embeddings: provenance of the embeddings trained on (the extract stage's key); it is part of the
+    embeddings: provenance of the embeddings trained on (the extract stage's fingerprint); it is part of the
     settings, so a checkpoint written on other embeddings is never resumed.
     """
 
@@ -426,7 +426,7 @@ def fit_stsae(train: WindowTripletDataset, val: WindowTripletDataset | None, cfg
 
     Reusable for refits (e.g. 50 % patient subsamples): pass the subsample's datasets and a `steps`
     override. `checkpoint`, when given, is written every train.checkpoint_every steps and at the end;
-    the caller deletes it once it has saved the model; `embeddings` (the extract stage's key) must match
+    the caller deletes it once it has saved the model; `embeddings` (the extract fingerprint) must match
     for it to be resumed. metrics: steps, steps_run, stopped_early,
     best_step, val (validation terms of the selected weights), train_last, history, dead_fraction_train.
     """
