@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from realformat_fixtures import PulseSegment, PulseSubject, pulse_signal, write_pulsedb_subject
 from stsae.config import load_config
 from stsae.models.papagei import random_papagei_s
 from stsae.pipeline import runner
@@ -125,3 +126,21 @@ def test_overwriting_the_weights_file_at_the_same_path_reruns_extract_and_train(
     _weights(weights, 8)
     assert _run(root, [f"encoder.weights={weights}"]) == ["extract", "train"]
     assert _models(root).keys() == before.keys() and _models(root) != before
+
+
+def _pulsedb_subject(root: Path, i: int) -> None:
+    subject = PulseSubject(f"p{i:06d}", 30.0 + 5 * i, "MF"[i % 2], [PulseSegment("1", 1, pulse_signal(i))])
+    write_pulsedb_subject(root / "Segment_Files" / "PulseDB_MIMIC" / f"p{i:06d}.mat", subject)
+
+
+def test_adding_a_pulsedb_subject_after_prepare_reruns_prepare_on_the_real_loader(tmp_path):
+    data = tmp_path / "pulsedb"
+    for i in range(8):
+        _pulsedb_subject(data, i)
+    source = ["data.source=pulsedb", f"data.pulsedb_root={data}", "data.pulsedb_folders=[PulseDB_MIMIC]"]
+    root = tmp_path / "run"
+    assert _run(root, source, ["prepare"]) == ["prepare"]
+    assert _run(root, source, ["prepare"]) == []
+    _pulsedb_subject(data, 8)
+    assert _run(root, source, ["prepare"]) == ["prepare"]
+    assert io.read_parquet(RunDir(root).meta)["patient_id"].nunique() == 9
