@@ -146,3 +146,12 @@ def test_stage_records_the_main_model_of_the_grid(tmp_path):
     run_dir = _run_dir(tmp_path)
     run(_ctx(run_dir, _config()), only=["full", "K=8"])
     assert json.loads(run_dir.manifest.read_text())["train"]["main_model"] == "stsae-full-K16-s0"
+
+
+def test_a_grid_model_whose_save_was_cut_short_is_retrained_in_place_not_set_aside(tmp_path):
+    run_dir = _run_dir(tmp_path)
+    run(_ctx(run_dir, _config()), only=["full", "K=8"])
+    path = run_dir.stsae_checkpoint("full", 8, 0)
+    path.with_suffix(".json").unlink()
+    run(_ctx(run_dir, _config()), only=["full", "K=8"])
+    assert path.with_suffix(".json").is_file() and not run_dir.stale_models_dir.exists()

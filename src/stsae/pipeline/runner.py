@@ -36,9 +36,8 @@ __all__ = ["STAGES", "STAGE_BY_NAME", "StageContext", "StageContract", "fingerpr
 _MODULES = (prepare, extract, train, baselines, evaluate, age, ground, figures, report)
 STAGES: tuple[StageContract, ...] = tuple(module.CONTRACT for module in _MODULES)
 STAGE_BY_NAME = {stage.name: stage for stage in STAGES}
-_RUN: dict[str, Callable[[StageContext], None]] = {module.CONTRACT.name: module.run for module in _MODULES}
-
 StageEntry = Callable[[StageContext], None]
+_RUN: dict[str, StageEntry] = {module.CONTRACT.name: module.run for module in _MODULES}
 
 
 def _entry(stage: StageContract) -> StageEntry:

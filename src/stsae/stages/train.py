@@ -96,7 +96,11 @@ def run(ctx: StageContext, only: Sequence[str] = ()) -> None:
              len(entries), len(train), len(val))
     paths = {entry: ctx.run_dir.stsae_checkpoint(entry.variant, entry.d_dict, entry.seed) for entry in grid}
     finished = {entry for entry, path in paths.items() if is_finished(path, entry, cfg, embeddings)}
-    stale = set_aside_stale(ctx.run_dir, {paths[e].stem for e in finished}) if is_main_process() else []
+    # a grid model finished under other settings or embeddings is stale; one without a sidecar (a save cut
+    # short) is simply unfinished and will be overwritten
+    outdated = {e for e, path in paths.items() if e not in finished and path.with_suffix(".json").is_file()}
+    current = {paths[e].stem for e in grid if e not in outdated}
+    stale = set_aside_stale(ctx.run_dir, current) if is_main_process() else []
     trained, skipped = [], []
     t0 = time.perf_counter()
     for entry in entries:
