@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from stsae.config import Config, load_config
+from stsae.errors import StsaeError
 from stsae.pipeline import provenance, runner
 from stsae.pipeline.lock import RunLockedError, run_lock
 from stsae.pipeline.rundir import RunDir
@@ -223,3 +224,14 @@ def test_stale_lock_from_dead_process_is_cleared(tmp_path):
     lock.write_text(f"{dead_pid}\n{os.uname().nodename}")
     with run_lock(lock):
         assert lock.read_text().startswith(str(os.getpid()))
+
+
+def test_a_single_stage_refuses_upstream_outputs_edited_since_they_were_made(tmp_path, fake_stages):
+    run_dir = RunDir(tmp_path / "run")
+    _run(run_dir)
+    (run_dir.windows_dir / "out.txt").write_text("edited")
+    ctx = runner.StageContext(load_config(None), run_dir, "")
+    with pytest.raises(StsaeError, match=r"windows/out\.txt: output of stage 'prepare' changed since it ran; "
+                                         r"run `stsae prepare` \(or `stsae run`\) before `stsae extract`"):
+        runner.run_stages(ctx, ["extract"])
+    assert runner.run_stages(ctx, CHAIN) == CHAIN

@@ -20,6 +20,7 @@ from typing import Any
 
 from stsae import __version__
 from stsae.config import Config, config_to_yaml
+from stsae.errors import StsaeError
 from stsae.pipeline import provenance
 from stsae.pipeline.contract import StageContext, StageContract, config_slice, restricted
 from stsae.pipeline.lock import remove_orphaned_temp_files
@@ -94,6 +95,20 @@ def output_files(run_dir: RunDir, stage: StageContract) -> list[Path]:
     return provenance.list_outputs(base, skip) + [path for path in extra if path.is_file()]
 
 
+def check_upstream_intact(run_dir: RunDir, stage: StageContract) -> None:
+    """Refuse to run or skip a stage whose upstream outputs changed on disk since that stage finished.
+
+    `stsae run` reruns the upstream stage first, so this only stops a single-stage command (e.g.
+    `stsae train` after windows.npy was edited) from using, or vouching for, inputs nobody produced.
+    """
+    for name in stage.upstream:
+        record = read_record(run_dir, STAGE_BY_NAME[name])
+        changed = provenance.changed_files(run_dir.root, (record or {}).get("outputs", {}))
+        if changed:
+            raise StsaeError(f"{run_dir.root / changed[0]}: output of stage '{name}' changed since it ran; "
+                             f"run `stsae {name}` (or `stsae run`) before `stsae {stage.name}`")
+
+
 def stale_reason(run_dir: RunDir, stage: StageContract, fp: str) -> str | None:
     """Why the stage must run (None: it is up to date)."""
     record = read_record(run_dir, stage)
@@ -118,6 +133,7 @@ def run_stage(base: StageContext, stage: StageContract, entry: StageEntry | None
     complete, since it did only part of the stage's work.
     """
     run_dir, config = base.run_dir, base.config
+    check_upstream_intact(run_dir, stage)
     fp = fingerprint(config, run_dir, stage)
     reason = "partial run" if entry is not None else "forced" if base.force else stale_reason(run_dir, stage, fp)
     if reason is None:
