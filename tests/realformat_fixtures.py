@@ -33,7 +33,7 @@ def _write_matlab_value(refs: h5py.Group, name: str, value: Any) -> h5py.Dataset
         dataset.attrs["MATLAB_class"] = np.bytes_("double")
         dataset.attrs["MATLAB_empty"] = np.uint8(1)
     elif isinstance(value, str):
-        codes = np.array([ord(c) for c in value], dtype=np.uint16).reshape(-1, 1)
+        codes = np.frombuffer(value.encode("utf-16-le"), dtype="<u2").reshape(-1, 1)  # MATLAB: UTF-16 units
         dataset = refs.create_dataset(name, data=codes)
         dataset.attrs["MATLAB_class"] = np.bytes_("char")
         dataset.attrs["MATLAB_int_decode"] = np.int32(2)

@@ -143,7 +143,8 @@ def _aging(meta: pd.DataFrame, rng: np.random.Generator) -> tuple[pd.DataFrame, 
     delta = base.assign(delta_age=corrected - age, vascular_acceleration=patients["vascular_acceleration"])
     t2d = {"or_per_5y": 1.6, "ci_low": 1.1, "ci_high": 2.3, "p": 0.01, "n": len(age)}
     associations = {
-        "metrics": {"mae": 3.4, "r": 0.93, "r2": 0.86, "delta_age_age_r": 0.02, "delta_age_planted_r": 0.71},
+        "metrics": {"mae": 3.4, "r": 0.93, "r2": 0.86, "delta_age_age_r": 0.02, "delta_age_planted_raw_r": 0.62,
+                    "delta_age_planted_partial_r": 0.71},
         "bias_correction": {"fitted_on": "validation", "slope": 0.9, "intercept": 4.1},
         "associations": {
             "concepts": {"htn": {"or_per_5y": 2.1, "ci_low": 1.4, "ci_high": 3.2, "p": 0.001, "n": len(age)},

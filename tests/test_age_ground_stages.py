@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -24,14 +25,14 @@ FS, N_SAMPLES = 125.0, 1250
 
 
 class FakeModel:
-    """A concept model whose first concepts read the age-carrying embedding dimensions."""
+    """A concept model whose concepts read embedding dimensions [start, start + k); the first 4 carry age."""
 
-    def __init__(self, k: int):
-        self.k = k
+    def __init__(self, k: int, start: int = 0):
+        self.k, self.start = k, start
 
     def encode(self, z: np.ndarray) -> np.ndarray:
         assert z.dtype == np.float32 and z.shape[1] == 512
-        return np.maximum(z[:, : self.k], 0).astype(np.float32)
+        return np.maximum(z[:, self.start : self.start + self.k], 0).astype(np.float32)
 
 
 def window(vascular_age: float, period_s: float, seed: int) -> np.ndarray:
@@ -90,21 +91,24 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> RunDir:
 
 
 def patch_registry(patch: pytest.MonkeyPatch) -> None:
-    """Serve one ST-SAE and one PCA fake through the registry functions both stages call."""
+    """Serve two ST-SAE seeds, an age-reading PCA and a noise-reading ICA through the registry functions."""
     infos = [
         ModelInfo(f"stsae-full-K{K}-s0", "stsae", "full", K, 0, Path("stsae.safetensors")),
+        ModelInfo(f"stsae-full-K{K}-s1", "stsae", "full", K, 1, Path("stsae-s1.safetensors")),
+        ModelInfo("ica-n8", "ica", "ica", 8, 0, Path("ica.joblib")),
         ModelInfo("pca-n8", "pca", "pca", 8, 0, Path("pca.joblib")),
     ]
-    models = {Path("stsae.safetensors"): FakeModel(K), Path("pca.joblib"): FakeModel(8)}
+    models = {Path("stsae.safetensors"): FakeModel(K), Path("stsae-s1.safetensors"): FakeModel(K, start=1),
+              Path("ica.joblib"): FakeModel(8, start=100), Path("pca.joblib"): FakeModel(8)}
     for module in (age_stage, ground_stage):
-        patch.setattr(module, "list_models", lambda run_dir: infos)
+        patch.setattr(module, "list_models", lambda run_dir, baselines: infos)
         patch.setattr(module, "load_concept_model", lambda path: models[Path(path)])
 
 
-def config(**aging: object) -> Config:
+def config(seeds: tuple[int, ...] = (0,), **aging: object) -> Config:
     return Config.model_validate(
         {
-            "train": {"d_dict": K, "k": 4, "seeds": [0], "d_dict_sweep": [K]},
+            "train": {"d_dict": K, "k": 4, "seeds": list(seeds), "d_dict_sweep": [K]},
             "aging": {"cv_folds": 3, "l1_ratios": [0.5, 1.0], "min_events": 2, **aging},
             "grounding": {"top_concepts": 3, "n_bootstrap": 20, "max_windows": 200},
         }
@@ -136,7 +140,8 @@ def test_age_stage_writes_contract_predictions_and_delta_age(staged: RunDir) -> 
 
 def test_age_model_json_has_one_coefficient_per_concept(staged: RunDir) -> None:
     model = json.loads(staged.age_model.read_text())
-    assert set(model) == {"model", "coef", "intercept", "alpha", "l1_ratio", "selected"}
+    assert set(model) == {"model", "coef", "intercept", "alpha", "l1_ratio", "selected", "stability"}
+    assert model["stability"] is None
     assert model["model"] == f"stsae-full-K{K}-s0"
     assert len(model["coef"]) == K
     assert model["selected"] == [i for i, c in enumerate(model["coef"]) if c != 0]
@@ -144,20 +149,23 @@ def test_age_model_json_has_one_coefficient_per_concept(staged: RunDir) -> None:
 
 def test_associations_json_covers_every_predictor_and_condition(staged: RunDir) -> None:
     report = json.loads(staged.associations.read_text())
-    assert set(report["metrics"]) == {"mae", "r", "r2", "delta_age_age_r", "delta_age_planted_r"}
+    assert set(report["metrics"]) == {"mae", "r", "r2", "delta_age_age_r", "delta_age_planted_raw_r",
+                                      "delta_age_planted_partial_r"}
     assert report["bias_correction"]["fitted_on"] == "validation"
     assert report["association_splits"] == ["val", "test"]
-    assert report["predictors"]["best_baseline"]["model"] == "pca-n8"
+    assert report["predictors"]["best_baseline"]["model"] == "pca-n8"  # ica-n8 reads noise dimensions
+    assert report["predictors"]["best_baseline"]["screen_ridge_val_mae"] > 0
     for predictor in ("concepts", "raw_embedding", "best_baseline"):
         for condition in ("htn", "t2d"):
             entry = report["associations"][predictor][condition]
-            assert set(entry) in ({"skipped"}, {"or_per_5y", "ci_low", "ci_high", "p", "n"})
+            assert set(entry) in ({"skipped"}, {"or_per_5y", "ci_low", "ci_high", "or_per_sd", "or_per_sd_ci_low",
+                                                "or_per_sd_ci_high", "delta_age_sd", "p", "n"})
 
 
 def test_planted_morphology_reference_predictor_runs_on_synthetic_meta_only(staged: RunDir) -> None:
     reference = json.loads(staged.associations.read_text())["predictors"]["planted_morphology"]
     assert reference["model"] == "planted_morphology"
-    assert reference["delta_age_planted_r"] > 0.9  # the fixture's morphology is vascular age plus tiny noise
+    assert reference["delta_age_planted_partial_r"] > 0.9  # the fixture's morphology is vascular age plus tiny noise
     meta = pd.read_parquet(staged.meta)
     features = age_stage.planted_morphology_rows(meta, meta["window_id"].to_numpy()[::-1])
     assert features.shape == (len(meta), 5)
@@ -177,8 +185,13 @@ def test_ground_stage_writes_concept_pulses_for_top_concepts(staged: RunDir) -> 
         concepts = pulses["concepts"]
         assert 1 <= len(concepts) <= 3
         assert np.all(np.abs(np.asarray(model["coef"])[concepts]) > 0)
-        for key in ("high_mean", "high_lo", "high_hi", "low_mean", "low_lo", "low_hi"):
-            assert pulses[key].shape == (len(concepts), 100)
+        for group in ("high", "low", "silent"):
+            for stat in ("mean", "lo", "hi"):
+                assert pulses[f"{group}_{stat}"].shape == (len(concepts), 100)
+            assert pulses[f"n_{group}"].shape == (len(concepts),)
+        assert np.all(pulses["n_high"] >= 2)
+        for key in ("morphology_diff", "morphology_diff_silent"):
+            assert pulses[key].shape == (len(concepts), len(FEATURES))
 
 
 def test_ground_stage_morphology_covers_a_seeded_subsample(staged: RunDir) -> None:
@@ -190,8 +203,9 @@ def test_ground_stage_morphology_covers_a_seeded_subsample(staged: RunDir) -> No
 
 def test_ground_stage_correlation_table_has_q_values(staged: RunDir) -> None:
     table = pd.read_csv(staged.concept_morphology)
-    assert list(table.columns) == ["concept", "feature", "rho", "p", "q"]
+    assert list(table.columns) == ["concept", "feature", "rho", "p", "q", "n_patients"]
     assert set(table["feature"]) == set(FEATURES)
+    assert table["n_patients"].max() <= N_PATIENTS
 
 
 def test_missing_aging_model_variant_is_a_user_error(
@@ -200,3 +214,25 @@ def test_missing_aging_model_variant_is_a_user_error(
     patch_registry(monkeypatch)
     with pytest.raises(StsaeError, match=r"aging\.model"):
         age_stage.run(StageContext(config(model="no_div"), run_dir, fingerprint="test"))
+
+
+def test_age_stage_explains_the_main_model_of_train_seeds(run_dir: RunDir, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    copy = RunDir(shutil.copytree(run_dir.root, tmp_path / "run"))
+    patch_registry(monkeypatch)
+    age_stage.run(StageContext(config(seeds=(1, 0)), copy, fingerprint="test"))
+    assert json.loads(copy.age_model.read_text())["model"] == f"stsae-full-K{K}-s1"
+
+
+def test_age_stage_records_stability_selection_with_its_pfer_bound(run_dir: RunDir, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    copy = RunDir(shutil.copytree(run_dir.root, tmp_path / "run"))
+    patch_registry(monkeypatch)
+    settings = config(stability_selection=True, stability_rounds=20, stability_pfer=3.0)
+    age_stage.run(StageContext(settings, copy, fingerprint="test"))
+    model = json.loads(copy.age_model.read_text())
+    stability = model["stability"]
+    assert stability["pi_thr"] == 0.8 and stability["q"] <= stability["q_max"]
+    assert stability["pfer_bound"] == pytest.approx(stability["q"] ** 2 / (0.6 * K))
+    assert stability["pfer_bound"] <= 3.0
+    assert set(model["selected"]) <= set(stability["selected"])

@@ -39,6 +39,24 @@ def test_planted_odds_ratio_is_recovered_with_ci_above_one() -> None:
     assert result["n"] == 3000
 
 
+def test_planted_odds_ratio_per_sd_is_recovered() -> None:
+    """Δage has SD 6, so the planted OR 2 per 5 y is 2^(6/5) ≈ 2.30 per SD."""
+    result = logistic_association(delta_table(), "htn", min_events=10)
+    assert result["delta_age_sd"] == pytest.approx(6.0, rel=0.05)
+    assert result["or_per_sd"] == pytest.approx(2.0 ** (6 / 5), rel=0.15)
+    assert result["or_per_sd_ci_low"] < 2.0 ** (6 / 5) < result["or_per_sd_ci_high"]
+
+
+def test_or_per_sd_ignores_the_scale_of_delta_age_where_or_per_5y_does_not() -> None:
+    """Inverting a bias-correction slope of 0.5 doubles every Δage: the same predictor, the same risk."""
+    table = delta_table()
+    inflated = table.assign(delta_age=2.0 * table["delta_age"])
+    base, scaled = (logistic_association(t, "htn", min_events=10) for t in (table, inflated))
+    assert scaled["or_per_sd"] == pytest.approx(base["or_per_sd"])
+    assert scaled["or_per_sd_ci_low"] == pytest.approx(base["or_per_sd_ci_low"])
+    assert scaled["or_per_5y"] == pytest.approx(np.sqrt(base["or_per_5y"]))
+
+
 def test_unrelated_condition_has_ci_covering_one() -> None:
     result = logistic_association(delta_table(), "t2d", min_events=10)
     assert result["ci_low"] < 1 < result["ci_high"]

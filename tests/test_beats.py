@@ -49,9 +49,9 @@ def test_average_pulse_recovers_the_beat_shape_and_period() -> None:
 
 
 def test_flat_window_gives_nan_pulse_with_reason() -> None:
-    pulse, period, n_beats, reason = average_pulse(np.zeros(1250, dtype=np.float32), FS, BEAT_SAMPLES)
-    assert np.isnan(pulse).all() and np.isnan(period) and n_beats == 0
-    assert reason == "flat or non-finite window"
+    result = average_pulse(np.zeros(1250, dtype=np.float32), FS, BEAT_SAMPLES)
+    assert np.isnan(result.pulse).all() and np.isnan(result.period_s) and result.n_beats == 0
+    assert result.reason == "flat or non-finite window"
 
 
 def test_average_pulses_keeps_one_row_per_window_in_order() -> None:

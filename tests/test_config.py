@@ -105,3 +105,73 @@ def test_default_yaml_carries_the_five_ablations_and_full_k_sweep():
     config = load_config(REPO / "configs" / "default.yaml")
     assert config.train.d_dict_sweep == [1024, 2048, 4096, 8192]
     assert set(config.train.ablations) == {"no_smooth", "no_stab", "no_div", "no_renorm", "vanilla"}
+
+
+# ---- values that used to pass validation and fail later with a traceback ----------------------------------
+
+BAD_OVERRIDES = [
+    ("train.seeds=[]", "invalid value for 'train.seeds': List should have at least 1 item"),
+    ("train.seeds=[0,", "--set train.seeds: value '[0,' is not valid YAML"),
+    ("run.name=!!python/object:os.system ls", "--set run.name: value '!!python/object:os.system ls' is not valid "
+     "YAML (could not determine a constructor for the tag"),
+    ("data.windowing.stride_s=0.001", "data.windowing.stride_s=0.001 s is shorter than one sample at "
+     "fs_target=125 Hz"),
+    ("data.windowing.window_s=5", "data.windowing.window_s=5 s at fs_target=125 Hz gives 625 samples; "
+     "PaPaGei-S needs 1250 (10 s at 125 Hz)"),
+    ("data.windowing.band_low_hz=20", "data.windowing.band_low_hz=20 must be below band_high_hz=12"),
+    ("data.split.age_bin_edges=[0, 50, 50, 90]", "data.split.age_bin_edges must be strictly increasing"),
+    ("data.split.age_bin_edges=[40]", "invalid value for 'data.split.age_bin_edges': List should have at least 2"),
+    ("aging.l1_ratios=[]", "invalid value for 'aging.l1_ratios': List should have at least 1 item"),
+    ("aging.l1_ratios=[0.5, 1.5]", "invalid value for 'aging.l1_ratios.1': Input should be less than or equal to 1"),
+    ("aging.l1_ratios=[0]", "invalid value for 'aging.l1_ratios.0': Input should be greater than 0"),
+]
+
+
+@pytest.mark.parametrize(("override", "message"), BAD_OVERRIDES)
+def test_bad_override_fails_at_load_with_one_line_naming_the_key(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(("override", "message"), BAD_OVERRIDES[:6])
+def test_bad_override_on_the_command_line_exits_2_with_one_line(tmp_path, override, message):
+    from typer.testing import CliRunner
+
+    from stsae.cli import app
+
+    result = CliRunner().invoke(app, ["prepare", "--run-dir", str(tmp_path / "run"), "--set", override])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines() == [f"error: {_load_error(override)}"]
+    assert message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def _load_error(override: str) -> ConfigError:
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    return err.value
+
+
+def test_config_file_that_is_not_utf8_is_named_in_one_line(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("run:\n  name: caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value) == f"{path}: not UTF-8 text (byte 0xe9 at offset 16); save the file as UTF-8"
+
+
+def test_yaml_alias_bomb_is_echoed_in_a_bounded_line():
+    levels = ["&a0 [x, x, x, x, x, x, x, x, x]"]
+    levels += [f"&a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]  # 9**9 leaves if expanded
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [f"run.name=[{', '.join(levels)}]"])
+    message = str(err.value)
+    assert message.startswith("config: invalid value for 'run.name': Input should be a valid string (got [")
+    assert len(message) < 400 and "\n" not in message and message.endswith("...)")
+
+
+def test_window_resampled_to_another_rate_is_refused_even_at_1250_samples():
+    with pytest.raises(ConfigError, match=r"data\.windowing\.fs_target=250 Hz: PaPaGei-S was trained on 125 Hz"):
+        load_config(None, ["data.windowing.fs_target=250", "data.windowing.window_s=5"])

@@ -28,7 +28,7 @@ TIME_KEYS = frozenset({"started", "finished", "seconds", "triplets_per_s", "outp
 # manifest.json also records what this invocation did (models trained vs skipped), which a resumed run
 # legitimately reports differently.
 INVOCATION_KEYS = frozenset({"models_trained", "models_skipped"})
-SKIPPED = frozenset({"run.log", ".lock"})
+SKIPPED = frozenset({"run.log", ".stsae.lock"})
 # report.html: its "generated" stamp and the stage-times table.
 _REPORT_TIMES = re.compile(
     rb"generated \d{4}-\d\d-\d\d \d\d:\d\d UTC|<section id=\"stages\">.*?</section>", re.S)

@@ -63,8 +63,9 @@ def run_dir_with_models(tmp_path) -> StageContext:
 
 
 def test_baselines_stage_writes_one_file_per_method_and_size(run_dir_with_models: StageContext) -> None:
-    names = sorted(p.name for p in run_dir_with_models.run_dir.baselines_dir.glob("*.joblib"))
-    assert names == ["nmf-n4.joblib", "nmf-n8.joblib", "pca-n4.joblib", "pca-n8.joblib"]
+    names = sorted(p.name for p in run_dir_with_models.run_dir.baselines_dir.iterdir())
+    assert names == [f"{stem}{suffix}" for stem in ("nmf-n4", "nmf-n8", "pca-n4", "pca-n8")
+                     for suffix in (".json", ".safetensors")]
 
 
 @pytest.mark.slow
@@ -117,7 +118,7 @@ def test_stability_refits_train_on_half_the_train_patients(run_dir_with_models: 
 
     ctx = run_dir_with_models
     cfg = ctx.config.eval.model_copy(update={"stability_subsamples": 2, "stability_steps": 7})
-    main = evaluate_stage.main_stsae(list_models(ctx.run_dir))
+    main = evaluate_stage.main_stsae(list_models(ctx.run_dir, ctx.config.baselines))
     dictionaries = evaluate_stage.subsample_dictionaries(load_embeddings(ctx.run_dir), main, cfg, 0)
     assert seen == [7, 7] and [d.shape for d in dictionaries] == [(32, 512), (32, 512)]
 

@@ -32,8 +32,11 @@ SETTINGS = ["encoder.allow_random_weights=true", "extract.batch_size=8", "extrac
 
 
 def write_windows_dir(root: Path, n: int = 60) -> RunDir:
-    """A prepare-stage output with n random z-scored windows; every 7th window fails QC."""
+    """A prepare-stage output with n random z-scored windows; every 7th window fails QC.
+
+    With a manifest, as a real run leaves one: the CLI refuses a non-empty directory without it."""
     paths = RunDir(root)
+    io.write_json(paths.manifest, {"run_name": "extract-test"})
     rng = np.random.default_rng(0)
     io.save_npy(paths.windows, rng.standard_normal((n, 1250)).astype(np.float32))
     ids = np.arange(n, dtype=np.int64)
@@ -102,7 +105,7 @@ def test_manifest_records_random_encoder_identity_and_precision(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(cxx_compiler() is None, reason="no C++ compiler for torch.compile (install g++)")
+@pytest.mark.needs(cxx_compiler() is not None, "no C++ compiler for torch.compile (install g++)")
 def test_compiled_extraction_matches_eager_and_is_recorded(tmp_path):
     eager = write_windows_dir(tmp_path / "eager")
     _extract(eager, "extract.compile=false")

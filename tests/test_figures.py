@@ -19,6 +19,7 @@ from stsae.report.figures import (
     read_concept_pulses,
     read_figure_index,
 )
+from stsae.utils.io import TEMP_MARK
 
 EXPECTED = {"pareto", "ablations", "k_sweep", "seed_stability", "age_scatter", "delta_age_groups", "forest",
             "concept_17", "concept_3", "concept_250", "example_windows", "qc_rejections"}
@@ -50,7 +51,7 @@ def test_available_figures_have_decodable_png_and_svg(drawn: tuple[RunDir, list[
 
 def test_no_temporary_files_are_left_behind(drawn: tuple[RunDir, list[FigureInfo]]) -> None:
     run_dir, _ = drawn
-    assert not [p.name for p in run_dir.figures_dir.iterdir() if ".tmp-" in p.name]
+    assert not [p.name for p in run_dir.figures_dir.iterdir() if TEMP_MARK in p.name]
 
 
 def test_stability_figure_says_it_shows_means(drawn: tuple[RunDir, list[FigureInfo]]) -> None:

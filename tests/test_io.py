@@ -78,7 +78,7 @@ def _rss_file_kib() -> int:
     raise AssertionError("no RssFile in /proc/self/status")
 
 
-@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc to read RssFile")
+@pytest.mark.needs(os.path.exists("/proc/self/status"), "needs Linux /proc to read RssFile")
 def test_released_memmap_pages_leave_rss_and_keep_their_data(tmp_path):
     path = tmp_path / "big.npy"
     io.save_npy(path, np.arange(8 * 2**20, dtype=np.float32).reshape(-1, 1024))  # 32 MiB

@@ -129,7 +129,8 @@ def test_fast_embedder_matches_the_reference_model(trained_like_model):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(encoder_runtime.cxx_compiler() is None, reason="no C++ compiler for torch.compile (install g++)")
+@pytest.mark.needs(encoder_runtime.cxx_compiler() is not None,
+                   "no C++ compiler for torch.compile (install g++)")
 def test_compiled_embedder_matches_the_fast_path_and_pads_a_short_last_batch(trained_like_model):
     """Inductor-compiled (frozen) path: same embeddings within float rounding, incl. a 3-row tail batch."""
     windows = _windows(7, seed=2)

@@ -92,7 +92,7 @@ def test_a_failing_prepare_leaves_no_output_files(tmp_path: Path, monkeypatch: p
     assert list(run_dir.windows_dir.iterdir()) == []
 
 
-def _fake_records(data: DataSection) -> Iterator[RawRecord]:
+def _fake_records(data: DataSection, issues: object = None) -> Iterator[RawRecord]:
     t = np.arange(round(25 * 250.0)) / 250.0
     pulse = np.sin(2 * np.pi * 1.2 * t) + 0.3 * np.sin(2 * np.pi * 2.4 * t + 1.0)
     for i in range(4):

@@ -9,12 +9,15 @@ import numpy as np
 import pytest
 import torch
 
+from stsae.config import BaselinesSection
 from stsae.errors import InputDataError
-from stsae.models.baselines import Baseline
-from stsae.models.registry import list_models, load_concept_model
+from stsae.models.baselines import ICABaseline, PCABaseline
+from stsae.models.registry import list_models, load_concept_model, load_k_sparse_model
 from stsae.models.stsae import STSAE
 from stsae.pipeline.rundir import RunDir
 from stsae.train.grid import GridEntry
+
+NO_BASELINES = BaselinesSection(methods=[], n_components=[])
 
 
 def write_stsae(run_dir: RunDir, z_train: np.ndarray, variant: str, d_dict: int, seed: int, k: int = 4,
@@ -39,16 +42,16 @@ def test_list_models_finds_complete_checkpoints_and_baselines(tmp_path, z) -> No
     run_dir = RunDir(tmp_path)
     write_stsae(run_dir, z, "full", 32, 0)
     write_stsae(run_dir, z, "full", 32, 1, complete=False)
-    Baseline("pca", 4).fit(z).save(run_dir.baselines_dir / "pca-n4.joblib")
-    infos = list_models(run_dir)
+    PCABaseline(4).fit(z).save(run_dir.baseline("pca", 4))
+    infos = list_models(run_dir, BaselinesSection(methods=["pca"], n_components=[4]))
     assert [(i.name, i.family, i.variant, i.d_dict, i.seed) for i in infos] == [
         ("stsae-full-K32-s0", "stsae", "full", 32, 0), ("pca-n4", "pca", "pca", 4, 0)]
 
 
 def test_stsae_and_baseline_share_one_numpy_interface(tmp_path, z) -> None:
     run_dir = RunDir(tmp_path)
-    paths = [write_stsae(run_dir, z, "full", 32, 0), run_dir.baselines_dir / "ica-n4.joblib"]
-    Baseline("ica", 4).fit(z).save(paths[1])
+    paths = [write_stsae(run_dir, z, "full", 32, 0), run_dir.baseline("ica", 4)]
+    ICABaseline(4).fit(z).save(paths[1])
     for path, k in zip(paths, (32, 4), strict=True):
         model = load_concept_model(path, batch_size=64)
         codes = model.encode(z)
@@ -81,6 +84,46 @@ def test_incomplete_checkpoint_is_refused_naming_the_sidecar(tmp_path, z) -> Non
 def test_unknown_model_file_type_is_refused(tmp_path) -> None:
     with pytest.raises(InputDataError, match="unknown model file type"):
         load_concept_model(tmp_path / "model.pt")
+    with pytest.raises(InputDataError, match="unknown model file type"):
+        load_concept_model(tmp_path / "pca-n4.joblib")
+
+
+def test_only_configured_baselines_are_listed_by_name(tmp_path, z) -> None:
+    run_dir = RunDir(tmp_path)
+    for n in (4, 6):
+        PCABaseline(n).fit(z).save(run_dir.baseline("pca", n))
+    (run_dir.baselines_dir / "zz-extra.joblib").write_bytes(b"not opened")
+    infos = list_models(run_dir, BaselinesSection(methods=["pca"], n_components=[6]))
+    assert [info.name for info in infos] == ["pca-n6"]
+
+
+def test_a_configured_baseline_that_is_missing_names_the_file(tmp_path, z) -> None:
+    with pytest.raises(InputDataError, match=r"ica-n4\.safetensors.*stsae baselines"):
+        list_models(RunDir(tmp_path), BaselinesSection(methods=["ica"], n_components=[4]))
+
+
+def test_a_renamed_baseline_file_is_refused(tmp_path, z) -> None:
+    run_dir = RunDir(tmp_path)
+    PCABaseline(4).fit(z).save(run_dir.baseline("pca", 4))
+    for suffix in (".safetensors", ".json"):
+        run_dir.baseline("pca", 4).with_suffix(suffix).rename(run_dir.baseline("pca", 6).with_suffix(suffix))
+    with pytest.raises(InputDataError, match=r"pca-n6\.json.*expected pca with 6"):
+        list_models(run_dir, BaselinesSection(methods=["pca"], n_components=[6]))
+
+
+def test_k_sparse_model_encodes_at_most_k_codes_per_row(tmp_path, z) -> None:
+    path = RunDir(tmp_path).baseline("ica", 6)
+    ICABaseline(6).fit(z).save(path)
+    model = load_k_sparse_model(path, 2, batch_size=64)
+    codes = model.encode(z)
+    assert codes.shape == (200, 6) and (np.count_nonzero(codes, axis=1) <= 2).all()
+    assert model.name == "ica-n6"
+
+
+def test_k_sparse_model_of_an_stsae_is_refused(tmp_path, z) -> None:
+    path = write_stsae(RunDir(tmp_path), z, "full", 32, 0)
+    with pytest.raises(InputDataError, match="baselines only"):
+        load_k_sparse_model(path, 2)
 
 
 def test_list_models_with_a_grid_lists_only_its_stsae_models_and_never_stale_ones(tmp_path, z) -> None:
@@ -92,5 +135,5 @@ def test_list_models_with_a_grid_lists_only_its_stsae_models_and_never_stale_one
     old = write_stsae(RunDir(tmp_path / "elsewhere"), z, "full", 8, 0)
     for path in (old, old.with_suffix(".json")):
         path.rename(stale / path.name)
-    assert [i.name for i in list_models(run_dir)] == ["stsae-full-K16-s0", "stsae-full-K32-s0"]
-    assert [i.name for i in list_models(run_dir, [GridEntry("full", 32, 0)])] == ["stsae-full-K32-s0"]
+    assert [i.name for i in list_models(run_dir, NO_BASELINES)] == ["stsae-full-K16-s0", "stsae-full-K32-s0"]
+    assert [i.name for i in list_models(run_dir, NO_BASELINES, [GridEntry("full", 32, 0)])] == ["stsae-full-K32-s0"]

@@ -21,9 +21,8 @@ CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.slow,
-    pytest.mark.skipif(not CHROMIUM.exists(),
-                       reason="Debian chromium not installed at /usr/bin/chromium "
-                              "(apt-get install -y chromium)"),
+    pytest.mark.needs(CHROMIUM.exists(),
+                      "Debian chromium not installed at /usr/bin/chromium (apt-get install -y chromium)"),
 ]
 
 # Placed before the report's Content-Security-Policy meta tag, so it runs while the page under test keeps

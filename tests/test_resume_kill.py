@@ -9,7 +9,6 @@ complete (otherwise the kill missed its stage and the test would prove nothing).
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from stsae.pipeline.lock import remove_orphaned_temp_files
+from stsae.utils.io import TEMP_MARK
 from stsae.utils.seeding import rng
 from test_determinism import REPO, TINY, key_files, run_differences, stsae
 
@@ -76,17 +75,5 @@ def test_run_killed_in_every_stage_then_resumed_equals_an_uninterrupted_run(tmp_
     assert result.returncode == 0, result.stderr
     assert key_files(killed) == key_files(reference)
     assert run_differences(reference, killed) == []
-    assert not [p for p in killed.rglob("*") if ".tmp" in p.name or p.name.endswith(".partial")]
+    assert not [p for p in killed.rglob("*") if TEMP_MARK in p.name or p.name.endswith(".partial")]
     assert not (killed / "models" / "checkpoints").exists()
-
-
-def test_temp_files_of_dead_writers_are_removed_and_live_ones_kept(tmp_path: Path) -> None:
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    orphan = tmp_path / "models" / "checkpoints" / f"m.safetensors.tmp-{dead.pid}"
-    live = tmp_path / "models" / f"n.safetensors.tmp-{os.getpid()}"
-    for path in (orphan, live):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b"partial")
-    assert remove_orphaned_temp_files(tmp_path) == [orphan]
-    assert not orphan.exists() and live.exists()

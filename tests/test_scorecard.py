@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from run_fixture import write_fake_run
 from stsae.report.scorecard import (
+    PLANTED_CHECK,
     PLANTED_FACTORS,
     Check,
     ScorecardInputs,
@@ -43,8 +44,8 @@ def _baseline(family: str, ev: float = 0.9, consistency: float = 0.5, lag1: floa
 def _good_inputs() -> ScorecardInputs:
     rows = [_full_row(0), _full_row(1), *(_baseline(f) for f in ("pca", "ica", "nmf"))]
     associations = {
-        "metrics": {"delta_age_planted_r": 0.75},
-        "predictors": {"planted_morphology": {"delta_age_planted_r": 0.81}},
+        "metrics": {"delta_age_planted_partial_r": 0.75},
+        "predictors": {"planted_morphology": {"delta_age_planted_partial_r": 0.81}},
         "associations": {"concepts": {"htn": {"or_per_5y": 2.0, "ci_low": 1.3, "ci_high": 3.0},
                                       "t2d": {"or_per_5y": 1.7, "ci_low": 1.1, "ci_high": 2.6}}},
     }
@@ -65,7 +66,7 @@ def test_good_run_passes_every_graded_check() -> None:
 
 
 def test_delta_age_check_shows_the_planted_morphology_reference() -> None:
-    check = _by_name(build_scorecard(_good_inputs()))["Δage vs planted vascular acceleration: r"]
+    check = _by_name(build_scorecard(_good_inputs()))[PLANTED_CHECK]
     assert "exact planted morphology" in check.detail and "r 0.810" in check.detail
 
 
@@ -102,7 +103,7 @@ MUTATIONS = {
     "full ST-SAE − matched ICA: lag-1": _set(("rows", 3, "lag1_autocorr"), 0.71),
     "full ST-SAE − matched NMF: consistency": _set(("rows", 4, "consistency_jaccard"), 0.81),
     "dead concepts in full model (fraction)": _set(("rows", 0, "dead_fraction"), 0.02),
-    "Δage vs planted vascular acceleration: r": _set(("assoc", "metrics", "delta_age_planted_r"), 0.5),
+    PLANTED_CHECK: _set(("assoc", "metrics", "delta_age_planted_partial_r"), 0.5),
     "HTN: odds ratio per 5 y Δage, lower 95% CI": _set(("assoc", "associations", "concepts", "htn", "ci_low"),
                                                        0.95),
     "T2D: odds ratio per 5 y Δage, lower 95% CI": _set(("assoc", "associations", "concepts", "t2d", "ci_low"),
@@ -143,7 +144,7 @@ def test_probe_ratio_with_nonpositive_raw_value_is_not_available() -> None:
 def test_missing_associations_are_not_available_and_not_passed() -> None:
     inputs = _good_inputs()
     checks = build_scorecard(ScorecardInputs(inputs.rows, None, inputs.windows))
-    delta = _by_name(checks)["Δage vs planted vascular acceleration: r"]
+    delta = _by_name(checks)[PLANTED_CHECK]
     assert delta.passed is None and delta.value is None
     passed, graded = pass_count(checks)
     assert passed == graded - 3

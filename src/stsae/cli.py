@@ -21,6 +21,7 @@ from stsae.errors import StsaeError
 from stsae.pipeline.lock import run_lock
 from stsae.pipeline.rundir import RunDir
 from stsae.pipeline.runner import STAGES, StageContext, StageEntry, run_stages
+from stsae.pipeline.safety import claim_run_dir, environment_error_message
 from stsae.stages import train
 from stsae.utils.dist import is_main_process
 from stsae.utils.logs import setup_logging
@@ -41,6 +42,8 @@ SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a conf
 ForceOpt = Annotated[bool, typer.Option("--force", help="Rerun even if inputs and config are unchanged.")]
 VerboseOpt = Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logging (-vv: debug).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Warnings only, no progress bars.")]
+BreakLockOpt = Annotated[bool, typer.Option(
+    "--break-lock", help="Take the run lock even if a process on another host holds it (only once that run ended).")]
 
 
 def _resolve(config_path: Path | None, overrides: list[str] | None, run_dir: Path | None) -> tuple[Config, RunDir]:
@@ -61,19 +64,20 @@ def _user_errors() -> Iterator[None]:
         if exc.errno not in _ENVIRONMENT_ERRNOS:
             raise
         logging.getLogger("stsae").debug("environment error", exc_info=True)
-        where = f" writing {exc.filename}" if exc.filename else ""
-        typer.echo(f"error: {exc.strerror}{where}; earlier outputs are intact, free space and rerun", err=True)
+        typer.echo(f"error: {environment_error_message(exc)}", err=True)
         raise typer.Exit(2) from None
 
 
 def _execute(stage_names: list[str], config_path: Path | None, overrides: list[str] | None,
              run_dir: Path | None, force: bool, verbose: int, quiet: bool,
-             partial: dict[str, StageEntry] | None = None) -> RunDir:
+             partial: dict[str, StageEntry] | None = None, break_lock: bool = False) -> RunDir:
     with _user_errors():
         config, paths = _resolve(config_path, overrides, run_dir)
+        if is_main_process():
+            claim_run_dir(paths, force)
         setup_logging(-1 if quiet else verbose, paths.log)
         ctx = StageContext(config, paths, fingerprint="", force=force)
-        lock = run_lock(paths.lock) if is_main_process() else contextlib.nullcontext()
+        lock = run_lock(paths.lock, break_lock) if is_main_process() else contextlib.nullcontext()
         with lock:
             run_stages(ctx, stage_names, partial)
     return paths
@@ -81,8 +85,9 @@ def _execute(stage_names: list[str], config_path: Path | None, overrides: list[s
 
 def _stage_command(stage_name: str, help_text: str, command_name: str | None = None) -> None:
     def command(config: ConfigOpt = None, run_dir: RunDirOpt = None, set_: SetOpt = None,
-                force: ForceOpt = False, verbose: VerboseOpt = 0, quiet: QuietOpt = False) -> None:
-        _execute([stage_name], config, set_, run_dir, force, verbose, quiet)
+                force: ForceOpt = False, verbose: VerboseOpt = 0, quiet: QuietOpt = False,
+                break_lock: BreakLockOpt = False) -> None:
+        _execute([stage_name], config, set_, run_dir, force, verbose, quiet, break_lock=break_lock)
 
     command.__doc__ = help_text
     app.command(name=command_name or stage_name, help=help_text)(command)
@@ -97,21 +102,22 @@ _stage_command("prepare", "Alias of `prepare` (the synthetic cohort is the defau
 @app.command(name="train")
 def train_command(
     config: ConfigOpt = None, run_dir: RunDirOpt = None, set_: SetOpt = None, force: ForceOpt = False,
-    verbose: VerboseOpt = 0, quiet: QuietOpt = False,
+    verbose: VerboseOpt = 0, quiet: QuietOpt = False, break_lock: BreakLockOpt = False,
     only: Annotated[str | None, typer.Option(
         "--only", help="Comma-separated filter of grid entries, e.g. 'full,K=4096' or 'vanilla,seed=1'.")] = None,
 ) -> None:
     """Train the ST-SAE grid: full, five ablations, K-sweep, seeds (finished models are skipped)."""
     tokens = [part.strip() for part in only.split(",")] if only else []
     partial: dict[str, StageEntry] = {"train": functools.partial(train.run, only=tokens)} if tokens else {}
-    _execute(["train"], config, set_, run_dir, force, verbose, quiet, partial)
+    _execute(["train"], config, set_, run_dir, force, verbose, quiet, partial, break_lock)
 
 
 @app.command(name="run")
 def run_command(config: ConfigOpt = None, run_dir: RunDirOpt = None, set_: SetOpt = None,
-                force: ForceOpt = False, verbose: VerboseOpt = 0, quiet: QuietOpt = False) -> None:
+                force: ForceOpt = False, verbose: VerboseOpt = 0, quiet: QuietOpt = False,
+                break_lock: BreakLockOpt = False) -> None:
     """Run every stage in order; unchanged stages are skipped. Ends with the report path and headlines."""
-    paths = _execute([s.name for s in STAGES], config, set_, run_dir, force, verbose, quiet)
+    paths = _execute([s.name for s in STAGES], config, set_, run_dir, force, verbose, quiet, break_lock=break_lock)
     if is_main_process():
         from stsae.report.headline import headline_lines
 

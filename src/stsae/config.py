@@ -8,8 +8,10 @@ misspelt hyperparameter can never be silently ignored.
 from __future__ import annotations
 
 import difflib
+import itertools
+import reprlib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -19,6 +21,16 @@ from stsae.errors import StsaeError
 
 class ConfigError(StsaeError, ValueError):
     """A config file or override is invalid; the message is one line naming the key."""
+
+
+# PaPaGei-S embeds 10 s windows at 125 Hz; any other window length only fails later, in extract.
+ENCODER_WINDOW_SAMPLES = 1250
+ENCODER_FS_HZ = 125.0
+# Longest echo of a user value in an error; a YAML alias bomb must not become a 32 MB "one line".
+_ECHO_CHARS = 200
+_ECHO = reprlib.Repr()  # Python 3.11's Repr takes no keyword arguments
+_ECHO.maxlevel, _ECHO.maxlist, _ECHO.maxdict = 3, 8, 8
+_ECHO.maxstring = _ECHO.maxother = _ECHO_CHARS
 
 
 class _Section(BaseModel):
@@ -68,6 +80,25 @@ class WindowingSection(_Section):
     band_high_hz: float = Field(12.0, gt=0, description="Band-pass upper edge (Hz).")
     filter_order: int = Field(4, ge=1, le=12, description="Band-pass filter order.")
 
+    @model_validator(mode="after")
+    def _encoder_window_and_stride(self) -> WindowingSection:
+        if self.fs_target != ENCODER_FS_HZ:
+            raise ValueError(f"data.windowing.fs_target={self.fs_target:g} Hz: PaPaGei-S was trained on "
+                             f"{ENCODER_FS_HZ:g} Hz windows")
+        samples = self.window_s * self.fs_target
+        if abs(samples - ENCODER_WINDOW_SAMPLES) > 1e-6:
+            raise ValueError(
+                f"data.windowing.window_s={self.window_s:g} s at fs_target={self.fs_target:g} Hz gives "
+                f"{samples:g} samples; PaPaGei-S needs {ENCODER_WINDOW_SAMPLES} "
+                f"({ENCODER_WINDOW_SAMPLES / ENCODER_FS_HZ:g} s at {ENCODER_FS_HZ:g} Hz)")
+        if round(self.stride_s * self.fs_target) < 1:
+            raise ValueError(f"data.windowing.stride_s={self.stride_s:g} s is shorter than one sample at "
+                             f"fs_target={self.fs_target:g} Hz")
+        if self.band_low_hz >= self.band_high_hz:
+            raise ValueError(f"data.windowing.band_low_hz={self.band_low_hz:g} must be below "
+                             f"band_high_hz={self.band_high_hz:g}")
+        return self
+
 
 class QCSection(_Section):
     hr_min_bpm: float = Field(30.0, gt=0, description="Lowest plausible heart rate (bpm).")
@@ -108,8 +139,15 @@ class SplitSection(_Section):
     val_fraction: float = Field(0.15, gt=0, lt=1, description="Fraction of patients in validation.")
     test_fraction: float = Field(0.2, gt=0, lt=1, description="Fraction of patients in test.")
     age_bin_edges: list[float] = Field(
-        [0, 40, 55, 70, 200], description="Age-bin edges for stratification (years)."
+        [0, 40, 55, 70, 200], min_length=2, description="Age-bin edges for stratification (years)."
     )
+
+    @model_validator(mode="after")
+    def _increasing_edges(self) -> SplitSection:
+        edges = self.age_bin_edges
+        if any(b <= a for a, b in itertools.pairwise(edges)):
+            raise ValueError(f"data.split.age_bin_edges must be strictly increasing, got {edges}")
+        return self
 
 
 class DataSection(_Section):
@@ -218,7 +256,9 @@ class TrainSection(_Section):
         list(ABLATIONS), description="Ablations trained next to 'full'."
     )
     d_dict_sweep: list[int] = Field([1024, 2048, 4096, 8192], description="K values of the K-sweep.")
-    seeds: list[int] = Field([0, 1, 2], description="Seeds trained per variant (seed stability).")
+    seeds: list[int] = Field(
+        [0, 1, 2], min_length=1, description="Seeds trained per variant (seed stability); the first is the main model."
+    )
 
     @model_validator(mode="after")
     def _k_within_dictionary(self) -> TrainSection:
@@ -255,17 +295,28 @@ class AgingSection(_Section):
     model: str = Field("full", description="ST-SAE variant whose concepts predict age.")
     cv_folds: int = Field(5, ge=2, description="GroupKFold folds for ElasticNetCV.")
     stability_selection: bool = Field(False, description="Run stability selection over concepts.")
-    stability_rounds: int = Field(100, ge=1, description="Half-sample refits in stability selection.")
-    stability_threshold: float = Field(0.6, gt=0, le=1, description="Selection frequency to keep.")
+    stability_rounds: int = Field(100, ge=1, description="Half-sample randomised-lasso paths in stability selection.")
+    stability_threshold: float = Field(
+        0.8, gt=0.5, le=1, description="pi_thr: max selection probability over the lambda path to keep a concept."
+    )
+    stability_pfer: float = Field(
+        1.0, gt=0, description="Tolerated expected false selections; sets q by E[V] <= q^2/((2 pi_thr - 1) K)."
+    )
+    stability_weakness: float = Field(
+        0.5, ge=0.2, le=0.8, description="Randomised lasso: each penalty weight is drawn from U[weakness, 1]."
+    )
     bias_correction_on: Literal["validation", "oof_train"] = Field(
         "validation",
         description="Predictions the age-bias correction is fitted on (never test): validation, or nested "
         "out-of-fold train predictions (the whole ElasticNetCV fit rerun per fold; ~cv_folds x the fit cost).",
     )
-    l1_ratios: list[float] = Field(
-        [0.5, 0.7, 0.9, 0.95, 1.0], description="ElasticNetCV l1_ratio grid (1.0 = lasso)."
+    l1_ratios: list[Annotated[float, Field(gt=0, le=1)]] = Field(
+        [0.5, 0.7, 0.9, 0.95, 1.0], min_length=1,
+        description="ElasticNetCV l1_ratio grid, each in (0, 1] (1.0 = lasso; 0 has no automatic alpha path).",
     )
-    n_alphas: int = Field(50, ge=2, description="ElasticNetCV regularisation path length per l1_ratio.")
+    n_alphas: int = Field(
+        50, ge=2, description="ElasticNetCV path length per l1_ratio; also the stability-selection lambda path length."
+    )
     min_events: int = Field(
         10, ge=1, description="Fewest cases and non-cases an HTN/T2D logistic regression needs; else skipped."
     )
@@ -318,15 +369,32 @@ def _format_error(err: ValidationError, source: str) -> str:
         close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
         hint = f" (did you mean '{'.'.join([*map(str, loc[:-1]), close[0]])}'?)" if close else ""
         return f"{source}: unknown config key '{key}'{hint}"
-    given = first.get("input")
-    return f"{source}: invalid value for '{key}': {first['msg']} (got {given!r})"
+    if first["type"] == "value_error" and loc and str(loc[0]) in Config.model_fields:
+        return f"{source}: {_clip(first['msg'].removeprefix('Value error, '))}"  # a section's own check
+    return f"{source}: invalid value for '{key}': {_clip(first['msg'])} (got {echo(first.get('input'))})"
+
+
+def _clip(text: str) -> str:
+    """First line of `text`, at most ~200 characters."""
+    line = text.splitlines()[0] if text else ""
+    return line if len(line) <= _ECHO_CHARS else f"{line[:_ECHO_CHARS]}..."
+
+
+def echo(value: Any) -> str:
+    """A user value as an error message shows it: repr, bounded in depth and length (never huge)."""
+    return _clip(_ECHO.repr(value))
 
 
 def _parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
-        raise ConfigError(f"--set {text!r}: expected section.key=value")
+        raise ConfigError(f"--set {echo(text)}: expected section.key=value")
     key, raw = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key.strip()}: value {echo(raw)} is not valid YAML "
+                          f"({_clip(str(exc))})") from None
+    return key.strip().split("."), value
 
 
 def _apply_override(tree: dict[str, Any], path: list[str], value: Any) -> None:
@@ -352,9 +420,12 @@ def load_config(path: Path | str | None = None, overrides: list[str] | None = No
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
         try:
-            loaded = yaml.safe_load(path.read_text())
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+                              f"{exc.start}); save the file as UTF-8") from None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+            raise ConfigError(f"{path}: not valid YAML ({_clip(str(exc))})") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: top level must be a mapping of sections")
         tree = loaded or {}

@@ -20,10 +20,10 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import ElasticNetCV
+from sklearn.linear_model import ElasticNetCV, RidgeCV
 from sklearn.model_selection import GroupKFold
 
-from stsae.aging.stability_selection import stability_selection
+from stsae.aging.stability_selection import StabilityResult, stability_selection
 from stsae.config import AgingSection
 from stsae.errors import InputDataError, StsaeError
 from stsae.utils.seeding import derive_seed, rng
@@ -41,7 +41,8 @@ class AgePredictor:
     """A fitted linear age model on standardised patient features.
 
     mean, scale: float64[K] standardisation; coef: float64[K] in standardised units (years per SD of a
-    feature, so |coef| ranks concepts); selected: int64[S] features with a nonzero coefficient.
+    feature, so |coef| ranks concepts); selected: int64[S] features with a nonzero coefficient;
+    stability: the stability-selection result the features were restricted to (None when not run).
     """
 
     mean: np.ndarray
@@ -51,6 +52,7 @@ class AgePredictor:
     alpha: float
     l1_ratio: float
     selected: np.ndarray
+    stability: StabilityResult | None = None
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """x: float[P, K] patient features -> float64[P] predicted age."""
@@ -171,8 +173,8 @@ def fit_age_predictor(
     """ElasticNetCV (GroupKFold over patients) on standardised train features; optional stability selection.
 
     x: float64[P, K] patient features of the train split; age: float64[P]; groups: [P] patient ids.
-    With `aging.stability_selection`, the CV-chosen (alpha, l1_ratio) is refit on half-samples, only the
-    stable features are kept, and ElasticNetCV is refit on them.
+    With `aging.stability_selection`, randomised-lasso stability selection (PFER-bounded, see
+    stability_selection.py) picks the features and ElasticNetCV is refit on them alone.
     """
     n_groups = len(np.unique(groups))
     if n_groups < config.cv_folds:
@@ -184,26 +186,34 @@ def fit_age_predictor(
     model = _elastic_net_cv(xs, age, groups, config, seed)
     coef = np.asarray(model.coef_, dtype=np.float64)
     intercept, alpha, l1_ratio = float(model.intercept_), float(model.alpha_), float(model.l1_ratio_)
+    stable = None
     if config.stability_selection:
         stable = stability_selection(
             xs,
             age,
             groups,
-            alpha=alpha,
-            l1_ratio=l1_ratio,
+            pi_thr=config.stability_threshold,
+            pfer=config.stability_pfer,
+            weakness=config.stability_weakness,
             rounds=config.stability_rounds,
-            threshold=config.stability_threshold,
+            n_lambdas=config.n_alphas,
             rng=rng(seed, "aging", "stability"),
         )
-        log.info("stability selection kept %d of %d features", len(stable.selected), x.shape[1])
-        coef = np.zeros(x.shape[1])
-        intercept = float(age.mean())
+        log.info(
+            "stability selection kept %d of %d features (q %.1f, E[false selections] <= %.2f)",
+            len(stable.selected), x.shape[1], stable.q, stable.pfer_bound,
+        )
         if len(stable.selected) == 0:
-            log.warning("stability selection kept no feature: the age model predicts the train mean age")
-        else:
-            refit = _elastic_net_cv(xs[:, stable.selected], age, groups, config, seed)
-            coef[stable.selected] = refit.coef_
-            intercept, alpha, l1_ratio = float(refit.intercept_), float(refit.alpha_), float(refit.l1_ratio_)
+            raise StsaeError(
+                f"stability selection kept none of {x.shape[1]} features (max selection probability "
+                f"{stable.frequency.max():.2f} < aging.stability_threshold {stable.pi_thr}; q {stable.q:.1f} of "
+                f"{stable.q_max} allowed): raise aging.stability_pfer, lower aging.stability_threshold, "
+                "or set aging.stability_selection false"
+            )
+        coef = np.zeros(x.shape[1])
+        refit = _elastic_net_cv(xs[:, stable.selected], age, groups, config, seed)
+        coef[stable.selected] = refit.coef_
+        intercept, alpha, l1_ratio = float(refit.intercept_), float(refit.alpha_), float(refit.l1_ratio_)
     return AgePredictor(
         mean=mean,
         scale=scale,
@@ -212,6 +222,7 @@ def fit_age_predictor(
         alpha=alpha,
         l1_ratio=l1_ratio,
         selected=np.flatnonzero(coef),
+        stability=stable,
     )
 
 
@@ -257,6 +268,20 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float | None:
     return float(np.corrcoef(a, b)[0, 1])
 
 
+def partial_correlation(a: np.ndarray, b: np.ndarray, control: np.ndarray) -> float | None:
+    """Pearson r of a and b after regressing `control` (with an intercept) out of both; float[P] each.
+
+    Why for Δage vs planted acceleration: the bias correction forces corr(Δage, age) = 0 while the planted
+    acceleration correlates with age (r ≈ 0.5 in the synthetic cohort), so the raw r is capped at
+    sqrt(1 − r(acceleration, age)²) even for a perfect Δage; given age, a perfect Δage scores 1.
+    """
+    if len(a) < 4:
+        return None
+    design = np.column_stack([np.ones(len(control)), control])
+    residuals = [v - design @ np.linalg.lstsq(design, v, rcond=None)[0] for v in (a, b)]
+    return _pearson(*residuals)
+
+
 def _test_metrics(
     age: np.ndarray, predicted: np.ndarray, delta: np.ndarray, planted: np.ndarray | None
 ) -> dict:
@@ -267,7 +292,8 @@ def _test_metrics(
         "r": _pearson(predicted, age),
         "r2": 1.0 - float((residual**2).sum()) / ss_tot if ss_tot > 0 else None,
         "delta_age_age_r": _pearson(delta, age),
-        "delta_age_planted_r": None if planted is None else _pearson(delta, planted),
+        "delta_age_planted_raw_r": None if planted is None else _pearson(delta, planted),
+        "delta_age_planted_partial_r": None if planted is None else partial_correlation(delta, planted, age),
     }
 
 
@@ -276,8 +302,8 @@ def aging_pipeline(x: np.ndarray, patients: pd.DataFrame, config: AgingSection, 
 
     x: float64[P, K] patient features, row p ↔ patients.iloc[p] (from `patient_table`). Patients with an
     unknown age are dropped. MAE, r and R² are on UNCORRECTED test predictions (the correction uses age,
-    so corrected predictions would flatter the model); delta_age_age_r (≈ 0 when the correction works) and
-    delta_age_planted_r use corrected Δage on test.
+    so corrected predictions would flatter the model); delta_age_age_r (≈ 0 when the correction works),
+    delta_age_planted_raw_r and delta_age_planted_partial_r (given age) use corrected Δage on test.
     """
     if x.ndim != 2 or x.shape[0] != len(patients):
         raise ValueError(f"x {list(x.shape)} must have one row per patient ({len(patients)})")
@@ -324,6 +350,32 @@ def aging_pipeline(x: np.ndarray, patients: pd.DataFrame, config: AgingSection, 
     )
 
 
+RIDGE_ALPHAS = np.logspace(-3, 4, 15)
+"""Ridge penalties searched by leave-one-patient-out (rows are patients) in the baseline screen."""
+
+
+def ridge_val_mae(x: np.ndarray, patients: pd.DataFrame) -> float:
+    """Validation MAE of a RidgeCV fit on standardised train-patient features: a cheap screen.
+
+    Why: choosing the "best baseline" by running the full ElasticNetCV pipeline on every baseline costs a
+    grid search per baseline; a closed-form leave-one-out ridge ranks the feature sets on validation
+    patients alone (never test) for a fraction of that, and only the winner gets the full pipeline.
+    x: float64[P, K] patient features, row p ↔ patients.iloc[p] (patient_table columns).
+    """
+    known = patients["age"].notna().to_numpy()
+    split = patients["split"].to_numpy()
+    train, val = known & (split == "train"), known & (split == "val")
+    if train.sum() < 3 or not val.any():
+        raise StsaeError(
+            f"baseline screen needs at least 3 train and 1 validation patient with a known age "
+            f"(got {int(train.sum())} and {int(val.sum())})"
+        )
+    age = patients["age"].to_numpy(dtype=np.float64)
+    mean, scale = _standardise(x[train])
+    model = RidgeCV(alphas=RIDGE_ALPHAS).fit((x[train] - mean) / scale, age[train])
+    return float(np.abs(model.predict((x[val] - mean) / scale) - age[val]).mean())
+
+
 def age_model_record(model_name: str, predictor: AgePredictor) -> dict[str, Any]:
     """The age_model.json payload (docs/CONTRACTS.md): coef in standardised units, one per concept."""
     return {
@@ -333,4 +385,5 @@ def age_model_record(model_name: str, predictor: AgePredictor) -> dict[str, Any]
         "alpha": predictor.alpha,
         "l1_ratio": predictor.l1_ratio,
         "selected": predictor.selected.tolist(),
+        "stability": None if predictor.stability is None else predictor.stability.record(),
     }

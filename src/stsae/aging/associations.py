@@ -1,8 +1,10 @@
 """Do people whose vessels look older than their age have more hypertension and diabetes?
 
 Logistic regression of each condition on bias-corrected Δage, adjusted for chronological age and sex,
-reported as the odds ratio per 5 years of Δage with its 95 % Wald CI and p. Run on TEST patients only:
-the age model and the bias correction never saw them, so Δage there is an honest out-of-sample score.
+reported as the odds ratio per 5 years and per SD of Δage, each with its 95 % Wald CI, and p. Per SD is
+the scale-free one: inverting the bias correction divides by its slope, so Δage of a weak predictor is
+inflated by 1/slope and "5 years" of it means less; per SD compares predictors on equal footing.
+Run on patients the age model never saw (ASSOCIATION_SPLITS), so Δage there is out of sample.
 An analysis that cannot be fitted (one class only, too few events, separation, no convergence) is
 returned as {"skipped": reason}, never as a crash or a made-up number.
 """
@@ -29,10 +31,12 @@ PER_YEARS = 5.0
 
 
 def logistic_association(delta: pd.DataFrame, label: str, *, min_events: int) -> dict[str, Any]:
-    """OR of `label` (0/1) per PER_YEARS (5) years of delta_age, adjusted for age and sex (if it varies).
+    """OR of `label` (0/1) per PER_YEARS (5) years and per SD of delta_age, adjusted for age and sex.
 
     delta: one row per patient with delta_age, age, sex ("M"/"F"), `label`; rows with a missing value
-    are left out. Returns {"or_per_5y", "ci_low", "ci_high", "p", "n"} or {"skipped": reason}.
+    are left out (sex enters only if it varies). Returns {"or_per_5y", "ci_low", "ci_high", "or_per_sd",
+    "or_per_sd_ci_low", "or_per_sd_ci_high", "delta_age_sd", "p", "n"} (the SD is that of the analysed
+    patients' Δage) or {"skipped": reason}.
     """
     frame = delta[["delta_age", "age", "sex", label]].dropna()
     frame = frame[frame["sex"].isin(["M", "F"])]
@@ -64,10 +68,15 @@ def logistic_association(delta: pd.DataFrame, label: str, *, min_events: int) ->
             return {"skipped": f"{label}: logistic regression could not be fitted ({type(exc).__name__})"}
     beta = float(fit.params[1])
     low, high = (float(v) for v in fit.conf_int(alpha=0.05)[1])
+    sd = float(frame["delta_age"].std())
     return {
         "or_per_5y": float(np.exp(PER_YEARS * beta)),
         "ci_low": float(np.exp(PER_YEARS * low)),
         "ci_high": float(np.exp(PER_YEARS * high)),
+        "or_per_sd": float(np.exp(sd * beta)),
+        "or_per_sd_ci_low": float(np.exp(sd * low)),
+        "or_per_sd_ci_high": float(np.exp(sd * high)),
+        "delta_age_sd": sd,
         "p": float(fit.pvalues[1]),
         "n": n,
     }

@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from stsae.data.issues import DataIssues
 from stsae.errors import InputDataError
 
 log = logging.getLogger(__name__)
@@ -140,8 +141,8 @@ def _find_table(directory: Path, name: str, config_key: str) -> Path:
 def _header(path: Path) -> dict[str, str]:
     """Lower-case column name → column name as spelt in the file (MIMIC-III upper, MIMIC-IV lower)."""
     opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rt") as handle:
+    try:  # utf-8-sig: a byte-order mark (Excel's CSV export writes one) must not become part of a name
+        with opener(path, "rt", encoding="utf-8-sig") as handle:
             first = handle.readline()
     except (OSError, EOFError, UnicodeDecodeError) as exc:
         raise InputDataError(f"{path}: not a readable CSV ({exc})") from None
@@ -181,6 +182,20 @@ def read_filtered_csv(
     return frame.rename(columns={spelt[name]: name for name in columns})
 
 
+def unique_patients(frame: pd.DataFrame, path: Path, issues: DataIssues) -> pd.DataFrame:
+    """One row per subject_id: exact duplicate rows collapse; a subject whose rows disagree is dropped.
+
+    Why not "first wins": which of two conflicting rows comes first is an accident of the export, so
+    either value could be wrong; the subject's age and sex become unknown and the file is named.
+    """
+    frame = frame.drop_duplicates()
+    conflicting = frame["subject_id"].duplicated(keep=False)
+    for subject in frame.loc[conflicting, "subject_id"].unique():
+        issues.unknown("conflicting_clinical_rows", path,
+                       f"{path}: subject_id {int(subject)} has conflicting rows; its age and sex are unknown")
+    return frame.loc[~conflicting]
+
+
 def _admissions(frame: pd.DataFrame) -> dict[int, list[Admission]]:
     stays: dict[int, list[Admission]] = {}
     admit = frame["admittime"].to_numpy(dtype="datetime64[s]")
@@ -210,14 +225,15 @@ def _sex(values: pd.Series) -> dict[int, str | None]:
     return {s: g if g in ("M", "F") else None for s, g in letters.items()}
 
 
-def load_mimic_iii_clinical(directory: Path, subject_ids: Iterable[int]) -> ClinicalTables:
+def load_mimic_iii_clinical(directory: Path, subject_ids: Iterable[int],
+                            issues: DataIssues | None = None) -> ClinicalTables:
     """Read PATIENTS / ADMISSIONS / DIAGNOSES_ICD for `subject_ids` (config key data.mimic_iii_clinical)."""
     key = "data.mimic_iii_clinical"
     ids = sorted(set(subject_ids))
-    patients = read_filtered_csv(
-        _find_table(directory, "PATIENTS", key),
-        {"subject_id": pa.int64(), "gender": pa.string(), "dob": pa.timestamp("s")}, ids,
-    ).drop_duplicates("subject_id")
+    patients_path = _find_table(directory, "PATIENTS", key)
+    patients = unique_patients(read_filtered_csv(
+        patients_path, {"subject_id": pa.int64(), "gender": pa.string(), "dob": pa.timestamp("s")}, ids,
+    ), patients_path, issues if issues is not None else DataIssues())
     admissions = read_filtered_csv(
         _find_table(directory, "ADMISSIONS", key),
         {"subject_id": pa.int64(), "hadm_id": pa.int64(), "admittime": pa.timestamp("s"),
@@ -243,15 +259,16 @@ def load_mimic_iii_clinical(directory: Path, subject_ids: Iterable[int]) -> Clin
     return tables
 
 
-def load_mimic_iv_clinical(directory: Path, subject_ids: Iterable[int]) -> ClinicalTables:
+def load_mimic_iv_clinical(directory: Path, subject_ids: Iterable[int],
+                           issues: DataIssues | None = None) -> ClinicalTables:
     """Read patients / admissions / diagnoses_icd (hosp) for `subject_ids` (data.mimic_iv_clinical)."""
     key = "data.mimic_iv_clinical"
     ids = sorted(set(subject_ids))
-    patients = read_filtered_csv(
-        _find_table(directory, "patients", key),
-        {"subject_id": pa.int64(), "gender": pa.string(), "anchor_age": pa.float64(),
-         "anchor_year": pa.int64()}, ids,
-    ).drop_duplicates("subject_id")
+    patients_path = _find_table(directory, "patients", key)
+    patients = unique_patients(read_filtered_csv(
+        patients_path, {"subject_id": pa.int64(), "gender": pa.string(), "anchor_age": pa.float64(),
+                        "anchor_year": pa.int64()}, ids,
+    ), patients_path, issues if issues is not None else DataIssues())
     admissions = read_filtered_csv(
         _find_table(directory, "admissions", key),
         {"subject_id": pa.int64(), "hadm_id": pa.int64(), "admittime": pa.timestamp("s"),

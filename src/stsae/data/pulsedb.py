@@ -28,6 +28,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from stsae.data.issues import DataIssues, checked_age
 from stsae.data.records import RawRecord
 from stsae.errors import InputDataError
 
@@ -50,8 +51,14 @@ class SegmentKey:
 
 
 def _decode_text(values: np.ndarray) -> str:
-    """MATLAB char array (uint16 codes, any orientation) → str."""
-    return "".join(chr(int(code)) for code in np.asarray(values).ravel() if int(code) != 0)
+    """MATLAB char array (UTF-16 code units, any orientation) → str.
+
+    Decoded as UTF-16 rather than unit by unit, so a character outside the BMP (an emoji, stored as a
+    surrogate pair) becomes one character; an unpaired surrogate becomes U+FFFD instead of a string
+    that cannot be written to parquet.
+    """
+    units = np.asarray(values).ravel().astype("<u2")
+    return units[units != 0].tobytes().decode("utf-16-le", errors="replace")
 
 
 def _is_empty(dataset: h5py.Dataset) -> bool:
@@ -95,10 +102,17 @@ def _as_text(dataset: h5py.Dataset | None) -> str | None:
 
 
 def _as_float(dataset: h5py.Dataset | None) -> float:
+    """A numeric scalar, or NaN. A char value ('8') is parsed as text, never read as character codes."""
     if dataset is None:
         return float("nan")
-    values = np.asarray(dataset[()], dtype=np.float64).ravel()
-    return float(values[0]) if values.size == 1 else float("nan")
+    values = dataset[()]
+    if values.dtype == np.uint16:
+        try:
+            return float(_decode_text(values))
+        except ValueError:
+            return float("nan")
+    number = np.asarray(values, dtype=np.float64).ravel()
+    return float(number[0]) if number.size == 1 else float("nan")
 
 
 def _as_sex(text: str | None) -> str | None:
@@ -128,7 +142,8 @@ class PulseDBSubject:
             if not isinstance(group, h5py.Group):
                 raise InputDataError(f"{path}: no '{STRUCT_NAME}' struct array (not a PulseDB segment file)")
             if signal_field not in group:
-                raise InputDataError(f"{path}: '{STRUCT_NAME}' has no field '{signal_field}'")
+                seen = ", ".join(sorted(group)) or "none"
+                raise InputDataError(f"{path}: '{STRUCT_NAME}' has no field '{signal_field}' (fields: {seen})")
             self._group = group
             self._fields: dict[str, _Field] = {}
             self._signals = _Field(self._handle, group[signal_field])
@@ -258,10 +273,16 @@ def read_subset_info(path: Path) -> dict[tuple[str, str], set[int]]:
     return selection
 
 
-def _subject_records(subject: PulseDBSubject, folder: str, keep: set[int] | None) -> Iterator[RawRecord]:
+def _patient_id(subject: PulseDBSubject, folder: str) -> str:
+    return f"{folder.removeprefix('PulseDB_').lower()}_{subject.subject_id()}"
+
+
+def _subject_records(subject: PulseDBSubject, folder: str, keep: set[int] | None,
+                     issues: DataIssues) -> Iterator[RawRecord]:
     age, sex = subject.demographics()
-    patient_id = f"{folder.removeprefix('PulseDB_').lower()}_{subject.subject_id()}"
-    clinical: dict[str, object] = {"age": age, "sex": sex, "htn": None, "t2d": None}
+    patient_id = _patient_id(subject, folder)
+    clinical: dict[str, object] = {"age": checked_age(age, subject.path, issues), "sex": sex, "htn": None,
+                                   "t2d": None}
     if not subject.has_time_vector():
         log.info("%s: no time vector 'T'; using PulseDB's published %.0f Hz", subject.path, PULSEDB_FS_HZ)
     for run in consecutive_runs(subject.segment_keys(keep)):
@@ -269,18 +290,18 @@ def _subject_records(subject: PulseDBSubject, folder: str, keep: set[int] | None
         for key in run:
             signal = subject.signal(key.element)
             if signal is None or signal.size == 0:
-                log.warning("%s: segment %d of case %r has no '%s' samples; skipped",
-                            subject.path, key.segment_id, key.case_id, subject.signal_field)
-                yield from _emit(chunk, subject, patient_id, clinical, folder)
+                issues.skip("empty_segment", subject.path, f"{subject.path}: segment {key.segment_id} of "
+                            f"case {key.case_id!r} has no '{subject.signal_field}' samples")
+                yield from _emit(chunk, subject, patient_id, clinical, folder, issues)
                 chunk = []
             else:
                 chunk.append((key, signal))
-        yield from _emit(chunk, subject, patient_id, clinical, folder)
+        yield from _emit(chunk, subject, patient_id, clinical, folder, issues)
 
 
 def _emit(
     chunk: list[tuple[SegmentKey, np.ndarray]], subject: PulseDBSubject, patient_id: str,
-    clinical: dict[str, object], folder: str,
+    clinical: dict[str, object], folder: str, issues: DataIssues,
 ) -> Iterator[RawRecord]:
     """Concatenate one run of consecutive segments into a RawRecord (nothing for an empty/all-NaN run)."""
     if not chunk:
@@ -288,10 +309,14 @@ def _emit(
     first = chunk[0][0]
     signal = np.concatenate([piece for _, piece in chunk])
     if not np.isfinite(signal).any():
-        log.warning("%s: case %r from segment %d is all NaN; skipped", subject.path, first.case_id,
-                    first.segment_id)
+        issues.skip("all_nan", subject.path,
+                    f"{subject.path}: case {first.case_id!r} from segment {first.segment_id} is all NaN")
         return
     axis = subject.time_axis(first.element)
+    if axis is None and subject.has_time_vector():
+        issues.unknown("bad_time_vector", subject.path,
+                       f"{subject.path}: case {first.case_id!r} segment {first.segment_id} has a time vector 'T' "
+                       f"that is not finite and increasing; using PulseDB's published {PULSEDB_FS_HZ:g} Hz")
     t_start, fs = axis if axis is not None else (0.0, PULSEDB_FS_HZ)
     yield RawRecord(
         patient_id=patient_id,
@@ -302,6 +327,7 @@ def _emit(
         t_start_s=t_start,
         clinical=dict(clinical),
         extra={"pulsedb_folder": folder},
+        origin=str(subject.path),
     )
 
 
@@ -310,14 +336,19 @@ def iter_pulsedb_records(
     signal_field: str = "PPG_Raw",
     folders: Iterable[str] = ("PulseDB_MIMIC", "PulseDB_Vital"),
     subset_info: Path | None = None,
+    issues: DataIssues | None = None,
 ) -> Iterator[RawRecord]:
     """Stream PulseDB subjects file by file: one RawRecord per run of consecutive segments.
 
-    root: the PulseDB root holding Segment_Files/ (or Segment_Files itself). A file that cannot be read
-    is skipped with a logged one-line reason; memory holds one run of one subject at a time.
+    root: the PulseDB root holding Segment_Files/ (or Segment_Files itself). A file that cannot be read,
+    or a second file of a SubjectID already read (a duplicate download would double its windows and
+    temporal pairs), is skipped and recorded in `issues` naming the file; memory holds one run of one
+    subject at a time.
     """
+    issues = issues if issues is not None else DataIssues()
     segment_root = root / "Segment_Files" if (root / "Segment_Files").is_dir() else root
     selection = read_subset_info(subset_info) if subset_info is not None else None
+    read_from: dict[str, Path] = {}
     for folder in folders:
         directory = segment_root / folder
         if not directory.is_dir():
@@ -331,8 +362,20 @@ def iter_pulsedb_records(
                     continue
             try:
                 with PulseDBSubject(path, signal_field) as subject:
-                    yield from _subject_records(subject, folder, keep)
+                    yield from _unique_subject_records(subject, folder, keep, read_from, issues)
             except InputDataError as exc:
-                log.warning("skipped: %s", exc)
+                issues.skip("unreadable_file", path, str(exc))
             except (OSError, KeyError, ValueError) as exc:
-                log.warning("skipped: %s: unreadable HDF5 content (%s)", path, exc)
+                issues.skip("unreadable_file", path, f"{path}: unreadable HDF5 content ({exc})")
+
+
+def _unique_subject_records(subject: PulseDBSubject, folder: str, keep: set[int] | None,
+                            read_from: dict[str, Path], issues: DataIssues) -> Iterator[RawRecord]:
+    """The subject's records, unless an earlier file already gave this patient (then the file is skipped)."""
+    patient_id = _patient_id(subject, folder)
+    if patient_id in read_from:
+        issues.skip("duplicate_subject", subject.path, f"{subject.path}: SubjectID of patient {patient_id!r} "
+                    f"was already read from {read_from[patient_id]}")
+        return
+    read_from[patient_id] = subject.path
+    yield from _subject_records(subject, folder, keep, issues)

@@ -16,6 +16,7 @@ class RawRecord:
     signal: float64[n] raw PPG at `fs` Hz (NaN allowed; QC will reject those windows).
     clinical: age (years, float or NaN), sex ("M"/"F"/None), htn, t2d (0/1 or None).
     extra: per-record columns copied to every window's metadata (e.g. age_capped for MIMIC-III).
+    origin: the file the record was read from, so a record skipped later is named by its file.
     """
 
     patient_id: str
@@ -26,6 +27,7 @@ class RawRecord:
     t_start_s: float = 0.0
     clinical: dict[str, object] = field(default_factory=dict)
     extra: dict[str, object] = field(default_factory=dict)
+    origin: str = ""
 
     def __post_init__(self) -> None:
         if self.signal.ndim != 1:

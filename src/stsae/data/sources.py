@@ -14,6 +14,7 @@ from pathlib import Path
 
 from stsae.config import DataSection
 from stsae.data.clinical import ClinicalTables, load_mimic_iii_clinical, load_mimic_iv_clinical
+from stsae.data.issues import DataIssues
 from stsae.data.mimic import iter_mimic_records, subject_ids
 from stsae.data.pulsedb import iter_pulsedb_records
 from stsae.data.records import RawRecord
@@ -46,7 +47,7 @@ def check_file(key: str, path: Path) -> Path:
     return path
 
 
-def _clinical(data_cfg: DataSection, root: Path) -> ClinicalTables | None:
+def _clinical(data_cfg: DataSection, root: Path, issues: DataIssues) -> ClinicalTables | None:
     key = f"data.{data_cfg.source}_clinical"
     directory = getattr(data_cfg, f"{data_cfg.source}_clinical")
     if directory is None:
@@ -55,10 +56,10 @@ def _clinical(data_cfg: DataSection, root: Path) -> ClinicalTables | None:
     directory = check_directory(key, directory)
     ids = subject_ids(root, data_cfg.source)
     loader = load_mimic_iii_clinical if data_cfg.source == "mimic_iii" else load_mimic_iv_clinical
-    return loader(directory, ids)
+    return loader(directory, ids, issues)
 
 
-def _records(data_cfg: DataSection) -> Iterator[RawRecord]:
+def _records(data_cfg: DataSection, issues: DataIssues) -> Iterator[RawRecord]:
     if data_cfg.source == "pulsedb":
         root = check_directory("data.pulsedb_root", data_cfg.pulsedb_root)
         info = data_cfg.pulsedb_subset_info
@@ -67,6 +68,7 @@ def _records(data_cfg: DataSection) -> Iterator[RawRecord]:
             signal_field=data_cfg.pulsedb_signal,
             folders=data_cfg.pulsedb_folders,
             subset_info=check_file("data.pulsedb_subset_info", info) if info is not None else None,
+            issues=issues,
         )
     root_key = f"data.{data_cfg.source}_root"
     root = check_directory(root_key, getattr(data_cfg, f"{data_cfg.source}_root"))
@@ -75,18 +77,21 @@ def _records(data_cfg: DataSection) -> Iterator[RawRecord]:
         data_cfg.source,
         channels=data_cfg.mimic_ppg_channels,
         max_record_s=data_cfg.max_record_s,
-        clinical=_clinical(data_cfg, root),
+        clinical=_clinical(data_cfg, root, issues),
+        issues=issues,
     )
 
 
-def iter_source_records(data_cfg: DataSection) -> Iterator[RawRecord]:
+def iter_source_records(data_cfg: DataSection, issues: DataIssues | None = None) -> Iterator[RawRecord]:
     """Stream the configured real source's records (at most data.max_records of them).
 
     Raises StsaeError at once (before the first record is read) when data.source is not a real source
-    or a configured path is missing or empty.
+    or a configured path is missing or empty. A bad record or file is skipped, never the cohort: the
+    reason goes to `issues` (the caller logs and records its summary).
     """
+    issues = issues if issues is not None else DataIssues()
     if data_cfg.source not in REAL_SOURCES:
         choices = ", ".join(REAL_SOURCES)
         raise StsaeError(f"data.source: '{data_cfg.source}' is not a real-data source ({choices})")
-    records = _records(data_cfg)
+    records = _records(data_cfg, issues)
     return itertools.islice(records, data_cfg.max_records) if data_cfg.max_records else records

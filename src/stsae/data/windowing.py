@@ -20,7 +20,7 @@ from scipy import signal as sps
 
 from stsae.config import QCSection, WindowingSection
 from stsae.data.records import RawRecord
-from stsae.errors import StsaeError
+from stsae.errors import InputDataError, StsaeError
 
 QC_REASONS = ("nan", "flatline", "clipping", "implausible_hr", "low_sqi")
 _REASON_DTYPE = "<U14"
@@ -28,6 +28,11 @@ _FLAT_BLOCK_S = 0.25  # flatness is judged on blocks this long
 _CLIP_TOLERANCE = 1e-3  # a sample within this fraction of the range from an extreme counts as pinned
 _MAX_RR_RATIO = 2.2  # longest / shortest beat interval (Orphanidou et al. 2015)
 _MAX_GAP_S = 3.0  # longest allowed beat interval (Orphanidou et al. 2015)
+
+
+class SamplingRateError(InputDataError):
+    """A signal's sampling rate is too low for the configured band-pass (a property of one record, so a
+    caller streaming many records can skip that one instead of aborting the cohort)."""
 
 
 @dataclass
@@ -62,7 +67,7 @@ def bandpass(x: np.ndarray, fs: float, cfg: WindowingSection) -> np.ndarray:
         raise StsaeError(f"data.windowing.band_low_hz ({cfg.band_low_hz}) must be below band_high_hz "
                          f"({cfg.band_high_hz})")
     if not cfg.band_high_hz < fs / 2:
-        raise StsaeError(f"data.windowing.band_high_hz={cfg.band_high_hz} Hz must be below fs/2 = "
+        raise SamplingRateError(f"data.windowing.band_high_hz={cfg.band_high_hz} Hz must be below fs/2 = "
                          f"{fs / 2} Hz for a signal sampled at {fs} Hz")
     band = [cfg.band_low_hz, cfg.band_high_hz]
     if cfg.filter == "butterworth":

@@ -12,6 +12,7 @@ import itertools
 import logging
 import warnings
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import neurokit2 as nk
 import numpy as np
@@ -69,17 +70,24 @@ def _normalised_beat(segment: np.ndarray, beat_samples: int) -> np.ndarray | Non
     return beat / peak if peak > 0 else None
 
 
-def average_pulse(window: np.ndarray, fs: float, beat_samples: int) -> tuple[np.ndarray, float, int, str]:
-    """The average onset-aligned beat of one window.
+class AveragePulse(NamedTuple):
+    """One window's pulse: float32[L] onset-aligned mean beat (NaNs when none), median beat duration in s
+    (NaN when none), beats averaged, and why there is no pulse ("" when there is one)."""
 
-    window: float[T] at fs Hz. Returns (pulse float32[beat_samples] or NaNs, period_s, n_beats, reason).
-    """
+    pulse: np.ndarray
+    period_s: float
+    n_beats: int
+    reason: str
+
+
+def average_pulse(window: np.ndarray, fs: float, beat_samples: int) -> AveragePulse:
+    """The average onset-aligned beat of one window sampled at fs Hz (window: float[T])."""
     nan_pulse = np.full(beat_samples, np.nan, dtype=np.float32)
     if not np.all(np.isfinite(window)) or np.std(window) == 0:
-        return nan_pulse, float("nan"), 0, "flat or non-finite window"
+        return AveragePulse(nan_pulse, float("nan"), 0, "flat or non-finite window")
     onsets = beat_onsets(np.asarray(window, dtype=np.float64), fs)
     if len(onsets) < MIN_BEATS + 1:
-        return nan_pulse, float("nan"), 0, f"fewer than {MIN_BEATS} beats detected"
+        return AveragePulse(nan_pulse, float("nan"), 0, f"fewer than {MIN_BEATS} beats detected")
     durations = np.diff(onsets)
     median = float(np.median(durations))
     keep = np.abs(durations - median) <= PERIOD_TOLERANCE * median
@@ -89,9 +97,10 @@ def average_pulse(window: np.ndarray, fs: float, beat_samples: int) -> tuple[np.
         if (beat := _normalised_beat(window[start : stop + 1].astype(np.float64), beat_samples)) is not None
     ]
     if len(beats) < MIN_BEATS:
-        return nan_pulse, float("nan"), len(beats), f"fewer than {MIN_BEATS} regular beats"
+        return AveragePulse(nan_pulse, float("nan"), len(beats), f"fewer than {MIN_BEATS} regular beats")
     pulse = np.mean(beats, axis=0)
-    return (pulse / pulse.max()).astype(np.float32), float(np.median(durations[keep])) / fs, len(beats), ""
+    return AveragePulse((pulse / pulse.max()).astype(np.float32), float(np.median(durations[keep])) / fs,
+                        len(beats), "")
 
 
 def average_pulses(windows: np.ndarray, fs: float, beat_samples: int) -> AveragePulses:
@@ -105,9 +114,8 @@ def average_pulses(windows: np.ndarray, fs: float, beat_samples: int) -> Average
     reason = np.empty(n, dtype=object)
     with progress(n, "average pulses", "window") as bar:
         for i in range(n):
-            pulses[i], period[i], n_beats[i], reason[i] = average_pulse(
-                np.asarray(windows[i]), fs, beat_samples
-            )
+            one = average_pulse(np.asarray(windows[i]), fs, beat_samples)
+            pulses[i], period[i], n_beats[i], reason[i] = one.pulse, one.period_s, one.n_beats, one.reason
             bar.update()
     n_failed = int((reason != "").sum())
     if n_failed:

@@ -208,8 +208,8 @@ def load_papagei_s(path: Path | str) -> ResNet1DMoE:
     """Load published PaPaGei-S weights (`papagei_s.pt`) into `PaPaGeiS()`, strictly, in eval mode.
 
     Loads with `weights_only=True` so a checkpoint can never run code; a leading `module.` (saved from
-    DistributedDataParallel) is stripped. Missing/unexpected keys or a wrong shape raise StsaeError
-    naming the file.
+    DistributedDataParallel) is stripped. Missing/unexpected keys, a wrong shape or a non-finite value
+    raise StsaeError naming the file and the tensor.
     """
     path = Path(path)
     state = _read_state_dict(path)
@@ -225,6 +225,10 @@ def load_papagei_s(path: Path | str) -> ResNet1DMoE:
         if tensor.shape != expected[key].shape:
             raise StsaeError(f"{path}: '{key}' has shape {list(tensor.shape)}, PaPaGei-S expects "
                              f"{list(expected[key].shape)}")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise StsaeError(f"{path}: tensor '{key}' has {bad} NaN/inf values of {tensor.numel()}; refusing "
+                             "weights that would make every embedding NaN")
     model.load_state_dict(state, strict=True)
     return model.eval()
 

@@ -2,10 +2,10 @@
 
 Evaluation, aging and grounding never care which family a model is: they call
 `list_models(run_dir)` and `load_concept_model(path)` and get `encode / decode / dictionary` on
-numpy arrays. ST-SAE metadata comes from the checkpoint's JSON sidecar (never from the file name);
-baseline metadata from the joblib payload. Only models/ itself is listed: the train stage moves models of
-an earlier grid, config or embeddings into models/stale/, so after it ran models/ is the current grid;
-a reader holding the train config can also pass that grid explicitly.
+numpy arrays. Metadata comes from each model's JSON sidecar (never from the file name). Baselines are
+listed by the names the config asks for, never by globbing, and no model file is unpickled. ST-SAE models
+are those of models/ itself: the train stage moves models of an earlier grid, config or embeddings into
+models/stale/, so after it ran models/ is the current grid; a reader can also pass that grid explicitly.
 """
 
 from __future__ import annotations
@@ -21,8 +21,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from stsae.config import BaselinesSection
 from stsae.errors import InputDataError
-from stsae.models.baselines import EMBEDDING_DIM, Baseline
+from stsae.models.baselines import (
+    BASELINE_FORMAT,
+    EMBEDDING_DIM,
+    AffineDictionary,
+    load_baseline,
+    read_baseline_sidecar,
+    sidecar_path,
+)
 from stsae.pipeline.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -116,18 +124,23 @@ class StsaeConceptModel(ConceptModel):
 
 
 class BaselineConceptModel(ConceptModel):
-    """Wraps a fitted `Baseline` (PCA / ICA / NMF)."""
+    """Wraps a fitted baseline (PCA / ICA / NMF); with `k_sparse` set, encodes at most k nonzero codes
+    per row on the baseline's own dictionary (`encode_k_sparse`, the matched-sparsity comparison)."""
 
-    def __init__(self, baseline: Baseline, info: ModelInfo, batch_size: int = 4096):
+    def __init__(self, baseline: AffineDictionary, info: ModelInfo, batch_size: int = 4096,
+                 k_sparse: int | None = None):
         super().__init__(info, batch_size)
         self.baseline = baseline
+        self.k_sparse = k_sparse
 
     @property
     def dictionary(self) -> np.ndarray:
         return self.baseline.dictionary
 
     def _encode_batch(self, z: np.ndarray) -> np.ndarray:
-        return self.baseline.encode(z)
+        if self.k_sparse is None:
+            return self.baseline.encode(z)
+        return self.baseline.encode_k_sparse(z, self.k_sparse)
 
     def _decode_batch(self, codes: np.ndarray) -> np.ndarray:
         return self.baseline.decode(codes)
@@ -155,15 +168,34 @@ def _stsae_info(path: Path) -> ModelInfo | None:
                      path)
 
 
-def _baseline_info(path: Path, baseline: Baseline) -> ModelInfo:
-    return ModelInfo(path.stem, baseline.method, baseline.method, baseline.n_components, baseline.seed, path)
+def _baseline_info(path: Path) -> ModelInfo:
+    """ModelInfo from a baseline's .json sidecar (the arrays are not read)."""
+    meta = read_baseline_sidecar(path)
+    return ModelInfo(path.stem, meta["method"], meta["method"], int(meta["n_components"]), int(meta["seed"]),
+                     path)
 
 
-def list_models(run_dir: RunDir, grid: Collection[tuple[str, int, int]] | None = None) -> list[ModelInfo]:
-    """Every complete ST-SAE checkpoint (sidecar `complete: true`) and every baseline, sorted by name.
+def _configured_baselines(run_dir: RunDir, baselines: BaselinesSection) -> list[ModelInfo]:
+    """The baselines the config asks for (`baselines.methods` x `baselines.n_components`), by name: no
+    other file in models/baselines/ is ever opened."""
+    infos = []
+    for method in baselines.methods:
+        for n in baselines.n_components:
+            info = _baseline_info(run_dir.baseline(method, n))
+            if (info.family, info.d_dict) != (method, n):
+                raise InputDataError(f"{sidecar_path(info.path)}: describes {info.family} with {info.d_dict} "
+                                     f"components, expected {method} with {n} (file renamed?)")
+            infos.append(info)
+    return infos
+
+
+def list_models(run_dir: RunDir, baselines: BaselinesSection,
+                grid: Collection[tuple[str, int, int]] | None = None) -> list[ModelInfo]:
+    """Every complete ST-SAE checkpoint (sidecar `complete: true`), sorted by name, then the configured
+    baselines (config section `baselines`).
 
     grid: (variant, d_dict, seed) of the ST-SAE models to list (e.g. `stsae.train.grid.build_grid(cfg)`
-    entries); None lists every complete checkpoint in models/ (not models/stale/).
+    entries); None lists every complete checkpoint in models/ (never models/stale/).
     """
     infos: list[ModelInfo] = []
     if run_dir.models_dir.is_dir():
@@ -173,10 +205,7 @@ def list_models(run_dir: RunDir, grid: Collection[tuple[str, int, int]] | None =
                 log.info("skipping %s: no complete .json sidecar (training unfinished?)", path.name)
             elif grid is None or (info.variant, info.d_dict, info.seed) in grid:
                 infos.append(info)
-    if run_dir.baselines_dir.is_dir():
-        for path in sorted(run_dir.baselines_dir.glob("*.joblib")):
-            infos.append(_baseline_info(path, Baseline.load(path)))
-    return infos
+    return infos + _configured_baselines(run_dir, baselines)
 
 
 def _load_stsae_module(path: Path) -> torch.nn.Module:
@@ -186,17 +215,33 @@ def _load_stsae_module(path: Path) -> torch.nn.Module:
     return STSAE.load(path)
 
 
+def _is_baseline(path: Path) -> bool:
+    """A baseline's sidecar names the baseline file format; an ST-SAE's does not."""
+    try:
+        return json.loads(_sidecar(path).read_text()).get("format") == BASELINE_FORMAT
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return False
+
+
 def load_concept_model(path: Path | str, batch_size: int = 4096) -> ConceptModel:
-    """Load an ST-SAE checkpoint (`.safetensors` + `.json`) or a baseline (`.joblib`)."""
+    """Load an ST-SAE checkpoint or a baseline (both `.safetensors` + `.json`; nothing is unpickled)."""
     path = Path(path)
-    if path.suffix == ".joblib":
-        baseline = Baseline.load(path)
-        return BaselineConceptModel(baseline, _baseline_info(path, baseline), batch_size)
-    if path.suffix == ".safetensors":
-        if not path.is_file():
-            raise InputDataError(f"{path}: missing (run `stsae train` first)")
-        info = _stsae_info(path)
-        if info is None:
-            raise InputDataError(f"{_sidecar(path)}: missing or not marked complete (training unfinished)")
-        return StsaeConceptModel(_load_stsae_module(path), info, batch_size)
-    raise InputDataError(f"{path}: unknown model file type (expected .safetensors or .joblib)")
+    if path.suffix != ".safetensors":
+        raise InputDataError(f"{path}: unknown model file type (expected .safetensors with a .json sidecar)")
+    if _is_baseline(path):
+        return BaselineConceptModel(load_baseline(path), _baseline_info(path), batch_size)
+    if not path.is_file():
+        raise InputDataError(f"{path}: missing (run `stsae train` first)")
+    info = _stsae_info(path)
+    if info is None:
+        raise InputDataError(f"{_sidecar(path)}: missing or not marked complete (training unfinished)")
+    return StsaeConceptModel(_load_stsae_module(path), info, batch_size)
+
+
+def load_k_sparse_model(path: Path | str, k: int, batch_size: int = 4096) -> ConceptModel:
+    """A baseline that encodes at most k nonzero codes per row on its own dictionary (refit, offset kept):
+    the matched-sparsity comparison with an ST-SAE whose L0 is k."""
+    path = Path(path)
+    if not _is_baseline(path):
+        raise InputDataError(f"{path}: k-sparse re-encoding is defined for baselines only")
+    return BaselineConceptModel(load_baseline(path), _baseline_info(path), batch_size, k_sparse=k)

@@ -24,7 +24,7 @@ from stsae.utils import io
 _EDGE = 1 << 20
 _BLOCK = 1 << 16
 _BLOCKS = 32
-_TEMP_MARKERS = (".tmp-", ".partial")
+_TEMP_MARKERS = (io.TEMP_MARK, ".partial")
 
 FileIdentity = dict[str, Any]
 

@@ -26,7 +26,8 @@ class RunDir:
 
     @property
     def lock(self) -> Path:
-        return self.root / ".lock"
+        """flock'ed while a run writes; its presence also marks the directory as an stsae run."""
+        return self.root / ".stsae.lock"
 
     @property
     def hash_cache(self) -> Path:
@@ -94,6 +95,10 @@ class RunDir:
     @property
     def baselines_dir(self) -> Path:
         return self.models_dir / "baselines"
+
+    def baseline(self, method: str, n_components: int) -> Path:
+        """safetensors arrays of a fitted baseline; a `.json` with method and parameters sits beside it."""
+        return self.baselines_dir / f"{method}-n{n_components}.safetensors"
 
     def stsae_checkpoint(self, variant: str, d_dict: int, seed: int) -> Path:
         """safetensors weights; a `.json` with config and metrics sits beside it."""

@@ -8,6 +8,7 @@ marked unavailable with the reason, so the report says "not available" instead o
 from __future__ import annotations
 
 import logging
+import re
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -46,6 +47,8 @@ VARIANT_COLORS = {"full": "#0b4f8a", "no_smooth": "#6baed6", "no_stab": "#e6ab02
                   "no_renorm": "#e7298a", "vanilla": "#666666"}
 HIGH_COLOR, LOW_COLOR = "#c0392b", "#2471a3"
 PNG_DPI = 130
+# A figure name is a file name inside figures/: no separator, no leading dot ("..", hidden files).
+_BARE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 STYLE = {
     "font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "xtick.labelsize": 9,
     "ytick.labelsize": 9, "legend.fontsize": 8.5, "axes.spines.top": False, "axes.spines.right": False,
@@ -580,6 +583,11 @@ def read_figure_index(run_dir: RunDir) -> list[FigureInfo]:
     if data is None:
         raise InputDataError(f"{path}: missing (run `stsae figures` first)")
     try:
-        return [FigureInfo.from_json(entry) for entry in data["figures"]]
+        infos = [FigureInfo.from_json(entry) for entry in data["figures"]]
     except (KeyError, TypeError) as exc:
         raise InputDataError(f"{path}: malformed figure entry ({exc})") from None
+    for info in infos:
+        if not (isinstance(info.name, str) and _BARE_NAME.fullmatch(info.name)):
+            raise InputDataError(f"{path}: figure name {info.name!r} is not a bare file name (letters, digits, "
+                                 "'_', '-', '.'); the report embeds only files inside figures/")
+    return infos

@@ -46,7 +46,8 @@ LEADERBOARD_COLUMNS = (("model", "Model", None), ("family", "Family", None), ("v
                        ("stability_mean_cos", "Stability", ".3f"), ("stability_null_mean_cos", "Null", ".3f"))
 AGE_METRICS = (("mae", "MAE (years)", ".2f"), ("r", "r (predicted vs age)", ".3f"), ("r2", "R²", ".3f"),
                ("delta_age_age_r", "r (Δage vs age) — ideally ≈ 0", ".3f"),
-               ("delta_age_planted_r", "r (Δage vs planted acceleration)", ".3f"))
+               ("delta_age_planted_partial_r", "partial r (Δage vs planted acceleration, given age)", ".3f"),
+               ("delta_age_planted_raw_r", "raw r (Δage vs planted acceleration)", ".3f"))
 FEATURE_SETS = (("concepts", "ST-SAE concepts"), ("raw_embedding", "Raw embedding"),
                 ("best_baseline", "Best baseline"))
 
@@ -70,6 +71,7 @@ def _embed(run_dir: RunDir, info: FigureInfo) -> EmbeddedFigure:
     path = run_dir.figures_dir / f"{info.name}.png"
     if not info.available:
         return EmbeddedFigure(info, None)
+    io.refuse_symlink(path)
     if not path.is_file():
         raise InputDataError(f"{path}: listed in figures/index.json but missing "
                              "(rerun `stsae figures --force`)")

@@ -32,6 +32,7 @@ VASCULAR_AGE_MIN_ABS_R = 0.8
 PROBE_MIN_RATIO = 0.95
 DEAD_MAX_FRACTION = 0.01
 DELTA_AGE_PLANTED_MIN_R = 0.6
+PLANTED_CHECK = "Δage vs planted vascular acceleration: partial r given age"
 QC_MIN_RATE = 0.95
 
 _OP_SYMBOLS = {">=": "≥", ">": ">", "<": "<"}
@@ -234,11 +235,11 @@ def _baseline_checks(rows: list[dict[str, Any]], full: dict[str, Any] | None) ->
 def _association_checks(associations: dict[str, Any] | None) -> list[Check]:
     metrics = (associations or {}).get("metrics") or {}
     reference = ((associations or {}).get("predictors") or {}).get("planted_morphology") or {}
-    reference_r = finite(reference.get("delta_age_planted_r"))
+    reference_r = finite(reference.get("delta_age_planted_partial_r"))
     detail = ("" if reference_r is None else
               f"same pipeline on the exact planted morphology (reflection time, AIx, notch depth, HR, sex): "
-              f"r {reference_r:.3f}")
-    checks = [_check("Δage vs planted vascular acceleration: r", finite(metrics.get("delta_age_planted_r")),
+              f"partial r {reference_r:.3f}")
+    checks = [_check(PLANTED_CHECK, finite(metrics.get("delta_age_planted_partial_r")),
                      ">=", DELTA_AGE_PLANTED_MIN_R, detail)]
     concepts = ((associations or {}).get("associations") or {}).get("concepts") or {}
     for outcome in ("htn", "t2d"):

@@ -1,12 +1,14 @@
 """The `age` stage: concept age model, bias-corrected Δage, and HTN/T2D associations → aging/.
 
-The concept model is the ST-SAE variant `aging.model` at `train.d_dict` and the first of `train.seeds`;
-reading those two train keys couples this stage to the train section on purpose (the model it explains
-is the one training made), and the `train` upstream fingerprint already reruns this stage when they
-change. The same pipeline runs on the patient-mean raw embedding and on every baseline, so the
-associations can be compared with the concept predictor's; the "best baseline" is the one with the
-lowest UNCORRECTED validation MAE (chosen without test data). Associations use validation and test
-patients (`ASSOCIATION_SPLITS`: never seen by the age model; the correction never sees HTN/T2D).
+The concept model is the ST-SAE variant `aging.model` at the main model's K and seed
+(`stsae.train.grid.main_entry`: train.d_dict and the first of train.seeds), so the model aging explains
+is the one every other stage reports; the `train` upstream fingerprint reruns this stage when they change.
+The same pipeline runs on the patient-mean raw embedding and on the best baseline, so the associations
+can be compared with the concept predictor's. The "best baseline" is chosen once, before any elastic
+net is fitted on baselines: every baseline's patient features go through a closed-form leave-one-out
+ridge fitted on train patients (`ridge_val_mae`), the lowest validation MAE wins (no test data), and only
+that baseline gets the full ElasticNetCV pipeline. Associations use validation and test patients
+(`ASSOCIATION_SPLITS`: never seen by the age model; the correction never sees HTN/T2D).
 
 On the synthetic cohort the same pipeline also runs on the planted truth the waveform is drawn from,
 minus vascular age itself (patient means of the exact reflection time, AIx, notch depth and heart rate,
@@ -17,7 +19,8 @@ all, given the individual morphology deviations the simulator adds.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -28,12 +31,14 @@ from stsae.aging.age_pred import (
     aging_pipeline,
     patient_mean_codes,
     patient_table,
+    ridge_val_mae,
 )
 from stsae.aging.associations import ASSOCIATION_SPLITS, CONDITIONS, condition_associations
 from stsae.data.store import load_embeddings
 from stsae.errors import InputDataError, StsaeError
 from stsae.models.registry import ModelInfo, list_models, load_concept_model
 from stsae.pipeline.contract import StageContext, StageContract
+from stsae.train.grid import main_entry
 from stsae.utils import io
 
 log = logging.getLogger(__name__)
@@ -68,13 +73,38 @@ def planted_morphology_rows(meta: pd.DataFrame, window_ids: np.ndarray) -> np.nd
     return values
 
 
+Encode = Callable[[np.ndarray], np.ndarray]
+PatientFeatures = Callable[[Encode], tuple[np.ndarray, pd.DataFrame]]
+"""encode -> (float64[P, K] patient-mean codes, the P patient rows of patient_table)."""
+
+
+class BaselineChoice(NamedTuple):
+    """The baseline the ridge screen picked, its patient features and its screen validation MAE."""
+
+    info: ModelInfo
+    x: np.ndarray
+    patients: pd.DataFrame
+    screen_val_mae: float
+
+
+def best_baseline(baselines: list[ModelInfo], features: PatientFeatures) -> BaselineChoice | None:
+    """The baseline with the lowest validation MAE under the ridge screen; None when there is none."""
+    screened = []
+    for info in baselines:
+        x, rows = features(load_concept_model(info.path).encode)
+        screened.append(BaselineChoice(info, x, rows, ridge_val_mae(x, rows)))
+        log.info("baseline screen %s: ridge validation MAE %.2f y", info.name, screened[-1].screen_val_mae)
+    return min(screened, key=lambda choice: choice.screen_val_mae) if screened else None
+
+
 def _summary(model: str, result: AgingResult) -> dict[str, Any]:
     return {"model": model, "val_mae": result.val_mae, **result.metrics}
 
 
 CONTRACT = StageContract(
     name="age", help="Predict age from concepts; bias-corrected delta-age; HTN/T2D associations.",
-    reads=("run.seed", "aging", "train.d_dict", "train.seeds"), upstream=("train", "baselines"), out_dir="aging")
+    reads=("run.seed", "aging", "train.d_dict", "train.seeds", "baselines.methods",
+           "baselines.n_components"), upstream=("train", "baselines"), out_dir="aging")
 
 
 def run(ctx: StageContext) -> None:
@@ -91,35 +121,40 @@ def run(ctx: StageContext) -> None:
             f"{run_dir.index}: patient {unknown[0]} is not in {run_dir.meta.name} (rerun prepare)"
         )
 
-    def fit(encode: Any, z: np.ndarray = embeddings.z) -> AgingResult:
-        ids, features = patient_mean_codes(encode, z, window_patients)
-        rows = patients.set_index("patient_id").loc[ids].reset_index()
-        return aging_pipeline(features, rows, aging, seed)
+    def features(encode: Encode, z: np.ndarray = embeddings.z) -> tuple[np.ndarray, pd.DataFrame]:
+        ids, means = patient_mean_codes(encode, z, window_patients)
+        return means, patients.set_index("patient_id").loc[ids].reset_index()
 
-    models = list_models(run_dir)
-    info = concept_model_info(models, aging.model, config.train.d_dict, config.train.seeds[0])
+    def fit(encode: Encode, z: np.ndarray = embeddings.z) -> AgingResult:
+        return aging_pipeline(*features(encode, z), aging, seed)
+
+    models = list_models(run_dir, config.baselines)
+    main = main_entry(config.train)
+    info = concept_model_info(models, aging.model, main.d_dict, main.seed)
     concept = fit(load_concept_model(info.path).encode)
     raw = fit(np.asarray)
-    baselines = {
-        b.name: fit(load_concept_model(b.path).encode) for b in models if b.family in BASELINE_FAMILIES
-    }
 
     def associate(result: AgingResult) -> dict[str, Any]:
         return condition_associations(result.delta, min_events=aging.min_events)
 
     associations: dict[str, Any] = {"concepts": associate(concept), "raw_embedding": associate(raw)}
     predictors = {"concepts": _summary(info.name, concept), "raw_embedding": _summary("raw_embedding", raw)}
-    if baselines:
-        best = min(baselines, key=lambda name: baselines[name].val_mae)
-        associations["best_baseline"] = associate(baselines[best])
-        predictors["best_baseline"] = _summary(best, baselines[best])
+    best = best_baseline([b for b in models if b.family in BASELINE_FAMILIES], features)
+    if best is not None:
+        result = aging_pipeline(best.x, best.patients, aging, seed)
+        associations["best_baseline"] = associate(result)
+        predictors["best_baseline"] = {
+            **_summary(best.info.name, result), "screen_ridge_val_mae": best.screen_val_mae
+        }
     else:
         associations["best_baseline"] = {
             c: {"skipped": "no baseline models in models/baselines"} for c in CONDITIONS
         }
     planted = planted_morphology_rows(meta, embeddings.index["window_id"].to_numpy())
-    if planted is not None:
-        predictors["planted_morphology"] = _summary("planted_morphology", fit(np.asarray, planted))
+    if planted is not None:  # five known features: no selection among them, a plain elastic net
+        reference = aging_pipeline(*features(np.asarray, planted),
+                                   aging.model_copy(update={"stability_selection": False}), seed)
+        predictors["planted_morphology"] = _summary("planted_morphology", reference)
     io.write_parquet(run_dir.predictions, concept.predictions)
     io.write_parquet(run_dir.delta_age, concept.delta)
     io.write_json(run_dir.age_model, age_model_record(info.name, concept.predictor))

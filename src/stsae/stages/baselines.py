@@ -1,28 +1,23 @@
 """`baselines` stage: fit PCA / ICA / NMF at every configured component count on the train split.
 
 Each (method, n) pair is its own model, so each method traces its own (L0, EV) curve on the
-leaderboard. Training rows are a seeded subsample of at most `baselines.max_train_rows` rows.
+leaderboard. Training rows are a seeded subsample of at most `baselines.max_train_rows` rows. Models
+are written as safetensors + JSON (`RunDir.baseline`), never pickled.
 """
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 
 from stsae.data.store import load_embeddings
 from stsae.errors import InputDataError
-from stsae.models.baselines import Baseline
+from stsae.models.baselines import make_baseline
 from stsae.pipeline.contract import StageContext, StageContract
 from stsae.utils.seeding import derive_seed, rng
 
 log = logging.getLogger(__name__)
-
-
-def baseline_path(ctx: StageContext, method: str, n_components: int) -> Path:
-    """models/baselines/<method>-n<n>.joblib."""
-    return ctx.run_dir.baselines_dir / f"{method}-n{n_components}.joblib"
 
 
 CONTRACT = StageContract(
@@ -43,7 +38,7 @@ def run(ctx: StageContext) -> None:
     log.info("fitting baselines on %d train rows", len(rows))
     for method in cfg.methods:
         for n in cfg.n_components:
-            model = Baseline(method, n, seed=derive_seed(seed, "baselines", method, n), max_iter=cfg.max_iter)
+            model = make_baseline(method, n, seed=derive_seed(seed, "baselines", method, n), max_iter=cfg.max_iter)
             model.fit(z_train)
-            model.save(baseline_path(ctx, method, n))
+            model.save(ctx.run_dir.baseline(method, n))
             log.info("baseline %s fitted", model.name)

@@ -1,8 +1,8 @@
 """`evaluate` stage: score every ST-SAE and baseline on the held-out test split.
 
 Writes eval/leaderboard.json (one row per model, plus one matched-sparsity row per dense baseline with
-more than k components: its top-k components per window with k = the L0 of the main ST-SAE `full`
-model; a baseline of at most k components has no such row, since its top-k code is the dense code)
+more than k components: k-sparse codes re-encoded on its own dictionary (`encode_k_sparse`) with k = the
+L0 of the main ST-SAE `full` model; a baseline of at most k components has no such row)
 and eval/pareto.json (front over ST-SAE and matched-sparsity rows), and logs the table. See
 docs/CONTRACTS.md.
 
@@ -38,7 +38,7 @@ from stsae.eval import leaderboard as lb
 from stsae.eval.metrics import stream_metrics, streamed_mean, top_k_codes
 from stsae.eval.probe import ProbeScore, available_factors, probe_all, single_concepts
 from stsae.eval.stability import analytical_null_mean_cos, random_null, stability_against
-from stsae.models.registry import ConceptModel, ModelInfo, list_models, load_concept_model
+from stsae.models.registry import ConceptModel, ModelInfo, list_models, load_concept_model, load_k_sparse_model
 from stsae.pipeline.contract import StageContext, StageContract
 from stsae.utils import io
 from stsae.utils.seeding import derive_seed, rng
@@ -214,13 +214,13 @@ def _score_all(infos: list[ModelInfo], main: ModelInfo | None, data: EvalData, c
         model = load_concept_model(info.path, batch_size=cfg.chunk_rows)
         dictionaries[info.name] = model.dictionary
         row = lb.new_row(info.name, info.family, info.variant, info.d_dict, info.seed)
-        views: list[tuple[dict[str, Any], int | None]] = [(row, None)]
-        if info.family != "stsae":
-            matched = _matched_row(info, k_active)
-            if matched is not None:
-                views.append((matched, k_active))
-        _score(views, model, data, cfg, raw_probe)
-        rows.extend(view for view, _ in views)
+        _score([(row, None)], model, data, cfg, raw_probe)
+        rows.append(row)
+        matched = _matched_row(info, k_active) if info.family != "stsae" else None
+        if matched is not None and k_active is not None:
+            k_sparse = load_k_sparse_model(info.path, k_active, batch_size=cfg.chunk_rows)
+            _score([(matched, None)], k_sparse, data, cfg, raw_probe)
+            rows.append(matched)
         log.info("scored %s: EV %.3f, L0 %.1f", info.name, row["ev"], row["l0"])
         if info is main:
             k_active = max(1, round(row["l0"]))
@@ -229,12 +229,13 @@ def _score_all(infos: list[ModelInfo], main: ModelInfo | None, data: EvalData, c
 
 CONTRACT = StageContract(
     name="evaluate", help="Score every model on the test split; write leaderboard and Pareto front.",
-    reads=("run.seed", "eval"), upstream=("train", "baselines"), out_dir="eval")
+    reads=("run.seed", "eval", "baselines.methods", "baselines.n_components"), upstream=("train", "baselines"),
+    out_dir="eval")
 
 
 def run(ctx: StageContext) -> None:
     cfg, seed = ctx.config.eval, ctx.config.run.seed
-    infos = list_models(ctx.run_dir)
+    infos = list_models(ctx.run_dir, ctx.config.baselines)
     if not infos:
         raise StsaeError(
             f"{ctx.run_dir.models_dir}: no complete models (run `stsae train` / `stsae baselines`)")

@@ -159,10 +159,7 @@ def _prepare_outputs(paths: RunDir, n_rows: int, key: str) -> None:
     for old in paths.embeddings_dir.glob(".extract-progress-*.json"):
         old.unlink()
     for path in (paths.z, paths.z_aug):
-        array = np.lib.format.open_memmap(_partial(path), mode="w+", dtype=np.float32,
-                                          shape=(n_rows, EMBEDDING_DIM))
-        array.flush()
-        del array
+        io.preallocate_npy(_partial(path), (n_rows, EMBEDDING_DIM))
     io.write_json(state, expected)
 
 

@@ -4,6 +4,9 @@ Windows: a seeded subsample of at most `grounding.max_windows` QC-passed windows
 describes the concepts, it fits nothing). Concepts: the `grounding.top_concepts` largest |coefficients|
 of the age model in aging/age_model.json, encoded with the same concept model. Windows are read at
 `data.windowing.fs_target` (the rate windows.npy is written at; the prepare fingerprint upstream covers it).
+Per concept: highest decile, lowest active decile and a silent sample across patients, each with a
+patient (cluster) bootstrap band; the concept × morphology table is Spearman over patient means. Ties and
+samples draw from `run.seed` (stsae.utils.seeding), one named stream per concept.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from stsae.data.store import load_embeddings
 from stsae.errors import InputDataError
 from stsae.grounding.beats import average_pulses
 from stsae.grounding.concepts import (
+    GROUPS,
+    ConceptGrounding,
     correlate_concepts_with_morphology,
     ground_concept,
     top_concepts_by_weight,
@@ -29,19 +34,38 @@ from stsae.utils.seeding import rng
 log = logging.getLogger(__name__)
 
 
+def concept_pulse_arrays(groundings: list[ConceptGrounding], beat_samples: int) -> dict[str, np.ndarray]:
+    """The concept_pulses.npz arrays (docs/CONTRACTS.md) of C groundings: per group in GROUPS
+    `<group>_mean/_lo/_hi` float32[C, L] and `n_<group>` int64[C]; `morphology_diff` and
+    `morphology_diff_silent` float64[C, F] in FEATURES order."""
+    arrays: dict[str, np.ndarray] = {}
+    for group in GROUPS:
+        bands = [getattr(g, group) for g in groundings]
+        for stat in ("mean", "lo", "hi"):
+            stacked = [getattr(band, stat) for band in bands]
+            arrays[f"{group}_{stat}"] = (np.stack(stacked) if stacked
+                                         else np.zeros((0, beat_samples), dtype=np.float32))
+        arrays[f"n_{group}"] = np.array([len(band.rows) for band in bands], dtype=np.int64)
+    for key in ("morphology_diff", "morphology_diff_silent"):
+        arrays[key] = np.array([[getattr(g, key)[f] for f in FEATURES] for g in groundings],
+                               dtype=np.float64).reshape(len(groundings), len(FEATURES))
+    return arrays
+
+
 
 
 
 CONTRACT = StageContract(
     name="ground", help="Ground top concepts in pulse morphology.",
-    reads=("run.seed", "grounding", "data.windowing.fs_target"), upstream=("age",), out_dir="grounding")
+    reads=("run.seed", "grounding", "data.windowing.fs_target", "baselines.methods",
+           "baselines.n_components"), upstream=("age",), out_dir="grounding")
 
 
 def run(ctx: StageContext) -> None:
     config, run_dir = ctx.config, ctx.run_dir
     grounding, seed = config.grounding, config.run.seed
     age_model = io.read_json(run_dir.age_model)
-    infos = {info.name: info for info in list_models(run_dir)}
+    infos = {info.name: info for info in list_models(run_dir, config.baselines)}
     if age_model.get("model") not in infos:
         raise InputDataError(f"{run_dir.age_model}: model {age_model.get('model')!r} is not in models/")
     model = load_concept_model(infos[age_model["model"]].path)
@@ -66,34 +90,27 @@ def run(ctx: StageContext) -> None:
     morphology = morphology_table(pulses.pulses, pulses.period_s, pulses.reason)
     activations = model.encode(np.asarray(embeddings.z[rows], dtype=np.float32))[:, concepts]
 
+    patients = embeddings.index["patient_id"].astype(str).to_numpy()[rows]
     groundings = [
         ground_concept(
             int(c),
             activations[:, j],
             pulses.pulses,
             morphology,
+            patients,
             decile=grounding.decile,
             n_bootstrap=grounding.n_bootstrap,
             rng=rng(seed, "ground", "bootstrap", int(c)),
         )
         for j, c in enumerate(concepts)
     ]
-    empty = np.zeros((0, grounding.beat_samples), dtype=np.float32)
-    arrays = {
-        key: np.stack([getattr(g, key) for g in groundings]) if groundings else empty
-        for key in ("high_mean", "high_lo", "high_hi", "low_mean", "low_lo", "low_hi")
-    }
-    morphology_diff = np.array(
-        [[g.morphology_diff[f] for f in FEATURES] for g in groundings], dtype=np.float64
-    ).reshape(len(groundings), len(FEATURES))
     with io.atomic_path(run_dir.concept_pulses) as tmp, open(tmp, "wb") as handle:
-        np.savez(
-            handle, concepts=concepts, features=np.array(FEATURES), morphology_diff=morphology_diff, **arrays
-        )
+        np.savez(handle, concepts=concepts, features=np.array(FEATURES),
+                 **concept_pulse_arrays(groundings, grounding.beat_samples))
     io.write_parquet(
         run_dir.morphology, morphology.assign(window_id=window_ids)[["window_id", *FEATURES, "reason"]]
     )
-    table = correlate_concepts_with_morphology(activations, concepts, morphology)
+    table = correlate_concepts_with_morphology(activations, concepts, morphology, patients)
     with io.atomic_open(run_dir.concept_morphology) as handle:
         table.to_csv(handle, index=False)
     log.info(

@@ -20,8 +20,9 @@ import numpy as np
 import pandas as pd
 
 from stsae.config import Config
+from stsae.data.issues import DataIssues
 from stsae.data.synthetic import iter_cohort, window_factors, windows_per_record
-from stsae.data.windowing import Windows, signal_quality_mask, window_record, window_signals
+from stsae.data.windowing import SamplingRateError, Windows, signal_quality_mask, window_record, window_signals
 from stsae.errors import InputDataError
 from stsae.pipeline.contract import StageContext, StageContract
 from stsae.utils import io
@@ -111,11 +112,16 @@ def _synthetic_batches(config: Config) -> Iterator[_Batch]:
         yield _Batch(windows, pd.concat([meta, planted], axis=1), chunk.fs)
 
 
-def _source_batches(config: Config) -> Iterator[_Batch]:
+def _source_batches(config: Config, issues: DataIssues) -> Iterator[_Batch]:
     from stsae.data.sources import iter_source_records  # real loaders are optional for the demo
 
-    for record in iter_source_records(config.data):
-        windows = window_record(record, config.data.windowing)
+    for record in iter_source_records(config.data, issues):
+        try:
+            windows = window_record(record, config.data.windowing)
+        except SamplingRateError as exc:
+            issues.skip("sampling_rate_too_low", record.origin or record.record_id,
+                        f"{record.origin or record.record_id}: {exc}")
+            continue
         clinical = _clinical_columns(pd.DataFrame([{k: record.clinical.get(k) for k in ("age", "sex", "htn",
                                                                                        "t2d")}]))
         meta = _window_meta(windows, np.array([record.patient_id]), np.array([record.record_id]),
@@ -147,7 +153,8 @@ def run(ctx: StageContext) -> None:
     """Simulate or load raw PPG, window it, QC it, split patients; write windows/ atomically."""
     config, run_dir = ctx.config, ctx.run_dir
     data = config.data
-    batches = _synthetic_batches(config) if data.source == "synthetic" else _source_batches(config)
+    issues = DataIssues()
+    batches = _synthetic_batches(config) if data.source == "synthetic" else _source_batches(config, issues)
     width = round(data.windowing.window_s * data.windowing.fs_target)
     metas: list[pd.DataFrame] = []
     qcs: list[pd.DataFrame] = []
@@ -165,6 +172,7 @@ def run(ctx: StageContext) -> None:
             metas.append(batch.meta)
             qcs.append(pd.DataFrame({"qc_pass": qc_pass, "qc_reason": reason.astype(object)}))
             bar.update(len(batch.meta))
+        issues.log_summary()
         if writer.rows == 0:
             raise InputDataError(f"data.source={data.source}: no record was long enough for one "
                                  f"{data.windowing.window_s} s window")
@@ -180,13 +188,14 @@ def run(ctx: StageContext) -> None:
         qc.to_parquet(tmp_qc, index=False)
         pd.DataFrame({"patient_id": split.index.to_numpy(), "split": split.to_numpy()}).to_parquet(
             tmp_splits, index=False)
-    _log_qc(ctx, meta, qc)
+    _log_qc(ctx, meta, qc, issues)
 
 
-def _log_qc(ctx: StageContext, meta: pd.DataFrame, qc: pd.DataFrame) -> None:
+def _log_qc(ctx: StageContext, meta: pd.DataFrame, qc: pd.DataFrame, issues: DataIssues) -> None:
     rejected = qc.loc[~qc["qc_pass"], "qc_reason"].value_counts().to_dict()
     rate = float(qc["qc_pass"].mean())
     log.info("prepare: %d windows from %d patients, QC pass rate %.1f%%; rejected by reason: %s",
              len(qc), meta["patient_id"].nunique(), 100 * rate, rejected or "none")
     ctx.record("prepare", {"n_windows": len(qc), "n_patients": int(meta["patient_id"].nunique()),
-                           "qc_pass_rate": rate, "qc_rejections": {k: int(v) for k, v in rejected.items()}})
+                           "qc_pass_rate": rate, "qc_rejections": {k: int(v) for k, v in rejected.items()},
+                           "data_issues": issues.summary()})

@@ -1,0 +1,40 @@
+"""Suite-wide rules: a test that needs a tool the machine lacks skips with the reason on a developer's
+machine, but FAILS under CI (CI=true), so a green CI means every test really ran."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+
+import pytest
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "needs(available, reason): a tool the test cannot run without")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for marker in item.iter_markers(name="needs"):
+        available, reason = marker.args
+        if available:
+            continue
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI must run this test, but: {reason}", pytrace=False)
+        pytest.skip(reason)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_stsae_logger() -> Iterator[None]:
+    """Undo a CLI test's `setup_logging` (own handlers, propagate=False) so caplog in later tests sees records
+    whatever the pytest version (older pytest only captures through the root logger)."""
+    yield
+    logger = logging.getLogger("stsae")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    logger.propagate = True
+    logger.setLevel(logging.NOTSET)
+
+
+pytest_plugins = ["pytester"]
