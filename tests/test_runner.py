@@ -215,3 +215,13 @@ def test_a_single_stage_refuses_upstream_outputs_edited_since_they_were_made(tmp
                                          r"run `stsae prepare` \(or `stsae run`\) before `stsae extract`"):
         runner.run_stages(ctx, ["extract"])
     assert runner.run_stages(ctx, CHAIN) == CHAIN
+
+
+def test_force_runs_a_single_stage_on_edited_upstream_outputs_and_the_next_run_rebuilds_them(
+        tmp_path, fake_stages):
+    run_dir = RunDir(tmp_path / "run")
+    _run(run_dir)
+    (run_dir.windows_dir / "out.txt").write_text("edited")
+    forced = runner.StageContext(load_config(None), run_dir, "", force=True)
+    assert runner.run_stages(forced, ["extract"]) == ["extract"]
+    assert _run(run_dir) == CHAIN

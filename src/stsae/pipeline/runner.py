@@ -100,6 +100,8 @@ def check_upstream_intact(run_dir: RunDir, stage: StageContract) -> None:
 
     `stsae run` reruns the upstream stage first, so this only stops a single-stage command (e.g.
     `stsae train` after windows.npy was edited) from using, or vouching for, inputs nobody produced.
+    `--force` overrides it: the stage then runs on the files as they are (and the next `stsae run`
+    rebuilds the upstream stage and everything after it).
     """
     for name in stage.upstream:
         record = read_record(run_dir, STAGE_BY_NAME[name])
@@ -133,7 +135,8 @@ def run_stage(base: StageContext, stage: StageContract, entry: StageEntry | None
     complete, since it did only part of the stage's work.
     """
     run_dir, config = base.run_dir, base.config
-    check_upstream_intact(run_dir, stage)
+    if not base.force:
+        check_upstream_intact(run_dir, stage)
     fp = fingerprint(config, run_dir, stage)
     reason = "partial run" if entry is not None else "forced" if base.force else stale_reason(run_dir, stage, fp)
     if reason is None:
