@@ -155,3 +155,13 @@ def test_a_grid_model_whose_save_was_cut_short_is_retrained_in_place_not_set_asi
     path.with_suffix(".json").unlink()
     run(_ctx(run_dir, _config()), only=["full", "K=8"])
     assert path.with_suffix(".json").is_file() and not run_dir.stale_models_dir.exists()
+
+
+def test_a_model_file_damaged_after_training_is_retrained_not_kept(tmp_path):
+    run_dir = _run_dir(tmp_path)
+    run(_ctx(run_dir, _config()), only=["full", "K=8"])
+    path = run_dir.stsae_checkpoint("full", 8, 0)
+    good = path.read_bytes()
+    path.write_bytes(good[:-8] + bytes(8))
+    run(_ctx(run_dir, _config()), only=["full", "K=8"])
+    assert path.read_bytes() == good

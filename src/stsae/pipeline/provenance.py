@@ -92,7 +92,8 @@ def list_outputs(base: Path, skip_dirs: set[Path]) -> list[Path]:
     return found
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """Full sha256 of a file, read in 4 MiB blocks."""
     sha = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 22), b""):
@@ -115,7 +116,7 @@ def cached_sha256(path: Path, cache: Path) -> str:
     if key not in entries:
         prefix = f"{path.resolve()}|"
         entries = {k: v for k, v in entries.items() if not k.startswith(prefix)}
-        entries[key] = _sha256(path)
+        entries[key] = file_sha256(path)
         io.write_json(cache, entries)
     return entries[key]
 

@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 
 from stsae.config import TrainSection
 from stsae.errors import StsaeError
+from stsae.pipeline.provenance import file_sha256
 from stsae.train.trainer import VARIANTS
 
 
@@ -91,7 +92,8 @@ def expected_sidecar(entry: GridEntry, cfg: TrainSection, embeddings: str | None
 
 
 def is_finished(weights: Path, entry: GridEntry, cfg: TrainSection, embeddings: str | None) -> bool:
-    """True when `weights` exists and its JSON sidecar is complete with matching settings and embeddings."""
+    """True when `weights` exists, its JSON sidecar is complete with matching settings and embeddings, and
+    the weights are the bytes the sidecar vouches for (a damaged or replaced file is retrained)."""
     sidecar = weights.with_suffix(".json")
     if not (weights.is_file() and sidecar.is_file()):
         return False
@@ -99,4 +101,6 @@ def is_finished(weights: Path, entry: GridEntry, cfg: TrainSection, embeddings: 
         info = json.loads(sidecar.read_text())
     except json.JSONDecodeError:
         return False
-    return all(info.get(key) == value for key, value in expected_sidecar(entry, cfg, embeddings).items())
+    expected = expected_sidecar(entry, cfg, embeddings)
+    return all(info.get(key) == value for key, value in expected.items()) \
+        and info.get("weights_sha256") == file_sha256(weights)
