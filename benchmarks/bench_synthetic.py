@@ -34,7 +34,7 @@ def _child(n_windows: int, chunk_windows: int, with_windowing: bool) -> dict[str
     for chunk in iter_cohort(cfg, 0, 10.0):
         if with_windowing:
             out = window_signals(chunk.signals, chunk.fs, WindowingSection())
-            signal_quality_mask(out.raw, chunk.fs, QCSection())
+            signal_quality_mask(out.raw, chunk.fs, **QCSection().model_dump())
         produced += chunk.signals.shape[0] * windows_per_record(cfg, 10.0)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     return {"windows": produced, "seconds": wall, "cpu_seconds": cpu, "windows_per_s": produced / wall,

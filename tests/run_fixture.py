@@ -73,10 +73,16 @@ def _row(model: str, family: str, variant: str | None, k: int, seed: int | None,
     jitter = rng.normal(0, 0.01)
     row = {
         "model": model, "family": family, "variant": variant, "K": k, "seed": seed,
-        "matched_sparsity": matched, "k_active": k_active, "ev": ev + jitter, "l0": l0,
-        "dead_fraction": 0.0, "consistency_jaccard": 0.4, "consistency_cosine": 0.6, "lag1_autocorr": 0.3,
-        "stability_mean_cos": None, "stability_frac_07": None, "stability_frac_09": None,
-        "stability_null_mean_cos": None, "probe": None, "single_concept": None,
+        "matched_sparsity": matched, "k_active": k_active, "is_main": False, "ev": ev + jitter, "l0": l0,
+        "dead_fraction_train": None, "dead_window_samples": None, "never_fired_test_fraction": 0.0,
+        "n_test_windows": 400, "consistency_jaccard": 0.4, "consistency_cosine": 0.6,
+        "consistency_heldout_aug": 0.35, "lag1_within_record": 0.1, "between_record_variance_share": 0.9,
+        "lag1_pooled": 0.3, "lag1_pooled_unweighted": 0.2,
+        "seed_stability_mean_cos": None, "seed_stability_frac_07": None, "seed_stability_frac_09": None,
+        "subsample_stability_mean_cos": None, "subsample_stability_frac_07": None,
+        "subsample_stability_frac_09": None, "stability_live_atoms": None, "stability_null_data_mean_cos": None,
+        "stability_null_data_frac_07": None, "stability_null_isotropic_mean_cos": None,
+        "probe": None, "single_concept": None,
     }
     row.update(extra)
     return row
@@ -91,12 +97,15 @@ def _stsae_extra(variant: str, rng: np.random.Generator) -> dict[str, Any]:
     single = {"vascular_age": {"concept": 17, "abs_r": 0.86 if good else 0.7},
               "hr_bpm": {"concept": 3, "abs_r": 0.55}, "resp_rate": {"concept": 250, "abs_r": 0.48},
               "reflection_time": {"concept": 17, "abs_r": 0.8}, "aix": {"concept": 17, "abs_r": 0.79}}
-    return {"dead_fraction": 0.002 if good else 0.03 + 0.1 * (variant == "no_renorm"),
+    return {"dead_fraction_train": 0.002 if good else 0.03 + 0.1 * (variant == "no_renorm"),
+            "dead_window_samples": 10_000,
             "consistency_jaccard": (0.78 if good else 0.55) + rng.normal(0, 0.02),
-            "lag1_autocorr": (0.72 if good or variant == "no_stab" else 0.45) + rng.normal(0, 0.02),
-            "stability_mean_cos": (0.82 if good else 0.7) + rng.normal(0, 0.02),
-            "stability_frac_07": 0.8, "stability_frac_09": 0.4, "stability_null_mean_cos": 0.12,
-            "probe": probe, "single_concept": single}
+            "consistency_heldout_aug": (0.7 if good else 0.5) + rng.normal(0, 0.02),
+            "lag1_within_record": (0.62 if good or variant == "no_stab" else 0.35) + rng.normal(0, 0.02),
+            "seed_stability_mean_cos": (0.82 if good else 0.7) + rng.normal(0, 0.02),
+            "seed_stability_frac_07": 0.8, "seed_stability_frac_09": 0.4, "stability_live_atoms": 250,
+            "stability_null_data_mean_cos": 0.6, "stability_null_data_frac_07": 0.3,
+            "stability_null_isotropic_mean_cos": 0.12, "probe": probe, "single_concept": single}
 
 
 def _leaderboard(rng: np.random.Generator) -> list[dict[str, Any]]:
@@ -105,7 +114,8 @@ def _leaderboard(rng: np.random.Generator) -> list[dict[str, Any]]:
         for seed in SEEDS:
             ev = 0.95 if variant == "full" else 0.93
             rows.append(_row(f"stsae-{variant}-K{MAIN_K}-s{seed}", "stsae", variant, MAIN_K, seed, False,
-                             None, ev, 16.0, rng, **_stsae_extra(variant, rng)))
+                             None, ev, 16.0, rng, **_stsae_extra(variant, rng),
+                             is_main=(variant, seed) == ("full", SEEDS[0])))
     for k in SWEEP_K:
         if k != MAIN_K:
             rows.append(_row(f"stsae-full-K{k}-s0", "stsae", "full", k, 0, False, None,
@@ -116,7 +126,8 @@ def _leaderboard(rng: np.random.Generator) -> list[dict[str, Any]]:
             rows.append(_row(f"{family}-n{n}", family, family, n, None, False, None, ev, float(n), rng))
             if family != "nmf":
                 rows.append(_row(f"{family}-n{n}", family, family, n, None, True, 8, ev - 0.05, 8.0, rng,
-                                 consistency_jaccard=0.5, lag1_autocorr=0.35))
+                                 consistency_jaccard=0.5, consistency_heldout_aug=0.45,
+                                 lag1_within_record=0.3))
     return rows
 
 
@@ -195,7 +206,8 @@ def write_fake_run(root: Path, *, encoder_sha256: str = SHA256, seed: int = 0) -
     io.write_parquet(run_dir.meta, meta)
     io.write_parquet(run_dir.qc, qc)
     rows = _leaderboard(rng)
-    io.write_json(run_dir.leaderboard, {"schema_version": 1, "rows": rows})
+    io.write_json(run_dir.leaderboard, {"schema_version": 2, "rows": rows,
+                                        "main_model": f"stsae-full-K{MAIN_K}-s{SEEDS[0]}"})
     io.write_json(run_dir.pareto, _pareto(rows))
     for seed_ in SEEDS:
         sidecar = run_dir.stsae_checkpoint("full", MAIN_K, seed_).with_suffix(".json")

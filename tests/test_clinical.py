@@ -7,6 +7,7 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from realformat_fixtures import (
@@ -24,6 +25,8 @@ from stsae.data.clinical import (
     load_mimic_iii_clinical,
     load_mimic_iv_clinical,
 )
+from stsae.data.clinical_table import load_clinical_table
+from stsae.data.issues import DataIssues
 from stsae.data.mimic import iter_mimic_records
 from stsae.errors import InputDataError
 
@@ -157,3 +160,21 @@ def test_records_of_subjects_missing_from_tables_are_counted_and_logged(
     assert np.isnan(records[1].clinical["age"]) and records[1].clinical["htn"] is None
     assert records[1].extra == {"age_capped": False}
     assert "1 of 2 records had no clinical match" in caplog.text
+
+
+def test_own_clinical_table_conflicting_rows_make_the_patient_unknown(tmp_path: Path) -> None:
+    pd.DataFrame({"patient_id": ["a", "a", "b", "b"], "age": [50, 50, 60, 61], "sex": ["F", "F", "M", "M"]}
+                 ).to_csv(tmp_path / "c.csv", index=False)
+    issues = DataIssues()
+    table = load_clinical_table(tmp_path / "c.csv", issues)
+    assert table.lookup("a")[0] == {"age": 50.0, "sex": "F", "htn": None, "t2d": None}
+    assert np.isnan(table.lookup("b")[0]["age"]) and table.lookup("b")[0]["sex"] is None
+    assert issues.set_unknown == {"conflicting_clinical_rows": 1}
+    assert table.unmatched == {"b"}  # b has no usable row, so it counts as not found
+
+
+def test_own_clinical_table_parquet_with_boolean_phenotype(tmp_path: Path) -> None:
+    pd.DataFrame({"patient_id": ["7"], "age": [70.0], "sex": ["male"], "htn": [True], "t2d": [False],
+                  "ckd": [True]}).to_parquet(tmp_path / "c.parquet")
+    clinical, extra = load_clinical_table(tmp_path / "c.parquet").lookup("7")
+    assert clinical == {"age": 70.0, "sex": "M", "htn": 1, "t2d": 0} and extra == {"ckd": 1.0}

@@ -48,7 +48,8 @@ def _write_inputs(run_dir: RunDir) -> np.ndarray:
 def _context(tmp_path, **eval_overrides) -> StageContext:
     config = Config.model_validate({
         "baselines": {"methods": ["pca", "nmf"], "n_components": [4, 8], "max_iter": 100},
-        "eval": {"probe_folds": 3, "stability_subsamples": 0, **eval_overrides}})
+        "train": {"d_dict": 32, "k": 4, "seeds": [0, 1], "d_dict_sweep": [32]},
+        "eval": {"stability_subsamples": 0, "n_bootstrap": 20, **eval_overrides}})
     return StageContext(config, RunDir(tmp_path), fingerprint="test")
 
 
@@ -73,23 +74,31 @@ def test_evaluate_writes_complete_rows_and_pareto(run_dir_with_models: StageCont
     ctx = run_dir_with_models
     evaluate_stage.run(ctx)
     board = io.read_json(ctx.run_dir.leaderboard)
-    assert board["schema_version"] == 1
+    assert board["schema_version"] == 2 and board["main_model"] == "stsae-full-K32-s0"
     rows = board["rows"]
     assert len(rows) == 3 + 4 + 2
+    assert [r["model"] for r in rows if r["is_main"]] == ["stsae-full-K32-s0"]
     for row in rows:
         assert set(ROW_KEYS) <= set(row) and REASONS_KEY in row
-        for key in ("ev", "l0", "dead_fraction", "consistency_jaccard", "consistency_cosine"):
+        for key in ("ev", "l0", "never_fired_test_fraction", "consistency_jaccard", "consistency_cosine",
+                    "lag1_within_record", "between_record_variance_share"):
             assert row[key] is not None, (row["model"], key)
+        assert row["n_test_windows"] == 8 * PER_PATIENT
+        assert row["consistency_heldout_aug"] is None and "heldout" in row[REASONS_KEY]["consistency_heldout_aug"]
         assert set(row["probe"]) == {"age", "hr_bpm", "htn", "t2d", "sex"}
         assert row["probe"]["t2d"]["value"] is None and "one class" in row[REASONS_KEY]["probe.t2d"]
         assert row["probe"]["age"]["raw_value"] > 0.5
+        assert {"age_sex_value", "adjusted_value", "increment", "increment_ci"} <= set(row["probe"]["htn"])
     matched = [r for r in rows if r["matched_sparsity"]]
     assert {r["k_active"] for r in matched} == {4} and all(r["l0"] <= 4 for r in matched)
     assert sorted(r["model"] for r in matched) == ["nmf-n8", "pca-n8"]  # n4 at k = 4 is the dense code
     full = [r for r in rows if r["variant"] == "full"]
-    assert all(r["stability_mean_cos"] is not None and r["stability_null_mean_cos"] is not None for r in full)
+    assert all(r["seed_stability_mean_cos"] is not None and r["stability_null_data_mean_cos"] is not None
+               and 0 < r["stability_live_atoms"] <= 32 for r in full)
     ablation = next(r for r in rows if r["variant"] == "no_smooth")
-    assert ablation["stability_mean_cos"] is None and "stability_mean_cos" in ablation[REASONS_KEY]
+    assert ablation["seed_stability_mean_cos"] is None and "seed_stability_mean_cos" in ablation[REASONS_KEY]
+    assert set(board["stability_null"]["32"]) >= {"data_init", "gaussian_train_covariance", "isotropic"}
+    assert board["lag1_within_record_reference_hr"] is not None
     pareto = io.read_json(ctx.run_dir.pareto)
     assert {p["model"] for p in pareto["points"]} == {r["model"] for r in rows
                                                       if r["family"] == "stsae" or r["matched_sparsity"]}
@@ -103,6 +112,16 @@ def test_whole_patient_subset_respects_the_cap_and_keeps_patients_whole() -> Non
     assert len(chosen) == 30 and np.all(np.bincount(patients[chosen]) % 10 == 0)
 
 
+def test_main_model_is_the_first_configured_seed(run_dir_with_models: StageContext) -> None:
+    from stsae.models.registry import list_models
+
+    infos = list_models(run_dir_with_models.run_dir)
+    train = run_dir_with_models.config.train
+    assert evaluate_stage.main_stsae(infos, train).name == "stsae-full-K32-s0"
+    reordered = train.model_copy(update={"seeds": [1, 0]})
+    assert evaluate_stage.main_stsae(infos, reordered).name == "stsae-full-K32-s1"
+
+
 def test_stability_refits_train_on_half_the_train_patients(run_dir_with_models: StageContext,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[int] = []
@@ -110,7 +129,9 @@ def test_stability_refits_train_on_half_the_train_patients(run_dir_with_models: 
     def fake_fit_stsae(train, val, cfg, variant, d_dict, seed, checkpoint=None, steps=None):
         seen.append(len(np.unique(train.pairs[:, 0] // PER_PATIENT)))
         assert (variant, d_dict, steps) == ("full", 32, 7) and val is None
-        return STSAE(512, d_dict, "topk", cfg.k, generator=torch.Generator().manual_seed(seed)), {}
+        model = STSAE(512, d_dict, "topk", cfg.k, generator=torch.Generator().manual_seed(seed))
+        model.init_from_data(np.asarray(train.z[:50]), torch.Generator().manual_seed(seed))
+        return model, {}
 
     monkeypatch.setitem(sys.modules, "stsae.train.trainer", types.SimpleNamespace(fit_stsae=fake_fit_stsae))
     from stsae.data.store import load_embeddings
@@ -118,30 +139,53 @@ def test_stability_refits_train_on_half_the_train_patients(run_dir_with_models: 
 
     ctx = run_dir_with_models
     cfg = ctx.config.eval.model_copy(update={"stability_subsamples": 2, "stability_steps": 7})
-    main = evaluate_stage.main_stsae(list_models(ctx.run_dir, ctx.config.baselines))
-    dictionaries = evaluate_stage.subsample_dictionaries(load_embeddings(ctx.run_dir), main, cfg, 0)
-    assert seen == [7, 7] and [d.shape for d in dictionaries] == [(32, 512), (32, 512)]
+    main = evaluate_stage.main_stsae(list_models(ctx.run_dir, ctx.config.baselines), ctx.config.train)
+    data, _ = evaluate_stage._prepare(ctx, load_embeddings(ctx.run_dir), cfg, 0)
+    dictionaries = evaluate_stage.subsample_dictionaries(data, main, cfg, 0)
+    assert seen == [7, 7] and all(0 < len(d) <= 32 and d.shape[1] == 512 for d in dictionaries)
 
 
-def test_probes_use_whole_patients_of_every_split(run_dir_with_models: StageContext) -> None:
+def test_subsample_refits_default_to_the_main_models_step_budget(run_dir_with_models: StageContext,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    seen_steps: list[int | None] = []
+
+    def fake_fit_stsae(train, val, cfg, variant, d_dict, seed, checkpoint=None, steps=None):
+        seen_steps.append(steps)
+        raise StopIteration
+
+    monkeypatch.setitem(sys.modules, "stsae.train.trainer", types.SimpleNamespace(fit_stsae=fake_fit_stsae))
+    from stsae.data.store import load_embeddings
+    from stsae.models.registry import list_models
+
+    ctx = run_dir_with_models
+    cfg = ctx.config.eval.model_copy(update={"stability_subsamples": 1})
+    main = evaluate_stage.main_stsae(list_models(ctx.run_dir, ctx.config.baselines), ctx.config.train)
+    data, _ = evaluate_stage._prepare(ctx, load_embeddings(ctx.run_dir), cfg, 0)
+    with pytest.raises(StopIteration):
+        evaluate_stage.subsample_dictionaries(data, main, cfg, 0)
+    assert seen_steps == [5]  # train_config.steps of the main model's sidecar (written by write_stsae)
+
+
+def test_probes_fit_on_train_patients_and_score_held_out_patients(run_dir_with_models: StageContext) -> None:
     from stsae.data.store import load_embeddings
 
     ctx = run_dir_with_models
     emb = load_embeddings(ctx.run_dir)
-    data = evaluate_stage._prepare(ctx, emb, ctx.config.eval, 0)
-    assert set(emb.index["split"].to_numpy()[data.probe_rows]) == {"train", "val", "test"}
-    assert len(data.probe_rows) == len(emb.index)
+    data, _ = evaluate_stage._prepare(ctx, emb, ctx.config.eval, 0)
+    split = emb.index["split"].to_numpy()[data.probe_rows]
+    assert set(split[data.probes.fit]) == {"train"} and set(split[~data.probes.fit]) == {"val", "test"}
+    assert not set(data.probes.groups[data.probes.fit]) & set(data.probes.groups[~data.probes.fit])
     assert set(emb.index["split"].to_numpy()[data.rows]) == {"test"}
 
 
 def test_probe_rows_are_capped_by_whole_patients(tmp_path) -> None:
     from stsae.data.store import load_embeddings
 
-    ctx = _context(tmp_path, probe_max_rows=95)
+    ctx = _context(tmp_path, probe_max_rows=45)
     _write_inputs(ctx.run_dir)
-    data = evaluate_stage._prepare(ctx, load_embeddings(ctx.run_dir), ctx.config.eval, 0)
-    assert len(data.probe_rows) == 90
-    assert np.all(np.unique(data.groups, return_counts=True)[1] == PER_PATIENT)
+    data, _ = evaluate_stage._prepare(ctx, load_embeddings(ctx.run_dir), ctx.config.eval, 0)
+    assert data.probes.fit.sum() == 40 and (~data.probes.fit).sum() == 40
+    assert np.all(np.unique(data.probes.groups, return_counts=True)[1] == PER_PATIENT)
 
 
 def test_baseline_with_at_most_k_components_gets_no_matched_row(caplog: pytest.LogCaptureFixture) -> None:
@@ -151,3 +195,34 @@ def test_baseline_with_at_most_k_components_gets_no_matched_row(caplog: pytest.L
     assert "dense code" in caplog.text
     matched = evaluate_stage._matched_row(types.SimpleNamespace(**{**vars(info), "d_dict": 32}), 16)
     assert matched["matched_sparsity"] and matched["k_active"] == 16 and matched["K"] == 32
+
+
+def test_untrained_data_initialised_dictionaries_form_a_null_far_above_isotropic(
+        run_dir_with_models: StageContext) -> None:
+    """The fixture's embeddings have rank 6: two dictionaries from the trainer's own initialisation
+    (different seeds, no training) already match far above random unit vectors."""
+    from stsae.data.store import load_embeddings
+    from stsae.eval.stability import random_null, stability_against
+    from stsae.models.registry import list_models
+
+    ctx = run_dir_with_models
+    main = evaluate_stage.main_stsae(list_models(ctx.run_dir, ctx.config.baselines), ctx.config.train)
+    first, second = evaluate_stage.untrained_dictionaries(load_embeddings(ctx.run_dir), main, 32, 0)
+    assert not np.allclose(first, second)
+    assert stability_against(first, [second]).mean_cos > random_null(32, 512, np.random.default_rng(0)).mean_cos + 0.3
+
+
+@pytest.mark.slow
+def test_reordered_seeds_make_the_first_listed_seed_the_main_model_in_the_leaderboard(tmp_path) -> None:
+    ctx = _context(tmp_path)
+    ctx = StageContext(ctx.config.model_copy(update={"train": ctx.config.train.model_copy(
+        update={"seeds": [1, 0]})}), ctx.run_dir, fingerprint="test")
+    z_train = _write_inputs(ctx.run_dir)
+    for seed in (0, 1):
+        write_stsae(ctx.run_dir, z_train, "full", 32, seed)
+    evaluate_stage.run(ctx)
+    board = io.read_json(ctx.run_dir.leaderboard)
+    assert board["main_model"] == "stsae-full-K32-s1"
+    assert [r["seed"] for r in board["rows"] if r["is_main"]] == [1]
+    from stsae.report.scorecard import main_row
+    assert main_row(board["rows"])["model"] == "stsae-full-K32-s1"

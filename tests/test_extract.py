@@ -56,8 +56,8 @@ def _extract(paths: RunDir, *extra: str) -> None:
     run_stages(StageContext(config, paths, fingerprint=""), ["extract"])
 
 
-def _bytes(paths: RunDir) -> tuple[bytes, bytes]:
-    return paths.z.read_bytes(), paths.z_aug.read_bytes()
+def _bytes(paths: RunDir) -> tuple[bytes, bytes, bytes]:
+    return paths.z.read_bytes(), paths.z_aug.read_bytes(), paths.z_aug_heldout.read_bytes()
 
 
 @pytest.fixture
@@ -84,7 +84,7 @@ def test_extract_writes_qc_passed_windows_in_window_id_order(tmp_path):
     np.testing.assert_array_equal(emb.index["window_id"], expected_ids)
     assert list(emb.index.columns) == ["window_id", "patient_id", "record_id", "segment_idx", "split"]
     assert sorted(p.name for p in paths.embeddings_dir.iterdir()) == ["index.parquet", "stage.json", "z.npy",
-                                                                     "z_aug.npy"]
+                                                                     "z_aug.npy", "z_aug_heldout.npy"]
 
 
 def test_z_is_the_encoding_of_the_clean_windows_and_z_aug_differs(tmp_path):
@@ -95,6 +95,33 @@ def test_z_is_the_encoding_of_the_clean_windows_and_z_aug_differs(tmp_path):
     windows = np.load(paths.windows)[emb.index["window_id"].to_numpy()[:8]]
     np.testing.assert_array_equal(emb.z[:8], embed_batches(FastEmbedder(model), windows, 8, "fp32"))
     assert not np.allclose(emb.z_aug[:8], emb.z[:8])
+
+
+def test_heldout_view_encodes_only_the_heldout_families(tmp_path):
+    """z_aug holds the stability families (no warp, no motion by default); z_aug_heldout the held-out
+    motion family under its own seed, so L_stab never sees the view the consistency metric tests."""
+    from stsae.data.augment import augment_windows
+    from stsae.utils.seeding import derive_seed
+
+    paths = write_windows_dir(tmp_path)
+    _extract(paths)
+    emb = load_embeddings(paths)
+    config = load_config(None, SETTINGS)
+    embedder = FastEmbedder(load_encoder(config.encoder, seed=0)[0])
+    ids = emb.index["window_id"].to_numpy()[:8]
+    windows = np.load(paths.windows)[ids]
+    augment = config.data.augment
+    assert "warp" not in augment.stability_families and augment.heldout_families == ["motion"]
+    for array, families, seed in ((emb.z_aug, augment.stability_families, 0),
+                                  (np.load(paths.z_aug_heldout), augment.heldout_families, derive_seed(0, "heldout"))):
+        expected = embed_batches(embedder, augment_windows(windows, 125.0, augment, seed, ids, families), 8, "fp32")
+        np.testing.assert_array_equal(array[:8], expected)
+
+
+def test_no_heldout_families_means_no_heldout_file(tmp_path):
+    paths = write_windows_dir(tmp_path)
+    _extract(paths, "data.augment.heldout_families=[]")
+    assert not paths.z_aug_heldout.exists() and paths.z_aug.exists()
 
 
 def test_manifest_records_random_encoder_identity_and_precision(tmp_path):
@@ -130,7 +157,7 @@ def test_a_crashed_run_leaves_no_final_files_and_resumes_to_identical_bytes(tmp_
     assert not paths.z.exists() and not paths.index.exists()
     counted_encoding.update(calls=0, fail_after=None)
     _extract(paths)
-    assert counted_encoding["calls"] == full_calls - 2  # the one committed chunk (2 calls) was not redone
+    assert counted_encoding["calls"] == full_calls - 3  # the one committed chunk (3 views) was not redone
     assert _bytes(paths) == _bytes(reference)
 
 
@@ -141,7 +168,7 @@ def test_a_changed_config_restarts_extraction_from_zero(tmp_path, counted_encodi
         _extract(paths)
     counted_encoding.update(calls=0, fail_after=None)
     _extract(paths, "data.augment.noise_std=0.1")
-    assert counted_encoding["calls"] == 2 * 4  # 52 rows / 16 per chunk = 4 chunks, z and z_aug each
+    assert counted_encoding["calls"] == 3 * 4  # 52 rows / 16 per chunk = 4 chunks; z, z_aug, z_aug_heldout each
 
 
 def test_qc_file_without_qc_pass_is_refused_naming_the_file(tmp_path):

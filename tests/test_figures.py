@@ -94,8 +94,21 @@ def test_malformed_figure_index_is_an_error_naming_the_file(tmp_path: Path) -> N
 
 def test_run_without_optional_inputs_marks_figures_unavailable(tmp_path: Path) -> None:
     run_dir = write_fake_run(tmp_path / "run")
-    run_dir.leaderboard.write_text(json.dumps({"schema_version": 1, "rows": []}))
+    run_dir.leaderboard.write_text(json.dumps({"schema_version": 2, "rows": []}))
     for path in (*run_dir.aging_dir.iterdir(), *run_dir.grounding_dir.iterdir(), run_dir.windows):
         path.unlink()
     infos = draw_figures(run_dir)
     assert infos and all(not info.available and info.note for info in infos)
+
+
+def test_k_sweep_and_main_k_follow_the_row_evaluate_marked_main() -> None:
+    """train.seeds: [1, 0] makes seed 1 the main model: the figures take its seed and K, not the lowest."""
+    from stsae.report import figures
+
+    def row(seed: int, k: int, is_main: bool) -> dict:
+        return {"model": f"stsae-full-K{k}-s{seed}", "family": "stsae", "variant": "full", "K": k, "seed": seed,
+                "matched_sparsity": False, "is_main": is_main}
+
+    rows = [row(0, 64, False), row(1, 64, True), row(1, 128, False), row(0, 32, False)]
+    assert figures._main_seed(rows) == 1
+    assert figures.main_dictionary_size(rows) == 64

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -30,14 +32,14 @@ def test_predicting_the_train_mean_has_ev_zero() -> None:
     assert explained_variance(Z, np.broadcast_to(mean, Z.shape), mean) == pytest.approx(0.0, abs=1e-9)
 
 
-def test_l0_counts_nonzero_codes_and_dead_counts_never_active_atoms() -> None:
+def test_l0_counts_nonzero_codes_and_never_fired_counts_never_active_atoms() -> None:
     codes = np.zeros((4, 5), dtype=np.float32)
     codes[0, [0, 1]] = 1.0
     codes[1, 0] = -2.0
     acc = Sparsity(5)
     acc.update(codes)
     assert acc.l0() == pytest.approx(3 / 4)
-    assert acc.dead_fraction() == pytest.approx(3 / 5)
+    assert acc.never_fired_fraction() == pytest.approx(3 / 5)
 
 
 def test_consistency_of_identical_codes_is_one() -> None:
@@ -84,8 +86,10 @@ def test_streamed_metrics_do_not_depend_on_chunk_size() -> None:
     mean = Z.mean(0)
     (whole,) = stream_metrics(encode, decode, 32, Z, z_aug, rows, pairs, mean, chunk_rows=64)
     (chunked,) = stream_metrics(encode, decode, 32, Z, z_aug, rows, pairs, mean, chunk_rows=7)
-    for name in ("ev", "l0", "dead_fraction", "consistency_jaccard", "consistency_cosine"):
+    for name in ("ev", "l0", "never_fired_fraction", "consistency_jaccard", "consistency_cosine"):
         assert getattr(chunked, name) == pytest.approx(getattr(whole, name), rel=1e-6)
+    assert chunked.lag1_within.value == pytest.approx(whole.lag1_within.value, rel=1e-5)
+    assert chunked.n_windows == 64 and chunked.live.sum() == (encode(Z) != 0).any(axis=0).sum()
     assert chunked.lag1.value == pytest.approx(lag1_autocorrelation(encode(Z), pairs).value, abs=1e-6)
     assert chunked.lag1.n_pairs == 63
 
@@ -102,7 +106,8 @@ def test_top_k_view_equals_scoring_a_top_k_encoder() -> None:
                                     chunk_rows=10, top_ks=(None, 3))
     (alone,) = stream_metrics(lambda x: top_k_codes(x @ w, 3), lambda c: c @ pinv, 12, Z, z_aug, rows, pairs,
                               mean, chunk_rows=10)
-    assert matched == alone
+    np.testing.assert_array_equal(matched.live, alone.live)
+    assert replace(matched, live=None) == replace(alone, live=None)
     assert dense.l0 == 12 and matched.l0 == 3
 
 
@@ -114,3 +119,23 @@ def test_stream_metrics_rejects_pairs_outside_the_rows() -> None:
 def test_streamed_mean_equals_numpy_mean() -> None:
     rows = np.arange(3, 50)
     np.testing.assert_allclose(streamed_mean(Z, rows, chunk_rows=5), Z[rows].mean(0), rtol=1e-5)
+
+
+def test_heldout_consistency_catches_what_the_trained_augmentation_hides() -> None:
+    """An encoder trained to ignore the stability augmentation (here: z_aug = z, consistency 1) but
+    thrown by an unseen perturbation scores 1 on z_aug and well below 1 on the held-out view."""
+    rows = np.arange(64, dtype=np.int64)
+    pairs = np.stack([rows[:-1], rows[1:]], axis=1)
+    w = GEN.standard_normal((512, 32)).astype(np.float32)
+    heldout = Z + 3.0 * GEN.standard_normal(Z.shape).astype(np.float32)
+
+    def encode(x: np.ndarray) -> np.ndarray:
+        return top_k_codes(np.maximum(x @ w, 0), 4)
+
+    (m,) = stream_metrics(encode, lambda c: c @ np.linalg.pinv(w), 32, Z, Z.copy(), rows, pairs, Z.mean(0),
+                          chunk_rows=16, z_aug_heldout=heldout)
+    assert m.consistency_jaccard == pytest.approx(1.0)
+    assert m.consistency_heldout_aug < 0.6
+    (without,) = stream_metrics(encode, lambda c: c @ np.linalg.pinv(w), 32, Z, Z.copy(), rows, pairs,
+                                Z.mean(0))
+    assert without.consistency_heldout_aug is None

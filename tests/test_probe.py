@@ -1,4 +1,5 @@
-"""Patient-grouped probes and single-concept recovery."""
+"""Patient-grouped probes (cross-validated, and fit on train / scored on held-out patients), the
+age+sex-adjusted phenotype probes and single-concept recovery."""
 
 from __future__ import annotations
 
@@ -6,20 +7,27 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn.linear_model import Ridge, RidgeCV
+from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import GroupKFold, cross_val_predict
 
 from stsae.eval import probe as probe_module
 from stsae.eval.probe import (
+    ProbeSet,
     RidgePath,
+    adjusted_phenotypes,
+    age_sex_scores,
+    auroc_or_none,
     available_factors,
     binary_labels,
     classification_probe,
     grouped_folds,
     probe_all,
+    probe_heldout,
     regression_probe,
     ridge_oof_predictions,
     single_concept_recovery,
     single_concepts,
+    single_concepts_heldout,
 )
 
 GEN = np.random.default_rng(0)
@@ -184,3 +192,102 @@ def test_available_factors_lists_present_labels_with_their_metric() -> None:
                          "t2d": [np.nan, np.nan], "window_id": [0, 1]})
     found = available_factors(meta)
     assert {k: v[0] for k, v in found.items()} == {"age": "r2", "htn": "auroc", "sex": "auroc"}
+
+
+# --- Held-out protocol: fit on train patients, score on held-out patients ---------------------------
+
+
+def _cohort(n_patients: int = 120, per_patient: int = 5, seed: int = 0):
+    """Patients with age, sex and a hidden trait independent of both; the first 60 % are train."""
+    gen = np.random.default_rng(seed)
+    patient = np.repeat(np.arange(n_patients), per_patient)
+    age = gen.uniform(30, 80, n_patients)
+    sex = gen.integers(0, 2, n_patients).astype(float)
+    trait = gen.standard_normal(n_patients)
+    fit = patient < int(0.6 * n_patients)
+    return gen, patient, age[patient], sex[patient], trait[patient], fit
+
+
+def test_held_out_probe_recovers_a_factor_and_cannot_memorise_patients() -> None:
+    """A factor linear in the features is recovered on new patients; a per-patient random label
+    that only patient identity (one-hot features) could fit scores no better than chance there."""
+    gen, patient, _age, _sex, trait, fit = _cohort()
+    identity = np.eye(patient.max() + 1)[patient]
+    x = np.column_stack([trait + 0.1 * gen.standard_normal(len(trait)), identity])
+    memorised = gen.standard_normal(patient.max() + 1)[patient]
+    probes = ProbeSet(fit, patient, {"trait": ("r2", trait), "memorised": ("r2", memorised)}, None)
+    scores = probe_heldout(x, probes)
+    assert scores["trait"].value > 0.95
+    assert scores["memorised"].value < 0.05
+
+
+def test_probe_never_sees_held_out_labels() -> None:
+    gen, patient, _age, _sex, trait, fit = _cohort()
+    x = np.column_stack([trait, gen.standard_normal((len(trait), 3))])
+    shuffled = trait.copy()
+    shuffled[~fit] = gen.permutation(shuffled[~fit])
+    original = probe_heldout(x, ProbeSet(fit, patient, {"t": ("r2", trait)}, None))["t"].value
+    broken = probe_heldout(x, ProbeSet(fit, patient, {"t": ("r2", shuffled)}, None))["t"].value
+    assert original > 0.99 and broken < 0.1
+
+
+def _phenotype_probes(label: np.ndarray, patient, age, sex, fit) -> ProbeSet:
+    return ProbeSet(fit, patient, {"htn": ("auroc", label), "age": ("r2", age), "sex": ("auroc", sex)},
+                    np.column_stack([age, sex]))
+
+
+def test_concepts_that_only_encode_age_add_nothing_beyond_age_and_sex() -> None:
+    """HTN driven by age alone; concepts = noisy age. Concept AUROC looks good, but the increment over
+    age + sex is ≈ 0 and its CI covers 0."""
+    gen, patient, age, sex, _trait, fit = _cohort(seed=1)
+    htn = (age + 8 * gen.standard_normal(len(age)) > 55).astype(float)
+    concepts = np.column_stack([age / 10 + 0.3 * gen.standard_normal(len(age)), gen.standard_normal(len(age))])
+    probes = _phenotype_probes(htn, patient, age, sex, fit)
+    baseline = age_sex_scores(probes)
+    result = adjusted_phenotypes(concepts, probes, baseline, 200, np.random.default_rng(0))["htn"]
+    assert probe_heldout(concepts, probes)["htn"].value > 0.75
+    assert result.age_sex > 0.75 and abs(result.increment) < 0.03
+    assert result.increment_ci[0] <= 0 <= result.increment_ci[1]
+
+
+def test_concepts_carrying_a_trait_beyond_age_show_a_positive_increment() -> None:
+    gen, patient, age, sex, trait, fit = _cohort(seed=2)
+    htn = ((age - 55) / 10 + 1.5 * trait + 0.5 * gen.standard_normal(len(age)) > 0).astype(float)
+    concepts = np.column_stack([trait + 0.2 * gen.standard_normal(len(age)), gen.standard_normal(len(age))])
+    probes = _phenotype_probes(htn, patient, age, sex, fit)
+    result = adjusted_phenotypes(concepts, probes, age_sex_scores(probes), 200, np.random.default_rng(0))["htn"]
+    assert result.adjusted > result.age_sex + 0.1
+    assert result.increment_ci[0] > 0
+
+
+def test_single_concept_is_chosen_on_train_patients_and_scored_on_held_out_ones() -> None:
+    """300 pure-noise concepts and one that tracks the factor: the in-sample best |r| of noise alone
+    is inflated by the choice; scored on held-out patients it collapses, the real concept does not."""
+    gen = np.random.default_rng(5)
+    n_fit, n_score = 40, 400
+    y = gen.standard_normal(n_fit + n_score)
+    noise = gen.standard_normal((n_fit + n_score, 300))
+    fit = np.arange(n_fit + n_score) < n_fit
+    factors = ({"f": ("r2", y[fit])}, {"f": ("r2", y[~fit])})
+    in_sample = single_concepts(noise[fit], factors[0])["f"]
+    held_out = single_concepts_heldout(noise[fit], factors[0], noise[~fit], factors[1])["f"]
+    assert in_sample.abs_r > 0.4 and held_out.abs_r < 0.2
+    real = np.column_stack([noise, y + 0.3 * gen.standard_normal(len(y))])
+    best = single_concepts_heldout(real[fit], factors[0], real[~fit], factors[1])["f"]
+    assert best.concept == 300 and best.abs_r > 0.9
+
+
+def test_a_chosen_concept_silent_on_held_out_patients_scores_zero() -> None:
+    y = np.arange(10.0)
+    codes_fit = np.column_stack([y, np.zeros(10)])
+    codes_score = np.zeros((10, 2))
+    best = single_concepts_heldout(codes_fit, {"f": ("r2", y)}, codes_score, {"f": ("r2", y)})["f"]
+    assert (best.concept, best.abs_r) == (0, 0.0)
+
+
+def test_bootstrap_auroc_equals_sklearn_including_ties() -> None:
+    gen = np.random.default_rng(7)
+    y = gen.integers(0, 2, 300).astype(float)
+    score = np.round(y + gen.standard_normal(300), 1)  # rounding makes ties
+    assert auroc_or_none(y, score) == pytest.approx(roc_auc_score(y, score), abs=1e-12)
+    assert auroc_or_none(np.ones(5), np.arange(5.0)) is None

@@ -129,7 +129,7 @@ def test_headline_lines_warn_about_random_weights(runs: dict[str, RunDir]) -> No
     lines = headline_lines(runs["random"])
     assert lines[0] == f"Report: {runs['random'].report_html}"
     assert any(RANDOM_WARNING in line for line in lines)
-    assert "Planted-truth scorecard: 15/18 checks passed" in lines
+    assert "Planted-truth scorecard: 16/19 checks passed" in lines
 
 
 def test_headline_lines_have_no_warning_for_published_weights(runs: dict[str, RunDir]) -> None:

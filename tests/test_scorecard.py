@@ -25,11 +25,14 @@ from stsae.report.scorecard import (
 from stsae.utils import io
 
 
-def _full_row(seed: int = 0) -> dict[str, Any]:
+def _full_row(seed: int = 0, is_main: bool = False) -> dict[str, Any]:
     return {
         "model": f"stsae-full-K64-s{seed}", "family": "stsae", "variant": "full", "K": 64, "seed": seed,
-        "matched_sparsity": False, "k_active": None, "ev": 0.95, "l0": 8.0, "dead_fraction": 0.0,
-        "consistency_jaccard": 0.8, "lag1_autocorr": 0.7,
+        "matched_sparsity": False, "k_active": None, "is_main": is_main, "ev": 0.95, "l0": 8.0,
+        "dead_fraction_train": 0.0, "dead_window_samples": 10_000, "never_fired_test_fraction": 0.2,
+        "n_test_windows": 300, "consistency_heldout_aug": 0.8, "lag1_within_record": 0.7,
+        "seed_stability_mean_cos": 0.8, "stability_null_data_mean_cos": 0.7,
+        "stability_null_isotropic_mean_cos": 0.1, "stability_live_atoms": 60,
         "probe": {f: {"metric": "r2", "value": 0.96, "raw_value": 0.98} for f in PLANTED_FACTORS},
         "single_concept": {f: {"concept": 1, "abs_r": 0.9} for f in PLANTED_FACTORS},
     }
@@ -38,11 +41,11 @@ def _full_row(seed: int = 0) -> dict[str, Any]:
 def _baseline(family: str, ev: float = 0.9, consistency: float = 0.5, lag1: float = 0.4) -> dict[str, Any]:
     return {"model": f"{family}-n16", "family": family, "variant": family, "K": 16, "seed": None,
             "matched_sparsity": True, "k_active": 8, "ev": ev, "l0": 8.0,
-            "consistency_jaccard": consistency, "lag1_autocorr": lag1}
+            "consistency_heldout_aug": consistency, "lag1_within_record": lag1}
 
 
 def _good_inputs() -> ScorecardInputs:
-    rows = [_full_row(0), _full_row(1), *(_baseline(f) for f in ("pca", "ica", "nmf"))]
+    rows = [_full_row(0, is_main=True), _full_row(1), *(_baseline(f) for f in ("pca", "ica", "nmf"))]
     associations = {
         "metrics": {"delta_age_planted_partial_r": 0.75},
         "predictors": {"planted_morphology": {"delta_age_planted_partial_r": 0.81}},
@@ -61,7 +64,7 @@ def _by_name(checks: list[Check]) -> dict[str, Check]:
 def test_good_run_passes_every_graded_check() -> None:
     checks = build_scorecard(_good_inputs())
     passed, graded = pass_count(checks)
-    assert graded == 18
+    assert graded == 19
     assert passed == graded
 
 
@@ -99,10 +102,15 @@ MUTATIONS = {
                                                   0.7),
     "hr_bpm: concept probe / raw-embedding probe": _set(("rows", 0, "probe", "hr_bpm", "value"), 0.8),
     "aix: concept probe / raw-embedding probe": _set(("rows", 0, "probe", "aix", "value"), 0.9),
-    "full ST-SAE − matched PCA: consistency": _set(("rows", 2, "consistency_jaccard"), 0.85),
-    "full ST-SAE − matched ICA: lag-1": _set(("rows", 3, "lag1_autocorr"), 0.71),
-    "full ST-SAE − matched NMF: consistency": _set(("rows", 4, "consistency_jaccard"), 0.81),
-    "dead concepts in full model (fraction)": _set(("rows", 0, "dead_fraction"), 0.02),
+    "full ST-SAE − matched PCA: consistency on held-out augmentations": _set(
+        ("rows", 2, "consistency_heldout_aug"), 0.85),
+    "full ST-SAE − matched ICA: lag-1 within records": _set(("rows", 3, "lag1_within_record"), 0.71),
+    "full ST-SAE − matched NMF: consistency on held-out augmentations": _set(
+        ("rows", 4, "consistency_heldout_aug"), 0.81),
+    "dead concepts in full model (fraction, training definition)": _set(("rows", 0, "dead_fraction_train"),
+                                                                        0.02),
+    "seed stability − data-aware null (mean matched cos, live atoms)": _set(
+        ("rows", 0, "stability_null_data_mean_cos"), 0.85),
     PLANTED_CHECK: _set(("assoc", "metrics", "delta_age_planted_partial_r"), 0.5),
     "HTN: odds ratio per 5 y Δage, lower 95% CI": _set(("assoc", "associations", "concepts", "htn", "ci_low"),
                                                        0.95),
@@ -123,12 +131,12 @@ def test_each_check_fails_when_its_value_misses(name: str) -> None:
 @given(abs_r=st.floats(0, 1), dead=st.floats(0, 1), n_missed=st.integers(0, 20))
 def test_verdicts_follow_the_measured_values(abs_r: float, dead: float, n_missed: int) -> None:
     inputs = _set(("rows", 0, "single_concept", "vascular_age", "abs_r"), abs_r)(_good_inputs())
-    inputs = _set(("rows", 0, "dead_fraction"), dead)(inputs)
+    inputs = _set(("rows", 0, "dead_fraction_train"), dead)(inputs)
     windows = inputs.windows.copy()
     windows.loc[windows.index[windows["artifact"] != "none"][:n_missed], "qc_pass"] = True
     checks = _by_name(build_scorecard(ScorecardInputs(inputs.rows, inputs.associations, windows)))
     assert checks["vascular_age: best single concept |r|"].passed is (abs_r >= 0.8)
-    assert checks["dead concepts in full model (fraction)"].passed is (dead < 0.01)
+    assert checks["dead concepts in full model (fraction, training definition)"].passed is (dead < 0.01)
     sensitivity = checks["QC sensitivity (artifact windows rejected)"]
     assert sensitivity.value == pytest.approx((20 - n_missed) / 20)
     assert sensitivity.passed is ((20 - n_missed) / 20 >= 0.95)
@@ -162,19 +170,38 @@ def test_baseline_is_compared_at_the_closest_ev() -> None:
     rows = [*inputs.rows, _baseline("pca", ev=0.94, consistency=0.9),
             _baseline("pca", ev=0.6, consistency=0.1)]
     check = _by_name(build_scorecard(ScorecardInputs(rows, inputs.associations, inputs.windows)))[
-        "full ST-SAE − matched PCA: consistency"]
+        "full ST-SAE − matched PCA: consistency on held-out augmentations"]
     assert check.passed is False
     assert "EV 0.950 vs 0.940" in check.detail
 
 
-def test_scorecard_uses_the_lowest_seed_of_the_main_full_model() -> None:
+def test_scorecard_grades_the_row_evaluate_marked_main_not_the_lowest_seed() -> None:
+    """train.seeds: [1, 0] makes seed 1 the main model; the scorecard must follow, not pick seed 0."""
     inputs = _good_inputs()
     rows = copy.deepcopy(inputs.rows)
-    rows[1]["dead_fraction"] = 0.5
-    rows.reverse()
+    rows[0]["is_main"], rows[1]["is_main"] = False, True
+    rows[1]["dead_fraction_train"] = 0.5
     check = _by_name(build_scorecard(ScorecardInputs(rows, inputs.associations, inputs.windows)))[
-        "dead concepts in full model (fraction)"]
-    assert check.passed is True
+        "dead concepts in full model (fraction, training definition)"]
+    assert check.passed is False and "s1" in check.detail
+
+
+def test_dead_check_uses_the_training_definition_not_never_fired_on_test() -> None:
+    """A latent that fires rarely is 'never fired' on a small test set yet alive in training: the
+    scorecard grades the training definition (0 here) and states the test count beside it."""
+    inputs = _set(("rows", 0, "never_fired_test_fraction"), 0.4)(_good_inputs())
+    check = _by_name(build_scorecard(inputs))["dead concepts in full model (fraction, training definition)"]
+    assert check.passed is True and check.value == 0.0
+    assert "10000 training samples" in check.detail and "300 test windows: 0.400" in check.detail
+
+
+def test_stability_is_graded_against_the_data_aware_null_not_the_isotropic_one() -> None:
+    """0.52 beats the isotropic 0.11 by far but not untrained data-initialised dictionaries (0.74)."""
+    inputs = _set(("rows", 0, "seed_stability_mean_cos"), 0.52)(_good_inputs())
+    inputs = _set(("rows", 0, "stability_null_data_mean_cos"), 0.74)(inputs)
+    check = _by_name(build_scorecard(inputs))["seed stability − data-aware null (mean matched cos, live atoms)"]
+    assert check.passed is False and check.value == pytest.approx(-0.22)
+    assert "untrained data-initialised" in check.detail
 
 
 def test_fake_run_scorecard_reads_files(tmp_path: Path) -> None:
@@ -196,7 +223,7 @@ def test_matched_rows_that_are_the_dense_code_are_never_the_rival() -> None:
     dense_as_matched = {**_baseline("pca", ev=0.95, consistency=1.0), "model": "pca-n8", "K": 8, "k_active": 8}
     rows = [*inputs.rows, dense_as_matched]
     check = _by_name(build_scorecard(ScorecardInputs(rows, inputs.associations, inputs.windows)))[
-        "full ST-SAE − matched PCA: consistency"]
+        "full ST-SAE − matched PCA: consistency on held-out augmentations"]
     assert check.passed is True and "pca-n16" in check.detail and "pca-n8" not in check.detail
 
 
@@ -204,5 +231,16 @@ def test_without_a_sparsified_baseline_the_comparison_is_not_available() -> None
     inputs = _good_inputs()
     rows = [r if r["family"] != "ica" else {**r, "K": 8} for r in inputs.rows]
     check = _by_name(build_scorecard(ScorecardInputs(rows, inputs.associations, inputs.windows)))[
-        "full ST-SAE − matched ICA: lag-1"]
+        "full ST-SAE − matched ICA: lag-1 within records"]
     assert check.passed is None and "more components than k" in check.detail
+
+
+def test_phenotype_increment_over_age_and_sex_is_reported_ungraded() -> None:
+    inputs = _set(("rows", 0, "probe", "htn"), {"metric": "auroc", "value": 0.83, "raw_value": 0.84,
+                                                "age_sex_value": 0.82, "adjusted_value": 0.83,
+                                                "increment": 0.01, "increment_ci": [-0.02, 0.04]})(_good_inputs())
+    checks = _by_name(build_scorecard(inputs))
+    line = checks["HTN: AUROC increment of concepts over age + sex"]
+    assert line.value == 0.01 and line.op is None and line.passed is None
+    assert "0.830 (concepts + age + sex) vs 0.820 (age + sex)" in line.detail and "[-0.020, 0.040]" in line.detail
+    assert checks["T2D: AUROC increment of concepts over age + sex"].value is None

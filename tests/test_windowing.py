@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -47,20 +49,20 @@ def test_cheby2_option_reproduces_the_papagei_pyppg_recipe() -> None:
     expected = sps.filtfilt(b, a, x)
     win = round(250.0 * 50 / 1000)
     expected = sps.filtfilt(np.ones(win) / win, 1, expected)
-    assert np.allclose(bandpass(x, 250.0, WindowingSection(filter="cheby2")), expected)
+    assert np.allclose(bandpass(x, 250.0, method="cheby2"), expected)
 
 
 def test_butterworth_band_pass_removes_baseline_wander() -> None:
     t = np.arange(30 * 125) / 125.0
     wander = 2.0 * np.sin(2 * np.pi * 0.05 * t)
-    out = bandpass(_pulse_train(30, FS) + wander, FS, WindowingSection())
-    clean = bandpass(_pulse_train(30, FS), FS, WindowingSection())
+    out = bandpass(_pulse_train(30, FS) + wander, FS)
+    clean = bandpass(_pulse_train(30, FS), FS)
     assert np.abs(out - clean)[500:-500].max() < 0.1
 
 
 def test_band_edge_at_or_above_nyquist_is_a_config_error() -> None:
     with pytest.raises(StsaeError, match=r"data\.windowing\.band_high_hz"):
-        bandpass(np.zeros(2000), 20.0, WindowingSection(band_high_hz=12.0))
+        bandpass(np.zeros(2000), 20.0, high_hz=12.0)
 
 
 @given(seconds=st.floats(9.0, 95.0), stride_s=st.sampled_from([2.5, 5.0, 10.0]),
@@ -119,8 +121,8 @@ def test_each_qc_reason_names_its_defect() -> None:
 
 def test_implausible_hr_uses_the_configured_bounds() -> None:
     window = _pulse_train(10, FS, hr_bpm=72.0)[None, :]
-    assert signal_quality_mask(window, FS, QCSection(hr_min_bpm=80.0))[1][0] == "implausible_hr"
-    assert signal_quality_mask(window, FS, QCSection(hr_min_bpm=60.0))[1][0] == ""
+    assert signal_quality_mask(window, FS, hr_min_bpm=80.0)[1][0] == "implausible_hr"
+    assert signal_quality_mask(window, FS, hr_min_bpm=60.0)[1][0] == ""
 
 
 def test_qc_rejects_planted_artifacts_and_passes_clean_windows() -> None:
@@ -135,3 +137,18 @@ def test_qc_rejects_planted_artifacts_and_passes_clean_windows() -> None:
     assert planted.sum() > 250
     assert sensitivity >= 0.95
     assert specificity >= 0.95
+
+
+def test_signal_quality_mask_keywords_are_the_qc_config_keys_with_its_defaults() -> None:
+    """The stage passes data.qc as keywords; a renamed or re-defaulted key would silently drift."""
+    keywords = {name: p.default for name, p in inspect.signature(signal_quality_mask).parameters.items()
+                if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    assert keywords == QCSection().model_dump()
+
+
+def test_bandpass_keywords_match_the_windowing_defaults() -> None:
+    defaults = {name: p.default for name, p in inspect.signature(bandpass).parameters.items()
+                if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    cfg = WindowingSection()
+    assert defaults == {"low_hz": cfg.band_low_hz, "high_hz": cfg.band_high_hz, "method": cfg.filter,
+                        "order": cfg.filter_order}

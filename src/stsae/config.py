@@ -123,6 +123,9 @@ class QCSection(_Section):
     )
 
 
+AugmentFamily = Literal["warp", "shift", "amplitude", "wander", "noise", "motion"]
+
+
 class AugmentSection(_Section):
     amplitude_scale: tuple[float, float] = Field((0.8, 1.2), description="Uniform amplitude gain range.")
     baseline_wander_amp: float = Field(0.2, ge=0, description="Baseline wander amplitude (window SD units).")
@@ -130,9 +133,29 @@ class AugmentSection(_Section):
     noise_std: float = Field(0.05, ge=0, description="Additive Gaussian noise SD (window SD units).")
     max_shift_s: float = Field(0.2, ge=0, description="Max circular time shift (s).")
     max_warp: float = Field(0.03, ge=0, lt=0.5, description="Max relative time-warp (stretch) factor.")
-    motion_burst_prob: float = Field(0.1, ge=0, le=1, description="Probability of a short motion burst.")
+    motion_burst_prob: float = Field(
+        1.0, ge=0, le=1, description="Probability of a short motion burst in a window of the 'motion' family.")
     motion_burst_s: float = Field(0.5, ge=0, description="Motion burst duration (s).")
     motion_burst_amp: float = Field(1.0, ge=0, description="Motion burst peak amplitude (window SD units).")
+    stability_families: list[AugmentFamily] = Field(
+        ["shift", "amplitude", "wander", "noise"],
+        description="Families applied to make z_aug, the view L_stab trains f(z_aug) ≈ f(z) on. 'warp' is "
+        "left out by default: a ±3 % stretch moves the reflected wave by ≈ 9 ms, about 4–5 planted years "
+        "of vascular age, so L_stab would teach concepts to ignore an aging cue.",
+    )
+    heldout_families: list[AugmentFamily] = Field(
+        ["motion"],
+        description="Families applied to make z_aug_heldout, the view the model never trains against "
+        "(consistency_heldout_aug); must not overlap stability_families. Empty: no held-out view.",
+    )
+
+    @model_validator(mode="after")
+    def _families_disjoint(self) -> AugmentSection:
+        shared = sorted(set(self.stability_families) & set(self.heldout_families))
+        if shared:
+            raise ValueError(f"data.augment.heldout_families shares {shared} with "
+                             "data.augment.stability_families: a held-out family must be unseen in training")
+        return self
 
 
 class SplitSection(_Section):
@@ -151,8 +174,9 @@ class SplitSection(_Section):
 
 
 class DataSection(_Section):
-    source: Literal["synthetic", "pulsedb", "mimic_iii", "mimic_iv"] = Field(
-        "synthetic", description="Where raw PPG comes from."
+    source: Literal["synthetic", "pulsedb", "mimic_iii", "mimic_iv", "table", "wfdb", "npz"] = Field(
+        "synthetic", description="Where raw PPG comes from: the built-in synthetic cohort, a named database, "
+        "or your own PPG as a CSV/Parquet table, a WFDB directory or an .npz file (DATA_GUIDE.md)."
     )
     synthetic: SyntheticSection = Field(default_factory=SyntheticSection)
     pulsedb_root: Path | None = Field(None, description="PulseDB root (holds Segment_Files/).")
@@ -167,8 +191,42 @@ class DataSection(_Section):
     pulsedb_folders: list[Literal["PulseDB_MIMIC", "PulseDB_Vital"]] = Field(
         ["PulseDB_MIMIC", "PulseDB_Vital"], description="PulseDB Segment_Files sub-folders read."
     )
-    mimic_ppg_channels: list[str] = Field(
-        ["PLETH", "Pleth"], description="WFDB channel names taken as PPG (first match per segment wins)."
+    table_path: Path | None = Field(
+        None, description="source=table: CSV or Parquet, long form (one row per sample) or one row per record "
+        "with an array column `ppg` and a column `fs`."
+    )
+    table_time_column: str = Field(
+        "time", description="source=table, long form: the timestamp column (absent: a per-record `fs` column "
+        "gives the rate)."
+    )
+    table_time_unit: Literal["s", "ms", "datetime"] = Field(
+        "s", description="Unit of table_time_column: seconds, milliseconds, or date-times (ISO 8601, mixed "
+        "precision allowed)."
+    )
+    table_chunk_rows: int = Field(
+        500_000, ge=1, description="source=table: rows read at a time (memory is one chunk plus one record)."
+    )
+    wfdb_root: Path | None = Field(
+        None, description="source=wfdb: a PhysioNet-style directory (RECORDS file, else every header found)."
+    )
+    npz_path: Path | None = Field(
+        None, description="source=npz: arrays ppg (2-D, or 1-D concatenated with offsets), fs, patient_id, "
+        "optional record_id."
+    )
+    npz_allow_pickle: bool = Field(
+        False, description="source=npz: accept an object-array ppg (needs pickle: only for files you trust)."
+    )
+    clinical_path: Path | None = Field(
+        None, description="table/wfdb/npz: CSV or Parquet keyed by patient_id with age, sex, htn, t2d and any "
+        "extra 0/1 phenotype columns (copied to meta.parquet)."
+    )
+    max_gap_s: float = Field(
+        1.0, gt=0, description="Timestamped signals: a step longer than this (s) ends a record; shorter "
+        "irregular steps are interpolated onto a uniform grid."
+    )
+    ppg_channels: list[str] = Field(
+        ["PLETH", "Pleth"], description="WFDB channel names taken as PPG, case-insensitive, first match per "
+        "segment wins (wfdb, mimic_iii, mimic_iv)."
     )
     max_record_s: float = Field(
         3600.0, gt=0, description="Longest record yielded (s); longer gap-free runs are split so memory "
@@ -280,14 +338,20 @@ class BaselinesSection(_Section):
 
 
 class EvalSection(_Section):
-    probe_folds: int = Field(5, ge=2, description="Patient-grouped CV folds for linear probes.")
     stability_subsamples: int = Field(2, ge=0, description="50% patient-subsample refits for stability.")
-    stability_steps: int = Field(1000, ge=1, description="Training steps of each subsample refit.")
+    stability_steps: int | None = Field(
+        None, ge=1,
+        description="Training steps of each subsample refit; None: the main model's own train.steps, so "
+        "subsample refits and seed replicates have the same step budget.",
+    )
     max_eval_rows: int | None = Field(None, ge=1, description="Cap on evaluated test rows (None: all).")
     probe_max_rows: int = Field(
         5000, ge=10,
-        description="Windows of all splits (whole patients, seeded) the linear probes are cross-validated on.",
+        description="Windows (whole patients, seeded) the linear probes are fit on, from the train split; "
+        "the same cap again for the held-out (val + test) patients they are scored on.",
     )
+    n_bootstrap: int = Field(
+        200, ge=10, description="Patient-bootstrap resamples for the CI of the phenotype AUROC increment.")
     chunk_rows: int = Field(8192, ge=1, description="Rows encoded per chunk while streaming metrics.")
 
 

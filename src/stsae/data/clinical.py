@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import gzip
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -182,17 +182,17 @@ def read_filtered_csv(
     return frame.rename(columns={spelt[name]: name for name in columns})
 
 
-def unique_patients(frame: pd.DataFrame, path: Path, issues: DataIssues) -> pd.DataFrame:
-    """One row per subject_id: exact duplicate rows collapse; a subject whose rows disagree is dropped.
+def unique_patients(frame: pd.DataFrame, path: Path, issues: DataIssues, key: str = "subject_id") -> pd.DataFrame:
+    """One row per `key` value: exact duplicate rows collapse; a patient whose rows disagree is dropped.
 
     Why not "first wins": which of two conflicting rows comes first is an accident of the export, so
     either value could be wrong; the subject's age and sex become unknown and the file is named.
     """
     frame = frame.drop_duplicates()
-    conflicting = frame["subject_id"].duplicated(keep=False)
-    for subject in frame.loc[conflicting, "subject_id"].unique():
+    conflicting = frame[key].duplicated(keep=False)
+    for subject in frame.loc[conflicting, key].unique():
         issues.unknown("conflicting_clinical_rows", path,
-                       f"{path}: subject_id {int(subject)} has conflicting rows; its age and sex are unknown")
+                       f"{path}: {key} {subject} has conflicting rows; its clinical values are unknown")
     return frame.loc[~conflicting]
 
 
@@ -225,74 +225,82 @@ def _sex(values: pd.Series) -> dict[int, str | None]:
     return {s: g if g in ("M", "F") else None for s, g in letters.items()}
 
 
-def load_mimic_iii_clinical(directory: Path, subject_ids: Iterable[int],
-                            issues: DataIssues | None = None) -> ClinicalTables:
-    """Read PATIENTS / ADMISSIONS / DIAGNOSES_ICD for `subject_ids` (config key data.mimic_iii_clinical)."""
-    key = "data.mimic_iii_clinical"
+def _dob_reference(patients: pd.DataFrame) -> dict[int, tuple[np.datetime64, float]]:
+    """MIMIC-III: age 0 at the date of birth."""
+    births = patients["dob"].to_numpy(dtype="datetime64[s]")
+    return {int(s): (np.datetime64(d, "s"), 0.0)
+            for s, d in zip(patients["subject_id"], births, strict=True) if not np.isnat(d)}
+
+
+def _anchor_reference(patients: pd.DataFrame) -> dict[int, tuple[np.datetime64, float]]:
+    """MIMIC-IV: anchor_age on 1 January of anchor_year."""
+    rows = zip(patients["subject_id"], patients["anchor_age"], patients["anchor_year"], strict=True)
+    return {int(s): (np.datetime64(f"{int(y):04d}-01-01T00:00:00", "s"), float(a))
+            for s, a, y in rows if np.isfinite(a)}
+
+
+@dataclass(frozen=True)
+class _MimicSchema:
+    """What differs between MIMIC-III and MIMIC-IV clinical tables; everything else is shared."""
+
+    tables: tuple[str, str, str]  # patients, admissions, diagnoses file stems
+    patient_columns: dict[str, pa.DataType]
+    diagnosis_columns: dict[str, pa.DataType]
+    code_column: str
+    age_reference: Callable[[pd.DataFrame], dict[int, tuple[np.datetime64, float]]]
+
+
+_ADMISSION_COLUMNS = {"subject_id": pa.int64(), "hadm_id": pa.int64(), "admittime": pa.timestamp("s"),
+                      "dischtime": pa.timestamp("s")}
+MIMIC_SCHEMAS = {
+    "mimic_iii": _MimicSchema(
+        ("PATIENTS", "ADMISSIONS", "DIAGNOSES_ICD"),
+        {"subject_id": pa.int64(), "gender": pa.string(), "dob": pa.timestamp("s")},
+        {"subject_id": pa.int64(), "hadm_id": pa.int64(), "icd9_code": pa.string()},
+        "icd9_code", _dob_reference),
+    "mimic_iv": _MimicSchema(
+        ("patients", "admissions", "diagnoses_icd"),
+        {"subject_id": pa.int64(), "gender": pa.string(), "anchor_age": pa.float64(), "anchor_year": pa.int64()},
+        {"subject_id": pa.int64(), "hadm_id": pa.int64(), "icd_code": pa.string(), "icd_version": pa.int64()},
+        "icd_code", _anchor_reference),
+}
+
+
+def load_mimic_clinical(directory: Path, source: str, subject_ids: Iterable[int],
+                        issues: DataIssues | None = None) -> ClinicalTables:
+    """Read the patients / admissions / diagnoses tables of `source` (mimic_iii | mimic_iv) for
+    `subject_ids` from `directory` (config key data.<source>_clinical)."""
+    schema, key = MIMIC_SCHEMAS[source], f"data.{source}_clinical"
     ids = sorted(set(subject_ids))
-    patients_path = _find_table(directory, "PATIENTS", key)
-    patients = unique_patients(read_filtered_csv(
-        patients_path, {"subject_id": pa.int64(), "gender": pa.string(), "dob": pa.timestamp("s")}, ids,
-    ), patients_path, issues if issues is not None else DataIssues())
-    admissions = read_filtered_csv(
-        _find_table(directory, "ADMISSIONS", key),
-        {"subject_id": pa.int64(), "hadm_id": pa.int64(), "admittime": pa.timestamp("s"),
-         "dischtime": pa.timestamp("s")}, ids,
-    )
-    diagnoses = read_filtered_csv(
-        _find_table(directory, "DIAGNOSES_ICD", key),
-        {"subject_id": pa.int64(), "hadm_id": pa.int64(), "icd9_code": pa.string()}, ids,
-    )
+    patients_name, admissions_name, diagnoses_name = schema.tables
+    patients_path = _find_table(directory, patients_name, key)
+    patients = unique_patients(read_filtered_csv(patients_path, schema.patient_columns, ids), patients_path,
+                               issues if issues is not None else DataIssues())
+    admissions = read_filtered_csv(_find_table(directory, admissions_name, key), _ADMISSION_COLUMNS, ids)
+    diagnoses = read_filtered_csv(_find_table(directory, diagnoses_name, key), schema.diagnosis_columns, ids)
+    versions = (diagnoses["icd_version"].fillna(0).to_numpy(dtype=np.int64) if "icd_version" in diagnoses
+                else np.full(len(diagnoses), 9))
     tables = ClinicalTables(
-        source="mimic_iii",
+        source=source,
         sex=_sex(patients.set_index("subject_id")["gender"]),
-        age_reference={
-            int(s): (np.datetime64(d, "s"), 0.0)
-            for s, d in zip(patients["subject_id"], patients["dob"].to_numpy(dtype="datetime64[s]"),
-                            strict=True)
-            if not np.isnat(d)
-        },
+        age_reference=schema.age_reference(patients),
         admissions=_admissions(admissions),
-        labels=_labels(diagnoses, "icd9_code", np.full(len(diagnoses), 9)),
+        labels=_labels(diagnoses, schema.code_column, versions),
     )
     _log_coverage(tables, ids)
     return tables
+
+
+def load_mimic_iii_clinical(directory: Path, subject_ids: Iterable[int],
+                            issues: DataIssues | None = None) -> ClinicalTables:
+    """PATIENTS / ADMISSIONS / DIAGNOSES_ICD for `subject_ids` (config key data.mimic_iii_clinical)."""
+    return load_mimic_clinical(directory, "mimic_iii", subject_ids, issues)
 
 
 def load_mimic_iv_clinical(directory: Path, subject_ids: Iterable[int],
                            issues: DataIssues | None = None) -> ClinicalTables:
-    """Read patients / admissions / diagnoses_icd (hosp) for `subject_ids` (data.mimic_iv_clinical)."""
-    key = "data.mimic_iv_clinical"
-    ids = sorted(set(subject_ids))
-    patients_path = _find_table(directory, "patients", key)
-    patients = unique_patients(read_filtered_csv(
-        patients_path, {"subject_id": pa.int64(), "gender": pa.string(), "anchor_age": pa.float64(),
-                        "anchor_year": pa.int64()}, ids,
-    ), patients_path, issues if issues is not None else DataIssues())
-    admissions = read_filtered_csv(
-        _find_table(directory, "admissions", key),
-        {"subject_id": pa.int64(), "hadm_id": pa.int64(), "admittime": pa.timestamp("s"),
-         "dischtime": pa.timestamp("s")}, ids,
-    )
-    diagnoses = read_filtered_csv(
-        _find_table(directory, "diagnoses_icd", key),
-        {"subject_id": pa.int64(), "hadm_id": pa.int64(), "icd_code": pa.string(),
-         "icd_version": pa.int64()}, ids,
-    )
-    tables = ClinicalTables(
-        source="mimic_iv",
-        sex=_sex(patients.set_index("subject_id")["gender"]),
-        age_reference={
-            int(s): (np.datetime64(f"{int(y):04d}-01-01T00:00:00", "s"), float(a))
-            for s, a, y in zip(patients["subject_id"], patients["anchor_age"], patients["anchor_year"],
-                               strict=True)
-            if np.isfinite(a)
-        },
-        admissions=_admissions(admissions),
-        labels=_labels(diagnoses, "icd_code", diagnoses["icd_version"].fillna(0).to_numpy(dtype=np.int64)),
-    )
-    _log_coverage(tables, ids)
-    return tables
+    """patients / admissions / diagnoses_icd (hosp) for `subject_ids` (config key data.mimic_iv_clinical)."""
+    return load_mimic_clinical(directory, "mimic_iv", subject_ids, issues)
 
 
 def _log_coverage(tables: ClinicalTables, ids: list[int]) -> None:

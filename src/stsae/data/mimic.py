@@ -120,10 +120,11 @@ def _segments(header: wfdb.Record | wfdb.MultiRecord, stem: Path) -> list[tuple[
 
 
 def _ppg_channel(sig_names: Sequence[str] | None, channels: Sequence[str]) -> int | None:
-    names = list(sig_names or [])
+    """Index of the first of `channels` (case-insensitive: PLETH, Pleth and pleth all occur) in sig_names."""
+    names = [name.lower() for name in sig_names or []]
     for wanted in channels:
-        if wanted in names:
-            return names.index(wanted)
+        if wanted.lower() in names:
+            return names.index(wanted.lower())
     return None
 
 
@@ -192,7 +193,7 @@ def iter_record_runs(
             continue
         yield from _read_segment(builder, segment, seg_header, index, length, start_s, frame_fs, max_record_s)
     yield from builder.flush()
-    if seen and not any(name in seen for name in channels):
+    if seen and _ppg_channel(seen, channels) is None:
         issues.skip("no_ppg_channel", header_path, f"{header_path}: no PPG channel ({'/'.join(channels)}) in "
                     f"any segment; channels seen: {', '.join(seen)}")
 

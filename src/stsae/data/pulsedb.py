@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 
 PULSEDB_FS_HZ = 125.0
 STRUCT_NAME = "Subj_Wins"
-SEGMENT_SAMPLES = 1250
 # Subj_Name in the Info files ends in "_0" (MIMIC-III subject) or "_1" (VitalDB subject).
 INFO_SOURCE_FOLDER = {"0": "PulseDB_MIMIC", "1": "PulseDB_Vital"}
 

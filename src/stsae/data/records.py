@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -34,3 +34,14 @@ class RawRecord:
             raise ValueError(f"record {self.record_id}: signal must be 1-D, got shape {self.signal.shape}")
         if not self.fs > 0:
             raise ValueError(f"record {self.record_id}: sampling rate must be > 0, got {self.fs}")
+
+
+def split_long(record: RawRecord, max_record_s: float) -> list[RawRecord]:
+    """`record` cut into consecutive pieces of at most max_record_s (ids `<record_id>#part<k>` when cut), so a
+    day-long recording never has to be windowed in one piece; windows never span two pieces."""
+    limit = max(1, int(max_record_s * record.fs))
+    if record.signal.size <= limit:
+        return [record]
+    return [replace(record, record_id=f"{record.record_id}#part{k}", signal=record.signal[start:start + limit],
+                    t_start_s=record.t_start_s + start / record.fs)
+            for k, start in enumerate(range(0, record.signal.size, limit))]

@@ -43,3 +43,15 @@ def load_embeddings(run_dir: RunDir) -> Embeddings:
                 " (extraction incomplete? rerun `stsae extract`)"
             )
     return Embeddings(z=z, z_aug=z_aug, index=index.reset_index(drop=True))
+
+
+def load_heldout_augmented(run_dir: RunDir, n_rows: int) -> np.ndarray | None:
+    """z_aug_heldout.npy as a float32[M, 512] memmap, or None when the run has no held-out view
+    (data.augment.heldout_families empty); a file whose rows disagree with the index is an error."""
+    if not run_dir.z_aug_heldout.is_file():
+        return None
+    array = io.open_memmap_rows(run_dir.z_aug_heldout, EMBEDDING_DIM)
+    if array.shape[0] != n_rows:
+        raise InputDataError(f"{run_dir.z_aug_heldout}: has {array.shape[0]} rows but {run_dir.index.name} "
+                             f"lists {n_rows} (rerun `stsae extract`)")
+    return array

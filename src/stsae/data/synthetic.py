@@ -42,7 +42,6 @@ log = logging.getLogger(__name__)
 ARTIFACT_TYPES = ("none", "motion", "clipping", "flatline", "dropout")
 PLANTED_COLUMNS = ("vascular_age", "vascular_acceleration", "hr_bpm", "resp_rate", "reflection_time",
                    "aix", "notch_depth", "artifact")
-_SOURCE = "synthetic"
 _N_DRIFT = 3  # slow sinusoids per drifting quantity (heart rate, respiration rate, baseline)
 _N_MORPH_DEV = 4  # individual morphology deviations: crest time, reflection time, a2, a3
 

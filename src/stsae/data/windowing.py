@@ -4,7 +4,8 @@ Why one module: the synthetic cohort and every real loader (PulseDB, MIMIC) go t
 steps, so a difference between sources is never a difference in preprocessing.
 
 Order (as PaPaGei's own preprocessing): zero-phase band-pass at the original rate → polyphase
-resampling to fs_target → windows → per-window z-score. `filter: cheby2` reproduces PaPaGei/pyPPG:
+resampling to fs_target (bounded factors for any rate, `stsae.data.resample`) → windows → per-window
+z-score. `filter: cheby2` reproduces PaPaGei/pyPPG:
 Chebyshev II order 4, 20 dB stopband, 0.5–12 Hz, filtfilt, then a 50 ms moving average applied with
 filtfilt when fs ≥ 75 Hz. QC (`signal_quality_mask`) runs on the raw, unfiltered windows at the
 original rate, because filtering hides flat lines and clipping.
@@ -13,14 +14,14 @@ original rate, because filtering hides flat lines and clipping.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from fractions import Fraction
 
 import numpy as np
 from scipy import signal as sps
 
-from stsae.config import QCSection, WindowingSection
+from stsae.config import WindowingSection
 from stsae.data.records import RawRecord
-from stsae.errors import InputDataError, StsaeError
+from stsae.data.resample import SamplingRateError, resample_poly_to
+from stsae.errors import StsaeError
 
 QC_REASONS = ("nan", "flatline", "clipping", "implausible_hr", "low_sqi")
 _REASON_DTYPE = "<U14"
@@ -30,9 +31,14 @@ _MAX_RR_RATIO = 2.2  # longest / shortest beat interval (Orphanidou et al. 2015)
 _MAX_GAP_S = 3.0  # longest allowed beat interval (Orphanidou et al. 2015)
 
 
-class SamplingRateError(InputDataError):
-    """A signal's sampling rate is too low for the configured band-pass (a property of one record, so a
-    caller streaming many records can skip that one instead of aborting the cohort)."""
+@dataclass(frozen=True)
+class _BeatLimits:
+    """The beat-level thresholds of signal_quality_mask, passed down as one value."""
+
+    hr_min_bpm: float
+    hr_max_bpm: float
+    min_template_sqi: float
+    max_poor_beat_fraction: float
 
 
 @dataclass
@@ -51,32 +57,31 @@ class Windows:
     t_start_s: np.ndarray
 
 
-def resample_poly_to(x: np.ndarray, fs: float, fs_target: float) -> np.ndarray:
-    """Polyphase resampling along the last axis (rates as exact fractions, like PaPaGei)."""
-    ratio = Fraction(fs_target).limit_denominator() / Fraction(fs).limit_denominator()
-    if ratio == 1:
-        return x
-    return sps.resample_poly(x, ratio.numerator, ratio.denominator, axis=-1)
+def bandpass(signal: np.ndarray, sampling_rate: float, *, low_hz: float = 0.5, high_hz: float = 12.0,
+             method: str = "butterworth", order: int = 4) -> np.ndarray:
+    """Zero-phase band-pass along the last axis (float64); signal must be finite.
 
-
-def bandpass(x: np.ndarray, fs: float, cfg: WindowingSection) -> np.ndarray:
-    """Zero-phase band-pass along the last axis (float64). x must be finite."""
-    if cfg.filter == "none":
-        return x
-    if not cfg.band_low_hz < cfg.band_high_hz:
-        raise StsaeError(f"data.windowing.band_low_hz ({cfg.band_low_hz}) must be below band_high_hz "
-                         f"({cfg.band_high_hz})")
-    if not cfg.band_high_hz < fs / 2:
-        raise SamplingRateError(f"data.windowing.band_high_hz={cfg.band_high_hz} Hz must be below fs/2 = "
-                         f"{fs / 2} Hz for a signal sampled at {fs} Hz")
-    band = [cfg.band_low_hz, cfg.band_high_hz]
-    if cfg.filter == "butterworth":
-        sos = sps.butter(cfg.filter_order, band, btype="bandpass", fs=fs, output="sos")
-        return sps.sosfiltfilt(sos, x, axis=-1)
-    b, a = sps.cheby2(cfg.filter_order, 20, band, btype="bandpass", fs=fs)
-    y = sps.filtfilt(b, a, x, axis=-1)
-    if fs >= 75:
-        win = round(fs * 50 / 1000)  # Python's round, exactly as pyPPG
+    method: "butterworth" (sosfiltfilt), "cheby2" (PaPaGei/pyPPG: 20 dB stopband, filtfilt, then a 50 ms
+    moving average when sampling_rate ≥ 75 Hz) or "none". Raises SamplingRateError when high_hz is not
+    below the Nyquist rate (a property of one record, so a streaming caller skips that record).
+    """
+    if method == "none":
+        return signal
+    if not low_hz < high_hz:
+        raise StsaeError(f"data.windowing.band_low_hz ({low_hz}) must be below band_high_hz ({high_hz})")
+    if not high_hz < sampling_rate / 2:
+        raise SamplingRateError(f"data.windowing.band_high_hz={high_hz} Hz must be below fs/2 = "
+                                f"{sampling_rate / 2} Hz for a signal sampled at {sampling_rate} Hz")
+    band = [low_hz, high_hz]
+    if method == "butterworth":
+        sos = sps.butter(order, band, btype="bandpass", fs=sampling_rate, output="sos")
+        return sps.sosfiltfilt(sos, signal, axis=-1)
+    if method != "cheby2":
+        raise StsaeError(f"data.windowing.filter: unknown band-pass '{method}' (butterworth, cheby2, none)")
+    b, a = sps.cheby2(order, 20, band, btype="bandpass", fs=sampling_rate)
+    y = sps.filtfilt(b, a, signal, axis=-1)
+    if sampling_rate >= 75:
+        win = round(sampling_rate * 50 / 1000)  # Python's round, exactly as pyPPG
         y = sps.filtfilt(np.ones(win) / win, 1, y, axis=-1)
     return y
 
@@ -119,7 +124,9 @@ def window_signals(signals: np.ndarray, fs: float, cfg: WindowingSection) -> Win
         empty = np.zeros((0, length), np.float32)
         return Windows(empty, np.zeros((0, raw_length), np.float32), np.zeros(0, np.int64),
                        np.zeros(0, np.int64), np.zeros(0))
-    processed = resample_poly_to(bandpass(fill_gaps(signals), fs, cfg), fs, cfg.fs_target)
+    filtered = bandpass(fill_gaps(signals), fs, low_hz=cfg.band_low_hz, high_hz=cfg.band_high_hz,
+                        method=cfg.filter, order=cfg.filter_order)
+    processed = resample_poly_to(filtered, fs, cfg.fs_target)
     starts = np.arange(n_windows) * stride
     cut = processed[:, starts[:, None] + np.arange(length)[None, :]]  # [R, W, L]
     raw = signals[:, raw_starts[:, None] + np.arange(raw_length)[None, :]]
@@ -137,14 +144,18 @@ def window_record(record: RawRecord, cfg: WindowingSection) -> Windows:
     return window_signals(record.signal[None, :], record.fs, cfg)
 
 
-def signal_quality_mask(windows: np.ndarray, fs: float, cfg: QCSection | None = None
+def signal_quality_mask(windows: np.ndarray, sampling_rate: float, *, hr_min_bpm: float = 30.0,
+                        hr_max_bpm: float = 200.0, flatline_min_std: float = 1e-3,
+                        flatline_max_fraction: float = 0.1, clipping_max_fraction: float = 0.05,
+                        min_template_sqi: float = 0.86, max_poor_beat_fraction: float = 0.2
                         ) -> tuple[np.ndarray, np.ndarray]:
-    """Which raw windows are usable, and why not.
+    """Which raw windows are usable, and why not (keywords as config `data.qc`, defaults as there).
 
-    windows: float[N, L] raw (unfiltered) windows at fs Hz. Returns (qc_pass: bool[N], reason: str[N])
-    with reason "" for passed windows, else the first failing check in QC_REASONS order:
+    windows: float[N, L] raw (unfiltered) windows at sampling_rate Hz. Returns (qc_pass: bool[N],
+    reason: str[N]) with reason "" for passed windows, else the first failing check in QC_REASONS order:
       nan            any non-finite sample
-      flatline       more than flatline_max_fraction of the window in flat 0.25 s blocks
+      flatline       more than flatline_max_fraction of the window in flat 0.25 s blocks (block SD ≤
+                     flatline_min_std × the window's range)
       clipping       more than clipping_max_fraction of samples pinned at the window's max or min
       implausible_hr heart rate outside [hr_min_bpm, hr_max_bpm], no periodicity, or irregular beats
                      (longest/shortest interval > 2.2 or a gap > 3 s; Orphanidou et al. 2015)
@@ -152,7 +163,8 @@ def signal_quality_mask(windows: np.ndarray, fs: float, cfg: QCSection | None = 
                      more than max_poor_beat_fraction of beats do (template matching, Li & Clifford
                      2012; threshold 0.86 as Orphanidou et al. 2015)
     """
-    cfg = cfg or QCSection()
+    fs = sampling_rate
+    beat = _BeatLimits(hr_min_bpm, hr_max_bpm, min_template_sqi, max_poor_beat_fraction)
     x = np.asarray(windows, dtype=np.float64)
     if x.ndim != 2:
         raise ValueError(f"windows must be 2-D [N, L], got shape {x.shape}")
@@ -161,12 +173,12 @@ def signal_quality_mask(windows: np.ndarray, fs: float, cfg: QCSection | None = 
     reason[~finite] = "nan"
     x = np.where(np.isfinite(x), x, 0.0)
     todo = reason == ""
-    reason[todo & (_flat_fraction(x, fs, cfg.flatline_min_std) > cfg.flatline_max_fraction)] = "flatline"
+    reason[todo & (_flat_fraction(x, fs, flatline_min_std) > flatline_max_fraction)] = "flatline"
     todo = reason == ""
-    reason[todo & (_pinned_fraction(x) > cfg.clipping_max_fraction)] = "clipping"
+    reason[todo & (_pinned_fraction(x) > clipping_max_fraction)] = "clipping"
     todo = np.flatnonzero(reason == "")
     if todo.size:
-        reason[todo] = _beat_checks(x[todo], fs, cfg)
+        reason[todo] = _beat_checks(x[todo], fs, beat)
     return reason == "", reason
 
 
@@ -203,7 +215,7 @@ def _dominant_period(y: np.ndarray, fs: float) -> np.ndarray:
     return np.where(ok, best, np.nan).astype(float)
 
 
-def _beat_checks(x: np.ndarray, fs: float, cfg: QCSection) -> np.ndarray:
+def _beat_checks(x: np.ndarray, fs: float, limits: _BeatLimits) -> np.ndarray:
     """implausible_hr / low_sqi / "" for windows that passed the sample-level checks."""
     nyquist_safe = min(8.0, 0.45 * fs)
     sos = sps.butter(2, [0.5, nyquist_safe], btype="bandpass", fs=fs, output="sos")
@@ -212,13 +224,13 @@ def _beat_checks(x: np.ndarray, fs: float, cfg: QCSection) -> np.ndarray:
     low, high = np.percentile(y, [2.5, 97.5], axis=1)
     reason = np.full(len(x), "", dtype=_REASON_DTYPE)
     for i in range(len(x)):
-        reason[i] = _one_window_beats(y[i], period[i], high[i] - low[i], fs, cfg)
+        reason[i] = _one_window_beats(y[i], period[i], high[i] - low[i], fs, limits)
     return reason
 
 
-def _one_window_beats(y: np.ndarray, period: float, spread: float, fs: float, cfg: QCSection) -> str:
+def _one_window_beats(y: np.ndarray, period: float, spread: float, fs: float, limits: _BeatLimits) -> str:
     """Beat-level checks of one band-passed window; period in samples, spread its robust range."""
-    if not np.isfinite(period) or not cfg.hr_min_bpm <= 60.0 * fs / period <= cfg.hr_max_bpm:
+    if not np.isfinite(period) or not limits.hr_min_bpm <= 60.0 * fs / period <= limits.hr_max_bpm:
         return "implausible_hr"
     peaks, _ = sps.find_peaks(y, distance=max(1, round(0.6 * period)), prominence=0.3 * spread)
     if peaks.size < 3:
@@ -236,5 +248,6 @@ def _one_window_beats(y: np.ndarray, period: float, spread: float, fs: float, cf
     template = np.median(beats, axis=0)  # robust: a few corrupted beats cannot pull it towards them
     denom = np.linalg.norm(beats, axis=1) * np.linalg.norm(template)
     corr = beats @ template / np.maximum(denom, 1e-12)
-    poor = (corr < cfg.min_template_sqi).mean()
-    return "" if corr.mean() >= cfg.min_template_sqi and poor <= cfg.max_poor_beat_fraction else "low_sqi"
+    poor = (corr < limits.min_template_sqi).mean()
+    ok = corr.mean() >= limits.min_template_sqi and poor <= limits.max_poor_beat_fraction
+    return "" if ok else "low_sqi"

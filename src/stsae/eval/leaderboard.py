@@ -20,23 +20,30 @@ from stsae.utils import io
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: within-record lag-1, held-out consistency and probes, live-atom stability, is_main
 ROW_KEYS = (
-    "model", "family", "variant", "K", "seed", "matched_sparsity", "k_active",
-    "ev", "l0", "dead_fraction", "consistency_jaccard", "consistency_cosine", "lag1_autocorr",
-    "lag1_autocorr_unweighted",
-    "stability_mean_cos", "stability_frac_07", "stability_frac_09", "stability_null_mean_cos",
+    "model", "family", "variant", "K", "seed", "matched_sparsity", "k_active", "is_main",
+    "ev", "l0", "dead_fraction_train", "dead_window_samples", "never_fired_test_fraction", "n_test_windows",
+    "consistency_jaccard", "consistency_cosine", "consistency_heldout_aug",
+    "lag1_within_record", "between_record_variance_share", "lag1_pooled", "lag1_pooled_unweighted",
+    "seed_stability_mean_cos", "seed_stability_frac_07", "seed_stability_frac_09",
+    "subsample_stability_mean_cos", "subsample_stability_frac_07", "subsample_stability_frac_09",
+    "stability_live_atoms", "stability_null_data_mean_cos", "stability_null_data_frac_07",
+    "stability_null_isotropic_mean_cos",
     "probe", "single_concept",
 )
 REASONS_KEY = "reasons"
 
 
 def new_row(model: str, family: str, variant: str, k: int, seed: int | None, matched_sparsity: bool = False,
-            k_active: int | None = None) -> dict[str, Any]:
-    """A row with identity filled in and every metric null (to be filled or given a reason)."""
+            k_active: int | None = None, is_main: bool = False) -> dict[str, Any]:
+    """A row with identity filled in and every metric null (to be filled or given a reason).
+
+    is_main: the row of the one main model (`stsae.train.grid.main_entry`), so readers of the rows
+    alone find it without re-deriving the choice."""
     row: dict[str, Any] = dict.fromkeys(ROW_KEYS)
-    row.update(model=model, family=family, variant=variant, K=k, seed=seed,
-               matched_sparsity=matched_sparsity, k_active=k_active, probe={}, single_concept={})
+    row.update(model=model, family=family, variant=variant, K=k, seed=seed, matched_sparsity=matched_sparsity,
+               k_active=k_active, is_main=is_main, probe={}, single_concept={})
     row[REASONS_KEY] = {}
     return row
 
@@ -56,7 +63,7 @@ def _check_rows(rows: list[dict[str, Any]]) -> None:
 
 
 def write_leaderboard(path: Path, rows: list[dict[str, Any]], extra: dict[str, Any] | None = None) -> None:
-    """eval/leaderboard.json: {"schema_version": 1, "rows": [...], **extra} (NaN written as null)."""
+    """eval/leaderboard.json: {"schema_version": SCHEMA_VERSION, "rows": [...], **extra} (NaN written as null)."""
     _check_rows(rows)
     io.write_json(path, {"schema_version": SCHEMA_VERSION, "rows": rows, **(extra or {})})
 
@@ -89,8 +96,8 @@ def _fmt(value: Any) -> str:
 def render_table(rows: list[dict[str, Any]]) -> str:
     """The leaderboard as a fixed-width rich table (plain text, for the log)."""
     table = Table(title="leaderboard (test split)")
-    columns = ("model", "k_active", "ev", "l0", "dead_fraction", "consistency_jaccard", "lag1_autocorr",
-               "stability_mean_cos")
+    columns = ("model", "k_active", "ev", "l0", "dead_fraction_train", "consistency_heldout_aug",
+               "lag1_within_record", "seed_stability_mean_cos", "stability_null_data_mean_cos")
     for column in columns:
         table.add_column(column, justify="left" if column == "model" else "right")
     for row in rows:

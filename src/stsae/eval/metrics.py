@@ -7,9 +7,12 @@ autocorrelation of `stsae.eval.temporal`, in one pass over the evaluation rows.
 Definitions (codes f = encode(z), active = f != 0):
 - EV      = 1 − Σ_i ‖z_i − ẑ_i‖² / Σ_i ‖z_i − μ_train‖²   (μ_train: float32[512] mean of the train split)
 - L0      = mean over windows of |active(f(z_i))|
-- dead    = fraction of atoms never active on any evaluated window
+- never fired on test = fraction of atoms never active on any of the n evaluated windows (n stated
+            beside it: with few windows a rare atom looks dead; the training-time dead fraction of Gao
+            et al. comes from the trainer's sidecar instead)
 - Jaccard = mean_i |A_i ∩ B_i| / |A_i ∪ B_i| with A_i, B_i the active sets of f(z_i), f(z_aug_i)
-            (two empty sets count as identical: 1)
+            (two empty sets count as identical: 1); on z_aug (the families L_stab trained on) and,
+            when given, on z_aug_heldout (families the model never trained against)
 - cosine  = mean_i cos(f(z_i), f(z_aug_i)) (two zero vectors: 1; exactly one zero vector: 0)
 """
 
@@ -20,7 +23,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stsae.eval.temporal import Lag1Autocorrelation, Lag1Result
+from stsae.eval.temporal import (
+    Lag1Autocorrelation,
+    Lag1Result,
+    WithinRecordLag1,
+    WithinRecordLag1Result,
+    record_runs,
+)
 from stsae.utils import io
 
 Encode = Callable[[np.ndarray], np.ndarray]
@@ -76,7 +85,7 @@ def explained_variance(z: np.ndarray, z_hat: np.ndarray, train_mean: np.ndarray)
 
 
 class Sparsity:
-    """L0 (mean active atoms per window) and dead fraction (atoms never active)."""
+    """L0 (mean active atoms per window) and the atoms ever active (never-fired fraction)."""
 
     def __init__(self, n_concepts: int):
         self.n_rows = 0
@@ -93,7 +102,7 @@ class Sparsity:
     def l0(self) -> float:
         return self.n_active / self.n_rows if self.n_rows else float("nan")
 
-    def dead_fraction(self) -> float:
+    def never_fired_fraction(self) -> float:
         return float(1.0 - self.ever_active.mean()) if self.n_rows else float("nan")
 
 
@@ -130,12 +139,18 @@ class Consistency:
 
 @dataclass
 class StreamedMetrics:
+    """One view's metrics; live: bool[K] atoms active on at least one evaluated window."""
+
     ev: float
     l0: float
-    dead_fraction: float
+    never_fired_fraction: float
+    n_windows: int
     consistency_jaccard: float
     consistency_cosine: float
+    consistency_heldout_aug: float | None
     lag1: Lag1Result
+    lag1_within: WithinRecordLag1Result
+    live: np.ndarray
 
 
 class _ViewMetrics:
@@ -145,13 +160,16 @@ class _ViewMetrics:
         self.k = k
         self.ev, self.sparsity = ExplainedVariance(train_mean), Sparsity(n_concepts)
         self.consistency, self.lag1 = Consistency(), Lag1Autocorrelation(n_concepts)
+        self.heldout, self.within = Consistency(), WithinRecordLag1(n_concepts)
 
     def view(self, codes: np.ndarray) -> np.ndarray:
         return top_k_codes(codes, self.k)
 
     def result(self) -> StreamedMetrics:
-        return StreamedMetrics(self.ev.result(), self.sparsity.l0(), self.sparsity.dead_fraction(),
-                               self.consistency.jaccard(), self.consistency.cosine(), self.lag1.result())
+        heldout = self.heldout.jaccard() if self.heldout.n else None
+        return StreamedMetrics(self.ev.result(), self.sparsity.l0(), self.sparsity.never_fired_fraction(),
+                               self.sparsity.n_rows, self.consistency.jaccard(), self.consistency.cosine(),
+                               heldout, self.lag1.result(), self.within.result(), self.sparsity.ever_active)
 
 
 def stream_metrics(
@@ -165,15 +183,18 @@ def stream_metrics(
     train_mean: np.ndarray,
     chunk_rows: int = 8192,
     top_ks: tuple[int | None, ...] = (None,),
+    z_aug_heldout: np.ndarray | None = None,
 ) -> list[StreamedMetrics]:
     """Every streamed metric in one pass over `rows` of z / z_aug (float32[M, 512] memmaps), for each
     view of the codes in `top_ks` (None: the codes as encoded; k: `top_k_codes(codes, k)`, the dense
     baselines at matched sparsity), so a slow encoder runs once for all views. One result per view.
 
     rows: int64[N] sorted row numbers to evaluate. pairs: int64[P, 2] temporal pairs (row t, row t+1),
-    both rows in `rows`. Each chunk is encoded once (clean and augmented); a pair whose two rows fall
-    in one chunk is scored from that chunk's codes, and the few pairs that straddle chunks are
-    encoded again at the end.
+    both rows in `rows`, and rows joined by pairs neighbours in `rows` (records in time order: the
+    within-record lag-1 streams them as runs). z_aug_heldout: float32[M, 512] embeddings of the
+    held-out augmentation families (None: no held-out consistency). Each chunk is encoded once
+    (clean and augmented); a pair whose two rows fall in one chunk is scored from that chunk's codes,
+    and the few pairs that straddle chunks are encoded again at the end.
     """
     rows = np.asarray(rows, dtype=np.int64)
     if rows.size and np.any(np.diff(rows) <= 0):
@@ -181,6 +202,7 @@ def stream_metrics(
     pos = np.searchsorted(rows, pairs) if len(pairs) else np.empty((0, 2), dtype=np.int64)
     if len(pairs) and not np.array_equal(rows[np.minimum(pos, len(rows) - 1)], pairs):
         raise ValueError("every temporal pair must have both rows in `rows`")
+    runs = record_runs(len(rows), pos)
     views = [_ViewMetrics(n_concepts, train_mean, k) for k in top_ks]
     chunk_of = pos // chunk_rows
     straddling = chunk_of[:, 0] != chunk_of[:, 1]
@@ -190,14 +212,20 @@ def stream_metrics(
         dense, dense_aug = encode(z_chunk), encode(np.asarray(z_aug[chunk], dtype=np.float32))
         inside = (chunk_of[:, 0] == start // chunk_rows) & ~straddling
         local = pos[inside] - start
+        dense_heldout = None if z_aug_heldout is None else encode(
+            np.asarray(z_aug_heldout[chunk], dtype=np.float32))
         for v in views:
             codes = v.view(dense)
             v.ev.update(z_chunk, decode(codes))
             v.sparsity.update(codes)
             v.consistency.update(codes, v.view(dense_aug))
+            if dense_heldout is not None:
+                v.heldout.update(codes, v.view(dense_heldout))
             v.lag1.update(codes[local[:, 0]], codes[local[:, 1]])
-        io.release_mapped_pages(z)
-        io.release_mapped_pages(z_aug)
+            v.within.update(codes, runs[start:start + chunk_rows])
+        for mapped in (z, z_aug, z_aug_heldout):
+            if mapped is not None:
+                io.release_mapped_pages(mapped)
     for start in range(0, int(straddling.sum()), chunk_rows):
         part = pairs[straddling][start:start + chunk_rows]
         first = encode(np.asarray(z[part[:, 0]], dtype=np.float32))

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import sparse
+from scipy import sparse, stats
 from sklearn.metrics import r2_score, roc_auc_score
 from sklearn.model_selection import GroupKFold
 
@@ -139,6 +139,10 @@ class RidgePath:
         """float64[m, T] predictions for rows x [m, P], target t using penalty index penalty_idx[t]."""
         coef = self.weights[penalty_idx].T * self.rotated_xty  # [P, T]
         return self._rotate(x) @ coef + self.y_mean
+
+    def coefficients(self, penalty_idx: np.ndarray) -> np.ndarray:
+        """float64[P, T] slopes on the original (uncentred) feature columns."""
+        return self.vecs @ (self.weights[penalty_idx].T * self.rotated_xty)
 
 
 # Codes with at most this fraction of non-zeros (top-k sparse codes) are handled as sparse matrices.
@@ -287,3 +291,226 @@ def single_concepts(codes: np.ndarray, factors: dict[str, tuple[str, np.ndarray]
         y = np.column_stack([factors[name][1][known] for name in names])
         found.update(zip(names, single_concept_recovery(codes[known], y), strict=True))
     return {name: found[name] for name in factors}
+
+
+# --- Held-out protocol of the evaluate stage: fit on train patients, score on val + test patients ----
+
+
+def _probe_features(x_fit: np.ndarray, x_score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Drop columns constant on the fit rows; centre both on the fit mean (label-free, keeps the
+    uncentred Gram sums precise). Returns float64 copies."""
+    keep = np.ptp(x_fit, axis=0) > 0
+    x_fit, x_score = x_fit[:, keep].astype(np.float64), x_score[:, keep].astype(np.float64)
+    mean = x_fit.mean(axis=0)
+    return x_fit - mean, x_score - mean
+
+
+def _ridge_fit(x_fit: np.ndarray, y_fit: np.ndarray, groups_fit: np.ndarray) -> tuple[RidgePath, np.ndarray]:
+    """Ridge path on the fit rows and the penalty per target chosen by leave-one-patient-out."""
+    path = RidgePath(x_fit, x_fit.T @ x_fit, y_fit)
+    return path, path.logo_squared_error(groups_fit).argmin(axis=0)
+
+
+def heldout_predictions(x_fit: np.ndarray, y_fit: np.ndarray, groups_fit: np.ndarray,
+                        x_score: np.ndarray) -> np.ndarray:
+    """Ridge probe fit on the fit rows (train patients), predictions float64[m, T] on x_score.
+
+    x_fit float[n, P], y_fit float[n, T] (finite), groups_fit[n] patient ids, x_score float[m, P]. The
+    penalty is chosen per target by exact leave-one-patient-out on the fit rows (see RidgePath)."""
+    x_fit, x_score = _probe_features(x_fit, x_score)
+    if x_fit.shape[1] == 0:
+        return np.broadcast_to(y_fit.mean(axis=0), (len(x_score), y_fit.shape[1])).copy()
+    path, best = _ridge_fit(x_fit, y_fit, groups_fit)
+    return path.predict(x_score, best)
+
+
+def adjusted_predictions(x_fit: np.ndarray, c_fit: np.ndarray, y_fit: np.ndarray, groups_fit: np.ndarray,
+                         x_score: np.ndarray, c_score: np.ndarray) -> np.ndarray:
+    """Probe of y on features x plus unpenalised covariates c (age, sex): float64[m, T] on score rows.
+
+    Why Frisch–Waugh–Lovell: ridge that penalises only x's slopes equals ridge of y on x after both
+    are residualised on [1, c], so the covariates enter at full strength whatever the penalty, and
+    the increment over a covariates-only model measures what x adds beyond them. The penalty is
+    chosen by leave-one-patient-out on the residualised fit rows (the covariate projection itself is
+    fit on all of them: a handful of parameters). c_fit float[n, C], c_score float[m, C]."""
+    x_fit, x_score = _probe_features(x_fit, x_score)
+    design_fit = np.column_stack([np.ones(len(c_fit)), c_fit])
+    design_score = np.column_stack([np.ones(len(c_score)), c_score])
+    project = np.linalg.pinv(design_fit)  # [1 + C, n]
+    gamma = np.zeros((x_fit.shape[1], y_fit.shape[1]))
+    if x_fit.shape[1]:
+        x_res, y_res = x_fit - design_fit @ (project @ x_fit), y_fit - design_fit @ (project @ y_fit)
+        path, best = _ridge_fit(x_res, y_res, groups_fit)
+        gamma = path.coefficients(best)
+    beta = project @ (y_fit - x_fit @ gamma)
+    return design_score @ beta + x_score @ gamma
+
+
+def auroc_or_none(y: np.ndarray, score: np.ndarray) -> float | None:
+    """AUROC of 0/1 labels y, or None when one class only: the Mann–Whitney form (mean rank of the
+    positives, ties at mid-rank), equal to sklearn's roc_auc_score and cheap enough to bootstrap."""
+    positives = int(y.sum())
+    negatives = len(y) - positives
+    if positives == 0 or negatives == 0:
+        return None
+    ranks = stats.rankdata(score)
+    return float((ranks[y == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+def bootstrap_auroc_difference(y: np.ndarray, score_a: np.ndarray, score_b: np.ndarray, groups: np.ndarray,
+                               n_boot: int, generator: np.random.Generator) -> tuple[float, float] | None:
+    """95 % percentile CI of AUROC(score_a) − AUROC(score_b) over patient-bootstrap resamples.
+
+    Whole patients are resampled with replacement (windows of one patient are not independent);
+    resamples holding one class only are dropped; None when fewer than half survive."""
+    ids, inverse = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(inverse == i) for i in range(len(ids))]
+    differences = []
+    for _ in range(n_boot):
+        rows = np.concatenate([members[i] for i in generator.integers(0, len(ids), len(ids))])
+        a, b = auroc_or_none(y[rows], score_a[rows]), auroc_or_none(y[rows], score_b[rows])
+        if a is not None and b is not None:
+            differences.append(a - b)
+    if len(differences) < n_boot / 2:
+        return None
+    low, high = np.percentile(differences, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def single_concepts_heldout(codes_fit: np.ndarray, factors_fit: dict[str, tuple[str, np.ndarray]],
+                            codes_score: np.ndarray,
+                            factors_score: dict[str, tuple[str, np.ndarray]]) -> dict[str, SingleConcept]:
+    """Per factor: the concept with the largest |r| on the fit rows (train patients), and its |r| on
+    the score rows (held-out patients). Choosing and scoring on the same rows would report the
+    maximum of K noisy correlations, which is biased upwards; here the choice cannot see the score rows.
+    A chosen concept that never varies on the score rows carries nothing there: |r| = 0."""
+    chosen = single_concepts(codes_fit, factors_fit)
+    found: dict[str, SingleConcept] = {}
+    for name, best in chosen.items():
+        values = factors_score[name][1]
+        known = np.isfinite(values)
+        if best.concept is None or known.sum() < 3:
+            found[name] = SingleConcept(best.concept, None)
+            continue
+        column, target = codes_score[known, best.concept].astype(np.float64), values[known]
+        if np.ptp(target) == 0:
+            found[name] = SingleConcept(best.concept, None)
+        elif np.ptp(column) == 0:
+            found[name] = SingleConcept(best.concept, 0.0)
+        else:
+            found[name] = SingleConcept(best.concept, float(abs(np.corrcoef(column, target)[0, 1])))
+    return found
+
+
+PHENOTYPES = ("htn", "t2d")
+
+
+@dataclass
+class ProbeSet:
+    """The probe rows of the evaluate stage: fit on train patients, scored on held-out patients.
+
+    fit: bool[n] True for rows of train patients (False: val/test patients, the score side); groups:
+    patient id per row; factors: factor -> (metric, float[n] values, NaN unknown); covariates:
+    float[n, 2] (age, sex as 0/1) for the age+sex-adjusted phenotype probes, or None when unknown."""
+
+    fit: np.ndarray
+    groups: np.ndarray
+    factors: dict[str, tuple[str, np.ndarray]]
+    covariates: np.ndarray | None
+
+    def sides(self, known: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(fit rows, score rows) among the rows where `known` is True."""
+        return known & self.fit, known & ~self.fit
+
+    def skip_reason(self, metric: str, values: np.ndarray) -> str | None:
+        fit, score = self.sides(np.isfinite(values))
+        if len(np.unique(self.groups[fit])) < 2:
+            return "fewer than 2 train patients with this label"
+        if not score.any():
+            return "no held-out (val/test) patient with this label"
+        for side, rows in (("train", fit), ("held-out", score)):
+            if metric == "auroc" and len(np.unique(values[rows])) < 2:
+                return f"only one class present on the {side} probe rows"
+            if metric == "r2" and np.ptp(values[rows]) == 0:
+                return f"label is constant on the {side} probe rows"
+        return None
+
+
+def probe_heldout(x: np.ndarray, probes: ProbeSet) -> dict[str, ProbeScore]:
+    """Probe every factor on x float[n, P]: ridge fit on train patients, R² / AUROC on held-out patients.
+
+    Why held-out patients: cross-validating over every split let the probe of a representation fit on
+    patients whose windows the representation was also judged on; fitting on the train split only and
+    scoring on val + test asks what a probe learnt on the training cohort predicts for new patients.
+    Factors known on the same rows share one fit; skipped ones carry the reason."""
+    if len(x) != len(probes.groups):
+        raise ValueError(f"x has {len(x)} rows but the probe set has {len(probes.groups)}")
+    scores: dict[str, ProbeScore] = {}
+    scored = []
+    for name, (metric, values) in probes.factors.items():
+        reason = probes.skip_reason(metric, values)
+        if reason:
+            scores[name] = ProbeScore(metric, None, reason)
+        else:
+            scored.append(name)
+    for known, names in _by_known_rows(probes.factors, scored):
+        fit, score = probes.sides(known)
+        y = np.column_stack([probes.factors[name][1] for name in names])
+        pred = heldout_predictions(x[fit], y[fit], probes.groups[fit], x[score])
+        for j, name in enumerate(names):
+            metric = probes.factors[name][0]
+            scores[name] = ProbeScore(metric, _score(metric, y[score, j], pred[:, j]))
+    return {name: scores[name] for name in probes.factors}
+
+
+@dataclass
+class AdjustedPhenotype:
+    """Held-out AUROC of a phenotype from age + sex alone and from features + age + sex, on the same
+    rows; increment = adjusted − age_sex with its patient-bootstrap 95 % CI."""
+
+    age_sex: float
+    adjusted: float
+    increment: float
+    increment_ci: tuple[float, float] | None
+
+
+def phenotype_rows(probes: ProbeSet, name: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(fit rows, score rows) where the phenotype, age and sex are all known, or None if unusable."""
+    if probes.covariates is None or name not in probes.factors:
+        return None
+    values = probes.factors[name][1]
+    known = np.isfinite(values) & np.isfinite(probes.covariates).all(axis=1)
+    if probes.skip_reason("auroc", np.where(known, values, np.nan)):
+        return None
+    return probes.sides(known)
+
+
+def age_sex_scores(probes: ProbeSet) -> dict[str, np.ndarray]:
+    """Held-out scores float[m] of each phenotype from an OLS fit on age + sex (train patients)."""
+    found = {}
+    for name in PHENOTYPES:
+        rows = phenotype_rows(probes, name)
+        if rows is not None:
+            fit, score = rows
+            c = probes.covariates
+            assert c is not None
+            found[name] = adjusted_predictions(np.zeros((fit.sum(), 0)), c[fit], probes.factors[name][1][fit, None],
+                                               probes.groups[fit], np.zeros((score.sum(), 0)), c[score])[:, 0]
+    return found
+
+
+def adjusted_phenotypes(x: np.ndarray, probes: ProbeSet, age_sex: dict[str, np.ndarray], n_boot: int,
+                        generator: np.random.Generator) -> dict[str, AdjustedPhenotype]:
+    """`AdjustedPhenotype` of each phenotype in `age_sex` (from `age_sex_scores`) for features x float[n, P]."""
+    found = {}
+    for name, baseline in age_sex.items():
+        rows = phenotype_rows(probes, name)
+        assert rows is not None and probes.covariates is not None
+        fit, score = rows
+        y = probes.factors[name][1]
+        pred = adjusted_predictions(x[fit], probes.covariates[fit], y[fit, None], probes.groups[fit],
+                                    x[score], probes.covariates[score])[:, 0]
+        reference, adjusted = roc_auc_score(y[score], baseline), roc_auc_score(y[score], pred)
+        ci = bootstrap_auroc_difference(y[score], pred, baseline, probes.groups[score], n_boot, generator)
+        found[name] = AdjustedPhenotype(float(reference), float(adjusted), float(adjusted - reference), ci)
+    return found

@@ -83,6 +83,11 @@ class RunDir:
         return self.embeddings_dir / "z_aug.npy"
 
     @property
+    def z_aug_heldout(self) -> Path:
+        """float32[M, 512] embeddings under the held-out augmentation families (never trained against)."""
+        return self.embeddings_dir / "z_aug_heldout.npy"
+
+    @property
     def index(self) -> Path:
         """Row r of z.npy: window_id, patient_id, record_id, segment_idx, split."""
         return self.embeddings_dir / "index.parquet"

@@ -41,9 +41,10 @@ SECTIONS = (("models", "Models"), ("aging", "Vascular age"), ("concepts", "Conce
             ("data", "Data and quality control"))
 LEADERBOARD_COLUMNS = (("model", "Model", None), ("family", "Family", None), ("variant", "Variant", None),
                        ("K", "K", None), ("seed", "Seed", None), ("k_active", "Top-k", None),
-                       ("ev", "EV", ".3f"), ("l0", "L0", ".1f"), ("dead_fraction", "Dead", ".3f"),
-                       ("consistency_jaccard", "Consist.", ".3f"), ("lag1_autocorr", "Lag-1", ".3f"),
-                       ("stability_mean_cos", "Stability", ".3f"), ("stability_null_mean_cos", "Null", ".3f"))
+                       ("ev", "EV", ".3f"), ("l0", "L0", ".1f"), ("dead_fraction_train", "Dead", ".3f"),
+                       ("consistency_heldout_aug", "Consist.", ".3f"), ("lag1_within_record", "Lag-1", ".3f"),
+                       ("seed_stability_mean_cos", "Stability", ".3f"),
+                       ("stability_null_data_mean_cos", "Null", ".3f"))
 AGE_METRICS = (("mae", "MAE (years)", ".2f"), ("r", "r (predicted vs age)", ".3f"), ("r2", "R²", ".3f"),
                ("delta_age_age_r", "r (Δage vs age) — ideally ≈ 0", ".3f"),
                ("delta_age_planted_partial_r", "partial r (Δage vs planted acceleration, given age)", ".3f"),

@@ -1,20 +1,26 @@
-"""`evaluate` stage: score every ST-SAE and baseline on the held-out test split.
+"""`evaluate` stage: score every ST-SAE and baseline; write eval/leaderboard.json and eval/pareto.json.
 
-Writes eval/leaderboard.json (one row per model, plus one matched-sparsity row per dense baseline with
-more than k components: k-sparse codes re-encoded on its own dictionary (`encode_k_sparse`) with k = the
-L0 of the main ST-SAE `full` model; a baseline of at most k components has no such row)
-and eval/pareto.json (front over ST-SAE and matched-sparsity rows), and logs the table. See
-docs/CONTRACTS.md.
+One row per model, plus one matched-sparsity row per dense baseline with more than k components: k-sparse
+codes re-encoded on its own dictionary (`encode_k_sparse`) with k = the L0 of the main model
+(`stsae.train.grid.main_entry`: `full` at train.d_dict with the first seed); a baseline of at most k
+components has no such row, since its k-sparse code is the dense code. See docs/CONTRACTS.md for every field.
 
-Reconstruction, sparsity, consistency and lag-1 are measured on the test split. The linear probes
-measure what is linearly decodable from a representation, so they use whole patients from every
-split (subsampled to `eval.probe_max_rows` rows by whole patients, seeded): the ST-SAE never saw the
-val/test windows, the probe's own patient-grouped cross-validation keeps its test patients unseen,
-and 30 test patients are too few for a grouped CV of a 1024-feature probe.
+Reconstruction, sparsity, consistency and lag-1 are measured on the test split. Dead latents follow
+Gao et al.: a latent is dead when it did not fire on the last N training samples (the trainer's
+sidecar states N); the test-side count of never-fired latents is kept beside it with the number of
+test windows. Lag-1 is measured within records (`stsae.eval.temporal.WithinRecordLag1`), with the
+share of the code's variance that lies between records beside it. Consistency is reported on the
+stability augmentations L_stab trained on and on held-out families it never saw.
 
-The main ST-SAE dictionary size is the K most checkpoints share (the ablation grid lives there); its
-`full` seeds, plus `eval.stability_subsamples` refits on 50 % patient subsamples of the train split,
-give the seed-stability numbers of that group.
+Linear probes are fit on train patients and scored on held-out (val + test) patients; the phenotypes
+(HTN, T2D) are also probed adjusted for age and sex, with the AUROC increment over age + sex alone and
+its patient-bootstrap CI. The single best concept per factor is chosen on train patients and its |r|
+reported on held-out patients.
+
+Seed stability matches live atoms (fired on at least one test window) of seed replicates, and
+separately of `eval.stability_subsamples` refits of the main model on 50 % patient subsamples of the
+train split with the same step budget; both sit beside a data-aware null (untrained dictionaries
+initialised by the trainer's own code, different seeds) and the isotropic random-unit null.
 """
 
 from __future__ import annotations
@@ -22,43 +28,84 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from stsae.config import EvalSection, TrainSection
 from stsae.data.dataset import WindowTripletDataset, temporal_pairs
-from stsae.data.store import EMBEDDING_DIM, Embeddings, load_embeddings
+from stsae.data.store import EMBEDDING_DIM, Embeddings, load_embeddings, load_heldout_augmented
 from stsae.errors import InputDataError, StsaeError
 from stsae.eval import leaderboard as lb
-from stsae.eval.metrics import stream_metrics, streamed_mean, top_k_codes
-from stsae.eval.probe import ProbeScore, available_factors, probe_all, single_concepts
-from stsae.eval.stability import analytical_null_mean_cos, random_null, stability_against
-from stsae.models.registry import ConceptModel, ModelInfo, list_models, load_concept_model, load_k_sparse_model
+from stsae.eval.metrics import StreamedMetrics, stream_metrics, streamed_mean, top_k_codes
+from stsae.eval.probe import (
+    PHENOTYPES,
+    AdjustedPhenotype,
+    ProbeScore,
+    ProbeSet,
+    adjusted_phenotypes,
+    age_sex_scores,
+    available_factors,
+    probe_heldout,
+    single_concepts_heldout,
+)
+from stsae.eval.stability import (
+    StabilityResult,
+    analytical_null_mean_cos,
+    covariance_null,
+    random_null,
+    stability_against,
+)
+from stsae.eval.temporal import lag1_within_record, record_runs
+from stsae.models.registry import (
+    ConceptModel,
+    ModelInfo,
+    StsaeConceptModel,
+    list_models,
+    load_concept_model,
+    load_k_sparse_model,
+)
 from stsae.pipeline.contract import StageContext, StageContract
+from stsae.train.grid import main_entry
 from stsae.utils import io
 from stsae.utils.seeding import derive_seed, rng
 
 log = logging.getLogger(__name__)
 
-STABILITY_KEYS = ("stability_mean_cos", "stability_frac_07", "stability_frac_09", "stability_null_mean_cos")
+SEED_KEYS = ("seed_stability_mean_cos", "seed_stability_frac_07", "seed_stability_frac_09")
+SUBSAMPLE_KEYS = ("subsample_stability_mean_cos", "subsample_stability_frac_07", "subsample_stability_frac_09")
+NULL_KEYS = ("stability_live_atoms", "stability_null_data_mean_cos", "stability_null_data_frac_07",
+             "stability_null_isotropic_mean_cos")
+DEAD_TRAIN_KEYS = ("dead_fraction_train", "dead_window_samples")
+# Train rows the data-aware nulls are built from (the trainer's own cap is train.stats_max_rows).
+COVARIANCE_MAX_ROWS = 20_000
+
+
+@dataclass
+class References:
+    """What every row is compared with: raw-embedding probes, the held-out age+sex-only phenotype scores
+    (float[m] per phenotype) and the raw+age+sex adjusted phenotype probes."""
+
+    raw: dict[str, ProbeScore]
+    age_sex: dict[str, np.ndarray]
+    raw_adjusted: dict[str, AdjustedPhenotype]
 
 
 @dataclass
 class EvalData:
-    """Everything shared by all models: z memmaps, the test rows and the probe subset."""
+    """Everything shared by all models: z memmaps, the test rows and the probe set."""
 
     emb: Embeddings
+    z_aug_heldout: np.ndarray | None  # float32[M, 512] memmap, or None without held-out families
     train_mean: np.ndarray  # float32[512]
     rows: np.ndarray  # int64[N] sorted test rows evaluated
     pairs: np.ndarray  # int64[P, 2] temporal pairs within `rows`
-    probe_rows: np.ndarray  # int64[n] sorted rows of any split (whole patients)
-    groups: np.ndarray  # patient_id of each probe row
-    factors: dict[str, tuple[str, np.ndarray]]  # factor -> (metric, values at probe rows)
+    probe_rows: np.ndarray  # int64[n] sorted rows of train patients and held-out patients
+    probes: ProbeSet
 
 
 def whole_patient_subset(rows: np.ndarray, patients: np.ndarray, cap: int | None,
@@ -74,7 +121,22 @@ def whole_patient_subset(rows: np.ndarray, patients: np.ndarray, cap: int | None
     return np.sort(rows[np.isin(patients, chosen)])
 
 
-def _prepare(ctx: StageContext, emb: Embeddings, cfg: EvalSection, seed: int) -> EvalData:
+def _probe_set(meta: pd.DataFrame, emb: Embeddings, cfg: EvalSection, seed: int) -> tuple[np.ndarray, ProbeSet]:
+    """Probe rows (train patients capped at probe_max_rows, held-out val + test patients capped alike)
+    and their labels; age and sex become the covariates of the adjusted phenotype probes."""
+    patients, split = emb.index["patient_id"].to_numpy(), emb.index["split"].to_numpy()
+    sides = []
+    for name, mask in (("fit", split == "train"), ("score", np.isin(split, ("val", "test")))):
+        rows = np.flatnonzero(mask)
+        sides.append(whole_patient_subset(rows, patients[rows], cfg.probe_max_rows, rng(seed, "eval", "probe", name)))
+    probe_rows = np.sort(np.concatenate(sides))
+    factors = available_factors(meta.loc[emb.index["window_id"].to_numpy()[probe_rows]].reset_index())
+    covariates = (np.column_stack([factors["age"][1], factors["sex"][1]])
+                  if {"age", "sex"} <= factors.keys() else None)
+    return probe_rows, ProbeSet(split[probe_rows] == "train", patients[probe_rows], factors, covariates)
+
+
+def _prepare(ctx: StageContext, emb: Embeddings, cfg: EvalSection, seed: int) -> tuple[EvalData, pd.DataFrame]:
     train_rows, test_rows = emb.rows("train"), emb.rows("test")
     for split, rows in (("train", train_rows), ("test", test_rows)):
         if len(rows) == 0:
@@ -83,62 +145,123 @@ def _prepare(ctx: StageContext, emb: Embeddings, cfg: EvalSection, seed: int) ->
     rows = whole_patient_subset(test_rows, patients[test_rows], cfg.max_eval_rows, rng(seed, "eval", "rows"))
     pairs = temporal_pairs(emb.index)
     pairs = pairs[np.isin(pairs[:, 0], rows) & np.isin(pairs[:, 1], rows)]
-    probe_rows = whole_patient_subset(np.arange(len(patients)), patients, cfg.probe_max_rows,
-                                      rng(seed, "eval", "probe"))
+    if len(pairs) and np.any(pairs[:, 1] != pairs[:, 0] + 1):
+        raise InputDataError(f"{ctx.run_dir.index}: rows of a record must be consecutive and in "
+                             "segment_idx order (prepare writes each record's windows together)")
     meta = io.read_parquet(ctx.run_dir.meta).set_index("window_id")
-    window_ids = emb.index["window_id"].to_numpy()[probe_rows]
-    unknown = np.setdiff1d(window_ids, meta.index.to_numpy())
+    unknown = np.setdiff1d(emb.index["window_id"].to_numpy(), meta.index.to_numpy())
     if unknown.size:
         raise InputDataError(f"{ctx.run_dir.meta}: window_id {unknown[0]} of the embeddings index is missing")
-    factors = available_factors(meta.loc[window_ids].reset_index())
-    log.info("evaluating %d test windows (%d temporal pairs); probes on %d windows of %d patients "
-             "(all splits) for %s", len(rows), len(pairs), len(probe_rows),
-             len(np.unique(patients[probe_rows])), sorted(factors))
-    return EvalData(emb, streamed_mean(emb.z, train_rows), rows, pairs, probe_rows,
-                    patients[probe_rows], factors)
+    probe_rows, probes = _probe_set(meta, emb, cfg, seed)
+    log.info("evaluating %d test windows (%d temporal pairs); probes fit on %d train windows, scored on %d "
+             "held-out windows, for %s", len(rows), len(pairs), int(probes.fit.sum()),
+             int((~probes.fit).sum()), sorted(probes.factors))
+    data = EvalData(emb, load_heldout_augmented(ctx.run_dir, len(emb.index)), streamed_mean(emb.z, train_rows),
+                    rows, pairs, probe_rows, probes)
+    return data, meta
 
 
-def main_stsae(infos: list[ModelInfo]) -> ModelInfo | None:
-    """The `full` model (lowest seed) at the K most ST-SAE checkpoints share; None without ST-SAEs."""
-    stsae = [info for info in infos if info.family == "stsae"]
-    if not stsae:
+def reference_hr_lag1(meta: pd.DataFrame, data: EvalData) -> float | None:
+    """`lag1_within_record` of the planted heart rate on the evaluated windows (synthetic runs): the
+    value a concept that tracks HR perfectly would reach, so the concepts' number has a scale."""
+    if "hr_bpm" not in meta.columns:
         return None
-    counts = Counter(info.d_dict for info in stsae)
-    full = [info for info in stsae if info.variant == "full"]
-    if not full:
+    window_ids = data.emb.index["window_id"].to_numpy()[data.rows]
+    hr = pd.to_numeric(meta.loc[window_ids, "hr_bpm"], errors="coerce").to_numpy(dtype=float)
+    if not np.isfinite(hr).all():
         return None
-    return min(full, key=lambda info: (-counts[info.d_dict], info.d_dict, info.seed))
+    pos = np.searchsorted(data.rows, data.pairs) if len(data.pairs) else np.empty((0, 2), dtype=np.int64)
+    return lag1_within_record(hr[:, None], record_runs(len(data.rows), pos)).value
+
+
+def main_stsae(infos: list[ModelInfo], train_cfg: TrainSection) -> ModelInfo | None:
+    """The registry entry of the one main model (`main_entry`), or None (logged) when it is not trained."""
+    entry = main_entry(train_cfg)
+    for info in infos:
+        if info.family == "stsae" and (info.variant, info.d_dict, info.seed) == (entry.variant, entry.d_dict,
+                                                                                  entry.seed):
+            return info
+    log.warning("main model stsae-%s-K%d-s%d is not among the trained models", entry.variant, entry.d_dict,
+                entry.seed)
+    return None
+
+
+def _sidecar(info: ModelInfo) -> dict[str, Any]:
+    return json.loads(info.path.with_suffix(".json").read_text())
+
+
+def _fill_streamed(row: dict[str, Any], m: StreamedMetrics) -> None:
+    row.update(ev=m.ev, l0=m.l0, never_fired_test_fraction=m.never_fired_fraction, n_test_windows=m.n_windows,
+               consistency_jaccard=m.consistency_jaccard, consistency_cosine=m.consistency_cosine,
+               consistency_heldout_aug=m.consistency_heldout_aug, lag1_within_record=m.lag1_within.value,
+               between_record_variance_share=m.lag1_within.between_share, lag1_pooled=m.lag1.value,
+               lag1_pooled_unweighted=m.lag1.unweighted)
+    if m.consistency_heldout_aug is None:
+        lb.skip(row, ("consistency_heldout_aug",), "no held-out augmentation (data.augment.heldout_families "
+                "empty when extracted)")
+    if m.lag1_within.reason:
+        lb.skip(row, ("lag1_within_record",), m.lag1_within.reason)
+    if m.lag1.reason:
+        lb.skip(row, ("lag1_pooled", "lag1_pooled_unweighted"), m.lag1.reason)
+
+
+def _fill_dead_train(row: dict[str, Any], info: ModelInfo) -> None:
+    """Gao et al.'s training-time dead fraction from the ST-SAE's sidecar (None before N samples)."""
+    if info.family != "stsae" or row["matched_sparsity"]:
+        lb.skip(row, DEAD_TRAIN_KEYS, "baselines have no training-time firing record")
+        return
+    metrics = _sidecar(info).get("metrics") or {}
+    row.update(dead_fraction_train=metrics.get("dead_fraction_train"),
+               dead_window_samples=metrics.get("dead_window_samples"))
+    if row["dead_window_samples"] is None:
+        lb.skip(row, DEAD_TRAIN_KEYS, "sidecar predates the dead-latent tracker (retrain)")
+    elif row["dead_fraction_train"] is None:
+        lb.skip(row, ("dead_fraction_train",), f"training saw {metrics.get('samples_seen')} samples, fewer "
+                f"than the {row['dead_window_samples']} a latent must stay silent for")
+
+
+def _fill_probes(row: dict[str, Any], codes: np.ndarray, data: EvalData, cfg: EvalSection,
+                 references: References, seed: int) -> None:
+    """Held-out probes, the age+sex-adjusted phenotype probes and single-concept |r| of one view."""
+    probes = data.probes
+    for name, score in probe_heldout(codes, probes).items():
+        row["probe"][name] = {"metric": score.metric, "value": score.value,
+                              "raw_value": references.raw[name].value}
+        if score.reason:
+            row[lb.REASONS_KEY][f"probe.{name}"] = score.reason
+    adjusted = adjusted_phenotypes(codes, probes, references.age_sex, cfg.n_bootstrap,
+                                   rng(seed, "eval", "bootstrap", row["model"]))
+    for name, result in adjusted.items():
+        row["probe"][name].update(
+            age_sex_value=result.age_sex, adjusted_value=result.adjusted,
+            raw_adjusted_value=references.raw_adjusted[name].adjusted, increment=result.increment,
+            increment_ci=None if result.increment_ci is None else list(result.increment_ci))
+    fit = probes.fit
+    split_factors = ({n: (m, v[fit]) for n, (m, v) in probes.factors.items()},
+                     {n: (m, v[~fit]) for n, (m, v) in probes.factors.items()})
+    for name, best in single_concepts_heldout(codes[fit], split_factors[0], codes[~fit], split_factors[1]).items():
+        row["single_concept"][name] = {"concept": best.concept, "abs_r": best.abs_r}
 
 
 def _score(views: list[tuple[dict[str, Any], int | None]], model: ConceptModel, data: EvalData,
-           cfg: EvalSection, raw_probe: dict[str, ProbeScore]) -> None:
-    """Fill the streamed metrics, probes and single-concept recovery of each (row, top-k) view of one
-    model (k None: the codes as encoded). The model encodes every window once for all views."""
+           cfg: EvalSection, references: References, seed: int) -> np.ndarray:
+    """Fill every metric of each (row, top-k) view of one model (k None: the codes as encoded); the
+    model encodes every window once for all views. Returns bool[K] live atoms of the first view."""
     streamed = stream_metrics(model.encode, model.decode, model.d_dict, data.emb.z, data.emb.z_aug,
                               data.rows, data.pairs, data.train_mean, cfg.chunk_rows,
-                              top_ks=tuple(k for _, k in views))
+                              top_ks=tuple(k for _, k in views), z_aug_heldout=data.z_aug_heldout)
     dense = model.encode(np.asarray(data.emb.z[data.probe_rows], dtype=np.float32))
     for (row, k), m in zip(views, streamed, strict=True):
-        row.update(ev=m.ev, l0=m.l0, dead_fraction=m.dead_fraction, consistency_jaccard=m.consistency_jaccard,
-                   consistency_cosine=m.consistency_cosine, lag1_autocorr=m.lag1.value,
-                   lag1_autocorr_unweighted=m.lag1.unweighted)
-        if m.lag1.reason:
-            lb.skip(row, ("lag1_autocorr", "lag1_autocorr_unweighted"), m.lag1.reason)
-        codes = top_k_codes(dense, k)
-        for name, score in probe_all(codes, data.factors, data.groups, cfg.probe_folds).items():
-            row["probe"][name] = {"metric": score.metric, "value": score.value,
-                                  "raw_value": raw_probe[name].value}
-            if score.reason:
-                row[lb.REASONS_KEY][f"probe.{name}"] = score.reason
-        for name, best in single_concepts(codes, data.factors).items():
-            row["single_concept"][name] = {"concept": best.concept, "abs_r": best.abs_r}
+        _fill_streamed(row, m)
+        _fill_probes(row, top_k_codes(dense, k), data, cfg, references, seed)
+    return streamed[0].live
 
 
 def _matched_row(info: ModelInfo, k_active: int | None) -> dict[str, Any] | None:
     """The matched-sparsity row of a dense baseline, or None (logged) when there is no genuine one:
-    no ST-SAE `full` model to take k from, or at most k components (top-k would be the dense code)."""
+    no main ST-SAE to take k from, or at most k components (top-k would be the dense code)."""
     if k_active is None:
-        log.warning("no ST-SAE full model: %s has no matched-sparsity row", info.name)
+        log.warning("no main ST-SAE model: %s has no matched-sparsity row", info.name)
         return None
     if info.d_dict <= k_active:
         log.info("%s has no matched-sparsity row: %d components <= k = %d, so its top-k code is the "
@@ -147,16 +270,26 @@ def _matched_row(info: ModelInfo, k_active: int | None) -> dict[str, Any] | None
     return lb.new_row(info.name, info.family, info.variant, info.d_dict, info.seed, True, k_active)
 
 
-def _sidecar(info: ModelInfo) -> dict[str, Any]:
-    return json.loads(info.path.with_suffix(".json").read_text())
+def _train_config(main: ModelInfo) -> TrainSection:
+    return TrainSection.model_validate(_sidecar(main).get("train_config") or {})
 
 
-def subsample_dictionaries(emb: Embeddings, main: ModelInfo, cfg: EvalSection, seed: int) -> list[np.ndarray]:
-    """Decoders of `main`'s configuration refit on `cfg.stability_subsamples` 50 % patient subsamples of
-    the train split, `cfg.stability_steps` steps each (train config from the checkpoint's sidecar)."""
+def _live_dictionary(model: ConceptModel, data: EvalData) -> np.ndarray:
+    """The atoms of `model` that fire on at least one evaluated test window: float32[K_live, 512]."""
+    live = np.zeros(model.d_dict, dtype=bool)
+    for start in range(0, len(data.rows), model.batch_size):
+        chunk = data.rows[start:start + model.batch_size]
+        live |= (model.encode(np.asarray(data.emb.z[chunk], dtype=np.float32)) != 0).any(axis=0)
+    return model.dictionary[live]
+
+
+def subsample_dictionaries(data: EvalData, main: ModelInfo, cfg: EvalSection, seed: int) -> list[np.ndarray]:
+    """Live atoms of `main`'s configuration refit on `cfg.stability_subsamples` 50 % patient subsamples of
+    the train split, each with the main model's own step budget unless eval.stability_steps says otherwise."""
     from stsae.train.trainer import fit_stsae
 
-    train_cfg = TrainSection.model_validate(_sidecar(main).get("train_config") or {})
+    emb, train_cfg = data.emb, _train_config(main)
+    steps = cfg.stability_steps or _sidecar(main).get("steps") or train_cfg.steps
     split = emb.index["split"].to_numpy()
     train_patients = np.unique(emb.index["patient_id"].to_numpy()[split == "train"])
     dictionaries = []
@@ -167,70 +300,146 @@ def subsample_dictionaries(emb: Embeddings, main: ModelInfo, cfg: EvalSection, s
             (split == "train") & emb.index["patient_id"].isin(chosen).to_numpy(), "train", "excluded"))
         dataset = WindowTripletDataset(emb.z, emb.z_aug, index, split="train")
         model, _ = fit_stsae(dataset, None, train_cfg, main.variant, main.d_dict,
-                             derive_seed(seed, "eval", "subsample", i), steps=cfg.stability_steps)
-        w_dec = model.W_dec.detach().float().cpu().numpy()
-        dictionaries.append(w_dec / np.linalg.norm(w_dec, axis=1, keepdims=True))
-        log.info("stability refit %d/%d done", i + 1, cfg.stability_subsamples)
+                             derive_seed(seed, "eval", "subsample", i), steps=steps)
+        dictionaries.append(_live_dictionary(StsaeConceptModel(model, main), data))
+        log.info("stability refit %d/%d done (%d steps)", i + 1, cfg.stability_subsamples, steps)
     return dictionaries
 
 
-def _stability(rows: list[dict[str, Any]], dictionaries: dict[str, np.ndarray], infos: list[ModelInfo],
-               main: ModelInfo | None, refits: list[np.ndarray], seed: int) -> dict[str, Any]:
-    """Fill the stability columns; returns the per-K null summary (empirical and analytical)."""
+def untrained_dictionaries(emb: Embeddings, main: ModelInfo, d_dict: int, seed: int) -> list[np.ndarray]:
+    """Two dictionaries of size d_dict initialised by the trainer's own code (`Trainer.__init__`: data
+    rows + small noise) with different seeds, never trained: the data-aware null of seed stability."""
+    from stsae.train.trainer import Trainer
+
+    dataset = WindowTripletDataset(emb.z, emb.z_aug, emb.index, split="train")
+    out = []
+    for i in range(2):
+        trainer = Trainer(dataset, None, _train_config(main), main.variant, d_dict,
+                          derive_seed(seed, "eval", "null", d_dict, i), steps=0)
+        w_dec = trainer.model.W_dec.detach().float().cpu().numpy()
+        out.append(w_dec / np.linalg.norm(w_dec, axis=1, keepdims=True))
+    return out
+
+
+def _summary(result: StabilityResult) -> dict[str, float]:
+    return {"mean_cos": result.mean_cos, "frac_07": result.frac_07, "frac_09": result.frac_09}
+
+
+class StabilityNulls:
+    """Per-K nulls, built once per K: untrained data-initialised dictionaries (the row's data null),
+    Gaussian draws with the train covariance, isotropic random unit vectors and the analytical value."""
+
+    def __init__(self, emb: Embeddings, main: ModelInfo | None, seed: int):
+        self.emb, self.main, self.seed = emb, main, seed
+        self.untrained: dict[int, list[np.ndarray]] = {}
+        self.summary: dict[str, Any] = {}
+        train = emb.rows("train")
+        sample = np.sort(rng(seed, "eval", "covariance").choice(train, min(len(train), COVARIANCE_MAX_ROWS),
+                                                                replace=False))
+        self.covariance = np.cov(np.asarray(emb.z[sample], dtype=np.float64), rowvar=False)
+
+    def for_row(self, d_dict: int, sizes: tuple[int, int]) -> tuple[StabilityResult | None, StabilityResult]:
+        """(data-init null or None without a main model to take the training config from, isotropic null)
+        for live-atom counts `sizes` at dictionary size d_dict."""
+        gen = rng(self.seed, "eval", "null", d_dict, *sizes)
+        a, b = (gen.standard_normal((n, EMBEDDING_DIM)) for n in sizes)
+        isotropic = stability_against(a, [b])
+        if self.main is None:
+            return None, isotropic
+        if d_dict not in self.untrained:
+            self.untrained[d_dict] = untrained_dictionaries(self.emb, self.main, d_dict, self.seed)
+            self._summarise(d_dict)
+        first, second = self.untrained[d_dict]
+        picked = [d[np.sort(gen.choice(d_dict, n, replace=False))] for d, n in zip((first, second), sizes,
+                                                                                  strict=True)]
+        return stability_against(picked[0], [picked[1]]), isotropic
+
+    def _summarise(self, d_dict: int) -> None:
+        first, second = self.untrained[d_dict]
+        gen = rng(self.seed, "eval", "null-summary", d_dict)
+        self.summary[str(d_dict)] = {
+            "data_init": _summary(stability_against(first, [second])),
+            "gaussian_train_covariance": _summary(covariance_null(self.covariance, (d_dict, d_dict), gen)),
+            "isotropic": _summary(random_null(d_dict, EMBEDDING_DIM, gen)),
+            "analytical_isotropic_mean_cos": analytical_null_mean_cos(d_dict, EMBEDDING_DIM)}
+
+
+def _stability(rows: list[dict[str, Any]], live: dict[str, np.ndarray], infos: list[ModelInfo],
+               main: ModelInfo | None, refits: list[np.ndarray], nulls: StabilityNulls) -> None:
+    """Fill the stability columns of every ST-SAE row (live atoms only, see the module docstring)."""
     by_name = {info.name: info for info in infos}
-    nulls: dict[str, Any] = {}
     for row in rows:
         info = by_name[row["model"]]
         if row["matched_sparsity"] or info.family != "stsae":
-            lb.skip(row, STABILITY_KEYS, "baselines are fit once per configuration (no seeds to compare)")
+            lb.skip(row, (*SEED_KEYS, *SUBSAMPLE_KEYS, *NULL_KEYS),
+                    "baselines are fit once per configuration (no seeds to compare)")
             continue
-        others = [dictionaries[o.name] for o in infos if o.family == "stsae" and o.name != info.name
-                  and (o.variant, o.d_dict) == (info.variant, info.d_dict)]
-        if main is not None and (info.variant, info.d_dict) == (main.variant, main.d_dict):
-            others += refits
-        if not others:
-            lb.skip(row, STABILITY_KEYS, f"only one model of variant {info.variant} at K={info.d_dict}")
+        reference = live[info.name]
+        row["stability_live_atoms"] = len(reference)
+        seeds = [live[o.name] for o in infos if o.family == "stsae" and o.name != info.name
+                 and (o.variant, o.d_dict) == (info.variant, info.d_dict) and len(live[o.name])]
+        subsamples = [d for d in refits if len(d)] if info is main else []
+        for keys, others, reason in (
+                (SEED_KEYS, seeds, f"only one model of variant {info.variant} at K={info.d_dict}"),
+                (SUBSAMPLE_KEYS, subsamples, "patient-subsample refits exist for the main model only")):
+            if not others or not len(reference):
+                lb.skip(row, keys, reason if len(reference) else "no live atom")
+                continue
+            result = stability_against(reference, others)
+            row.update(zip(keys, (result.mean_cos, result.frac_07, result.frac_09), strict=True))
+        partner = (seeds or subsamples or [None])[0]
+        if partner is None or not len(reference):
+            lb.skip(row, NULL_KEYS[1:], "no stability comparison to give a null for")
             continue
-        result = stability_against(dictionaries[info.name], others)
-        key = str(info.d_dict)
-        if key not in nulls:
-            null = random_null(info.d_dict, EMBEDDING_DIM, rng(seed, "eval", "null", info.d_dict))
-            nulls[key] = {"mean_cos": null.mean_cos, "frac_07": null.frac_07, "frac_09": null.frac_09,
-                          "analytical_mean_cos": analytical_null_mean_cos(info.d_dict, EMBEDDING_DIM)}
-        row.update(stability_mean_cos=result.mean_cos, stability_frac_07=result.frac_07,
-                   stability_frac_09=result.frac_09, stability_null_mean_cos=nulls[key]["mean_cos"])
-    return nulls
+        data_null, isotropic = nulls.for_row(info.d_dict, (len(reference), len(partner)))
+        row["stability_null_isotropic_mean_cos"] = isotropic.mean_cos
+        if data_null is None:
+            lb.skip(row, NULL_KEYS[1:3], "no main model to take the training configuration from")
+        else:
+            row.update(stability_null_data_mean_cos=data_null.mean_cos, stability_null_data_frac_07=data_null.frac_07)
+
+
+def _references(data: EvalData, cfg: EvalSection, seed: int) -> References:
+    raw = np.asarray(data.emb.z[data.probe_rows], dtype=np.float32)
+    age_sex = age_sex_scores(data.probes)
+    missing = sorted(set(PHENOTYPES) & data.probes.factors.keys() - age_sex.keys())
+    if missing:
+        log.info("no age+sex-adjusted probe for %s (age, sex or one class missing on a side)", missing)
+    return References(probe_heldout(raw, data.probes), age_sex, adjusted_phenotypes(
+        raw, data.probes, age_sex, cfg.n_bootstrap, rng(seed, "eval", "bootstrap", "raw")))
 
 
 def _score_all(infos: list[ModelInfo], main: ModelInfo | None, data: EvalData, cfg: EvalSection,
-               raw_probe: dict[str, ProbeScore]) -> tuple[list[dict[str, Any]], dict[str, np.ndarray], int | None]:
+               references: References, seed: int
+               ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray], int | None]:
     """Score every model (main first: its L0 is the k of the matched-sparsity rows); returns the rows,
-    each model's dictionary and k."""
+    each ST-SAE's live atoms and k."""
     ordered = sorted(infos, key=lambda info: (info is not main, info.family != "stsae", info.name))
     rows: list[dict[str, Any]] = []
-    dictionaries: dict[str, np.ndarray] = {}
+    live: dict[str, np.ndarray] = {}
     k_active: int | None = None
     for info in ordered:
         model = load_concept_model(info.path, batch_size=cfg.chunk_rows)
-        dictionaries[info.name] = model.dictionary
-        row = lb.new_row(info.name, info.family, info.variant, info.d_dict, info.seed)
-        _score([(row, None)], model, data, cfg, raw_probe)
+        row = lb.new_row(info.name, info.family, info.variant, info.d_dict, info.seed, is_main=info is main)
+        live[info.name] = model.dictionary[_score([(row, None)], model, data, cfg, references, seed)]
+        _fill_dead_train(row, info)
         rows.append(row)
         matched = _matched_row(info, k_active) if info.family != "stsae" else None
         if matched is not None and k_active is not None:
             k_sparse = load_k_sparse_model(info.path, k_active, batch_size=cfg.chunk_rows)
-            _score([(matched, None)], k_sparse, data, cfg, raw_probe)
+            _score([(matched, None)], k_sparse, data, cfg, references, seed)
+            _fill_dead_train(matched, info)
             rows.append(matched)
         log.info("scored %s: EV %.3f, L0 %.1f", info.name, row["ev"], row["l0"])
         if info is main:
             k_active = max(1, round(row["l0"]))
-    return rows, dictionaries, k_active
+    return rows, live, k_active
 
 
 CONTRACT = StageContract(
     name="evaluate", help="Score every model on the test split; write leaderboard and Pareto front.",
-    reads=("run.seed", "eval", "baselines.methods", "baselines.n_components"), upstream=("train", "baselines"),
-    out_dir="eval")
+    reads=("run.seed", "eval", "train.d_dict", "train.seeds", "baselines.methods", "baselines.n_components"),
+    upstream=("train", "baselines"), out_dir="eval")
 
 
 def run(ctx: StageContext) -> None:
@@ -240,23 +449,25 @@ def run(ctx: StageContext) -> None:
         raise StsaeError(
             f"{ctx.run_dir.models_dir}: no complete models (run `stsae train` / `stsae baselines`)")
     emb = load_embeddings(ctx.run_dir)
-    data = _prepare(ctx, emb, cfg, seed)
-    raw = np.asarray(emb.z[data.probe_rows], dtype=np.float32)
-    raw_probe = probe_all(raw, data.factors, data.groups, cfg.probe_folds)
-    main = main_stsae(infos)
+    data, meta = _prepare(ctx, emb, cfg, seed)
+    references = _references(data, cfg, seed)
+    main = main_stsae(infos, ctx.config.train)
     # The refits are torch training (GIL released in its kernels): they run beside the scoring, which
     # is numpy/LAPACK limited to half the cores so the two do not oversubscribe the machine (on 2 cores
     # that cut the demo's evaluate time by a fifth). Results do not depend on either.
     blas_threads = max(1, (os.cpu_count() or 2) // 2)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="stability-refits") as pool, \
             threadpool_limits(limits=blas_threads, user_api="blas"):
-        refits = (pool.submit(subsample_dictionaries, emb, main, cfg, seed)
+        refits = (pool.submit(subsample_dictionaries, data, main, cfg, seed)
                   if main is not None and cfg.stability_subsamples > 0 else None)
-        rows, dictionaries, k_active = _score_all(infos, main, data, cfg, raw_probe)
-        nulls = _stability(rows, dictionaries, infos, main, [] if refits is None else refits.result(), seed)
-    lb.write_leaderboard(ctx.run_dir.leaderboard, rows, {"stability_null": nulls})
+        rows, live, k_active = _score_all(infos, main, data, cfg, references, seed)
+        nulls = StabilityNulls(emb, main, seed)
+        _stability(rows, live, infos, main, [] if refits is None else refits.result(), nulls)
+    age_sex = {name: result.age_sex for name, result in references.raw_adjusted.items()}
+    lb.write_leaderboard(ctx.run_dir.leaderboard, rows, {
+        "main_model": None if main is None else main.name, "stability_null": nulls.summary,
+        "lag1_within_record_reference_hr": reference_hr_lag1(meta, data), "phenotype_age_sex_auroc": age_sex})
     io.write_json(ctx.run_dir.pareto, lb.pareto_payload(rows))
     log.info("\n%s", lb.render_table(rows))
     ctx.record("evaluate", {"n_eval_rows": len(data.rows), "n_pairs": len(data.pairs),
                             "k_active": k_active, "n_models": len(infos)})
-

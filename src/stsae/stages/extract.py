@@ -1,4 +1,6 @@
-"""extract stage: PaPaGei-S embeddings z (clean windows) and z_aug (augmented windows) of QC-passed windows.
+"""extract stage: PaPaGei-S embeddings z (clean windows), z_aug (windows under the stability augmentation
+families, L_stab's view) and, when data.augment.heldout_families is set, z_aug_heldout (windows under the
+held-out families, the evaluation's view) of QC-passed windows.
 
 Resumable and shardable. Rows are cut into global chunks of `extract.chunk_rows`; each chunk is encoded,
 written into preallocated float32 memmaps (`z.npy.partial`, `z_aug.npy.partial`), flushed, and only
@@ -44,6 +46,7 @@ from stsae.pipeline.rundir import RunDir
 from stsae.utils import io
 from stsae.utils.dist import rank, world_size
 from stsae.utils.progress import progress
+from stsae.utils.seeding import derive_seed
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -146,19 +149,23 @@ class ChunkPlan:
         return self.start_row(self.stop) - self.start_row(self.first)
 
 
-def _prepare_outputs(paths: RunDir, n_rows: int, key: str) -> None:
+def embedding_outputs(config: Config, paths: RunDir) -> list[Path]:
+    """The memmaps extract writes: z, z_aug, and z_aug_heldout when held-out families are configured."""
+    return [paths.z, paths.z_aug] + ([paths.z_aug_heldout] if config.data.augment.heldout_families else [])
+
+
+def _prepare_outputs(paths: RunDir, outputs: list[Path], n_rows: int, key: str) -> None:
     """Rank 0: remove stale outputs; reuse matching partial memmaps, else preallocate fresh ones."""
-    for final in (paths.z, paths.z_aug, paths.index):
+    for final in (paths.z, paths.z_aug, paths.z_aug_heldout, paths.index):
         final.unlink(missing_ok=True)
     state = _state_path(paths)
     expected = {"key": key, "n_rows": n_rows}
-    if state.is_file() and io.read_json(state) == expected and all(
-            _partial(p).is_file() for p in (paths.z, paths.z_aug)):
+    if state.is_file() and io.read_json(state) == expected and all(_partial(p).is_file() for p in outputs):
         log.info("resuming extraction (%d rows, key %s)", n_rows, key)
         return
     for old in paths.embeddings_dir.glob(".extract-progress-*.json"):
         old.unlink()
-    for path in (paths.z, paths.z_aug):
+    for path in outputs:
         io.preallocate_npy(_partial(path), (n_rows, EMBEDDING_DIM))
     io.write_json(state, expected)
 
@@ -175,10 +182,10 @@ def _committed_chunks(path: Path, key: str, plan: ChunkPlan) -> int:
     return min(int(saved["next_chunk"]), plan.stop)
 
 
-def _publish(paths: RunDir, index: pd.DataFrame) -> None:
+def _publish(paths: RunDir, outputs: list[Path], index: pd.DataFrame) -> None:
     """Rank 0, after every rank finished: index.parquet, then the memmaps under their real names."""
     io.write_parquet(paths.index, index)
-    for path in (paths.z, paths.z_aug):
+    for path in outputs:
         with io.atomic_path(path) as tmp:
             os.replace(_partial(path), tmp)
     for leftover in paths.embeddings_dir.glob(".extract-progress-*.json"):
@@ -194,16 +201,25 @@ def _resume_key(fingerprint: str, weights_sha256: str | None, precision: Precisi
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _encode_chunks(config: Config, paths: RunDir, embedder: torch.nn.Module, windows: np.ndarray,
-                   window_ids: np.ndarray, plan: ChunkPlan, key: str, precision: Precision) -> None:
-    """Encode this rank's chunks from its last commit on; write z / z_aug rows; commit each chunk."""
+def _views(config: Config, clean: np.ndarray, ids: np.ndarray) -> list[np.ndarray]:
+    """The windows behind each output of `embedding_outputs`: clean, stability-augmented, held-out."""
+    augment, fs, seed = config.data.augment, config.data.windowing.fs_target, config.run.seed
+    views = [clean, augment_windows(clean, fs, augment, seed, ids, augment.stability_families)]
+    if augment.heldout_families:
+        views.append(augment_windows(clean, fs, augment, derive_seed(seed, "heldout"), ids,
+                                     augment.heldout_families))
+    return views
+
+
+def _encode_chunks(config: Config, paths: RunDir, outputs: list[Path], embedder: torch.nn.Module,
+                   windows: np.ndarray, window_ids: np.ndarray, plan: ChunkPlan, key: str,
+                   precision: Precision) -> None:
+    """Encode this rank's chunks from its last commit on; write every output's rows; commit each chunk."""
     this_rank, world = rank(), world_size()
     progress_file = _progress_path(paths, this_rank, world)
     start = _committed_chunks(progress_file, key, plan)
-    z = np.load(_partial(paths.z), mmap_mode="r+")
-    z_aug = np.load(_partial(paths.z_aug), mmap_mode="r+")
+    arrays = [np.load(_partial(path), mmap_mode="r+") for path in outputs]
     batch = config.extract.batch_size
-    fs = config.data.windowing.fs_target
     done_rows = plan.start_row(start) - plan.start_row(plan.first)
     encoded, t0 = 0, time.perf_counter()
     with progress(plan.n_rank_rows, f"extract r{this_rank}", unit="win") as bar:
@@ -212,19 +228,17 @@ def _encode_chunks(config: Config, paths: RunDir, embedder: torch.nn.Module, win
             lo, hi = plan.rows(chunk)
             ids = window_ids[lo:hi]
             clean = np.ascontiguousarray(windows[ids], dtype=np.float32)
-            augmented = augment_windows(clean, fs, config.data.augment, config.run.seed, ids)
-            z[lo:hi] = embed_batches(embedder, clean, batch, precision)
-            z_aug[lo:hi] = embed_batches(embedder, augmented, batch, precision)
-            z.flush()
-            z_aug.flush()
-            for mapped in (windows, z, z_aug):
-                io.release_mapped_pages(mapped)
+            for array, view in zip(arrays, _views(config, clean, ids), strict=True):
+                array[lo:hi] = embed_batches(embedder, view, batch, precision)
+                array.flush()
+                io.release_mapped_pages(array)
+            io.release_mapped_pages(windows)
             io.write_json(progress_file, {"key": key, "first": plan.first, "next_chunk": chunk + 1})
-            encoded += 2 * (hi - lo)
+            encoded += len(arrays) * (hi - lo)
             bar.update(hi - lo)
     seconds = time.perf_counter() - t0
     if encoded:
-        log.info("rank %d encoded %d windows (clean + augmented) in %.1f s: %.1f windows/s",
+        log.info("rank %d encoded %d windows (clean + augmented views) in %.1f s: %.1f windows/s",
                  this_rank, encoded, seconds, encoded / seconds)
 
 
@@ -251,14 +265,15 @@ def run(ctx: StageContext) -> None:
         plan = ChunkPlan.for_rank(n_rows, config.extract.chunk_rows, this_rank, world)
         compiled = _agree(world, should_compile(config.extract.compile, 2 * plan.n_rank_rows))
         key = _resume_key(ctx.fingerprint, identity["sha256"], precision, compiled, n_rows)
+        outputs = embedding_outputs(config, paths)
         if this_rank == 0:
-            _prepare_outputs(paths, n_rows, key)
+            _prepare_outputs(paths, outputs, n_rows, key)
         _barrier(world)
         runtime = CompiledEmbedder(embedder, config.extract.batch_size) if compiled else embedder
-        _encode_chunks(config, paths, runtime, windows, window_ids, plan, key, precision)
+        _encode_chunks(config, paths, outputs, runtime, windows, window_ids, plan, key, precision)
         _barrier(world)
         if this_rank == 0:
-            _publish(paths, index)
+            _publish(paths, outputs, index)
             ctx.record("encoder", {**identity, "precision": precision, "bf16_min_cosine": cosine,
                                    "runtime": "FastEmbedder (channels-last oneDNN, BN folded)"
                                    + (", torch.compile (Inductor, frozen)" if compiled else ""),

@@ -21,6 +21,8 @@ import pandas as pd
 
 from stsae.config import Config
 from stsae.data.issues import DataIssues
+from stsae.data.records import CLINICAL_FIELDS
+from stsae.data.resample import resampling_summary
 from stsae.data.synthetic import iter_cohort, window_factors, windows_per_record
 from stsae.data.windowing import SamplingRateError, Windows, signal_quality_mask, window_record, window_signals
 from stsae.errors import InputDataError
@@ -122,8 +124,7 @@ def _source_batches(config: Config, issues: DataIssues) -> Iterator[_Batch]:
             issues.skip("sampling_rate_too_low", record.origin or record.record_id,
                         f"{record.origin or record.record_id}: {exc}")
             continue
-        clinical = _clinical_columns(pd.DataFrame([{k: record.clinical.get(k) for k in ("age", "sex", "htn",
-                                                                                       "t2d")}]))
+        clinical = _clinical_columns(pd.DataFrame([{k: record.clinical.get(k) for k in CLINICAL_FIELDS}]))
         meta = _window_meta(windows, np.array([record.patient_id]), np.array([record.record_id]),
                             np.array([record.t_start_s]), record.fs, np.array([record.source]), clinical)
         for key, value in record.extra.items():
@@ -167,7 +168,7 @@ def run(ctx: StageContext) -> None:
         stack.callback(writer.close)
         bar = stack.enter_context(progress(_expected_windows(config), "prepare", "win"))
         for batch in batches:
-            qc_pass, reason = signal_quality_mask(batch.windows.raw, batch.fs_orig, data.qc)
+            qc_pass, reason = signal_quality_mask(batch.windows.raw, batch.fs_orig, **data.qc.model_dump())
             writer.append(batch.windows.windows)
             metas.append(batch.meta)
             qcs.append(pd.DataFrame({"qc_pass": qc_pass, "qc_reason": reason.astype(object)}))
@@ -198,4 +199,6 @@ def _log_qc(ctx: StageContext, meta: pd.DataFrame, qc: pd.DataFrame, issues: Dat
              len(qc), meta["patient_id"].nunique(), 100 * rate, rejected or "none")
     ctx.record("prepare", {"n_windows": len(qc), "n_patients": int(meta["patient_id"].nunique()),
                            "qc_pass_rate": rate, "qc_rejections": {k: int(v) for k, v in rejected.items()},
-                           "data_issues": issues.summary()})
+                           "data_issues": issues.summary(),
+                           "resampling": resampling_summary(meta["fs_orig"].to_numpy(),
+                                                            ctx.config.data.windowing.fs_target)})

@@ -356,9 +356,17 @@ class Trainer:
             "best_step": self.best_step if best is not None else None,
             "val": best or (self.history[-1] if self.history else None),
             "train_last": self.last_train, "history": self.history,
-            "dead_fraction_train": float((self.since_fired >= self.cfg.dead_after_samples).float().mean()),
+            **self.dead_latents(),
         }
         return model, metrics
+
+    def dead_latents(self) -> dict[str, Any]:
+        """Dead latents as Gao et al. count them: no firing on the last N training samples (N =
+        train.dead_after_samples, stated beside the fraction). Before N samples were seen no latent
+        can qualify, so the fraction is None rather than a reassuring 0."""
+        n, seen = self.cfg.dead_after_samples, self.step * self.cfg.batch_size
+        fraction = float((self.since_fired >= n).float().mean()) if seen >= n else None
+        return {"dead_fraction_train": fraction, "dead_window_samples": n, "samples_seen": seen}
 
     # ---- checkpoints ----------------------------------------------------------------------------
     def settings(self) -> dict[str, Any]:
@@ -428,7 +436,8 @@ def fit_stsae(train: WindowTripletDataset, val: WindowTripletDataset | None, cfg
     override. `checkpoint`, when given, is written every train.checkpoint_every steps and at the end;
     the caller deletes it once it has saved the model; `embeddings` (the extract fingerprint) must match
     for it to be resumed. metrics: steps, steps_run, stopped_early,
-    best_step, val (validation terms of the selected weights), train_last, history, dead_fraction_train.
+    best_step, val (validation terms of the selected weights), train_last, history, dead_fraction_train
+    (None before dead_window_samples samples were seen), dead_window_samples, samples_seen.
     """
     trainer = Trainer(train, val, cfg, variant, d_dict, seed, steps=steps, checkpoint=checkpoint,
                       embeddings=embeddings)
