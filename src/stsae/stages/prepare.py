@@ -19,7 +19,7 @@ from typing import BinaryIO
 import numpy as np
 import pandas as pd
 
-from stsae.config import Config
+from stsae.config import Config, DataSection
 from stsae.data.issues import DataIssues
 from stsae.data.records import CLINICAL_FIELDS
 from stsae.data.resample import resampling_summary
@@ -139,14 +139,14 @@ def _expected_windows(config: Config) -> int | None:
     return syn.n_patients * syn.records_per_patient * windows_per_record(syn, config.data.windowing.window_s)
 
 
+# prepare reads every data key but the augmentation (extract's), so new source options are covered as
+# they are added to DataSection
 CONTRACT = StageContract(
     name="prepare", help="Simulate or load raw PPG, window it, QC it, split patients.",
-    reads=("run.seed", "data.source", "data.synthetic", "data.windowing", "data.qc", "data.split",
-           "data.pulsedb_root", "data.pulsedb_signal", "data.pulsedb_subset_info", "data.pulsedb_folders",
-           "data.mimic_iii_root", "data.mimic_iii_clinical", "data.mimic_iv_root", "data.mimic_iv_clinical",
-           "data.mimic_ppg_channels", "data.max_record_s", "data.max_records"),
+    reads=("run.seed", *(f"data.{name}" for name in DataSection.model_fields if name != "augment")),
     inputs=("data.pulsedb_root", "data.pulsedb_subset_info", "data.mimic_iii_root", "data.mimic_iii_clinical",
-            "data.mimic_iv_root", "data.mimic_iv_clinical"),
+            "data.mimic_iv_root", "data.mimic_iv_clinical", "data.table_path", "data.wfdb_root", "data.npz_path",
+            "data.clinical_path"),
     upstream=(), out_dir="windows")
 
 
