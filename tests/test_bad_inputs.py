@@ -341,7 +341,7 @@ def test_checkpoint_with_wrong_shapes_is_refused_naming_tensor(run_copy: Path, s
         metadata = json.loads(handle.read(header_len))["__metadata__"]
     io.write_bytes(path, safetensors_bytes(tensors, metadata))
     before = digest(run_copy)
-    result = cli("evaluate", small_config, run_copy)
+    result = cli("evaluate", small_config, run_copy, "--force")
     assert_one_line_error(result, str(path), "tensor 'W_dec' has shape [64, 100], expected [64, 512]")
     assert_outputs_unchanged(before, run_copy, failed_stage_dir="eval")
 
@@ -368,7 +368,7 @@ def test_checkpoint_that_is_not_safetensors_is_refused_without_unpickling(run_co
     else:
         path.write_bytes(os.urandom(4096))
     before = digest(run_copy)
-    result = cli("evaluate", small_config, run_copy)
+    result = cli("evaluate", small_config, run_copy, "--force")
     assert_one_line_error(result, str(path), "not a readable safetensors file")
     assert not marker.exists()
     assert_outputs_unchanged(before, run_copy, failed_stage_dir="eval")

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from stsae.cli import app
-from stsae.pipeline.stages import STAGES
+from stsae.pipeline.runner import STAGES
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()

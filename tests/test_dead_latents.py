@@ -16,7 +16,7 @@ def test_tracker_marks_exactly_the_latents_silent_over_the_last_n_samples() -> N
     torch.manual_seed(0)
     z, z_aug, index, _ = planted(n_atoms=48)
     train, _ = datasets(z, z_aug, index)
-    cfg = small_cfg(d_dict=64, k=2, lr=1e-12, steps=12, batch_size=32, warmup_steps=1, dead_after_samples=128)
+    cfg = small_cfg(d_dict=64, k=2, lr=1e-12, steps=12, batch_size=32, warmup_steps=1, dead_after_samples=32)
     trainer = Trainer(train, None, cfg, "vanilla", cfg.d_dict, seed=0)
     trainer.train()
     last_steps = range(cfg.steps - cfg.dead_after_samples // cfg.batch_size, cfg.steps)
@@ -26,7 +26,7 @@ def test_tracker_marks_exactly_the_latents_silent_over_the_last_n_samples() -> N
     metrics = trainer.dead_latents()
     assert 0 < (~fired).sum() < cfg.d_dict
     assert metrics["dead_fraction_train"] == (~fired).mean()
-    assert (metrics["dead_window_samples"], metrics["samples_seen"]) == (128, 12 * 32)
+    assert (metrics["dead_window_samples"], metrics["samples_seen"]) == (32, 12 * 32)
 
 
 def test_dead_fraction_is_undefined_before_n_samples_were_seen() -> None:

@@ -23,7 +23,7 @@ def _context(tmp_path) -> StageContext:
     config = Config.model_validate({
         "train": {"d_dict": 32, "k": 4, "seeds": [0], "d_dict_sweep": [32]},
         "baselines": {"methods": ["pca", "nmf"], "n_components": [4, 8], "max_iter": 100},
-        "eval": {"probe_folds": 3, "stability_subsamples": 0},
+        "eval": {"stability_subsamples": 0},
         "aging": {"cv_folds": 3, "l1_ratios": [0.5, 1.0], "min_events": 2, "bias_correction_on": "oof_train"}})
     return StageContext(config, RunDir(tmp_path / "run"), fingerprint="test", force=True)
 

@@ -15,6 +15,9 @@ from stsae.models.baselines import ICABaseline, PCABaseline
 from stsae.models.registry import list_models, load_concept_model, load_k_sparse_model
 from stsae.models.stsae import STSAE
 from stsae.pipeline.rundir import RunDir
+from stsae.train.grid import GridEntry
+
+NO_BASELINES = BaselinesSection(methods=[], n_components=[])
 
 
 def write_stsae(run_dir: RunDir, z_train: np.ndarray, variant: str, d_dict: int, seed: int, k: int = 4,
@@ -121,3 +124,16 @@ def test_k_sparse_model_of_an_stsae_is_refused(tmp_path, z) -> None:
     path = write_stsae(RunDir(tmp_path), z, "full", 32, 0)
     with pytest.raises(InputDataError, match="baselines only"):
         load_k_sparse_model(path, 2)
+
+
+def test_list_models_with_a_grid_lists_only_its_stsae_models_and_never_stale_ones(tmp_path, z) -> None:
+    run_dir = RunDir(tmp_path)
+    write_stsae(run_dir, z, "full", 32, 0)
+    write_stsae(run_dir, z, "full", 16, 0)
+    stale = run_dir.stale_models_dir
+    stale.mkdir(parents=True)
+    old = write_stsae(RunDir(tmp_path / "elsewhere"), z, "full", 8, 0)
+    for path in (old, old.with_suffix(".json")):
+        path.rename(stale / path.name)
+    assert [i.name for i in list_models(run_dir, NO_BASELINES)] == ["stsae-full-K16-s0", "stsae-full-K32-s0"]
+    assert [i.name for i in list_models(run_dir, NO_BASELINES, [GridEntry("full", 32, 0)])] == ["stsae-full-K32-s0"]

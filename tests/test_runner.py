@@ -1,74 +1,186 @@
-"""Stage fingerprints: unchanged stages are skipped, a config change reruns exactly its downstream."""
+"""The runner: stage graph from the contracts, provenance fingerprints, output checks, records."""
 
 import json
+import os
 
 import pytest
 
-from stsae.config import load_config
-from stsae.pipeline import runner
+from stsae.config import Config, load_config
+from stsae.errors import StsaeError
+from stsae.pipeline import provenance, runner
 from stsae.pipeline.rundir import RunDir
-from stsae.pipeline.stages import STAGE_BY_NAME, STAGES
 
-
-def _downstream(name: str) -> set[str]:
-    found = {name}
-    for stage in STAGES:
-        if found & set(stage.upstream):
-            found.add(stage.name)
-    return found
-
-
-def test_changing_a_train_key_changes_exactly_the_train_downstream_fingerprints():
-    base = runner.fingerprints(load_config(None))
-    changed = runner.fingerprints(load_config(None, ["train.lr=0.01"]))
-    differing = {name for name in base if base[name] != changed[name]}
-    assert differing == _downstream("train")
-    assert "baselines" not in differing and "prepare" not in differing
-
-
-def test_changing_the_seed_changes_every_seeded_stage():
-    base = runner.fingerprints(load_config(None))
-    changed = runner.fingerprints(load_config(None, ["run.seed=5"]))
-    assert all(base[name] != changed[name] for name in base)
+CHAIN = ["prepare", "extract", "train"]
 
 
 @pytest.fixture
-def counting_stage(monkeypatch):
+def fake_stages(monkeypatch):
+    """Every stage replaced by one that logs its name and writes out.txt into its out_dir."""
     calls: list[str] = []
 
     def fake_entry(stage):
         def run(ctx):
             calls.append(stage.name)
-            (ctx.run_dir.root / stage.out_dir).mkdir(parents=True, exist_ok=True)
+            out = ctx.run_dir.root / stage.out_dir
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "out.txt").write_text(f"{stage.name} output " * 100)
         return run
 
-    monkeypatch.setattr(runner, "_load_entry", fake_entry)
+    monkeypatch.setattr(runner, "_entry", fake_entry)
     return calls
 
 
-def test_fresh_stage_is_skipped_and_config_change_reruns_it(tmp_path, counting_stage):
-    run_dir = RunDir(tmp_path / "run")
-    ctx = runner.StageContext(load_config(None), run_dir, "")
-    assert runner.run_stages(ctx, ["prepare", "extract"]) == ["prepare", "extract"]
-    assert runner.run_stages(ctx, ["prepare", "extract"]) == []
-    ctx2 = runner.StageContext(load_config(None, ["extract.batch_size=7"]), run_dir, "")
-    assert runner.run_stages(ctx2, ["prepare", "extract"]) == ["extract"]
-    assert counting_stage == ["prepare", "extract", "extract"]
+def _run(run_dir: RunDir, config: Config | None = None, force: bool = False) -> list[str]:
+    return runner.run_stages(runner.StageContext(config or load_config(None), run_dir, "", force=force), CHAIN)
 
 
-def test_force_reruns_a_fresh_stage(tmp_path, counting_stage):
-    run_dir = RunDir(tmp_path / "run")
-    runner.run_stages(runner.StageContext(load_config(None), run_dir, ""), ["prepare"])
-    ran = runner.run_stages(runner.StageContext(load_config(None), run_dir, "", force=True), ["prepare"])
-    assert ran == ["prepare"]
+def test_every_upstream_is_a_stage_declared_earlier_in_pipeline_order():
+    seen: set[str] = set()
+    for stage in runner.STAGES:
+        assert set(stage.upstream) <= seen, stage.name
+        seen.add(stage.name)
 
 
-def test_forced_upstream_rerun_makes_downstream_stale(tmp_path, counting_stage):
-    run_dir = RunDir(tmp_path / "run")
+def test_every_declared_read_is_a_config_key():
     config = load_config(None)
-    runner.run_stages(runner.StageContext(config, run_dir, ""), ["prepare", "extract"])
-    runner.run_stages(runner.StageContext(config, run_dir, "", force=True), ["prepare"])
-    assert runner.run_stages(runner.StageContext(config, run_dir, ""), ["prepare", "extract"]) == ["extract"]
+    for stage in runner.STAGES:
+        for key in stage.reads:
+            node = config
+            for part in key.split("."):
+                assert hasattr(node, part), f"{stage.name}: {key}"
+                node = getattr(node, part)
+
+
+def test_a_config_key_changes_only_the_fingerprints_of_stages_that_declare_it(tmp_path):
+    run_dir = RunDir(tmp_path / "run")
+    base, changed = load_config(None), load_config(None, ["train.lr=0.01"])
+    differing = {stage.name for stage in runner.STAGES
+                 if runner.fingerprint(base, run_dir, stage) != runner.fingerprint(changed, run_dir, stage)}
+    assert differing == {"train"}
+    seeded = load_config(None, ["run.seed=5"])
+    differing = {stage.name for stage in runner.STAGES
+                 if runner.fingerprint(base, run_dir, stage) != runner.fingerprint(seeded, run_dir, stage)}
+    assert differing == {"prepare", "extract", "baselines", "evaluate", "age", "ground"}
+
+
+def test_fresh_stages_are_skipped_and_a_config_change_reruns_it_and_its_downstream(tmp_path, fake_stages):
+    run_dir = RunDir(tmp_path / "run")
+    assert _run(run_dir) == CHAIN
+    assert _run(run_dir) == []
+    assert _run(run_dir, load_config(None, ["extract.batch_size=7"])) == ["extract", "train"]
+
+
+def test_force_reruns_a_fresh_stage_and_makes_its_downstream_stale(tmp_path, fake_stages):
+    run_dir = RunDir(tmp_path / "run")
+    _run(run_dir)
+    assert runner.run_stages(runner.StageContext(load_config(None), run_dir, "", force=True), ["prepare"]) \
+        == ["prepare"]
+    assert _run(run_dir) == ["extract", "train"]
+
+
+def test_an_edited_output_reruns_its_stage_and_everything_downstream(tmp_path, fake_stages):
+    run_dir = RunDir(tmp_path / "run")
+    _run(run_dir)
+    (run_dir.embeddings_dir / "out.txt").write_text("edited")
+    assert _run(run_dir) == ["extract", "train"]
+
+
+def test_a_vanished_output_reruns_its_stage(tmp_path, fake_stages):
+    run_dir = RunDir(tmp_path / "run")
+    _run(run_dir)
+    (run_dir.windows_dir / "out.txt").unlink()
+    assert _run(run_dir) == CHAIN
+
+
+def test_a_same_size_edit_with_the_old_mtime_restored_is_caught_by_the_content_hash(tmp_path, fake_stages):
+    run_dir = RunDir(tmp_path / "run")
+    _run(run_dir)
+    path = run_dir.models_dir / "out.txt"
+    before = path.stat()
+    path.write_text(path.read_text().upper())
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert runner.stale_reason(run_dir, runner.STAGE_BY_NAME["train"],
+                               runner.fingerprint(load_config(None), run_dir, runner.STAGE_BY_NAME["train"])) \
+        == "output(s) changed or missing: models/out.txt"
+    assert _run(run_dir) == ["train"]
+
+
+def test_stage_record_lists_outputs_without_scratch_bookkeeping_or_other_stages(tmp_path, fake_stages):
+    run_dir = RunDir(tmp_path / "run")
+    for scratch in (run_dir.train_checkpoints_dir / "x.safetensors", run_dir.stale_models_dir / "old.json",
+                    run_dir.baselines_dir / "pca-n4.joblib", run_dir.models_dir / ".hidden.json",
+                    run_dir.models_dir / "a.json.stsae-tmp-0a1b2c3d-123"):
+        scratch.parent.mkdir(parents=True, exist_ok=True)
+        scratch.write_text("x")
+    _run(run_dir)
+    record = json.loads((run_dir.models_dir / "stage.json").read_text())
+    assert list(record["outputs"]) == ["models/out.txt"]
+    assert record["outputs_digest"] == provenance.digest(record["outputs"])
+
+
+def test_overwriting_the_encoder_weights_at_the_same_path_reruns_extract(tmp_path, fake_stages):
+    weights = tmp_path / "papagei_s.pt"
+    weights.write_bytes(b"A" * 1000)
+    config = load_config(None, [f"encoder.weights={weights}"])
+    run_dir = RunDir(tmp_path / "run")
+    _run(run_dir, config)
+    weights.write_bytes(b"B" * 1000)
+    assert _run(run_dir, config) == ["extract", "train"]
+
+
+def test_the_weights_hash_is_cached_by_path_size_and_mtime(tmp_path, monkeypatch):
+    weights = tmp_path / "papagei_s.pt"
+    weights.write_bytes(b"A" * 1000)
+    cache = tmp_path / "cache.json"
+    hashed: list[str] = []
+    real = provenance.file_sha256
+    monkeypatch.setattr(provenance, "file_sha256", lambda path: hashed.append(path.name) or real(path))
+    first = provenance.cached_sha256(weights, cache)
+    assert provenance.cached_sha256(weights, cache) == first and hashed == ["papagei_s.pt"]
+    weights.write_bytes(b"B" * 1000)
+    assert provenance.cached_sha256(weights, cache) != first and len(hashed) == 2
+    assert len(json.loads(cache.read_text())) == 1
+
+
+def test_adding_a_file_under_a_data_root_reruns_prepare_and_its_downstream(tmp_path, fake_stages):
+    root = tmp_path / "pulsedb"
+    (root / "Segment_Files").mkdir(parents=True)
+    (root / "Segment_Files" / "p000001.mat").write_bytes(b"x" * 10)
+    config = load_config(None, [f"data.pulsedb_root={root}"])
+    run_dir = RunDir(tmp_path / "run")
+    _run(run_dir, config)
+    assert _run(run_dir, config) == []
+    (root / "Segment_Files" / "p000002.mat").write_bytes(b"y" * 10)
+    assert _run(run_dir, config) == CHAIN
+
+
+def test_a_partial_run_always_runs_and_is_never_recorded_complete(tmp_path, fake_stages):
+    run_dir = RunDir(tmp_path / "run")
+    _run(run_dir)
+    calls: list[str] = []
+    ctx = runner.StageContext(load_config(None), run_dir, "")
+    assert runner.run_stages(ctx, ["train"], {"train": lambda c: calls.append("partial")}) == ["train"]
+    assert calls == ["partial"] and not (run_dir.models_dir / "stage.json").exists()
+
+
+def test_a_stage_receives_its_upstream_fingerprints(tmp_path, fake_stages):
+    run_dir = RunDir(tmp_path / "run")
+    _run(run_dir)
+    seen = {}
+    ctx = runner.StageContext(load_config(None), run_dir, "", force=True)
+    runner.run_stages(ctx, ["train"], {"train": lambda c: seen.update(c.upstream)})
+    record = json.loads((run_dir.embeddings_dir / "stage.json").read_text())
+    assert seen == {"extract": record["fingerprint"]}
+
+
+def test_fingerprints_are_reproducible_in_another_run_directory(tmp_path, fake_stages):
+    a, b = RunDir(tmp_path / "a"), RunDir(tmp_path / "b")
+    _run(a)
+    _run(b)
+    for stage in CHAIN:
+        record_a, record_b = (json.loads((d.root / runner.STAGE_BY_NAME[stage].out_dir / "stage.json").read_text())
+                              for d in (a, b))
+        assert record_a["fingerprint"] == record_b["fingerprint"]
 
 
 def test_failed_stage_leaves_no_record(tmp_path, monkeypatch):
@@ -77,14 +189,14 @@ def test_failed_stage_leaves_no_record(tmp_path, monkeypatch):
             raise RuntimeError("killed")
         return run
 
-    monkeypatch.setattr(runner, "_load_entry", boom)
+    monkeypatch.setattr(runner, "_entry", boom)
     run_dir = RunDir(tmp_path / "run")
     with pytest.raises(RuntimeError):
         runner.run_stages(runner.StageContext(load_config(None), run_dir, ""), ["prepare"])
     assert not (run_dir.root / "windows" / "stage.json").exists()
 
 
-def test_run_dir_records_resolved_config_and_manifest(tmp_path, counting_stage):
+def test_run_dir_records_resolved_config_and_manifest(tmp_path, fake_stages):
     run_dir = RunDir(tmp_path / "run")
     runner.run_stages(runner.StageContext(load_config(None, ["run.seed=3"]), run_dir, ""), ["prepare"])
     manifest = json.loads(run_dir.manifest.read_text())
@@ -94,9 +206,22 @@ def test_run_dir_records_resolved_config_and_manifest(tmp_path, counting_stage):
     assert load_config(run_dir.config_resolved).run.seed == 3
 
 
-def test_missing_stage_module_is_reported_not_implemented(monkeypatch):
-    stage = STAGE_BY_NAME["prepare"]
-    fake = type(stage)(stage.name, stage.help, stage.sections, stage.upstream, stage.out_dir,
-                       "stsae.stages.does_not_exist:run")
-    with pytest.raises(runner.StageNotImplementedError, match="stage 'prepare' is not implemented yet"):
-        runner._load_entry(fake)
+def test_a_single_stage_refuses_upstream_outputs_edited_since_they_were_made(tmp_path, fake_stages):
+    run_dir = RunDir(tmp_path / "run")
+    _run(run_dir)
+    (run_dir.windows_dir / "out.txt").write_text("edited")
+    ctx = runner.StageContext(load_config(None), run_dir, "")
+    with pytest.raises(StsaeError, match=r"windows/out\.txt: output of stage 'prepare' changed since it ran; "
+                                         r"run `stsae prepare` \(or `stsae run`\) before `stsae extract`"):
+        runner.run_stages(ctx, ["extract"])
+    assert runner.run_stages(ctx, CHAIN) == CHAIN
+
+
+def test_force_runs_a_single_stage_on_edited_upstream_outputs_and_the_next_run_rebuilds_them(
+        tmp_path, fake_stages):
+    run_dir = RunDir(tmp_path / "run")
+    _run(run_dir)
+    (run_dir.windows_dir / "out.txt").write_text("edited")
+    forced = runner.StageContext(load_config(None), run_dir, "", force=True)
+    assert runner.run_stages(forced, ["extract"]) == ["extract"]
+    assert _run(run_dir) == CHAIN

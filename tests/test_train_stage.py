@@ -12,8 +12,8 @@ import torch
 from stsae.config import Config, TrainSection
 from stsae.errors import StsaeError
 from stsae.models.stsae import STSAE
+from stsae.pipeline.contract import StageContext
 from stsae.pipeline.rundir import RunDir
-from stsae.pipeline.runner import StageContext
 from stsae.stages.train import run
 from stsae.train.grid import GridEntry, build_grid, select
 from stsae.utils import io
@@ -53,8 +53,8 @@ def _config(**train) -> Config:
     return Config(train=TrainSection(**{**base, **train}))
 
 
-def _ctx(run_dir: RunDir, config: Config, only: list[str] | None = None, force: bool = False) -> StageContext:
-    return StageContext(config, run_dir, fingerprint="test", force=force, only=only or [])
+def _ctx(run_dir: RunDir, config: Config, force: bool = False, embeddings: str = "emb-A") -> StageContext:
+    return StageContext(config, run_dir, fingerprint="test", force=force, upstream={"extract": embeddings})
 
 
 def test_grid_has_main_variants_for_every_seed_and_sweep_for_first_seed_without_duplicates():
@@ -94,25 +94,74 @@ def test_stage_writes_every_grid_model_with_contract_sidecar(tmp_path):
 
 def test_stage_skips_finished_models_and_retrains_changed_settings(tmp_path):
     run_dir = _run_dir(tmp_path)
-    run(_ctx(run_dir, _config(), only=["full", "K=8"]))
+    run(_ctx(run_dir, _config()), only=["full", "K=8"])
     path = run_dir.stsae_checkpoint("full", 8, 0)
     first = path.stat().st_mtime_ns
-    run(_ctx(run_dir, _config(), only=["full", "K=8"]))
+    run(_ctx(run_dir, _config()), only=["full", "K=8"])
     assert path.stat().st_mtime_ns == first
-    run(_ctx(run_dir, _config(steps=5), only=["full", "K=8"]))
+    run(_ctx(run_dir, _config(steps=5)), only=["full", "K=8"])
     assert path.stat().st_mtime_ns != first
 
 
 def test_stage_only_trains_the_selected_subset(tmp_path):
     run_dir = _run_dir(tmp_path)
-    run(_ctx(run_dir, _config(), only=["vanilla", "seed=1"]))
+    run(_ctx(run_dir, _config()), only=["vanilla", "seed=1"])
     written = sorted(p.name for p in run_dir.models_dir.glob("*.safetensors"))
     assert written == ["stsae-vanilla-K16-s1.safetensors"]
 
 
 def test_stage_records_input_statistics_in_the_manifest(tmp_path):
     run_dir = _run_dir(tmp_path)
-    run(_ctx(run_dir, _config(), only=["full", "K=8"]))
+    run(_ctx(run_dir, _config()), only=["full", "K=8"])
     facts = json.loads(run_dir.manifest.read_text())["train"]
     assert facts["models_trained"] == ["stsae-full-K8-s0"]
     assert facts["input_mean_norm_over_std"] > 0 and facts["effective_rank"] > 1
+
+
+def test_models_trained_on_other_embeddings_are_retrained_not_skipped(tmp_path):
+    run_dir = _run_dir(tmp_path)
+    run(_ctx(run_dir, _config()), only=["full", "K=8"])
+    path = run_dir.stsae_checkpoint("full", 8, 0)
+    first = path.stat().st_mtime_ns
+    run(_ctx(run_dir, _config(), embeddings="emb-B"), only=["full", "K=8"])
+    assert path.stat().st_mtime_ns != first
+    assert json.loads(path.with_suffix(".json").read_text())["embeddings"] == "emb-B"
+
+
+def test_models_outside_the_current_grid_or_embeddings_are_moved_to_stale(tmp_path):
+    run_dir = _run_dir(tmp_path)
+    run(_ctx(run_dir, _config()), only=["full", "K=8"])
+    run(_ctx(run_dir, _config()), only=["vanilla", "seed=1"])
+    run(_ctx(run_dir, _config(d_dict_sweep=[16]), embeddings="emb-B"), only=["vanilla", "seed=1"])
+    kept = sorted(p.name for p in run_dir.models_dir.glob("stsae-*"))
+    stale = sorted(p.name for p in run_dir.stale_models_dir.glob("stsae-*"))
+    assert kept == ["stsae-vanilla-K16-s1.json", "stsae-vanilla-K16-s1.safetensors"]
+    assert stale == ["stsae-full-K8-s0.json", "stsae-full-K8-s0.safetensors",
+                     "stsae-vanilla-K16-s1.json", "stsae-vanilla-K16-s1.safetensors"]
+    assert json.loads(run_dir.manifest.read_text())["train"]["models_set_aside"] == [
+        "stsae-full-K8-s0", "stsae-vanilla-K16-s1"]
+
+
+def test_stage_records_the_main_model_of_the_grid(tmp_path):
+    run_dir = _run_dir(tmp_path)
+    run(_ctx(run_dir, _config()), only=["full", "K=8"])
+    assert json.loads(run_dir.manifest.read_text())["train"]["main_model"] == "stsae-full-K16-s0"
+
+
+def test_a_grid_model_whose_save_was_cut_short_is_retrained_in_place_not_set_aside(tmp_path):
+    run_dir = _run_dir(tmp_path)
+    run(_ctx(run_dir, _config()), only=["full", "K=8"])
+    path = run_dir.stsae_checkpoint("full", 8, 0)
+    path.with_suffix(".json").unlink()
+    run(_ctx(run_dir, _config()), only=["full", "K=8"])
+    assert path.with_suffix(".json").is_file() and not run_dir.stale_models_dir.exists()
+
+
+def test_a_model_file_damaged_after_training_is_retrained_not_kept(tmp_path):
+    run_dir = _run_dir(tmp_path)
+    run(_ctx(run_dir, _config()), only=["full", "K=8"])
+    path = run_dir.stsae_checkpoint("full", 8, 0)
+    good = path.read_bytes()
+    path.write_bytes(good[:-8] + bytes(8))
+    run(_ctx(run_dir, _config()), only=["full", "K=8"])
+    assert path.read_bytes() == good

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,9 +20,9 @@ from stsae.config import Config, load_config
 from stsae.errors import StsaeError
 from stsae.pipeline.lock import run_lock
 from stsae.pipeline.rundir import RunDir
-from stsae.pipeline.runner import StageContext, run_stages
+from stsae.pipeline.runner import STAGES, StageContext, StageEntry, run_stages
 from stsae.pipeline.safety import claim_run_dir, environment_error_message
-from stsae.pipeline.stages import STAGES
+from stsae.stages import train
 from stsae.utils.dist import is_main_process
 from stsae.utils.logs import setup_logging
 
@@ -69,23 +70,23 @@ def _user_errors() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _session(config: Config, paths: RunDir, force: bool, verbose: int, quiet: bool,
-             only: list[str] | None = None, break_lock: bool = False) -> Iterator[StageContext]:
+             break_lock: bool = False) -> Iterator[StageContext]:
     """Claim the run directory, start logging and hold the run lock while the caller works in it."""
     if is_main_process():
         claim_run_dir(paths, force)
     setup_logging(-1 if quiet else verbose, paths.log)
     lock = run_lock(paths.lock, break_lock) if is_main_process() else contextlib.nullcontext()
     with lock:
-        yield StageContext(config, paths, fingerprint="", force=force, only=only or [])
+        yield StageContext(config, paths, fingerprint="", force=force)
 
 
 def _execute(stage_names: list[str], config_path: Path | None, overrides: list[str] | None,
-             run_dir: Path | None, force: bool, verbose: int, quiet: bool, only: list[str] | None = None,
-             break_lock: bool = False) -> RunDir:
+             run_dir: Path | None, force: bool, verbose: int, quiet: bool,
+             partial: dict[str, StageEntry] | None = None, break_lock: bool = False) -> RunDir:
     with _user_errors():
         config, paths = _resolve(config_path, overrides, run_dir)
-        with _session(config, paths, force, verbose, quiet, only, break_lock) as ctx:
-            run_stages(ctx, stage_names)
+        with _session(config, paths, force, verbose, quiet, break_lock) as ctx:
+            run_stages(ctx, stage_names, partial)
     return paths
 
 
@@ -113,8 +114,9 @@ def train_command(
         "--only", help="Comma-separated filter of grid entries, e.g. 'full,K=4096' or 'vanilla,seed=1'.")] = None,
 ) -> None:
     """Train the ST-SAE grid: full, five ablations, K-sweep, seeds (finished models are skipped)."""
-    _execute(["train"], config, set_, run_dir, force, verbose, quiet,
-             only=[part.strip() for part in only.split(",")] if only else None, break_lock=break_lock)
+    tokens = [part.strip() for part in only.split(",")] if only else []
+    partial: dict[str, StageEntry] = {"train": functools.partial(train.run, only=tokens)} if tokens else {}
+    _execute(["train"], config, set_, run_dir, force, verbose, quiet, partial, break_lock)
 
 
 @app.command(name="run")

@@ -3,7 +3,9 @@
 Evaluation, aging and grounding never care which family a model is: they call
 `list_models(run_dir)` and `load_concept_model(path)` and get `encode / decode / dictionary` on
 numpy arrays. Metadata comes from each model's JSON sidecar (never from the file name). Baselines are
-listed by the names the config asks for, never by globbing, and no model file is unpickled.
+listed by the names the config asks for, never by globbing, and no model file is unpickled. ST-SAE models
+are those of models/ itself: the train stage moves models of an earlier grid, config or embeddings into
+models/stale/, so after it ran models/ is the current grid; a reader can also pass that grid explicitly.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from abc import ABC, abstractmethod
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -186,16 +189,21 @@ def _configured_baselines(run_dir: RunDir, baselines: BaselinesSection) -> list[
     return infos
 
 
-def list_models(run_dir: RunDir, baselines: BaselinesSection) -> list[ModelInfo]:
+def list_models(run_dir: RunDir, baselines: BaselinesSection,
+                grid: Collection[tuple[str, int, int]] | None = None) -> list[ModelInfo]:
     """Every complete ST-SAE checkpoint (sidecar `complete: true`), sorted by name, then the configured
-    baselines (config section `baselines`)."""
+    baselines (config section `baselines`).
+
+    grid: (variant, d_dict, seed) of the ST-SAE models to list (e.g. `stsae.train.grid.build_grid(cfg)`
+    entries); None lists every complete checkpoint in models/ (never models/stale/).
+    """
     infos: list[ModelInfo] = []
     if run_dir.models_dir.is_dir():
         for path in sorted(run_dir.models_dir.glob("stsae-*.safetensors")):
             info = _stsae_info(path)
             if info is None:
                 log.info("skipping %s: no complete .json sidecar (training unfinished?)", path.name)
-            else:
+            elif grid is None or (info.variant, info.d_dict, info.seed) in grid:
                 infos.append(info)
     return infos + _configured_baselines(run_dir, baselines)
 

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stsae.errors import StsaeError
-from stsae.pipeline.stages import STAGES
 from stsae.utils import io
 
 log = logging.getLogger(__name__)
@@ -121,6 +120,8 @@ def run_lock(lock: Path, break_lock: bool = False) -> Iterator[None]:
 
 def stage_folders(root: Path) -> list[Path]:
     """Top-level folders the stages write (models/ holds baselines/ and checkpoints/)."""
+    from stsae.pipeline.runner import STAGES  # the runner imports this module; its stage list comes later
+
     names = sorted({Path(stage.out_dir).parts[0] for stage in STAGES})
     return [root / name for name in names if (root / name).is_dir()]
 

@@ -30,6 +30,11 @@ class RunDir:
         return self.root / ".stsae.lock"
 
     @property
+    def hash_cache(self) -> Path:
+        """sha256 of external input files keyed by path + size + mtime_ns (hashed once, not every run)."""
+        return self.root / ".sha256-cache.json"
+
+    @property
     def log(self) -> Path:
         return self.root / "run.log"
 
@@ -108,6 +113,11 @@ class RunDir:
     def train_checkpoints_dir(self) -> Path:
         """Resumable training state of unfinished models (kept apart so the registry never lists it)."""
         return self.models_dir / "checkpoints"
+
+    @property
+    def stale_models_dir(self) -> Path:
+        """Models of an earlier grid, config or embeddings, set aside (kept, never listed)."""
+        return self.models_dir / "stale"
 
     # eval/, aging/, grounding/, figures/
     @property

@@ -1,18 +1,19 @@
-"""Run stages in order, skipping those whose fingerprint is unchanged, recording each in the manifest.
+"""Run stages in order, skipping those whose provenance is unchanged, recording each in the manifest.
 
-A stage's `stage.json` is deleted before it runs and written (atomically) only after it succeeds, so a
-killed stage is never mistaken for a finished one; resumable stages keep their own progress files.
+The graph comes from the `CONTRACT` each stage module declares beside its `run` (imported here in
+pipeline order). A stage is up to date when its `stage.json` holds the fingerprint computed now (see
+`stsae.pipeline.provenance`), the output digests of its upstream stages are those it was built from, and
+every output it recorded is still there, unchanged. `stage.json` is
+deleted before a stage runs and written (atomically) only after it succeeds, so a killed stage is never
+mistaken for a finished one; resumable stages keep their own progress files.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib
 import json
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -20,121 +21,148 @@ from typing import Any
 from stsae import __version__
 from stsae.config import Config, config_to_yaml
 from stsae.errors import StsaeError
+from stsae.pipeline import provenance
+from stsae.pipeline.contract import StageContext, StageContract, config_slice, restricted
 from stsae.pipeline.lock import remove_orphaned_temp_files
 from stsae.pipeline.manifest import static_facts, update_manifest
 from stsae.pipeline.rundir import RunDir
-from stsae.pipeline.stages import STAGE_BY_NAME, STAGES, Stage
+from stsae.stages import age, baselines, evaluate, extract, figures, ground, prepare, report, train
 from stsae.utils import io
 from stsae.utils.dist import is_main_process
 
 log = logging.getLogger(__name__)
 
+__all__ = ["STAGES", "STAGE_BY_NAME", "StageContext", "StageContract", "fingerprint", "run_stages"]
 
-class StageNotImplementedError(StsaeError, RuntimeError):
-    """The stage's module does not exist yet; the run must not pretend it ran."""
-
-
-@dataclass
-class StageContext:
-    """What a stage function receives: the config, the run directory and its own fingerprint."""
-
-    config: Config
-    run_dir: RunDir
-    fingerprint: str
-    force: bool = False
-    only: list[str] = field(default_factory=list)
-
-    def record(self, key: str, value: Any) -> None:
-        """Add a fact to manifest.json (e.g. encoder weights sha256 or RANDOM)."""
-        update_manifest(self.run_dir.manifest, {key: value})
+_MODULES = (prepare, extract, train, baselines, evaluate, age, ground, figures, report)
+STAGES: tuple[StageContract, ...] = tuple(module.CONTRACT for module in _MODULES)
+STAGE_BY_NAME = {stage.name: stage for stage in STAGES}
+StageEntry = Callable[[StageContext], None]
+_RUN: dict[str, StageEntry] = {module.CONTRACT.name: module.run for module in _MODULES}
 
 
-def _section_value(config: Config, dotted: str) -> Any:
-    node: Any = config.model_dump(mode="json")
-    for part in dotted.split("."):
-        node = node[part]
-    return node
+def _entry(stage: StageContract) -> StageEntry:
+    """The stage's `run` (one indirection, so tests can substitute a stage)."""
+    return _RUN[stage.name]
 
 
-def fingerprints(config: Config) -> dict[str, str]:
-    """Fingerprint of every stage: its config sections + upstream fingerprints + package version."""
-    result: dict[str, str] = {}
-    for stage in STAGES:
-        payload = {
-            "version": __version__,
-            "sections": {s: _section_value(config, s) for s in stage.sections},
-            "upstream": {u: result[u] for u in stage.upstream},
-        }
-        result[stage.name] = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-    return result
-
-
-def _record_path(run_dir: RunDir, stage: Stage) -> Path:
+def record_path(run_dir: RunDir, stage: StageContract) -> Path:
     return run_dir.root / stage.out_dir / "stage.json"
 
 
-def _read_record(run_dir: RunDir, stage: Stage) -> dict[str, Any] | None:
-    path = _record_path(run_dir, stage)
+def read_record(run_dir: RunDir, stage: StageContract) -> dict[str, Any] | None:
     try:
-        return json.loads(path.read_text())
+        return json.loads(record_path(run_dir, stage).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
 
 
-def _upstream_runs(run_dir: RunDir, stage: Stage) -> dict[str, str | None]:
-    """When each upstream stage last finished: a forced upstream rerun makes this stage stale too."""
-    records = {name: _read_record(run_dir, STAGE_BY_NAME[name]) for name in stage.upstream}
-    return {name: (record or {}).get("finished") for name, record in records.items()}
+def _upstream_field(run_dir: RunDir, stage: StageContract, key: str) -> dict[str, str | None]:
+    records = {name: read_record(run_dir, STAGE_BY_NAME[name]) for name in stage.upstream}
+    return {name: (record or {}).get(key) for name, record in records.items()}
 
 
-def is_fresh(run_dir: RunDir, stage: Stage, fingerprint: str) -> bool:
-    """Fresh = finished with this fingerprint, after the upstream runs it was built from."""
-    record = _read_record(run_dir, stage)
+def upstream_fingerprints(run_dir: RunDir, stage: StageContract) -> dict[str, str | None]:
+    """The fingerprint each upstream stage last finished with (None: never finished)."""
+    return _upstream_field(run_dir, stage, "fingerprint")
+
+
+def upstream_outputs(run_dir: RunDir, stage: StageContract) -> dict[str, str | None]:
+    """The digest of each upstream stage's recorded outputs (sizes, mtimes, sampled hashes)."""
+    return _upstream_field(run_dir, stage, "outputs_digest")
+
+
+def fingerprint(config: Config, run_dir: RunDir, stage: StageContract) -> str:
+    """Declared config slice + external input identities + upstream fingerprints + package version.
+
+    Reproducible: the same config and inputs give the same fingerprints in any run directory, so a model
+    can record the extract fingerprint it was trained on. Upstream *outputs* are checked separately
+    (`stale_reason`), since their identity includes modification times.
+    """
+    inputs = {key: provenance.input_identity(config_slice(config, (key,))[key], run_dir.hash_cache)
+              for key in stage.inputs}
+    return provenance.digest({"version": __version__, "reads": config_slice(config, stage.reads),
+                              "inputs": inputs, "upstream": upstream_fingerprints(run_dir, stage)})
+
+
+def output_files(run_dir: RunDir, stage: StageContract) -> list[Path]:
+    """The stage's outputs: files under out_dir (minus scratch and other stages' folders) + extra outputs."""
+    base = run_dir.root / stage.out_dir
+    skip = {base / name for name in stage.scratch}
+    skip |= {run_dir.root / other.out_dir for other in STAGES if other is not stage
+             and (run_dir.root / other.out_dir).is_relative_to(base)}
+    extra = [getattr(run_dir, name) for name in stage.extra_outputs]
+    return provenance.list_outputs(base, skip) + [path for path in extra if path.is_file()]
+
+
+def check_upstream_intact(run_dir: RunDir, stage: StageContract) -> None:
+    """Refuse to run or skip a stage whose upstream outputs changed on disk since that stage finished.
+
+    `stsae run` reruns the upstream stage first, so this only stops a single-stage command (e.g.
+    `stsae train` after windows.npy was edited) from using, or vouching for, inputs nobody produced.
+    `--force` overrides it: the stage then runs on the files as they are (and the next `stsae run`
+    rebuilds the upstream stage and everything after it).
+    """
+    for name in stage.upstream:
+        record = read_record(run_dir, STAGE_BY_NAME[name])
+        changed = provenance.changed_files(run_dir.root, (record or {}).get("outputs", {}))
+        if changed:
+            raise StsaeError(f"{run_dir.root / changed[0]}: output of stage '{name}' changed since it ran; "
+                             f"run `stsae {name}` (or `stsae run`) before `stsae {stage.name}`")
+
+
+def stale_reason(run_dir: RunDir, stage: StageContract, fp: str) -> str | None:
+    """Why the stage must run (None: it is up to date)."""
+    record = read_record(run_dir, stage)
     if record is None:
+        return "never finished"
+    if record.get("fingerprint") != fp:
+        return "config, external inputs or upstream fingerprints changed"
+    rebuilt = [name for name, digest in upstream_outputs(run_dir, stage).items()
+               if record.get("upstream_outputs", {}).get(name) != digest]
+    if rebuilt:
+        return f"outputs of upstream stage(s) {', '.join(rebuilt)} changed since it ran"
+    changed = provenance.changed_files(run_dir.root, record.get("outputs", {}))
+    if changed:
+        return f"output(s) changed or missing: {', '.join(changed[:3])}"
+    return None
+
+
+def run_stage(base: StageContext, stage: StageContract, entry: StageEntry | None = None) -> bool:
+    """Run one stage unless up to date; returns True if it ran. Writes stage.json only on success.
+
+    entry: a partial run of the stage (e.g. `train --only`); it always runs and is never recorded
+    complete, since it did only part of the stage's work.
+    """
+    run_dir, config = base.run_dir, base.config
+    if not base.force:
+        check_upstream_intact(run_dir, stage)
+    fp = fingerprint(config, run_dir, stage)
+    reason = "partial run" if entry is not None else "forced" if base.force else stale_reason(run_dir, stage, fp)
+    if reason is None:
+        log.info("stage %-9s up to date (fingerprint %s), skipped", stage.name, fp)
         return False
-    return record.get("fingerprint") == fingerprint and record.get("upstream_runs") == _upstream_runs(
-        run_dir, stage
-    )
-
-
-def _load_entry(stage: Stage) -> Callable[[StageContext], None]:
-    module_name, func_name = stage.entry.split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name == module_name:
-            raise StageNotImplementedError(f"stage '{stage.name}' is not implemented yet") from None
-        raise
-    return getattr(module, func_name)
-
-
-def run_stage(ctx_base: StageContext, stage: Stage) -> bool:
-    """Run one stage unless fresh; returns True if it ran. Writes stage.json only on success."""
-    run_dir = ctx_base.run_dir
-    fingerprint = fingerprints(ctx_base.config)[stage.name]
-    if not ctx_base.force and is_fresh(run_dir, stage, fingerprint):
-        log.info("stage %-9s up to date (fingerprint %s), skipped", stage.name, fingerprint)
-        return False
-    entry = _load_entry(stage)
-    record = _record_path(run_dir, stage)
+    record = record_path(run_dir, stage)
     record.unlink(missing_ok=True)
     record.parent.mkdir(parents=True, exist_ok=True)
-    ctx = StageContext(ctx_base.config, run_dir, fingerprint, ctx_base.force, ctx_base.only)
+    upstream = {name: key for name, key in upstream_fingerprints(run_dir, stage).items() if key is not None}
+    ctx = StageContext(restricted(config, stage), run_dir, fp, base.force, upstream)
     started = datetime.now(timezone.utc).isoformat()
     t0 = time.perf_counter()
-    log.info("stage %-9s running", stage.name)
-    entry(ctx)
+    log.info("stage %-9s running (%s)", stage.name, reason)
+    (entry or _entry(stage))(ctx)
     seconds = time.perf_counter() - t0
-    finished = datetime.now(timezone.utc).isoformat()
-    if not is_main_process() or ctx.only:
-        # a filtered run (`train --only`) did part of the stage: never mark the whole stage complete
+    if not is_main_process() or entry is not None:
         return True
-    _record_config(ctx.config, run_dir)
-    io.write_json(record, {"stage": stage.name, "fingerprint": fingerprint, "started": started,
-                           "finished": finished, "seconds": seconds,
-                           "upstream_runs": _upstream_runs(run_dir, stage)})
+    _record_config(config, run_dir)
+    outputs = provenance.snapshot(run_dir.root, output_files(run_dir, stage))
+    finished = datetime.now(timezone.utc).isoformat()
+    io.write_json(record, {"stage": stage.name, "fingerprint": fp, "started": started, "finished": finished,
+                           "seconds": seconds, "upstream": upstream,
+                           "upstream_outputs": upstream_outputs(run_dir, stage), "outputs": outputs,
+                           "outputs_digest": provenance.digest(outputs)})
     update_manifest(run_dir.manifest, {"stages": {stage.name: {
-        "started": started, "finished": finished, "seconds": round(seconds, 3), "fingerprint": fingerprint}}})
+        "started": started, "finished": finished, "seconds": round(seconds, 3), "fingerprint": fp}}})
     log.info("stage %-9s done in %.1f s", stage.name, seconds)
     return True
 
@@ -156,11 +184,11 @@ def _record_config(config: Config, run_dir: RunDir) -> None:
     update_manifest(run_dir.manifest, static_facts(config))
 
 
-def run_stages(ctx: StageContext, names: list[str]) -> list[str]:
-    """Run the named stages in pipeline order; returns those that actually ran."""
+def run_stages(ctx: StageContext, names: list[str], partial: Mapping[str, StageEntry] | None = None) -> list[str]:
+    """Run the named stages in pipeline order; returns those that actually ran.
+
+    partial: stage name -> a partial run of that stage (see `run_stage`).
+    """
     prepare_run_dir(ctx.run_dir)
-    ran = []
-    for name in names:
-        if run_stage(ctx, STAGE_BY_NAME[name]):
-            ran.append(name)
-    return ran
+    partial = partial or {}
+    return [name for name in names if run_stage(ctx, STAGE_BY_NAME[name], partial.get(name))]

@@ -37,7 +37,7 @@ from stsae.aging.associations import ASSOCIATION_SPLITS, CONDITIONS, condition_a
 from stsae.data.store import load_embeddings
 from stsae.errors import InputDataError, StsaeError
 from stsae.models.registry import ModelInfo, list_models, load_concept_model
-from stsae.pipeline.runner import StageContext
+from stsae.pipeline.contract import StageContext, StageContract
 from stsae.train.grid import main_entry
 from stsae.utils import io
 
@@ -99,6 +99,12 @@ def best_baseline(baselines: list[ModelInfo], features: PatientFeatures) -> Base
 
 def _summary(model: str, result: AgingResult) -> dict[str, Any]:
     return {"model": model, "val_mae": result.val_mae, **result.metrics}
+
+
+CONTRACT = StageContract(
+    name="age", help="Predict age from concepts; bias-corrected delta-age; HTN/T2D associations.",
+    reads=("run.seed", "aging", "train.d_dict", "train.seeds", "baselines.methods",
+           "baselines.n_components"), upstream=("train", "baselines"), out_dir="aging")
 
 
 def run(ctx: StageContext) -> None:

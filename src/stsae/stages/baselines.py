@@ -14,10 +14,15 @@ import numpy as np
 from stsae.data.store import load_embeddings
 from stsae.errors import InputDataError
 from stsae.models.baselines import make_baseline
-from stsae.pipeline.runner import StageContext
+from stsae.pipeline.contract import StageContext, StageContract
 from stsae.utils.seeding import derive_seed, rng
 
 log = logging.getLogger(__name__)
+
+
+CONTRACT = StageContract(
+    name="baselines", help="Fit PCA / ICA / NMF on the train split.",
+    reads=("run.seed", "baselines"), upstream=("extract",), out_dir="models/baselines")
 
 
 def run(ctx: StageContext) -> None:

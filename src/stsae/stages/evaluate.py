@@ -69,7 +69,7 @@ from stsae.models.registry import (
     load_concept_model,
     load_k_sparse_model,
 )
-from stsae.pipeline.runner import StageContext
+from stsae.pipeline.contract import StageContext, StageContract
 from stsae.train.grid import main_entry
 from stsae.utils import io
 from stsae.utils.seeding import derive_seed, rng
@@ -307,8 +307,10 @@ def subsample_dictionaries(data: EvalData, main: ModelInfo, cfg: EvalSection, se
 
 
 def untrained_dictionaries(emb: Embeddings, main: ModelInfo, d_dict: int, seed: int) -> list[np.ndarray]:
-    """Two dictionaries of size d_dict initialised by the trainer's own code (`Trainer.__init__`: data
-    rows + small noise) with different seeds, never trained: the data-aware null of seed stability."""
+    """Two dictionaries of size d_dict initialised by the trainer's own code, never trained.
+
+    `Trainer.__init__` follows `train.init` of the model's sidecar (random directions or data rows) with
+    different seeds: the data-aware null of seed stability."""
     from stsae.train.trainer import Trainer
 
     dataset = WindowTripletDataset(emb.z, emb.z_aug, emb.index, split="train")
@@ -434,6 +436,12 @@ def _score_all(infos: list[ModelInfo], main: ModelInfo | None, data: EvalData, c
         if info is main:
             k_active = max(1, round(row["l0"]))
     return rows, live, k_active
+
+
+CONTRACT = StageContract(
+    name="evaluate", help="Score every model on the test split; write leaderboard and Pareto front.",
+    reads=("run.seed", "eval", "train.d_dict", "train.seeds", "baselines.methods", "baselines.n_components"),
+    upstream=("train", "baselines"), out_dir="eval")
 
 
 def run(ctx: StageContext) -> None:

@@ -41,8 +41,8 @@ from stsae.models.encoder_runtime import (
     should_compile,
 )
 from stsae.models.papagei import WINDOW_SAMPLES, Precision, embed_batches, load_encoder
+from stsae.pipeline.contract import StageContext, StageContract
 from stsae.pipeline.rundir import RunDir
-from stsae.pipeline.runner import StageContext
 from stsae.utils import io
 from stsae.utils.dist import rank, world_size
 from stsae.utils.progress import progress
@@ -240,6 +240,12 @@ def _encode_chunks(config: Config, paths: RunDir, outputs: list[Path], embedder:
     if encoded:
         log.info("rank %d encoded %d windows (clean + augmented views) in %.1f s: %.1f windows/s",
                  this_rank, encoded, seconds, encoded / seconds)
+
+
+CONTRACT = StageContract(
+    name="extract", help="Encode windows and augmented windows with PaPaGei-S into z.npy / z_aug.npy.",
+    reads=("run.seed", "encoder", "extract", "data.augment", "data.windowing.fs_target"),
+    inputs=("encoder.weights",), upstream=("prepare",), out_dir="embeddings")
 
 
 def run(ctx: StageContext) -> None:

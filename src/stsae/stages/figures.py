@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import logging
 
-from stsae.pipeline.runner import StageContext
+from stsae.pipeline.contract import StageContext, StageContract
 from stsae.report.figures import draw_figures, write_figure_index
 
 log = logging.getLogger(__name__)
+
+
+CONTRACT = StageContract(
+    name="figures", help="Draw every figure (PNG + SVG).",
+    reads=(), upstream=("evaluate", "age", "ground"), out_dir="figures")
 
 
 def run(ctx: StageContext) -> None:

@@ -27,7 +27,7 @@ from stsae.grounding.concepts import (
 )
 from stsae.grounding.morphology import FEATURES, morphology_table
 from stsae.models.registry import list_models, load_concept_model
-from stsae.pipeline.runner import StageContext
+from stsae.pipeline.contract import StageContext, StageContract
 from stsae.utils import io
 from stsae.utils.seeding import rng
 
@@ -53,6 +53,12 @@ def concept_pulse_arrays(groundings: list[ConceptGrounding], beat_samples: int) 
 
 
 
+
+
+CONTRACT = StageContract(
+    name="ground", help="Ground top concepts in pulse morphology.",
+    reads=("run.seed", "grounding", "data.windowing.fs_target", "baselines.methods",
+           "baselines.n_components"), upstream=("age",), out_dir="grounding")
 
 
 def run(ctx: StageContext) -> None:

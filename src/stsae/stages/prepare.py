@@ -19,14 +19,14 @@ from typing import BinaryIO
 import numpy as np
 import pandas as pd
 
-from stsae.config import Config
+from stsae.config import Config, DataSection
 from stsae.data.issues import DataIssues
 from stsae.data.records import CLINICAL_FIELDS
 from stsae.data.resample import resampling_summary
 from stsae.data.synthetic import iter_cohort, window_factors, windows_per_record
 from stsae.data.windowing import SamplingRateError, Windows, signal_quality_mask, window_record, window_signals
 from stsae.errors import InputDataError
-from stsae.pipeline.runner import StageContext
+from stsae.pipeline.contract import StageContext, StageContract
 from stsae.utils import io
 from stsae.utils.progress import progress
 from stsae.utils.splits import patient_split
@@ -137,6 +137,17 @@ def _expected_windows(config: Config) -> int | None:
         return None
     syn = config.data.synthetic
     return syn.n_patients * syn.records_per_patient * windows_per_record(syn, config.data.windowing.window_s)
+
+
+# prepare reads every data key but the augmentation (extract's), so new source options are covered as
+# they are added to DataSection
+CONTRACT = StageContract(
+    name="prepare", help="Simulate or load raw PPG, window it, QC it, split patients.",
+    reads=("run.seed", *(f"data.{name}" for name in DataSection.model_fields if name != "augment")),
+    inputs=("data.pulsedb_root", "data.pulsedb_subset_info", "data.mimic_iii_root", "data.mimic_iii_clinical",
+            "data.mimic_iv_root", "data.mimic_iv_clinical", "data.table_path", "data.wfdb_root", "data.npz_path",
+            "data.clinical_path"),
+    upstream=(), out_dir="windows")
 
 
 def run(ctx: StageContext) -> None:

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from stsae.pipeline.runner import StageContext
+from stsae.pipeline.contract import StageContext, StageContract
 from stsae.report.dashboard import build_dashboard
 from stsae.report.html import write_report
+
+CONTRACT = StageContract(
+    name="report", help="Write the self-contained report.html.",
+    reads=("run.seed", "report", "train.d_dict", "train.seeds", "data.windowing.fs_target",
+           "grounding.beat_samples", "aging.min_events"),
+    upstream=("figures",), out_dir="report", extra_outputs=("report_html",))
 
 
 def run(ctx: StageContext) -> None:

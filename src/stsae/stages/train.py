@@ -1,24 +1,33 @@
 """`stsae train`: train the ST-SAE grid (full, ablations, K-sweep, seeds) into models/.
 
-Resumable at two levels: finished models (complete JSON sidecar with matching settings) are skipped,
-and an interrupted model resumes from its training-state checkpoint in models/checkpoints/ (kept
-out of models/ itself so no reader can mistake it for a finished model). Under torchrun every rank
-trains each model together (DDP, gloo on CPU); rank 0 writes the files.
+Resumable at two levels: finished models (complete JSON sidecar with matching settings and embeddings)
+are skipped, and an interrupted model resumes from its training-state checkpoint in models/checkpoints/
+(kept out of models/ itself so no reader can mistake it for a finished model) when that checkpoint was
+written on the same embeddings with the same settings. Every other model file in models/ (another grid,
+config or embeddings) is moved into models/stale/ first, so models/ holds only the current grid and every
+reader (registry, evaluate, age, ground, report) sees nothing else. Under torchrun every rank trains each
+model together (DDP, gloo on CPU); rank 0 writes the files.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
+from collections.abc import Sequence
+from pathlib import Path
 
 import torch.distributed as dist
 
 from stsae.data.dataset import WindowTripletDataset
 from stsae.data.store import load_embeddings
 from stsae.errors import InputDataError
-from stsae.pipeline.runner import StageContext
-from stsae.train.grid import build_grid, expected_sidecar, is_finished, select
+from stsae.pipeline.contract import StageContext, StageContract
+from stsae.pipeline.provenance import file_sha256
+from stsae.pipeline.rundir import RunDir
+from stsae.train.grid import GridEntry, build_grid, expected_sidecar, is_finished, main_entry, select
 from stsae.train.trainer import fit_stsae
+from stsae.utils import io
 from stsae.utils.dist import is_main_process, world_size
 
 log = logging.getLogger(__name__)
@@ -30,7 +39,52 @@ def _ensure_process_group() -> None:
         dist.init_process_group("gloo")
 
 
-def run(ctx: StageContext) -> None:
+CONTRACT = StageContract(
+    name="train", help="Train the ST-SAE grid: full, five ablations, K-sweep, seeds.",
+    reads=("train",), upstream=("extract",), out_dir="models", scratch=("checkpoints", "stale"))
+
+
+def set_aside_stale(run_dir: RunDir, current: set[str]) -> list[str]:
+    """Move every ST-SAE model file of models/ whose stem is not in `current` into models/stale/.
+
+    Kept, not deleted (an earlier grid may be worth a look), but out of every reader's sight.
+    Returns the stems moved.
+    """
+    moved = []
+    for weights in sorted(run_dir.models_dir.glob("stsae-*.safetensors")):
+        if weights.stem in current:
+            continue
+        run_dir.stale_models_dir.mkdir(parents=True, exist_ok=True)
+        for path in (weights, weights.with_suffix(".json")):
+            if path.exists():
+                os.replace(path, run_dir.stale_models_dir / path.name)
+        moved.append(weights.stem)
+    if moved:
+        log.info("train: moved %d stale model(s) into %s: %s", len(moved), run_dir.stale_models_dir,
+                 ", ".join(moved))
+    return moved
+
+
+def _train_one(ctx: StageContext, entry: GridEntry, data: tuple[WindowTripletDataset, WindowTripletDataset],
+               embeddings: str | None) -> Path:
+    """Train (or resume) one grid model and, on rank 0, save it with its sidecar; returns its path."""
+    cfg, (train, val) = ctx.config.train, data
+    path = ctx.run_dir.stsae_checkpoint(entry.variant, entry.d_dict, entry.seed)
+    state = ctx.run_dir.train_checkpoints_dir / path.name
+    if ctx.force and is_main_process():
+        state.unlink(missing_ok=True)
+    model, metrics = fit_stsae(train, val if len(val) else None, cfg, entry.variant, entry.d_dict, entry.seed,
+                               checkpoint=state, embeddings=embeddings)
+    if is_main_process():
+        model.save(path, {**expected_sidecar(entry, cfg, embeddings), "metrics": metrics})
+        sidecar = path.with_suffix(".json")
+        io.write_json(sidecar, {**io.read_json(sidecar), "weights_sha256": file_sha256(path)})
+        state.unlink(missing_ok=True)
+    return path
+
+
+def run(ctx: StageContext, only: Sequence[str] = ()) -> None:
+    """Train every grid model not already finished on these embeddings (only: a `--only` filter)."""
     cfg = ctx.config.train
     _ensure_process_group()
     emb = load_embeddings(ctx.run_dir)
@@ -38,35 +92,46 @@ def run(ctx: StageContext) -> None:
     val = WindowTripletDataset(emb.z, emb.z_aug, emb.index, "val")
     if len(train) == 0:
         raise InputDataError(f"{ctx.run_dir.index}: the train split has no consecutive window pairs")
-    entries = select(build_grid(cfg), ctx.only)
+    embeddings = ctx.upstream.get("extract")
+    grid = build_grid(cfg)
+    entries = select(grid, list(only))
     log.info("train: %d model(s) in the grid selection, %d train / %d val triplets",
              len(entries), len(train), len(val))
-    checkpoints = ctx.run_dir.train_checkpoints_dir
+    paths = {entry: ctx.run_dir.stsae_checkpoint(entry.variant, entry.d_dict, entry.seed) for entry in grid}
+    finished = {entry for entry, path in paths.items() if is_finished(path, entry, cfg, embeddings)}
+    # a grid model finished under other settings or embeddings is stale; one without a sidecar (a save cut
+    # short) is simply unfinished and will be overwritten
+    outdated = {e for e, path in paths.items() if e not in finished and path.with_suffix(".json").is_file()}
+    current = {paths[e].stem for e in grid if e not in outdated}
+    stale = set_aside_stale(ctx.run_dir, current) if is_main_process() else []
     trained, skipped = [], []
     t0 = time.perf_counter()
     for entry in entries:
-        path = ctx.run_dir.stsae_checkpoint(entry.variant, entry.d_dict, entry.seed)
-        if not ctx.force and is_finished(path, entry, cfg):
-            skipped.append(path.stem)
-            log.info("%s: finished with matching settings, skipped", path.stem)
+        if not ctx.force and entry in finished:
+            skipped.append(paths[entry].stem)
+            log.info("%s: finished on these embeddings with matching settings, skipped", paths[entry].stem)
             continue
-        state = checkpoints / path.name
-        if ctx.force and is_main_process():
-            state.unlink(missing_ok=True)
-        model, metrics = fit_stsae(train, val if len(val) else None, cfg, entry.variant, entry.d_dict,
-                                   entry.seed, checkpoint=state)
-        if is_main_process():
-            model.save(path, {**expected_sidecar(entry, cfg), "metrics": metrics})
-            state.unlink(missing_ok=True)
-        trained.append(path.stem)
+        trained.append(_train_one(ctx, entry, (train, val), embeddings).stem)
     if not is_main_process():
         return
+    checkpoints = ctx.run_dir.train_checkpoints_dir
     if checkpoints.is_dir() and not any(checkpoints.iterdir()):
         checkpoints.rmdir()
-    stats = model.stats if trained else None
+    main = paths[main_entry(cfg)].stem
+    stats = _input_stats(ctx.run_dir, [main, *trained])
     ctx.record("train", {
-        "models_trained": trained, "models_skipped": skipped, "seconds": round(time.perf_counter() - t0, 1),
-        "world_size": world_size(),
-        **({"input_mean_norm_over_std": stats.mean_norm_over_std, "effective_rank": stats.effective_rank}
-           if stats is not None else {}),
+        "main_model": main, "embeddings": embeddings, "models_trained": trained, "models_skipped": skipped,
+        "models_set_aside": stale, "seconds": round(time.perf_counter() - t0, 1), "world_size": world_size(),
+        **stats,
     })
+
+
+def _input_stats(run_dir: RunDir, stems: list[str]) -> dict[str, float]:
+    """‖μ‖/‖σ‖ and effective rank of the train inputs, from the first of `stems` (main model first) whose
+    sidecar exists: a property of the embeddings that every model measures on its train-row sample."""
+    for stem in stems:
+        sidecar = run_dir.models_dir / f"{stem}.json"
+        if sidecar.is_file():
+            info = io.read_json(sidecar)
+            return {key: info[key] for key in ("input_mean_norm_over_std", "effective_rank") if key in info}
+    return {}

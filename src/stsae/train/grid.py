@@ -7,18 +7,17 @@ each K in train.d_dict_sweep) for the first seed; an entry that appears twice is
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from stsae.config import TrainSection
 from stsae.errors import StsaeError
+from stsae.pipeline.provenance import file_sha256
 from stsae.train.trainer import VARIANTS
 
 
-@dataclass(frozen=True)
-class GridEntry:
-    """One model of the grid."""
+class GridEntry(NamedTuple):
+    """One model of the grid: (variant, d_dict, seed), comparable with the registry's plain tuples."""
 
     variant: str
     d_dict: int
@@ -81,15 +80,20 @@ def select(entries: list[GridEntry], only: list[str]) -> list[GridEntry]:
     return chosen
 
 
-def expected_sidecar(entry: GridEntry, cfg: TrainSection) -> dict[str, Any]:
-    """The sidecar fields a finished model must carry to count as done under this config."""
+def expected_sidecar(entry: GridEntry, cfg: TrainSection, embeddings: str | None) -> dict[str, Any]:
+    """The sidecar fields a finished model must carry to count as done under this config.
+
+    embeddings: the extract stage's fingerprint; a model trained on other embeddings (other weights,
+    seed, augmentation, windowing or raw data) is stale even if `train` is unchanged.
+    """
     return {"variant": entry.variant, "d_dict": entry.d_dict, "seed": entry.seed,
             "activation": cfg.activation, "k": cfg.k, "steps": cfg.steps, "complete": True,
-            "train_config": cfg.model_dump(mode="json")}
+            "train_config": cfg.model_dump(mode="json"), "embeddings": embeddings}
 
 
-def is_finished(weights: Path, entry: GridEntry, cfg: TrainSection) -> bool:
-    """True when `weights` exists and its JSON sidecar is complete with matching settings."""
+def is_finished(weights: Path, entry: GridEntry, cfg: TrainSection, embeddings: str | None) -> bool:
+    """True when `weights` exists, its JSON sidecar is complete with matching settings and embeddings, and
+    the weights are the bytes the sidecar vouches for (a damaged or replaced file is retrained)."""
     sidecar = weights.with_suffix(".json")
     if not (weights.is_file() and sidecar.is_file()):
         return False
@@ -97,4 +101,6 @@ def is_finished(weights: Path, entry: GridEntry, cfg: TrainSection) -> bool:
         info = json.loads(sidecar.read_text())
     except json.JSONDecodeError:
         return False
-    return all(info.get(key) == value for key, value in expected_sidecar(entry, cfg).items())
+    expected = expected_sidecar(entry, cfg, embeddings)
+    return all(info.get(key) == value for key, value in expected.items()) \
+        and info.get("weights_sha256") == file_sha256(weights)

@@ -98,11 +98,13 @@ class Trainer:
     train / val: triplet datasets of the train and validation splits (val None: no model selection).
     checkpoint: a resumable training-state file (one safetensors file whose header holds the JSON
     state, so weights and state can never disagree); resumed when its settings match, else ignored.
+    embeddings: provenance of the embeddings trained on (the extract stage's fingerprint); it is part of the
+    settings, so a checkpoint written on other embeddings is never resumed.
     """
 
     def __init__(self, train: WindowTripletDataset, val: WindowTripletDataset | None, cfg: TrainSection,
                  variant: str, d_dict: int, seed: int, steps: int | None = None,
-                 checkpoint: Path | None = None):
+                 checkpoint: Path | None = None, embeddings: str | None = None):
         self.spec = variant_spec(cfg, variant)
         if len(train) == 0:
             raise StsaeError("train split has no temporal pairs (z_t, z_t+1); check the extract stage")
@@ -114,6 +116,7 @@ class Trainer:
         self.variant, self.d_dict, self.seed = variant, d_dict, seed
         self.total_steps = steps if steps is not None else cfg.steps
         self.checkpoint = checkpoint
+        self.embeddings = embeddings
         init = torch.Generator().manual_seed(derive_seed(seed, "stsae-init", d_dict))
         self.model = STSAE(EMBEDDING_DIM, d_dict, cfg.activation, cfg.k, cfg.sparse_decode, generator=init)
         self.model.init_from_data(train_row_sample(train, cfg.stats_max_rows, seed), init, cfg.init,
@@ -371,7 +374,8 @@ class Trainer:
     def settings(self) -> dict[str, Any]:
         """What a checkpoint must match to be resumed (else it is stale and ignored)."""
         return {"variant": self.variant, "d_dict": self.d_dict, "seed": self.seed, "steps": self.total_steps,
-                "train_config": self.cfg.model_dump(mode="json"), "n_train_pairs": len(self.train_data),
+                "train_config": self.cfg.model_dump(mode="json"), "embeddings": self.embeddings,
+                "n_train_pairs": len(self.train_data),
                 "n_val_pairs": 0 if self.val_data is None else len(self.val_data), "world_size": self.world}
 
     def save_checkpoint(self, path: Path) -> None:
@@ -427,16 +431,18 @@ class Trainer:
 
 def fit_stsae(train: WindowTripletDataset, val: WindowTripletDataset | None, cfg: TrainSection, variant: str,
               d_dict: int, seed: int, checkpoint: Path | None = None,
-              steps: int | None = None) -> tuple[STSAE, dict[str, Any]]:
+              steps: int | None = None, embeddings: str | None = None) -> tuple[STSAE, dict[str, Any]]:
     """Train (or resume, or just reload a finished checkpoint of) one ST-SAE; returns (model, metrics).
 
     Reusable for refits (e.g. 50 % patient subsamples): pass the subsample's datasets and a `steps`
     override. `checkpoint`, when given, is written every train.checkpoint_every steps and at the end;
-    the caller deletes it once it has saved the model. metrics: steps, steps_run, stopped_early,
+    the caller deletes it once it has saved the model; `embeddings` (the extract fingerprint) must match
+    for it to be resumed. metrics: steps, steps_run, stopped_early,
     best_step, val (validation terms of the selected weights), train_last, history, dead_fraction_train
     (None before dead_window_samples samples were seen), dead_window_samples, samples_seen.
     """
-    trainer = Trainer(train, val, cfg, variant, d_dict, seed, steps=steps, checkpoint=checkpoint)
+    trainer = Trainer(train, val, cfg, variant, d_dict, seed, steps=steps, checkpoint=checkpoint,
+                      embeddings=embeddings)
     trainer.train()
     model, metrics = trainer.result()
     if model.stats is not None:
