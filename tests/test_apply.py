@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -158,6 +159,17 @@ def test_applying_into_a_run_with_models_is_refused_and_leaves_it_untouched(appl
     assert result.exit_code == 2
     assert result.output.strip().startswith(f"error: --run-dir {source.root}: holds trained models")
     assert _digest(source.root) == before
+
+
+@pytest.mark.slow
+def test_source_with_an_edited_age_model_is_refused(applied: tuple[RunDir, RunDir], tmp_path: Path) -> None:
+    source = RunDir(tmp_path / "A")
+    shutil.copytree(applied[0].root, source.root)
+    assert load_frozen_models(read_source(source.root)).concept_model.info.name == "stsae-full-K64-s0"
+    record = io.read_json(source.age_model)
+    io.write_json(source.age_model, {**record, "intercept": record["intercept"] + 1.0})
+    with pytest.raises(StsaeError, match=r"age stage is not up to date \(output\(s\) changed"):
+        load_frozen_models(read_source(source.root))
 
 
 @pytest.mark.slow

@@ -19,6 +19,7 @@ from stsae.errors import InputDataError, StsaeError
 from stsae.models.papagei import file_sha256
 from stsae.models.registry import ConceptModel, list_models, load_concept_model
 from stsae.pipeline.rundir import RunDir
+from stsae.pipeline.runner import STAGE_BY_NAME, fingerprint, stale_reason
 from stsae.stages.age import concept_model_info
 from stsae.train.grid import main_entry
 from stsae.utils import io
@@ -106,11 +107,17 @@ def _sha256_of(path: Path) -> str:
 
 def load_frozen_models(source: SourceRun) -> FrozenModels:
     """A's concept model (the age model's: `aging.model` at main_entry's K and seed, through the registry)
-    and its age model and bias correction as the age stage saved them."""
+    and its age model and bias correction as the age stage saved them; refused unless A's age stage is up
+    to date (its outputs unchanged since it ran, on the current models), so the files belong together."""
     run_dir, config = source.run_dir, source.config
     for path in (run_dir.age_model, run_dir.associations):
         if not path.is_file():
             raise InputDataError(f"{path}: missing (run `stsae age` on the source run first)")
+    age_stage = STAGE_BY_NAME["age"]
+    stale = stale_reason(run_dir, age_stage, fingerprint(config, run_dir, age_stage))
+    if stale is not None:
+        raise InputDataError(f"{run_dir.aging_dir}: the source run's age stage is not up to date ({stale}); "
+                             f"run `stsae run` on {run_dir.root} first")
     record = io.read_json(run_dir.age_model)
     main = main_entry(config.train)
     info = concept_model_info(list_models(run_dir, config.baselines), config.aging.model, main.d_dict, main.seed)
