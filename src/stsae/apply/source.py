@@ -62,7 +62,7 @@ def read_source(root: Path) -> SourceRun:
     run_dir = RunDir(root)
     for path in (run_dir.config_resolved, run_dir.manifest):
         if not path.is_file():
-            raise InputDataError(f"{path}: missing; --from-run must name a finished run directory")
+            raise InputDataError(f"{path}: missing; the source run (--from-run / --source) must be a finished run")
     return SourceRun(run_dir, load_config(run_dir.config_resolved), io.read_json(run_dir.manifest))
 
 
