@@ -60,7 +60,7 @@ def test_a_config_key_changes_only_the_fingerprints_of_stages_that_declare_it(tm
     seeded = load_config(None, ["run.seed=5"])
     differing = {stage.name for stage in runner.STAGES
                  if runner.fingerprint(base, run_dir, stage) != runner.fingerprint(seeded, run_dir, stage)}
-    assert differing == {"prepare", "extract", "baselines", "evaluate", "age", "ground"}
+    assert differing == {"prepare", "extract", "baselines", "evaluate", "age", "ground", "report"}
 
 
 def test_fresh_stages_are_skipped_and_a_config_change_reruns_it_and_its_downstream(tmp_path, fake_stages):
