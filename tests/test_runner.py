@@ -133,8 +133,8 @@ def test_the_weights_hash_is_cached_by_path_size_and_mtime(tmp_path, monkeypatch
     weights.write_bytes(b"A" * 1000)
     cache = tmp_path / "cache.json"
     hashed: list[str] = []
-    real = provenance.file_sha256
-    monkeypatch.setattr(provenance, "file_sha256", lambda path: hashed.append(path.name) or real(path))
+    real = provenance.io.file_sha256
+    monkeypatch.setattr(provenance.io, "file_sha256", lambda path: hashed.append(path.name) or real(path))
     first = provenance.cached_sha256(weights, cache)
     assert provenance.cached_sha256(weights, cache) == first and hashed == ["papagei_s.pt"]
     weights.write_bytes(b"B" * 1000)
