@@ -60,7 +60,7 @@ def test_a_config_key_changes_only_the_fingerprints_of_stages_that_declare_it(tm
     seeded = load_config(None, ["run.seed=5"])
     differing = {stage.name for stage in runner.STAGES
                  if runner.fingerprint(base, run_dir, stage) != runner.fingerprint(seeded, run_dir, stage)}
-    assert differing == {"prepare", "extract", "baselines", "evaluate", "age", "ground"}
+    assert differing == {"prepare", "extract", "baselines", "evaluate", "age", "ground", "report"}
 
 
 def test_fresh_stages_are_skipped_and_a_config_change_reruns_it_and_its_downstream(tmp_path, fake_stages):
@@ -133,8 +133,8 @@ def test_the_weights_hash_is_cached_by_path_size_and_mtime(tmp_path, monkeypatch
     weights.write_bytes(b"A" * 1000)
     cache = tmp_path / "cache.json"
     hashed: list[str] = []
-    real = provenance.file_sha256
-    monkeypatch.setattr(provenance, "file_sha256", lambda path: hashed.append(path.name) or real(path))
+    real = provenance.io.file_sha256
+    monkeypatch.setattr(provenance.io, "file_sha256", lambda path: hashed.append(path.name) or real(path))
     first = provenance.cached_sha256(weights, cache)
     assert provenance.cached_sha256(weights, cache) == first and hashed == ["papagei_s.pt"]
     weights.write_bytes(b"B" * 1000)

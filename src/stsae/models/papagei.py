@@ -8,7 +8,6 @@ order), so the published `papagei_s.pt` state_dict (294 keys, 5,785,612 paramete
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import pickle
 from collections.abc import Callable, Mapping
@@ -22,6 +21,7 @@ from torch import nn
 
 from stsae.config import EncoderSection
 from stsae.errors import StsaeError
+from stsae.utils import io
 from stsae.utils.seeding import derive_seed
 
 log = logging.getLogger(__name__)
@@ -180,14 +180,6 @@ def random_papagei_s(seed: int) -> ResNet1DMoE:
         return PaPaGeiS()
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _read_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
     if not path.is_file():
         raise StsaeError(f"{path}: PaPaGei-S weights not found (set encoder.weights to papagei_s.pt)")
@@ -242,7 +234,7 @@ def load_encoder(section: EncoderSection, seed: int) -> tuple[ResNet1DMoE, dict[
     """
     if section.weights is not None:
         model = load_papagei_s(section.weights)
-        return model, {"weights": str(section.weights), "sha256": file_sha256(Path(section.weights))}
+        return model, {"weights": str(section.weights), "sha256": io.file_sha256(Path(section.weights))}
     if not section.allow_random_weights:
         raise StsaeError("encoder.weights is not set: point it at papagei_s.pt (see DATA_GUIDE.md), or set "
                          "encoder.allow_random_weights: true for a demo with random weights")

@@ -92,15 +92,6 @@ def list_outputs(base: Path, skip_dirs: set[Path]) -> list[Path]:
     return found
 
 
-def file_sha256(path: Path) -> str:
-    """Full sha256 of a file, read in 4 MiB blocks."""
-    sha = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            sha.update(block)
-    return sha.hexdigest()
-
-
 def cached_sha256(path: Path, cache: Path) -> str:
     """Full sha256 of `path`, remembered in the JSON `cache` under (path, size, mtime_ns).
 
@@ -116,7 +107,7 @@ def cached_sha256(path: Path, cache: Path) -> str:
     if key not in entries:
         prefix = f"{path.resolve()}|"
         entries = {k: v for k, v in entries.items() if not k.startswith(prefix)}
-        entries[key] = file_sha256(path)
+        entries[key] = io.file_sha256(path)
         io.write_json(cache, entries)
     return entries[key]
 

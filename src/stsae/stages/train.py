@@ -23,7 +23,6 @@ from stsae.data.dataset import WindowTripletDataset
 from stsae.data.store import load_embeddings
 from stsae.errors import InputDataError
 from stsae.pipeline.contract import StageContext, StageContract
-from stsae.pipeline.provenance import file_sha256
 from stsae.pipeline.rundir import RunDir
 from stsae.train.grid import GridEntry, build_grid, expected_sidecar, is_finished, main_entry, select
 from stsae.train.trainer import fit_stsae
@@ -78,7 +77,7 @@ def _train_one(ctx: StageContext, entry: GridEntry, data: tuple[WindowTripletDat
     if is_main_process():
         model.save(path, {**expected_sidecar(entry, cfg, embeddings), "metrics": metrics})
         sidecar = path.with_suffix(".json")
-        io.write_json(sidecar, {**io.read_json(sidecar), "weights_sha256": file_sha256(path)})
+        io.write_json(sidecar, {**io.read_json(sidecar), "weights_sha256": io.file_sha256(path)})
         state.unlink(missing_ok=True)
     return path
 

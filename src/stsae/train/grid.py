@@ -12,8 +12,8 @@ from typing import Any, NamedTuple
 
 from stsae.config import TrainSection
 from stsae.errors import StsaeError
-from stsae.pipeline.provenance import file_sha256
 from stsae.train.trainer import VARIANTS
+from stsae.utils import io
 
 
 class GridEntry(NamedTuple):
@@ -103,4 +103,4 @@ def is_finished(weights: Path, entry: GridEntry, cfg: TrainSection, embeddings: 
         return False
     expected = expected_sidecar(entry, cfg, embeddings)
     return all(info.get(key) == value for key, value in expected.items()) \
-        and info.get("weights_sha256") == file_sha256(weights)
+        and info.get("weights_sha256") == io.file_sha256(weights)

@@ -272,3 +272,12 @@ def _npy_header(shape: tuple[int, ...], dtype: str) -> bytes:
     buffer = BytesIO()
     np.lib.format.write_array_header_1_0(buffer, {"descr": dtype, "fortran_order": False, "shape": shape})
     return buffer.getvalue()
+
+
+def file_sha256(path: Path) -> str:
+    """Full sha256 of a file, read in 4 MiB blocks (encoder weights, model files: content identity)."""
+    sha = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            sha.update(block)
+    return sha.hexdigest()
