@@ -8,7 +8,6 @@ the pipeline's, not the cohort's. Anything else (source, QC thresholds, splits) 
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,6 @@ from typing import Any
 from stsae.aging.age_pred import AgePredictor, BiasCorrection, age_predictor_from_record
 from stsae.config import Config, load_config
 from stsae.errors import InputDataError, StsaeError
-from stsae.models.papagei import file_sha256
 from stsae.models.registry import ConceptModel, list_models, load_concept_model
 from stsae.pipeline.rundir import RunDir
 from stsae.pipeline.runner import STAGE_BY_NAME, fingerprint, stale_reason
@@ -72,7 +70,7 @@ def target_encoder_sha256(config: Config) -> str:
         return RANDOM_ENCODER
     if not Path(config.encoder.weights).is_file():
         raise InputDataError(f"encoder.weights: {config.encoder.weights} does not exist")
-    return file_sha256(Path(config.encoder.weights))
+    return io.file_sha256(Path(config.encoder.weights))
 
 
 def _differing_key(prefix: str, ours: dict[str, Any], theirs: dict[str, Any]) -> str | None:
@@ -101,10 +99,6 @@ def check_compatible(source: SourceRun, target: Config) -> None:
             "(windowing and band-pass must match run A's preprocessing)")
 
 
-def _sha256_of(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def load_frozen_models(source: SourceRun) -> FrozenModels:
     """A's concept model (the age model's: `aging.model` at main_entry's K and seed, through the registry)
     and its age model and bias correction as the age stage saved them; refused unless A's age stage is up
@@ -131,4 +125,4 @@ def load_frozen_models(source: SourceRun) -> FrozenModels:
     except (KeyError, TypeError, ValueError):
         raise InputDataError(f"{run_dir.associations}: bias_correction lacks slope/intercept/fitted_on") from None
     return FrozenModels(load_concept_model(info.path), age_predictor_from_record(record, str(run_dir.age_model)),
-                        frozen, _sha256_of(run_dir.age_model))
+                        frozen, io.file_sha256(run_dir.age_model))
