@@ -354,3 +354,11 @@ def test_a_broken_grounding_file_is_an_error_naming_it(tmp_path: Path) -> None:
 def test_the_same_run_gives_the_same_dashboard(built: tuple[RunDir, dict]) -> None:
     run_dir, data = built
     assert dashboard_json(build_dashboard(run_dir, dashboard_config())) == dashboard_json(data)
+
+
+def test_histogram_of_a_concept_that_fires_once_or_at_one_value_puts_all_counts_in_one_bin() -> None:
+    from stsae.report.dashboard import HIST_BINS, _histogram
+
+    for activation in (np.array([0, 0, 3.7], dtype=np.float32), np.full(5, 123.456, dtype=np.float32)):
+        result = _histogram(activation)
+        assert len(result["counts"]) == HIST_BINS and result["counts"][0] == (activation > 0).sum()

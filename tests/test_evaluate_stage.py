@@ -228,6 +228,7 @@ def test_reordered_seeds_make_the_first_listed_seed_the_main_model_in_the_leader
     z_train = _write_inputs(ctx.run_dir)
     for seed in (0, 1):
         write_stsae(ctx.run_dir, z_train, "full", 32, seed)
+    baselines_stage.run(ctx)
     evaluate_stage.run(ctx)
     board = io.read_json(ctx.run_dir.leaderboard)
     assert board["main_model"] == "stsae-full-K32-s1"

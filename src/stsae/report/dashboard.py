@@ -254,9 +254,10 @@ def _histogram(activation: np.ndarray) -> dict[str, Any]:
     nonzero = activation[activation > 0]
     if len(nonzero) == 0:
         return {"lo": None, "hi": None, "counts": []}
-    logs = np.log10(nonzero)
+    logs = np.log10(nonzero.astype(np.float64))
     lo, hi = float(logs.min()), float(logs.max())
-    counts, _ = np.histogram(logs, bins=HIST_BINS, range=(lo, hi if hi > lo else lo + 1e-6))
+    # one distinct value: a range wide enough for float64 to split into HIST_BINS bins (all in the first)
+    counts, _ = np.histogram(logs, bins=HIST_BINS, range=(lo, hi if hi > lo else lo + 1.0))
     return {"lo": _round(lo), "hi": _round(hi), "counts": counts.tolist()}
 
 
