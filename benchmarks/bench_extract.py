@@ -36,8 +36,8 @@ from peak_memory import own_peak_rss_mib  # noqa: E402
 from stsae.config import load_config  # noqa: E402
 from stsae.models.encoder_runtime import CompiledEmbedder, FastEmbedder, native_bf16  # noqa: E402
 from stsae.models.papagei import embed_batches, encode, random_papagei_s  # noqa: E402
-from stsae.pipeline.rundir import RunDir  # noqa: E402
 from stsae.pipeline.runner import StageContext, run_stages  # noqa: E402
+from stsae.rundir import RunDir  # noqa: E402
 from stsae.utils.io import write_json  # noqa: E402
 from test_extract import write_windows_dir  # noqa: E402
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from stsae.config import load_config
 from stsae.pipeline import runner
-from stsae.pipeline.rundir import RunDir
+from stsae.rundir import RunDir
 
 GB = 1 << 30
 MB = 1 << 20

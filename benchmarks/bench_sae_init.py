@@ -37,7 +37,7 @@ from stsae.config import TrainSection
 from stsae.data.dataset import WindowTripletDataset
 from stsae.data.store import load_embeddings
 from stsae.models.stsae import STSAE, effective_rank
-from stsae.pipeline.rundir import RunDir
+from stsae.rundir import RunDir
 from stsae.train.losses import l_auxk, l_rec
 from stsae.train.trainer import Trainer
 from stsae.utils import io

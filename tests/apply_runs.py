@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from stsae.config import Config, load_config
-from stsae.pipeline.rundir import RunDir
 from stsae.pipeline.runner import StageContext, run_stages
+from stsae.rundir import RunDir
 
 TINY = Path(__file__).resolve().parent / "configs" / "tiny.yaml"
 SMALL = ["train.ablations=[]", "train.d_dict_sweep=[64]", "train.seeds=[0]", "baselines.methods=[pca]",

@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 
 from stsae.config import Config, config_to_yaml
-from stsae.pipeline.rundir import RunDir
 from stsae.report.figures import draw_figures, write_figure_index
+from stsae.rundir import RunDir
 from stsae.utils import io
 
 FS = 125.0

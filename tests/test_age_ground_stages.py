@@ -14,8 +14,8 @@ from stsae.config import Config
 from stsae.errors import StsaeError
 from stsae.grounding.morphology import FEATURES
 from stsae.models.registry import ModelInfo
-from stsae.pipeline.rundir import RunDir
 from stsae.pipeline.runner import StageContext
+from stsae.rundir import RunDir
 from stsae.stages import age as age_stage
 from stsae.stages import ground as ground_stage
 from stsae.utils import io

@@ -21,7 +21,7 @@ from stsae.cli import app
 from stsae.config import config_to_yaml
 from stsae.data.store import load_embeddings
 from stsae.errors import StsaeError
-from stsae.pipeline.rundir import RunDir
+from stsae.rundir import RunDir
 from stsae.utils import io
 
 runner = CliRunner()

@@ -46,8 +46,8 @@ from stsae.data.windowing import signal_quality_mask, window_record
 from stsae.errors import StsaeError
 from stsae.eval.probe import classification_probe
 from stsae.models.stsae import safetensors_bytes
-from stsae.pipeline.rundir import RunDir
 from stsae.pipeline.runner import StageContext, run_stages
+from stsae.rundir import RunDir
 from stsae.stages import prepare as prepare_stage
 from stsae.utils import io
 

@@ -41,7 +41,7 @@ from stsae.data.mimic import iter_mimic_records, iter_record_runs
 from stsae.data.pulsedb import iter_pulsedb_records
 from stsae.errors import StsaeError
 from stsae.models.papagei import PaPaGeiS, load_papagei_s
-from stsae.pipeline.rundir import RunDir
+from stsae.rundir import RunDir
 
 TINY = Path(__file__).resolve().parent / "configs" / "tiny.yaml"
 START = datetime(2150, 1, 1, 8, 0)

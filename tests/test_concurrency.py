@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from stsae.cli import app
 from stsae.pipeline.lock import RunLockedError, run_lock
-from stsae.pipeline.rundir import RunDir
+from stsae.rundir import RunDir
 
 TINY = Path(__file__).resolve().parent / "configs" / "tiny.yaml"
 REPO = TINY.parents[2]

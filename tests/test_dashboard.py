@@ -18,7 +18,6 @@ from run_fixture import write_fake_run, write_fake_run_with_figures
 from stsae.config import Config
 from stsae.errors import InputDataError
 from stsae.models.stsae import STSAE
-from stsae.pipeline.rundir import RunDir
 from stsae.pipeline.runner import StageContext
 from stsae.report import concept_stats as stats
 from stsae.report import dashboard
@@ -30,6 +29,7 @@ from stsae.report.dashboard import (
     example_counts,
     quantise,
 )
+from stsae.rundir import RunDir
 from stsae.stages import report as report_stage
 from stsae.utils import io
 

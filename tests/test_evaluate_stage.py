@@ -14,8 +14,8 @@ import torch
 from stsae.config import Config
 from stsae.eval.leaderboard import REASONS_KEY, ROW_KEYS
 from stsae.models.stsae import STSAE
-from stsae.pipeline.rundir import RunDir
 from stsae.pipeline.runner import StageContext
+from stsae.rundir import RunDir
 from stsae.stages import baselines as baselines_stage
 from stsae.stages import evaluate as evaluate_stage
 from stsae.utils import io

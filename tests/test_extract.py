@@ -17,8 +17,8 @@ from stsae.errors import InputDataError
 from stsae.models.encoder_runtime import FastEmbedder, cxx_compiler
 from stsae.models.papagei import embed_batches, load_encoder
 from stsae.pipeline.manifest import read_manifest
-from stsae.pipeline.rundir import RunDir
 from stsae.pipeline.runner import StageContext, run_stages
+from stsae.rundir import RunDir
 from stsae.stages import extract
 from stsae.utils import io
 

@@ -11,7 +11,6 @@ import pytest
 
 from run_fixture import write_fake_run, write_fake_run_with_figures
 from stsae.errors import InputDataError
-from stsae.pipeline.rundir import RunDir
 from stsae.report.figures import (
     FigureInfo,
     draw_figures,
@@ -19,6 +18,7 @@ from stsae.report.figures import (
     read_concept_pulses,
     read_figure_index,
 )
+from stsae.rundir import RunDir
 from stsae.utils.io import TEMP_MARK
 
 EXPECTED = {"pareto", "ablations", "k_sweep", "seed_stability", "age_scatter", "delta_age_groups", "forest",

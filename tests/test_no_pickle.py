@@ -9,8 +9,8 @@ import pytest
 
 from stsae.config import Config
 from stsae.errors import InputDataError
-from stsae.pipeline.rundir import RunDir
 from stsae.pipeline.runner import StageContext
+from stsae.rundir import RunDir
 from stsae.stages import age as age_stage
 from stsae.stages import baselines as baselines_stage
 from stsae.stages import evaluate as evaluate_stage

@@ -13,8 +13,8 @@ import pytest
 
 from stsae.config import Config, DataSection, load_config
 from stsae.data.records import RawRecord
-from stsae.pipeline.rundir import RunDir
 from stsae.pipeline.runner import StageContext
+from stsae.rundir import RunDir
 from stsae.stages import prepare
 
 

@@ -18,7 +18,7 @@ from realformat_fixtures import PulseSegment, PulseSubject, pulse_signal, write_
 from stsae.config import load_config
 from stsae.models.papagei import random_papagei_s
 from stsae.pipeline import runner
-from stsae.pipeline.rundir import RunDir
+from stsae.rundir import RunDir
 from stsae.train.trainer import Trainer
 from stsae.utils import io
 

@@ -14,7 +14,7 @@ from stsae.errors import InputDataError
 from stsae.models.baselines import ICABaseline, PCABaseline
 from stsae.models.registry import list_models, load_concept_model, load_k_sparse_model
 from stsae.models.stsae import STSAE
-from stsae.pipeline.rundir import RunDir
+from stsae.rundir import RunDir
 from stsae.train.grid import GridEntry
 
 NO_BASELINES = BaselinesSection(methods=[], n_components=[])

@@ -14,12 +14,12 @@ import pytest
 from run_fixture import write_fake_run_with_figures
 from stsae.config import Config
 from stsae.errors import InputDataError
-from stsae.pipeline.rundir import RunDir
 from stsae.pipeline.runner import StageContext
 from stsae.report.figures import ev_axis_bottom, plot_pareto, read_figure_index, spread_positions
 from stsae.report.headline import RANDOM_WARNING, headline_lines
 from stsae.report.html import DASHBOARD_JS, write_report
 from stsae.report.scorecard import leaderboard_rows
+from stsae.rundir import RunDir
 from stsae.stages import report as report_stage
 from stsae.utils import io
 

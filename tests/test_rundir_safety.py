@@ -17,10 +17,10 @@ from typer.testing import CliRunner
 from run_fixture import write_fake_run
 from stsae.cli import app
 from stsae.pipeline import lock as lock_module
-from stsae.pipeline.rundir import RunDir
 from stsae.pipeline.safety import environment_error_message
 from stsae.report.figures import FigureInfo, write_figure_index
 from stsae.report.html import write_report
+from stsae.rundir import RunDir
 from stsae.utils import io
 
 TINY = Path(__file__).resolve().parent / "configs" / "tiny.yaml"

@@ -8,7 +8,7 @@ import pytest
 from stsae.config import Config, load_config
 from stsae.errors import StsaeError
 from stsae.pipeline import provenance, runner
-from stsae.pipeline.rundir import RunDir
+from stsae.rundir import RunDir
 
 CHAIN = ["prepare", "extract", "train"]
 

@@ -19,8 +19,8 @@ from stsae.data.sources import iter_source_records
 from stsae.data.table import TableOptions, iter_table_records
 from stsae.data.windowing import window_record
 from stsae.errors import InputDataError, StsaeError
-from stsae.pipeline.rundir import RunDir
 from stsae.pipeline.runner import StageContext
+from stsae.rundir import RunDir
 from stsae.stages import prepare
 
 REPO = Path(__file__).resolve().parents[1]

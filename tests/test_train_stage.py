@@ -13,7 +13,7 @@ from stsae.config import Config, TrainSection
 from stsae.errors import StsaeError
 from stsae.models.stsae import STSAE
 from stsae.pipeline.contract import StageContext
-from stsae.pipeline.rundir import RunDir
+from stsae.rundir import RunDir
 from stsae.stages.train import run
 from stsae.train.grid import GridEntry, build_grid, select
 from stsae.utils import io

@@ -13,7 +13,7 @@ from apply_runs import build_source_run, write_config
 from stsae.apply.layout import AppliedDir
 from stsae.apply.transfer import firing_shift
 from stsae.cli import app
-from stsae.pipeline.rundir import RunDir
+from stsae.rundir import RunDir
 from stsae.utils import io
 
 runner = CliRunner()

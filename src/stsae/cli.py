@@ -19,9 +19,9 @@ import typer
 from stsae.config import Config, load_config
 from stsae.errors import StsaeError
 from stsae.pipeline.lock import run_lock
-from stsae.pipeline.rundir import RunDir
 from stsae.pipeline.runner import STAGES, StageContext, StageEntry, run_stages
 from stsae.pipeline.safety import claim_run_dir, environment_error_message
+from stsae.rundir import RunDir
 from stsae.stages import train
 from stsae.utils.dist import is_main_process
 from stsae.utils.logs import setup_logging

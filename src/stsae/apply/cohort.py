@@ -24,7 +24,7 @@ from stsae.apply.layout import AppliedDir
 from stsae.apply.source import FrozenModels
 from stsae.data.store import load_embeddings
 from stsae.errors import InputDataError
-from stsae.pipeline.rundir import RunDir
+from stsae.rundir import RunDir
 from stsae.utils import io
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from stsae.pipeline.rundir import RunDir
+from stsae.rundir import RunDir
 
 
 @dataclass(frozen=True)

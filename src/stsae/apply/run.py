@@ -15,8 +15,8 @@ from stsae.apply.transfer import transfer_evaluation
 from stsae.config import Config
 from stsae.errors import StsaeError
 from stsae.pipeline.manifest import update_manifest
-from stsae.pipeline.rundir import RunDir
 from stsae.pipeline.runner import StageContext, run_stages
+from stsae.rundir import RunDir
 from stsae.utils import io
 
 log = logging.getLogger(__name__)

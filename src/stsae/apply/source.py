@@ -16,8 +16,8 @@ from stsae.aging.age_pred import AgePredictor, BiasCorrection, age_predictor_fro
 from stsae.config import Config, load_config
 from stsae.errors import InputDataError, StsaeError
 from stsae.models.registry import ConceptModel, list_models, load_concept_model
-from stsae.pipeline.rundir import RunDir
 from stsae.pipeline.runner import STAGE_BY_NAME, fingerprint, stale_reason
+from stsae.rundir import RunDir
 from stsae.stages.age import concept_model_info
 from stsae.train.grid import main_entry
 from stsae.utils import io

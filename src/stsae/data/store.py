@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from stsae.errors import InputDataError
-from stsae.pipeline.rundir import RunDir
+from stsae.rundir import RunDir
 from stsae.utils import io
 
 EMBEDDING_DIM = 512

@@ -31,7 +31,7 @@ from stsae.models.baselines import (
     read_baseline_sidecar,
     sidecar_path,
 )
-from stsae.pipeline.rundir import RunDir
+from stsae.rundir import RunDir
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from stsae.config import Config
 from stsae.errors import StsaeError
 from stsae.pipeline.manifest import update_manifest
-from stsae.pipeline.rundir import RunDir
+from stsae.rundir import RunDir
 
 
 class UndeclaredConfigReadError(StsaeError, AttributeError):

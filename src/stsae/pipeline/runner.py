@@ -25,7 +25,7 @@ from stsae.pipeline import provenance
 from stsae.pipeline.contract import StageContext, StageContract, config_slice, restricted
 from stsae.pipeline.lock import remove_orphaned_temp_files
 from stsae.pipeline.manifest import static_facts, update_manifest
-from stsae.pipeline.rundir import RunDir
+from stsae.rundir import RunDir
 from stsae.stages import age, baselines, evaluate, extract, figures, ground, prepare, report, train
 from stsae.utils import io
 from stsae.utils.dist import is_main_process

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from stsae.errors import StsaeError
 from stsae.pipeline.lock import open_lock_file, stage_folders
-from stsae.pipeline.rundir import RunDir
+from stsae.rundir import RunDir
 from stsae.utils import io
 
 _FULL_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT}

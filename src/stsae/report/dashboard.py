@@ -37,10 +37,10 @@ from stsae.errors import InputDataError
 from stsae.grounding.beats import average_pulse, beat_onsets
 from stsae.grounding.concepts import correlate_concepts_with_morphology
 from stsae.models.registry import ConceptModel, load_concept_model
-from stsae.pipeline.rundir import RunDir
 from stsae.report import concept_stats as stats
 from stsae.report.figures import read_concept_correlations, read_concept_pulses
 from stsae.report.scorecard import read_optional_json, read_optional_parquet
+from stsae.rundir import RunDir
 from stsae.train.grid import main_entry
 from stsae.utils import io
 from stsae.utils.seeding import rng

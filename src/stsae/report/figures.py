@@ -25,7 +25,6 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from stsae.errors import InputDataError
-from stsae.pipeline.rundir import RunDir
 from stsae.report.example_windows import plot_qc_rejections, plot_windows_by_age_decile
 from stsae.report.scorecard import (
     finite,
@@ -38,6 +37,7 @@ from stsae.report.scorecard import (
     row_key,
     stsae_rows,
 )
+from stsae.rundir import RunDir
 from stsae.utils import io
 
 log = logging.getLogger(__name__)

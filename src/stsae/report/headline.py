@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from stsae.pipeline.rundir import RunDir
 from stsae.report.scorecard import (
     finite,
     main_row,
@@ -17,6 +16,7 @@ from stsae.report.scorecard import (
     read_optional_json,
     scorecard,
 )
+from stsae.rundir import RunDir
 
 RANDOM_SHA256 = "RANDOM"
 RANDOM_WARNING = "RANDOM ENCODER WEIGHTS — not PaPaGei"

@@ -21,7 +21,6 @@ from typing import Any
 import jinja2
 
 from stsae.errors import InputDataError
-from stsae.pipeline.rundir import RunDir
 from stsae.report.dashboard import dashboard_json
 from stsae.report.figures import FigureInfo, read_figure_index
 from stsae.report.headline import NOT_AVAILABLE, RANDOM_WARNING, Headline, headline
@@ -36,6 +35,7 @@ from stsae.report.scorecard import (
     row_key,
     scorecard,
 )
+from stsae.rundir import RunDir
 from stsae.utils import io
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 
 from stsae.errors import InputDataError
-from stsae.pipeline.rundir import RunDir
+from stsae.rundir import RunDir
 
 log = logging.getLogger(__name__)
 

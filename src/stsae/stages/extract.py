@@ -13,13 +13,11 @@ their real names once every rank is done, and writes index.parquet and the manif
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -42,9 +40,9 @@ from stsae.models.encoder_runtime import (
 )
 from stsae.models.papagei import WINDOW_SAMPLES, Precision, embed_batches, load_encoder
 from stsae.pipeline.contract import StageContext, StageContract
-from stsae.pipeline.rundir import RunDir
+from stsae.rundir import RunDir
 from stsae.utils import io
-from stsae.utils.dist import rank, world_size
+from stsae.utils.dist import process_group, rank, world_size
 from stsae.utils.progress import progress
 from stsae.utils.seeding import derive_seed
 
@@ -94,19 +92,6 @@ def read_passed_windows(paths: RunDir) -> tuple[np.ndarray, np.ndarray, pd.DataF
         raise InputDataError(f"{paths.qc}: no window has qc_pass=True; nothing to encode")
     index = meta.iloc[window_ids][list(INDEX_COLUMNS)].reset_index(drop=True)
     return windows, window_ids, index
-
-
-@contextlib.contextmanager
-def _process_group(world: int) -> Iterator[None]:
-    """A gloo group for barriers when run under torchrun (and none for a single process)."""
-    created = world > 1 and not torch_dist.is_initialized()
-    if created:
-        torch_dist.init_process_group("gloo")
-    try:
-        yield
-    finally:
-        if created:
-            torch_dist.destroy_process_group()
 
 
 def _barrier(world: int) -> None:
@@ -253,7 +238,7 @@ def run(ctx: StageContext) -> None:
     config, paths = ctx.config, ctx.run_dir
     this_rank, world = rank(), world_size()
     paths.embeddings_dir.mkdir(parents=True, exist_ok=True)
-    with _process_group(world):
+    with process_group():
         threads = configure_threads(config.extract.num_threads, world)
         windows, window_ids, index = read_passed_windows(paths)
         model, identity = load_encoder(config.encoder, config.run.seed)

@@ -17,25 +17,17 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch.distributed as dist
-
 from stsae.data.dataset import WindowTripletDataset
 from stsae.data.store import load_embeddings
 from stsae.errors import InputDataError
 from stsae.pipeline.contract import StageContext, StageContract
-from stsae.pipeline.rundir import RunDir
+from stsae.rundir import RunDir
 from stsae.train.grid import GridEntry, build_grid, expected_sidecar, is_finished, main_entry, select
 from stsae.train.trainer import fit_stsae
 from stsae.utils import io
-from stsae.utils.dist import is_main_process, world_size
+from stsae.utils.dist import is_main_process, process_group, world_size
 
 log = logging.getLogger(__name__)
-
-
-def _ensure_process_group() -> None:
-    """Join torchrun's process group (gloo: CPU tensors) when launched with several ranks."""
-    if world_size() > 1 and not dist.is_initialized():
-        dist.init_process_group("gloo")
 
 
 CONTRACT = StageContract(
@@ -84,8 +76,12 @@ def _train_one(ctx: StageContext, entry: GridEntry, data: tuple[WindowTripletDat
 
 def run(ctx: StageContext, only: Sequence[str] = ()) -> None:
     """Train every grid model not already finished on these embeddings (only: a `--only` filter)."""
+    with process_group():
+        _train_grid(ctx, only)
+
+
+def _train_grid(ctx: StageContext, only: Sequence[str]) -> None:
     cfg = ctx.config.train
-    _ensure_process_group()
     emb = load_embeddings(ctx.run_dir)
     train = WindowTripletDataset(emb.z, emb.z_aug, emb.index, "train")
     val = WindowTripletDataset(emb.z, emb.z_aug, emb.index, "val")

@@ -48,6 +48,7 @@ from stsae.train.losses import (
     l_stab,
 )
 from stsae.utils import io
+from stsae.utils.dist import group_world
 from stsae.utils.progress import progress
 from stsae.utils.seeding import derive_seed, rng
 
@@ -77,13 +78,6 @@ def variant_spec(cfg: TrainSection, variant: str) -> VariantSpec:
     return VariantSpec(weights.model_copy(update=dict.fromkeys(zeroed, 0.0)), variant != "no_renorm")
 
 
-def _world() -> tuple[int, int]:
-    """(world size, rank) of the initialised process group, or (1, 0)."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(), dist.get_rank()
-    return 1, 0
-
-
 def train_row_sample(data: WindowTripletDataset, max_rows: int, seed: int) -> np.ndarray:
     """float32[N, 512] distinct train rows (both ends of every pair), at most `max_rows`, seeded."""
     rows = np.unique(data.pairs.ravel())
@@ -108,7 +102,7 @@ class Trainer:
         self.spec = variant_spec(cfg, variant)
         if len(train) == 0:
             raise StsaeError("train split has no temporal pairs (z_t, z_t+1); check the extract stage")
-        self.world, self.rank = _world()
+        self.world, self.rank = group_world()
         if cfg.batch_size % self.world:
             raise StsaeError(
                 f"train.batch_size={cfg.batch_size} must be divisible by the world size {self.world}")
