@@ -140,7 +140,8 @@ def test_age_stage_writes_contract_predictions_and_delta_age(staged: RunDir) -> 
 
 def test_age_model_json_has_one_coefficient_per_concept(staged: RunDir) -> None:
     model = json.loads(staged.age_model.read_text())
-    assert set(model) == {"model", "coef", "mean", "scale", "intercept", "alpha", "l1_ratio", "selected", "stability"}
+    assert set(model) == {"model", "coef", "mean", "scale", "low", "high", "intercept", "alpha", "l1_ratio",
+                          "selected", "stability"}
     assert model["stability"] is None
     assert model["model"] == f"stsae-full-K{K}-s0"
     assert len(model["coef"]) == K

@@ -216,3 +216,26 @@ def test_patient_table_rejects_a_patient_in_two_splits() -> None:
     )
     with pytest.raises(InputDataError, match="several splits"):
         patient_table(meta)
+
+
+def test_a_rare_feature_far_outside_its_train_range_cannot_drag_a_prediction_beyond_it() -> None:
+    """Planted: feature 1 fires on 3 of 120 train patients (tiny SD). A new patient on whom it fires 50x
+    harder sits hundreds of SDs out: unclipped, the linear model predicts hundreds of years; clipped to the
+    train range, the prediction stays within the train patients' predictions, which clipping leaves as is."""
+    from stsae.aging.age_pred import AgePredictor, fit_age_predictor
+
+    g = np.random.default_rng(0)
+    age = g.uniform(20, 85, 120)
+    x = np.column_stack([age / 10 + g.normal(0, 0.3, 120), np.zeros(120)])
+    x[:3, 1] = 0.05
+    fitted = fit_age_predictor(x, age, np.arange(120), AgingSection(stability_selection=False), seed=0)
+    assert np.array_equal(fitted.low, x.min(0)) and np.array_equal(fitted.high, x.max(0))
+    predictor = AgePredictor(mean=fitted.mean, scale=fitted.scale, low=fitted.low, high=fitted.high,
+                             coef=np.array([15.0, 2.0]), intercept=50.0, alpha=0.0, l1_ratio=1.0,
+                             selected=np.array([0, 1]))
+    outlier = np.array([[5.0, 2.5]])
+    unclipped = (((outlier - predictor.mean) / predictor.scale) @ predictor.coef + predictor.intercept)[0]
+    train_predictions = predictor.predict(x)
+    assert unclipped > 300
+    assert train_predictions.min() <= predictor.predict(outlier)[0] <= train_predictions.max()
+    assert np.allclose(train_predictions, ((x - predictor.mean) / predictor.scale) @ predictor.coef + 50.0)

@@ -80,7 +80,8 @@ def test_random_encoder_with_another_seed_is_refused(tmp_path: Path) -> None:
 
 def test_age_predictor_round_trips_through_age_model_json() -> None:
     g = np.random.default_rng(0)
-    predictor = AgePredictor(mean=g.normal(size=6), scale=g.uniform(0.5, 2, 6), coef=np.array([0, 2.5, 0, -1, 0, 0.3]),
+    predictor = AgePredictor(mean=g.normal(size=6), scale=g.uniform(0.5, 2, 6), low=np.full(6, -1.5),
+                             high=np.full(6, 1.5), coef=np.array([0, 2.5, 0, -1, 0, 0.3]),
                              intercept=51.7, alpha=0.1, l1_ratio=0.5, selected=np.array([1, 3, 5]))
     record = json.loads(json.dumps(age_model_record("m", predictor)))
     x = g.normal(size=(9, 6))
@@ -88,7 +89,8 @@ def test_age_predictor_round_trips_through_age_model_json() -> None:
 
 
 def test_age_model_without_standardisation_is_refused() -> None:
-    with pytest.raises(StsaeError, match=r"age_model.json: no \['mean', 'scale'\].*rerun `stsae age --force`"):
+    refusal = r"age_model.json: no \['mean', 'scale', 'low', 'high'\].*rerun `stsae age --force`"
+    with pytest.raises(StsaeError, match=refusal):
         age_predictor_from_record({"model": "m", "coef": [1.0], "intercept": 0.0}, "A/aging/age_model.json")
 
 

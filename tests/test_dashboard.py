@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from run_fixture import write_fake_run, write_fake_run_with_figures
+from stsae.aging.age_pred import AgePredictor, age_model_record
 from stsae.config import Config
 from stsae.errors import InputDataError
 from stsae.models.stsae import STSAE
@@ -70,8 +71,9 @@ def add_model_and_embeddings(run_dir: RunDir) -> None:
                    {"variant": "full", "seed": seed, "complete": True})
     coef = np.zeros(K)
     coef[[2, 3, 5]] = [4.0, -2.5, 1.0]
-    io.write_json(run_dir.age_model, {"model": f"stsae-full-K{K}-s0", "coef": coef.tolist(), "intercept": 55.0,
-                                      "alpha": 0.1, "l1_ratio": 0.5, "selected": [2, 3, 5], "stability": None})
+    predictor = AgePredictor(mean=np.zeros(K), scale=np.ones(K), low=np.zeros(K), high=np.full(K, 1e6), coef=coef,
+                             intercept=55.0, alpha=0.1, l1_ratio=0.5, selected=np.array([2, 3, 5]))
+    io.write_json(run_dir.age_model, age_model_record(f"stsae-full-K{K}-s0", predictor))
 
 
 def write_dashboard_run(root: Path, cache_root: Path) -> RunDir:
@@ -148,11 +150,13 @@ def test_matched_atom_cosines_follow_atoms_through_a_permutation() -> None:
 def test_age_contributions_add_up_to_the_linear_prediction() -> None:
     generator = np.random.default_rng(0)
     codes = np.abs(generator.normal(size=(30, 5)))
-    train = np.arange(30) < 20
-    coef = np.array([3.0, 0.0, -1.0, 0.0, 2.0])
-    contributions = stats.age_contributions(codes, train, coef)
-    mean, scale = codes[train].mean(0), codes[train].std(0)
-    assert np.allclose(contributions.sum(1), ((codes - mean) / scale) @ coef)
+    mean, scale = codes[:20].mean(0), codes[:20].std(0)
+    predictor = AgePredictor(mean=mean, scale=scale, low=codes.min(0), high=codes.max(0),
+                             coef=np.array([3.0, 0.0, -1.0, 0.0, 2.0]), intercept=50.0, alpha=0.1, l1_ratio=1.0,
+                             selected=np.array([0, 2, 4]))
+    contributions = predictor.contributions(codes)
+    assert np.allclose(contributions.sum(1), ((codes - mean) / scale) @ predictor.coef)
+    assert np.allclose(contributions.sum(1) + 50.0, predictor.predict(codes))
     assert np.all(contributions[:, [1, 3]] == 0)
 
 

@@ -40,13 +40,22 @@ MIN_BIAS_SLOPE = 0.05
 class AgePredictor:
     """A fitted linear age model on standardised patient features.
 
-    mean, scale: float64[K] standardisation; coef: float64[K] in standardised units (years per SD of a
-    feature, so |coef| ranks concepts); selected: int64[S] features with a nonzero coefficient;
-    stability: the stability-selection result the features were restricted to (None when not run).
+    mean, scale: float64[K] standardisation; low, high: float64[K] the range of each feature over the
+    train patients; coef: float64[K] in standardised units (years per SD of a feature, so |coef| ranks
+    concepts); selected: int64[S] features with a nonzero coefficient; stability: the stability-selection
+    result the features were restricted to (None when not run).
+
+    Features are clipped to their train range before the linear model sees them. A concept that fires on
+    few train patients has a tiny SD, so a new patient on whom it fires strongly sits tens of SDs out and
+    the linear model extrapolates without bound (measured on the demo: one validation patient predicted
+    at −145 years, which then bent the validation bias correction). Clipping keeps every prediction inside
+    what the train patients support and leaves train predictions unchanged.
     """
 
     mean: np.ndarray
     scale: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
     coef: np.ndarray
     intercept: float
     alpha: float
@@ -54,11 +63,16 @@ class AgePredictor:
     selected: np.ndarray
     stability: StabilityResult | None = None
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        """x: float[P, K] patient features -> float64[P] predicted age."""
+    def contributions(self, x: np.ndarray) -> np.ndarray:
+        """x: float[P, K] patient features -> float64[P, K] years each feature adds to the predicted age
+        (they sum, with the intercept, to `predict(x)`)."""
         if x.ndim != 2 or x.shape[1] != self.coef.shape[0]:
             raise ValueError(f"expected features [P, {self.coef.shape[0]}], got {list(x.shape)}")
-        return ((x - self.mean) / self.scale) @ self.coef + self.intercept
+        return (np.clip(x, self.low, self.high) - self.mean) / self.scale * self.coef
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """x: float[P, K] patient features -> float64[P] predicted age."""
+        return self.contributions(x).sum(axis=1) + self.intercept
 
 
 @dataclass(frozen=True)
@@ -217,6 +231,8 @@ def fit_age_predictor(
     return AgePredictor(
         mean=mean,
         scale=scale,
+        low=x.min(axis=0),
+        high=x.max(axis=0),
         coef=coef,
         intercept=intercept,
         alpha=alpha,
@@ -384,6 +400,8 @@ def age_model_record(model_name: str, predictor: AgePredictor) -> dict[str, Any]
         "coef": predictor.coef.tolist(),
         "mean": predictor.mean.tolist(),
         "scale": predictor.scale.tolist(),
+        "low": predictor.low.tolist(),
+        "high": predictor.high.tolist(),
         "intercept": predictor.intercept,
         "alpha": predictor.alpha,
         "l1_ratio": predictor.l1_ratio,
@@ -396,15 +414,17 @@ def age_predictor_from_record(record: dict[str, Any], source: str) -> AgePredict
     """The frozen AgePredictor of an age_model.json payload (inverse of `age_model_record`).
 
     JSON floats round-trip exactly, so predictions equal the age stage's own. Records written before
-    `mean`/`scale` were saved cannot be applied: a StsaeError naming `source` says to rerun the age stage.
+    `mean`/`scale`/`low`/`high` were saved cannot be applied: a StsaeError naming `source` says to rerun the age stage.
     The stability-selection details are not needed to predict and are not rebuilt.
     """
-    missing = [key for key in ("coef", "mean", "scale", "intercept") if key not in record]
+    arrays = ("coef", "mean", "scale", "low", "high")
+    missing = [key for key in (*arrays, "intercept") if key not in record]
     if missing:
         raise StsaeError(f"{source}: no {missing} (written by an older stsae); rerun `stsae age --force` there")
-    coef, mean, scale = (np.asarray(record[key], dtype=np.float64) for key in ("coef", "mean", "scale"))
-    if not coef.ndim == mean.ndim == scale.ndim == 1 or not len(coef) == len(mean) == len(scale):
-        raise StsaeError(f"{source}: coef, mean and scale must be lists of one length")
-    return AgePredictor(mean=mean, scale=scale, coef=coef, intercept=float(record["intercept"]),
+    coef, mean, scale, low, high = (np.asarray(record[key], dtype=np.float64) for key in arrays)
+    if {a.ndim for a in (coef, mean, scale, low, high)} != {1} or len({len(coef), len(mean), len(scale),
+                                                                        len(low), len(high)}) != 1:
+        raise StsaeError(f"{source}: {', '.join(arrays)} must be lists of one length")
+    return AgePredictor(mean=mean, scale=scale, low=low, high=high, coef=coef, intercept=float(record["intercept"]),
                         alpha=float(record.get("alpha", float("nan"))),
                         l1_ratio=float(record.get("l1_ratio", float("nan"))), selected=np.flatnonzero(coef))

@@ -93,7 +93,7 @@ def concept_contributions(predictor: AgePredictor, x: np.ndarray, patient_ids: n
     x: float64[P, K]; each patient's rows sum, with the intercept, to its predicted age.
     """
     selected = predictor.selected
-    years = (x[:, selected] - predictor.mean[selected]) / predictor.scale[selected] * predictor.coef[selected]
+    years = predictor.contributions(x)[:, selected]
     return pd.DataFrame({
         "patient_id": np.repeat(np.asarray(patient_ids, dtype=str), len(selected)),
         "concept": np.tile(selected.astype(np.int32), len(patient_ids)),

@@ -13,8 +13,8 @@ Definitions (K concepts, N windows):
 - consistency of c = Jaccard |A ∩ B| / |A ∪ B| of the windows where c fires on z and on z_aug.
   Null: the Jaccard of two independent firing sets of the same densities, p²/(2p − p²).
 - matched cosine of c = mean over other seeds of the cosine of atom c with its Hungarian match.
-- contribution of c to a patient's predicted age = coef_c · (x_pc − mean_c) / scale_c in years, with the
-  age model's standardisation (train-patient mean and SD of patient-mean codes).
+- contribution of c to a patient's predicted age = coef_c · (clip(x_pc) − mean_c) / scale_c in years, with
+  the frozen age model's standardisation and train range (`stsae.aging.age_pred.AgePredictor.contributions`).
 """
 
 from __future__ import annotations
@@ -100,18 +100,6 @@ def matched_atom_cosines(dictionary: np.ndarray, others: list[np.ndarray]) -> np
     of `others` (same shape). `matched_cosines` returns pairs in row order, so entry k is atom k."""
     per_seed = [matched_cosines(dictionary, other) for other in others]
     return np.mean(per_seed, axis=0).astype(np.float64)
-
-
-def age_contributions(patient_codes: np.ndarray, train: np.ndarray, coef: np.ndarray) -> np.ndarray:
-    """float64[P, K] years each concept adds to each patient's predicted age (module docstring).
-
-    patient_codes: float[P, K] patient-mean codes; train: bool[P] patients the age model was fitted on
-    (their mean and SD standardise, as in `stsae.aging.age_pred.fit_age_predictor`); coef: float[K].
-    """
-    mean = patient_codes[train].mean(axis=0)
-    scale = patient_codes[train].std(axis=0)
-    scale = np.where(scale > 1e-12, scale, 1.0)
-    return (patient_codes - mean) / scale * np.asarray(coef, dtype=np.float64)
 
 
 def activation_odds_ratio(activation: np.ndarray, patients: pd.DataFrame, label: str, *,

@@ -31,9 +31,10 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from stsae.aging.age_pred import age_predictor_from_record
 from stsae.config import Config
 from stsae.data.store import load_embeddings
-from stsae.errors import InputDataError
+from stsae.errors import InputDataError, StsaeError
 from stsae.grounding.beats import average_pulse, beat_onsets
 from stsae.grounding.concepts import correlate_concepts_with_morphology
 from stsae.models.registry import ConceptModel, load_concept_model
@@ -345,10 +346,11 @@ def _age_effects(run_dir: RunDir, cohort: Cohort) -> tuple[np.ndarray | None, np
     coef = np.asarray(record["coef"], dtype=np.float64)
     if coef.shape != (cohort.codes.shape[1],):
         return None, None, f"aging/age_model.json: {len(coef)} coefficients for K={cohort.codes.shape[1]}"
-    train = (cohort.patients["split"] == "train").to_numpy() & cohort.patients["age"].notna().to_numpy()
-    if train.sum() < 2:
-        return coef, None, "fewer than 2 train patients with an age"
-    return coef, stats.age_contributions(cohort.patient_codes, train, coef), None
+    try:
+        predictor = age_predictor_from_record(record, str(run_dir.age_model))
+    except StsaeError as exc:
+        return coef, None, str(exc)
+    return coef, predictor.contributions(cohort.patient_codes), None
 
 
 def _concept_card(concept: int, cohort: Cohort, pool: WindowPool, pulses: PulseSource,
