@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import html as html_lib
 import re
 from html.parser import HTMLParser
 from pathlib import Path
@@ -177,3 +178,11 @@ def test_spread_labels_keep_order_and_a_minimum_gap() -> None:
     assert np.argsort(placed).tolist() == np.argsort(values, kind="stable").tolist()
     assert np.diff(np.sort(placed)).min() >= 0.05 - 1e-12
     assert placed[2] == pytest.approx(0.30)
+
+
+def test_every_leaderboard_column_has_its_one_line_definition_in_the_report(runs: dict[str, RunDir]) -> None:
+    from stsae.report.html import LEADERBOARD_COLUMNS
+
+    text = html_lib.unescape(runs["random"].report_html.read_text())
+    for _, label, _, definition in LEADERBOARD_COLUMNS:
+        assert f"<dt>{label}</dt><dd>{definition}</dd>" in text

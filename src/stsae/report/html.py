@@ -43,12 +43,26 @@ log = logging.getLogger(__name__)
 DASHBOARD_JS = resources.files("stsae.report").joinpath("dashboard.js").read_text(encoding="utf-8")
 SECTIONS = (("models", "Models"), ("aging", "Vascular age"), ("concepts", "Concept cards"),
             ("dashboard", "Concept dashboard"), ("data", "Data and quality control"))
-LEADERBOARD_COLUMNS = (("model", "Model", None), ("family", "Family", None), ("variant", "Variant", None),
-                       ("K", "K", None), ("seed", "Seed", None), ("k_active", "Top-k", None),
-                       ("ev", "EV", ".3f"), ("l0", "L0", ".1f"), ("dead_fraction_train", "Dead", ".3f"),
-                       ("consistency_heldout_aug", "Consist.", ".3f"), ("lag1_within_record", "Lag-1", ".3f"),
-                       ("seed_stability_mean_cos", "Stability", ".3f"),
-                       ("stability_null_data_mean_cos", "Null", ".3f"))
+LEADERBOARD_COLUMNS = (
+    ("model", "Model", None, "file stem of the model (matched-sparsity rows repeat their baseline's name)"),
+    ("family", "Family", None, "stsae, pca, ica or nmf"),
+    ("variant", "Variant", None, "full ST-SAE, one of the five ablations, or the baseline"),
+    ("K", "K", None, "dictionary size (number of concepts)"),
+    ("seed", "Seed", None, "training seed"),
+    ("k_active", "Top-k", None, "matched sparsity: k-sparse codes re-encoded on the baseline's own dictionary, "
+                                "k = the main model's L0"),
+    ("ev", "EV", ".3f", "explained variance 1 − Σ‖z − ẑ‖² / Σ‖z − z̄‖² on test windows"),
+    ("l0", "L0", ".1f", "mean number of active concepts per test window"),
+    ("dead_fraction_train", "Dead", ".3f", "fraction of latents that did not fire on the last N training samples "
+                                           "(Gao et al.; N in the model sidecar)"),
+    ("consistency_heldout_aug", "Consist.", ".3f", "mean Jaccard of the active sets of z and of z under augmentation "
+                                                   "families the model never trained against"),
+    ("lag1_within_record", "Lag-1", ".3f", "within-record lag-1 autocorrelation of codes: adjacent-pair minus "
+                                           "non-adjacent-pair r after demeaning each record (0 = no dynamics)"),
+    ("seed_stability_mean_cos", "Stability", ".3f", "mean cosine of Hungarian-matched live atoms across seeds"),
+    ("stability_null_data_mean_cos", "Null", ".3f", "the same for two untrained dictionaries initialised as the "
+                                                   "model initialises them (stability must beat this)"),
+)
 AGE_METRICS = (("mae", "MAE (years)", ".2f"), ("r", "r (predicted vs age)", ".3f"), ("r2", "R²", ".3f"),
                ("delta_age_age_r", "r (Δage vs age) — ideally ≈ 0", ".3f"),
                ("delta_age_planted_partial_r", "partial r (Δage vs planted acceleration, given age)", ".3f"),
@@ -143,7 +157,7 @@ def _leaderboard_table(rows: list[dict[str, Any]], pareto: dict[str, Any] | None
     ordered = sorted(rows, key=lambda r: (order.get(r.get("family"), 9), r.get("variant") != "full",
                                           str(r.get("variant")), r.get("K") or 0, r.get("seed") or 0,
                                           bool(r.get("matched_sparsity"))))
-    return [{"cells": [_fmt(r.get(key), spec) for key, _, spec in LEADERBOARD_COLUMNS],
+    return [{"cells": [_fmt(r.get(key), spec) for key, _, spec, _ in LEADERBOARD_COLUMNS],
              "on_front": row_key(r) in front, "full": r.get("variant") == "full"} for r in ordered]
 
 
@@ -224,7 +238,7 @@ def report_context(run_dir: RunDir, title: str, dashboard: dict[str, Any] | None
         "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "head": head, "cards": _headline_cards(head), "summary": _run_summary(run_dir, manifest, rows),
         "stages": stage_rows, "total_seconds": total_seconds,
-        "leaderboard_columns": [label for _, label, _ in LEADERBOARD_COLUMNS],
+        "leaderboard_columns": [(label, definition) for _, label, _, definition in LEADERBOARD_COLUMNS],
         "leaderboard": _leaderboard_table(rows, read_optional_json(run_dir.pareto)),
         "probe": _probe_table(rows),
         "sections": [(key, label, [f for f in figures if f.info.section == key]) for key, label in SECTIONS],
