@@ -24,6 +24,17 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         pytest.skip(reason)
 
 
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """The box is shared: one intra-op thread keeps training tests fast and their timing honest."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def _fresh_stsae_logger() -> Iterator[None]:
     """Undo a CLI test's `setup_logging` (own handlers, propagate=False) so caplog in later tests sees records

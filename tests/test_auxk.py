@@ -17,12 +17,7 @@ N_ATOMS = 8
 N_ALIVE = 4
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _planted(n: int = 2000, seed: int = 0) -> tuple[WindowTripletDataset, np.ndarray, np.ndarray]:

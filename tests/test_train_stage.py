@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from stsae.config import Config, TrainSection
 from stsae.errors import StsaeError
@@ -22,12 +21,7 @@ CONTRACT_KEYS = {"variant", "d_dict", "seed", "activation", "k", "steps", "compl
                  "metrics", "input_mean_norm_over_std", "effective_rank"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _run_dir(tmp_path) -> RunDir:

@@ -22,13 +22,7 @@ from stsae.train.trainer import Trainer, fit_stsae, variant_spec
 D = 512
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The CI box is shared: one intra-op thread keeps these tests fast and their timing honest."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def planted(n_records: int = 60, length: int = 20, n_atoms: int = 16, k_true: int = 3, noise: float = 0.02,
