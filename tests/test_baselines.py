@@ -98,7 +98,7 @@ def test_nmf_codes_are_exact_nnls_of_the_shifted_data() -> None:
     model = NMFBaseline(5, max_iter=200).fit(z)
     codes = model.transform(z[:20])
     target = np.maximum(z[:20].astype(np.float64) - model.shift_, 0)
-    reference = np.stack([nnls(model.components_.T.astype(np.float64), row)[0] for row in target])
+    reference = np.stack([nnls(model.components_.T.astype(np.float64), row, maxiter=10_000)[0] for row in target])
     np.testing.assert_allclose(codes, reference, atol=1e-4 * np.abs(reference).max())
 
 

@@ -12,9 +12,12 @@ from stsae.models.sparse_coding import (
     least_squares_off_support,
     least_squares_on_support,
     nnls_gram,
-    objective,
     top_k_support,
 )
+
+# scipy's reference nnls stops at 3n iterations by default; scipy 1.13 (our lowest) needs more on the
+# degenerate (more atoms than dimensions) problems hypothesis finds.
+REFERENCE_MAXITER = 10_000
 
 
 def _problem(seed: int, n_atoms: int, dim: int, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
@@ -28,7 +31,7 @@ def _problem(seed: int, n_atoms: int, dim: int, n_rows: int) -> tuple[np.ndarray
 def test_nnls_equals_scipy_nnls(seed: int, n_atoms: int, extra_dim: int, n_rows: int) -> None:
     atoms, y = _problem(seed, n_atoms, n_atoms + extra_dim, n_rows)  # full column rank: unique optimum
     x = nnls_gram(atoms @ atoms.T, y @ atoms.T)
-    reference = np.stack([nnls(atoms.T, row)[0] for row in y])
+    reference = np.stack([nnls(atoms.T, row, maxiter=REFERENCE_MAXITER)[0] for row in y])
     np.testing.assert_allclose(x, reference, atol=1e-8 * max(1.0, np.abs(reference).max()))
 
 
@@ -39,10 +42,13 @@ def test_nnls_meets_kkt_conditions_when_atoms_are_dependent(seed: int, n_atoms: 
     gram, b = atoms @ atoms.T, y @ atoms.T
     x = nnls_gram(gram, b)
     gradient = b - x @ gram
+    tolerance = 1e-8 * max(1.0, np.abs(b).max())
+    # KKT of this convex problem, which certify a global optimum without a reference solver (scipy 1.13's
+    # nnls, our lowest, stops short on these degenerate problems): feasibility, no descent direction into
+    # the feasible set, and complementary slackness.
     assert (x >= 0).all()
-    assert (gradient <= 1e-8 * max(1.0, np.abs(b).max())).all()
-    reference = np.stack([nnls(atoms.T, row)[0] for row in y])
-    np.testing.assert_allclose(objective(gram, b, x), objective(gram, b, reference), atol=1e-8)
+    assert (gradient <= tolerance).all()
+    assert (np.abs(gradient[x > 0]) <= tolerance).all()
 
 
 def test_omp_on_orthonormal_atoms_keeps_the_k_largest_projections() -> None:
@@ -88,7 +94,7 @@ def test_nnls_restricted_to_allowed_atoms_equals_scipy_on_those_atoms() -> None:
     allowed[[1, 4, 7]] = True
     x = nnls_gram(atoms @ atoms.T, y @ atoms.T, allowed=allowed)
     assert not x[:, ~allowed].any()
-    reference = np.stack([nnls(atoms[allowed].T, row)[0] for row in y])
+    reference = np.stack([nnls(atoms[allowed].T, row, maxiter=REFERENCE_MAXITER)[0] for row in y])
     np.testing.assert_allclose(x[:, allowed], reference, atol=1e-10)
 
 
@@ -118,5 +124,5 @@ def test_nnls_with_most_atoms_active_equals_scipy() -> None:
     atoms = np.abs(gen.standard_normal((40, 60))) + 0.5
     y = np.abs(gen.standard_normal((25, 60))) * 3
     x = nnls_gram(atoms @ atoms.T, y @ atoms.T)
-    reference = np.stack([nnls(atoms.T, row)[0] for row in y])
+    reference = np.stack([nnls(atoms.T, row, maxiter=REFERENCE_MAXITER)[0] for row in y])
     np.testing.assert_allclose(x, reference, atol=1e-7 * np.abs(reference).max())
