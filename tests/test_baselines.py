@@ -10,7 +10,6 @@ import pytest
 from scipy.optimize import nnls
 
 from stsae.errors import InputDataError
-from stsae.eval.metrics import top_k_codes
 from stsae.models.baselines import (
     AffineDictionary,
     BaselineError,
@@ -20,6 +19,7 @@ from stsae.models.baselines import (
     load_baseline,
     make_baseline,
 )
+from test_metrics import top_k_codes
 
 METHODS = ("pca", "ica", "nmf")
 

@@ -36,24 +36,6 @@ Encode = Callable[[np.ndarray], np.ndarray]
 Decode = Callable[[np.ndarray], np.ndarray]
 
 
-def top_k_codes(codes: np.ndarray, k: int | None) -> np.ndarray:
-    """Keep each row's k entries of largest |activation|, zero the rest: float32[N, K] -> float32[N, K].
-
-    Used to evaluate dense baselines at the ST-SAE's sparsity (k None or k >= K returns the codes
-    unchanged, so "the codes as encoded" and "their top-k" are one call).
-    """
-    if k is None:
-        return codes
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    if k >= codes.shape[1]:
-        return codes
-    keep = np.argpartition(-np.abs(codes), k - 1, axis=1)[:, :k]
-    out = np.zeros_like(codes)
-    np.put_along_axis(out, keep, np.take_along_axis(codes, keep, axis=1), axis=1)
-    return out
-
-
 class ExplainedVariance:
     """EV = 1 − Σ‖z − ẑ‖² / Σ‖z − μ_train‖², accumulated in float64."""
 
@@ -153,17 +135,13 @@ class StreamedMetrics:
     live: np.ndarray
 
 
-class _ViewMetrics:
-    """The accumulators of one view of the codes (dense, or top-k of them)."""
+class _Accumulators:
+    """Every streamed accumulator of one model's codes."""
 
-    def __init__(self, n_concepts: int, train_mean: np.ndarray, k: int | None):
-        self.k = k
+    def __init__(self, n_concepts: int, train_mean: np.ndarray):
         self.ev, self.sparsity = ExplainedVariance(train_mean), Sparsity(n_concepts)
         self.consistency, self.lag1 = Consistency(), Lag1Autocorrelation(n_concepts)
         self.heldout, self.within = Consistency(), WithinRecordLag1(n_concepts)
-
-    def view(self, codes: np.ndarray) -> np.ndarray:
-        return top_k_codes(codes, self.k)
 
     def result(self) -> StreamedMetrics:
         heldout = self.heldout.jaccard() if self.heldout.n else None
@@ -182,12 +160,9 @@ def stream_metrics(
     pairs: np.ndarray,
     train_mean: np.ndarray,
     chunk_rows: int = 8192,
-    top_ks: tuple[int | None, ...] = (None,),
     z_aug_heldout: np.ndarray | None = None,
-) -> list[StreamedMetrics]:
-    """Every streamed metric in one pass over `rows` of z / z_aug (float32[M, 512] memmaps), for each
-    view of the codes in `top_ks` (None: the codes as encoded; k: `top_k_codes(codes, k)`, the dense
-    baselines at matched sparsity), so a slow encoder runs once for all views. One result per view.
+) -> StreamedMetrics:
+    """Every streamed metric in one pass over `rows` of z / z_aug (float32[M, 512] memmaps).
 
     rows: int64[N] sorted row numbers to evaluate. pairs: int64[P, 2] temporal pairs (row t, row t+1),
     both rows in `rows`, and rows joined by pairs neighbours in `rows` (records in time order: the
@@ -203,7 +178,7 @@ def stream_metrics(
     if len(pairs) and not np.array_equal(rows[np.minimum(pos, len(rows) - 1)], pairs):
         raise ValueError("every temporal pair must have both rows in `rows`")
     runs = record_runs(len(rows), pos)
-    views = [_ViewMetrics(n_concepts, train_mean, k) for k in top_ks]
+    acc = _Accumulators(n_concepts, train_mean)
     chunk_of = pos // chunk_rows
     straddling = chunk_of[:, 0] != chunk_of[:, 1]
     for start in range(0, len(rows), chunk_rows):
@@ -214,15 +189,13 @@ def stream_metrics(
         local = pos[inside] - start
         dense_heldout = None if z_aug_heldout is None else encode(
             np.asarray(z_aug_heldout[chunk], dtype=np.float32))
-        for v in views:
-            codes = v.view(dense)
-            v.ev.update(z_chunk, decode(codes))
-            v.sparsity.update(codes)
-            v.consistency.update(codes, v.view(dense_aug))
-            if dense_heldout is not None:
-                v.heldout.update(codes, v.view(dense_heldout))
-            v.lag1.update(codes[local[:, 0]], codes[local[:, 1]])
-            v.within.update(codes, runs[start:start + chunk_rows])
+        acc.ev.update(z_chunk, decode(dense))
+        acc.sparsity.update(dense)
+        acc.consistency.update(dense, dense_aug)
+        if dense_heldout is not None:
+            acc.heldout.update(dense, dense_heldout)
+        acc.lag1.update(dense[local[:, 0]], dense[local[:, 1]])
+        acc.within.update(dense, runs[start:start + chunk_rows])
         for mapped in (z, z_aug, z_aug_heldout):
             if mapped is not None:
                 io.release_mapped_pages(mapped)
@@ -230,9 +203,8 @@ def stream_metrics(
         part = pairs[straddling][start:start + chunk_rows]
         first = encode(np.asarray(z[part[:, 0]], dtype=np.float32))
         second = encode(np.asarray(z[part[:, 1]], dtype=np.float32))
-        for v in views:
-            v.lag1.update(v.view(first), v.view(second))
-    return [v.result() for v in views]
+        acc.lag1.update(first, second)
+    return acc.result()
 
 
 def streamed_mean(z: np.ndarray, rows: np.ndarray, chunk_rows: int = 65536) -> np.ndarray:

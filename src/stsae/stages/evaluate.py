@@ -41,7 +41,7 @@ from stsae.data.dataset import WindowTripletDataset, temporal_pairs
 from stsae.data.store import EMBEDDING_DIM, Embeddings, load_embeddings, load_heldout_augmented
 from stsae.errors import InputDataError, StsaeError
 from stsae.eval import leaderboard as lb
-from stsae.eval.metrics import StreamedMetrics, stream_metrics, streamed_mean, top_k_codes
+from stsae.eval.metrics import StreamedMetrics, stream_metrics, streamed_mean
 from stsae.eval.probe import (
     PHENOTYPES,
     AdjustedPhenotype,
@@ -243,18 +243,16 @@ def _fill_probes(row: dict[str, Any], codes: np.ndarray, data: EvalData, cfg: Ev
         row["single_concept"][name] = {"concept": best.concept, "abs_r": best.abs_r}
 
 
-def _score(views: list[tuple[dict[str, Any], int | None]], model: ConceptModel, data: EvalData,
-           cfg: EvalSection, references: References, seed: int) -> np.ndarray:
-    """Fill every metric of each (row, top-k) view of one model (k None: the codes as encoded); the
-    model encodes every window once for all views. Returns bool[K] live atoms of the first view."""
+def _score(row: dict[str, Any], model: ConceptModel, data: EvalData, cfg: EvalSection, references: References,
+           seed: int) -> np.ndarray:
+    """Fill every metric of `row` for one model's codes; returns bool[K] its live atoms (fired on a test window)."""
     streamed = stream_metrics(model.encode, model.decode, model.d_dict, data.emb.z, data.emb.z_aug,
                               data.rows, data.pairs, data.train_mean, cfg.chunk_rows,
-                              top_ks=tuple(k for _, k in views), z_aug_heldout=data.z_aug_heldout)
-    dense = model.encode(np.asarray(data.emb.z[data.probe_rows], dtype=np.float32))
-    for (row, k), m in zip(views, streamed, strict=True):
-        _fill_streamed(row, m)
-        _fill_probes(row, top_k_codes(dense, k), data, cfg, references, seed)
-    return streamed[0].live
+                              z_aug_heldout=data.z_aug_heldout)
+    _fill_streamed(row, streamed)
+    _fill_probes(row, model.encode(np.asarray(data.emb.z[data.probe_rows], dtype=np.float32)), data, cfg,
+                 references, seed)
+    return streamed.live
 
 
 def _matched_row(info: ModelInfo, k_active: int | None) -> dict[str, Any] | None:
@@ -423,13 +421,13 @@ def _score_all(infos: list[ModelInfo], main: ModelInfo | None, data: EvalData, c
     for info in ordered:
         model = load_concept_model(info.path, batch_size=cfg.chunk_rows)
         row = lb.new_row(info.name, info.family, info.variant, info.d_dict, info.seed, is_main=info is main)
-        live[info.name] = model.dictionary[_score([(row, None)], model, data, cfg, references, seed)]
+        live[info.name] = model.dictionary[_score(row, model, data, cfg, references, seed)]
         _fill_dead_train(row, info)
         rows.append(row)
         matched = _matched_row(info, k_active) if info.family != "stsae" else None
         if matched is not None and k_active is not None:
             k_sparse = load_k_sparse_model(info.path, k_active, batch_size=cfg.chunk_rows)
-            _score([(matched, None)], k_sparse, data, cfg, references, seed)
+            _score(matched, k_sparse, data, cfg, references, seed)
             _fill_dead_train(matched, info)
             rows.append(matched)
         log.info("scored %s: EV %.3f, L0 %.1f", info.name, row["ev"], row["l0"])
