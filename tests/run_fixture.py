@@ -82,7 +82,7 @@ def _row(model: str, family: str, variant: str | None, k: int, seed: int | None,
         "subsample_stability_mean_cos": None, "subsample_stability_frac_07": None,
         "subsample_stability_frac_09": None, "stability_live_atoms": None, "stability_null_data_mean_cos": None,
         "stability_null_data_frac_07": None, "stability_null_isotropic_mean_cos": None,
-        "probe": None, "single_concept": None,
+        "probe": {}, "single_concept": {}, "reasons": {},
     }
     row.update(extra)
     return row

@@ -233,5 +233,6 @@ def test_reordered_seeds_make_the_first_listed_seed_the_main_model_in_the_leader
     board = io.read_json(ctx.run_dir.leaderboard)
     assert board["main_model"] == "stsae-full-K32-s1"
     assert [r["seed"] for r in board["rows"] if r["is_main"]] == [1]
-    from stsae.report.scorecard import main_row
-    assert main_row(board["rows"])["model"] == "stsae-full-K32-s1"
+    from stsae.report.scorecard import leaderboard_rows, main_row
+    main = main_row(leaderboard_rows(ctx.run_dir))
+    assert main is not None and main.model == "stsae-full-K32-s1"

@@ -11,6 +11,7 @@ import pytest
 
 from run_fixture import write_fake_run, write_fake_run_with_figures
 from stsae.errors import InputDataError
+from stsae.eval.leaderboard import LeaderboardRow
 from stsae.report.figures import (
     FigureInfo,
     draw_figures,
@@ -105,9 +106,9 @@ def test_k_sweep_and_main_k_follow_the_row_evaluate_marked_main() -> None:
     """train.seeds: [1, 0] makes seed 1 the main model: the figures take its seed and K, not the lowest."""
     from stsae.report import figures
 
-    def row(seed: int, k: int, is_main: bool) -> dict:
-        return {"model": f"stsae-full-K{k}-s{seed}", "family": "stsae", "variant": "full", "K": k, "seed": seed,
-                "matched_sparsity": False, "is_main": is_main}
+    def row(seed: int, k: int, is_main: bool) -> LeaderboardRow:
+        return LeaderboardRow(model=f"stsae-full-K{k}-s{seed}", family="stsae", variant="full", d_dict=k, seed=seed,
+                              is_main=is_main)
 
     rows = [row(0, 64, False), row(1, 64, True), row(1, 128, False), row(0, 32, False)]
     assert figures._main_seed(rows) == 1

@@ -165,8 +165,8 @@ def test_pareto_axis_clips_a_far_outlier_and_leaves_normal_spreads_alone() -> No
 def test_pareto_marks_off_scale_models_in_its_note(tmp_path: Path) -> None:
     run_dir = write_fake_run_with_figures(tmp_path / "run", tmp_path)
     rows = leaderboard_rows(run_dir)
-    outlier = next(r for r in rows if r["family"] == "pca" and r["matched_sparsity"])
-    outlier["ev"] = -1.9
+    outlier = next(r for r in rows if r.family == "pca" and r.matched_sparsity)
+    outlier.ev = -1.9
     info = plot_pareto(rows, io.read_json(run_dir.pareto), tmp_path / "fig")
     assert info.available and "1 model(s) below the axis" in info.note
     assert (tmp_path / "fig" / "pareto.png").is_file()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from run_fixture import write_fake_run
+from stsae.eval.leaderboard import LeaderboardRow
 from stsae.report.scorecard import (
     PLANTED_CHECK,
     PLANTED_FACTORS,
@@ -25,23 +27,21 @@ from stsae.report.scorecard import (
 from stsae.utils import io
 
 
-def _full_row(seed: int = 0, is_main: bool = False) -> dict[str, Any]:
-    return {
-        "model": f"stsae-full-K64-s{seed}", "family": "stsae", "variant": "full", "K": 64, "seed": seed,
-        "matched_sparsity": False, "k_active": None, "is_main": is_main, "ev": 0.95, "l0": 8.0,
-        "dead_fraction_train": 0.0, "dead_window_samples": 10_000, "never_fired_test_fraction": 0.2,
-        "n_test_windows": 300, "consistency_heldout_aug": 0.8, "lag1_within_record": 0.7,
-        "seed_stability_mean_cos": 0.8, "stability_null_data_mean_cos": 0.7,
-        "stability_null_isotropic_mean_cos": 0.1, "stability_live_atoms": 60,
-        "probe": {f: {"metric": "r2", "value": 0.96, "raw_value": 0.98} for f in PLANTED_FACTORS},
-        "single_concept": {f: {"concept": 1, "abs_r": 0.9} for f in PLANTED_FACTORS},
-    }
+def _full_row(seed: int = 0, is_main: bool = False) -> LeaderboardRow:
+    return LeaderboardRow(
+        model=f"stsae-full-K64-s{seed}", family="stsae", variant="full", d_dict=64, seed=seed, is_main=is_main,
+        ev=0.95, l0=8.0, dead_fraction_train=0.0, dead_window_samples=10_000, never_fired_test_fraction=0.2,
+        n_test_windows=300, consistency_heldout_aug=0.8, lag1_within_record=0.7, seed_stability_mean_cos=0.8,
+        stability_null_data_mean_cos=0.7, stability_null_isotropic_mean_cos=0.1, stability_live_atoms=60,
+        probe={f: {"metric": "r2", "value": 0.96, "raw_value": 0.98} for f in PLANTED_FACTORS},
+        single_concept={f: {"concept": 1, "abs_r": 0.9} for f in PLANTED_FACTORS},
+    )
 
 
-def _baseline(family: str, ev: float = 0.9, consistency: float = 0.5, lag1: float = 0.4) -> dict[str, Any]:
-    return {"model": f"{family}-n16", "family": family, "variant": family, "K": 16, "seed": None,
-            "matched_sparsity": True, "k_active": 8, "ev": ev, "l0": 8.0,
-            "consistency_heldout_aug": consistency, "lag1_within_record": lag1}
+def _baseline(family: str, ev: float = 0.9, consistency: float = 0.5, lag1: float = 0.4) -> LeaderboardRow:
+    return LeaderboardRow(model=f"{family}-n16", family=family, variant=family, d_dict=16, seed=None,
+                          matched_sparsity=True, k_active=8, ev=ev, l0=8.0, consistency_heldout_aug=consistency,
+                          lag1_within_record=lag1)
 
 
 def _good_inputs() -> ScorecardInputs:
@@ -74,15 +74,17 @@ def test_delta_age_check_shows_the_planted_morphology_reference() -> None:
 
 
 def _set(path: tuple[Any, ...], value: Any) -> Callable[[ScorecardInputs], ScorecardInputs]:
-    """A mutation that sets rows/associations entry at `path` (first element: 'rows', 'assoc')."""
+    """A mutation that sets the rows/associations entry at `path` (first element: 'rows', 'assoc'), as an
+    edit of the leaderboard.json / associations.json content would."""
 
     def mutate(inputs: ScorecardInputs) -> ScorecardInputs:
-        rows, assoc = copy.deepcopy(inputs.rows), copy.deepcopy(inputs.associations)
+        rows, assoc = [row.to_json() for row in inputs.rows], copy.deepcopy(inputs.associations)
         node: Any = rows if path[0] == "rows" else assoc
         for key in path[1:-1]:
             node = node[key]
         node[path[-1]] = value
-        return ScorecardInputs(rows, assoc, inputs.windows)
+        return ScorecardInputs([LeaderboardRow.from_json(row, "edited row") for row in rows], assoc,
+                               inputs.windows)
 
     return mutate
 
@@ -179,8 +181,8 @@ def test_scorecard_grades_the_row_evaluate_marked_main_not_the_lowest_seed() -> 
     """train.seeds: [1, 0] makes seed 1 the main model; the scorecard must follow, not pick seed 0."""
     inputs = _good_inputs()
     rows = copy.deepcopy(inputs.rows)
-    rows[0]["is_main"], rows[1]["is_main"] = False, True
-    rows[1]["dead_fraction_train"] = 0.5
+    rows[0].is_main, rows[1].is_main = False, True
+    rows[1].dead_fraction_train = 0.5
     check = _by_name(build_scorecard(ScorecardInputs(rows, inputs.associations, inputs.windows)))[
         "dead concepts in full model (fraction, training definition)"]
     assert check.passed is False and "s1" in check.detail
@@ -220,7 +222,7 @@ def test_real_data_run_has_no_scorecard(tmp_path: Path) -> None:
 def test_matched_rows_that_are_the_dense_code_are_never_the_rival() -> None:
     """A baseline with K <= k has top-k = its dense code (Jaccard 1): even closest in EV, it is skipped."""
     inputs = _good_inputs()
-    dense_as_matched = {**_baseline("pca", ev=0.95, consistency=1.0), "model": "pca-n8", "K": 8, "k_active": 8}
+    dense_as_matched = replace(_baseline("pca", ev=0.95, consistency=1.0), model="pca-n8", d_dict=8, k_active=8)
     rows = [*inputs.rows, dense_as_matched]
     check = _by_name(build_scorecard(ScorecardInputs(rows, inputs.associations, inputs.windows)))[
         "full ST-SAE − matched PCA: consistency on held-out augmentations"]
@@ -229,7 +231,7 @@ def test_matched_rows_that_are_the_dense_code_are_never_the_rival() -> None:
 
 def test_without_a_sparsified_baseline_the_comparison_is_not_available() -> None:
     inputs = _good_inputs()
-    rows = [r if r["family"] != "ica" else {**r, "K": 8} for r in inputs.rows]
+    rows = [r if r.family != "ica" else replace(r, d_dict=8) for r in inputs.rows]
     check = _by_name(build_scorecard(ScorecardInputs(rows, inputs.associations, inputs.windows)))[
         "full ST-SAE − matched ICA: lag-1 within records"]
     assert check.passed is None and "more components than k" in check.detail

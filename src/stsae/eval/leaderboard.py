@@ -1,89 +1,203 @@
-"""The leaderboard and Pareto files of the evaluate stage (schema in docs/CONTRACTS.md) and their table.
+"""The leaderboard and Pareto files of the evaluate stage: `LeaderboardRow`, its JSON form and their table.
 
-Every row carries every schema key; a metric that could not be computed is null and its reason is in
-the row's `reasons` dict (metric key -> why), so the report never has to guess.
+A row is one model's scores. evaluate creates it with the identity filled in and every metric None and
+fills the metrics; a metric that could not be computed stays None with its reason in `reasons` (metric
+key -> why), so the report never has to guess. Readers get rows back through `read_leaderboard_rows`,
+which checks every field's presence and JSON type once, so no reader re-checks a value's type.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
+import types
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
 from io import StringIO
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, get_args, get_origin, get_type_hints, is_typeddict
 
 from rich.console import Console
 from rich.table import Table
 
+from stsae.errors import InputDataError
 from stsae.eval.pareto import pareto_frontier
 from stsae.utils import io
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2  # 2: within-record lag-1, held-out consistency and probes, live-atom stability, is_main
-ROW_KEYS = (
-    "model", "family", "variant", "K", "seed", "matched_sparsity", "k_active", "is_main",
-    "ev", "l0", "dead_fraction_train", "dead_window_samples", "never_fired_test_fraction", "n_test_windows",
-    "consistency_jaccard", "consistency_cosine", "consistency_heldout_aug",
-    "lag1_within_record", "between_record_variance_share", "lag1_pooled", "lag1_pooled_unweighted",
-    "seed_stability_mean_cos", "seed_stability_frac_07", "seed_stability_frac_09",
-    "subsample_stability_mean_cos", "subsample_stability_frac_07", "subsample_stability_frac_09",
-    "stability_live_atoms", "stability_null_data_mean_cos", "stability_null_data_frac_07",
-    "stability_null_isotropic_mean_cos",
-    "probe", "single_concept",
-)
 REASONS_KEY = "reasons"
+_JSON_NAME = {str: "string", int: "integer", float: "number", bool: "boolean", dict: "object", list: "array",
+              type(None): "null"}
 
 
-def new_row(model: str, family: str, variant: str, k: int, seed: int | None, matched_sparsity: bool = False,
-            k_active: int | None = None, is_main: bool = False) -> dict[str, Any]:
-    """A row with identity filled in and every metric null (to be filled or given a reason).
+class ProbeEntry(TypedDict, total=False):
+    """One factor's held-out probe: `metric` ("r2" | "auroc"), `value` (concept codes) and `raw_value`
+    (raw z) always; the phenotypes (htn, t2d) add the age + sex adjusted scores and the increment."""
 
-    is_main: the row of the one main model (`stsae.train.grid.main_entry`), so readers of the rows
-    alone find it without re-deriving the choice."""
-    row: dict[str, Any] = dict.fromkeys(ROW_KEYS)
-    row.update(model=model, family=family, variant=variant, K=k, seed=seed, matched_sparsity=matched_sparsity,
-               k_active=k_active, is_main=is_main, probe={}, single_concept={})
-    row[REASONS_KEY] = {}
-    return row
-
-
-def skip(row: dict[str, Any], keys: tuple[str, ...] | list[str], reason: str) -> None:
-    """Set `keys` of `row` to null and record why."""
-    for key in keys:
-        row[key] = None
-        row[REASONS_KEY][key] = reason
+    metric: str
+    value: float | None
+    raw_value: float | None
+    age_sex_value: float | None
+    adjusted_value: float | None
+    raw_adjusted_value: float | None
+    increment: float | None
+    increment_ci: list[float] | None
 
 
-def _check_rows(rows: list[dict[str, Any]]) -> None:
-    for row in rows:
-        missing = [key for key in (*ROW_KEYS, REASONS_KEY) if key not in row]
-        if missing:
-            raise ValueError(f"leaderboard row {row.get('model')!r} lacks key(s) {missing}")
+class SingleConcept(TypedDict):
+    """The concept chosen on train patients for one factor and its |r| on held-out patients."""
+
+    concept: int
+    abs_r: float
 
 
-def write_leaderboard(path: Path, rows: list[dict[str, Any]], extra: dict[str, Any] | None = None) -> None:
+@dataclass(slots=True, kw_only=True)
+class LeaderboardRow:
+    """One model's row of eval/leaderboard.json (field definitions: docs/CONTRACTS.md, evaluate).
+
+    Slotted, so a misspelt metric name is an AttributeError instead of a silent new key. The JSON key
+    of `d_dict` is "K" (the file format predates the name every other record uses); all other fields
+    keep their JSON names. is_main marks the row of the one main model (`stsae.train.grid.main_entry`),
+    so readers of the rows alone find it without re-deriving the choice.
+    """
+
+    model: str
+    family: str
+    variant: str
+    d_dict: int
+    seed: int | None
+    matched_sparsity: bool = False
+    k_active: int | None = None
+    is_main: bool = False
+    ev: float | None = None
+    l0: float | None = None
+    dead_fraction_train: float | None = None
+    dead_window_samples: int | None = None
+    never_fired_test_fraction: float | None = None
+    n_test_windows: int | None = None
+    consistency_jaccard: float | None = None
+    consistency_cosine: float | None = None
+    consistency_heldout_aug: float | None = None
+    lag1_within_record: float | None = None
+    between_record_variance_share: float | None = None
+    lag1_pooled: float | None = None
+    lag1_pooled_unweighted: float | None = None
+    seed_stability_mean_cos: float | None = None
+    seed_stability_frac_07: float | None = None
+    seed_stability_frac_09: float | None = None
+    subsample_stability_mean_cos: float | None = None
+    subsample_stability_frac_07: float | None = None
+    subsample_stability_frac_09: float | None = None
+    stability_live_atoms: int | None = None
+    stability_null_data_mean_cos: float | None = None
+    stability_null_data_frac_07: float | None = None
+    stability_null_isotropic_mean_cos: float | None = None
+    probe: dict[str, ProbeEntry] = field(default_factory=dict)
+    single_concept: dict[str, SingleConcept] = field(default_factory=dict)
+    reasons: dict[str, str] = field(default_factory=dict)
+
+    def skip(self, keys: Iterable[str], reason: str) -> None:
+        """Set the metrics `keys` to None and record why."""
+        for key in keys:
+            setattr(self, key, None)
+            self.reasons[key] = reason
+
+    def assign(self, keys: Iterable[str], values: Iterable[float | int | None]) -> None:
+        """Set the metrics `keys` to `values`, pairwise: a group of fields filled from one result."""
+        for key, value in zip(keys, values, strict=True):
+            setattr(self, key, value)
+
+    def to_json(self) -> dict[str, Any]:
+        """The row as leaderboard.json stores it (JSON keys, in file order)."""
+        return {_JSON_KEY[f.name]: copy.deepcopy(getattr(self, f.name)) for f in fields(self)}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> LeaderboardRow:
+        """The row stored as `data`; a missing, unknown or mistyped field is an InputDataError naming
+        `where` (file and row) and the field."""
+        if not isinstance(data, dict):
+            raise InputDataError(f"{where}: not a JSON object")
+        unknown = [key for key in data if key not in _FIELD_OF]
+        missing = [key for key in _FIELD_OF if key not in data]
+        for problem, keys in (("unknown", unknown), ("missing", missing)):
+            if keys:
+                raise InputDataError(f"{where}: {problem} field(s) {', '.join(map(repr, keys))} (written by "
+                                     "another stsae version? rerun `stsae evaluate --force`)")
+        for key, value in data.items():
+            _check_type(f"{where}: field {key!r}", value, _ACCEPTS[_FIELD_OF[key]])
+            for name, entry in value.items() if isinstance(value, dict) else ():
+                _check_type(f"{where}: field {key!r}[{name!r}]", entry, _ENTRY_ACCEPTS[_FIELD_OF[key]])
+        return cls(**{_FIELD_OF[key]: copy.deepcopy(value) for key, value in data.items()})
+
+
+def _check_type(what: str, value: Any, accepted: tuple[type, ...]) -> None:
+    """InputDataError naming `what` unless `value` is one of the `accepted` JSON types (a bool is no number)."""
+    if not isinstance(value, accepted) or (isinstance(value, bool) and bool not in accepted):
+        expected = dict.fromkeys("number" if t is int and float in accepted else _JSON_NAME[t] for t in accepted)
+        raise InputDataError(f"{what} is {_JSON_NAME.get(type(value), type(value).__name__)} {value!r:.40}, "
+                             f"expected {' or '.join(expected)}")
+
+
+def _json_types(hint: Any) -> tuple[type, ...]:
+    """The JSON value types a field annotated `hint` accepts (a float field also takes JSON integers,
+    a TypedDict is a JSON object)."""
+    accepted: list[type] = []
+    for arg in get_args(hint) if isinstance(hint, types.UnionType) else (hint,):
+        base = dict if is_typeddict(arg) else get_origin(arg) or arg
+        accepted += [float, int] if base is float else [base]
+    return tuple(accepted)
+
+
+_JSON_KEY = {f.name: "K" if f.name == "d_dict" else f.name for f in fields(LeaderboardRow)}
+_FIELD_OF = {key: name for name, key in _JSON_KEY.items()}
+_ACCEPTS = {name: _json_types(hint) for name, hint in get_type_hints(LeaderboardRow).items()}
+# The values inside the dict fields (probe entries, single concepts, reasons).
+_ENTRY_ACCEPTS = {name: _json_types(get_args(hint)[1]) for name, hint in get_type_hints(LeaderboardRow).items()
+                  if get_origin(hint) is dict}
+ROW_KEYS = tuple(key for key in _FIELD_OF if key != REASONS_KEY)
+
+
+def write_leaderboard(path: Path, rows: list[LeaderboardRow], extra: Mapping[str, Any] | None = None) -> None:
     """eval/leaderboard.json: {"schema_version": SCHEMA_VERSION, "rows": [...], **extra} (NaN written as null)."""
-    _check_rows(rows)
-    io.write_json(path, {"schema_version": SCHEMA_VERSION, "rows": rows, **(extra or {})})
+    io.write_json(path, {"schema_version": SCHEMA_VERSION, "rows": [row.to_json() for row in rows],
+                         **(extra or {})})
 
 
-def pareto_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def read_leaderboard_rows(path: Path) -> list[LeaderboardRow]:
+    """The rows of eval/leaderboard.json; a missing or malformed file is an InputDataError naming it."""
+    if not path.is_file():
+        raise InputDataError(f"{path}: missing (run `stsae evaluate` first)")
+    board = io.read_json(path)
+    if not isinstance(board, dict):
+        raise InputDataError(f"{path}: not a JSON object")
+    if board.get("schema_version") != SCHEMA_VERSION:
+        raise InputDataError(f"{path}: field 'schema_version' is {board.get('schema_version')!r}, expected "
+                             f"{SCHEMA_VERSION} (rerun `stsae evaluate --force`)")
+    rows = board.get("rows")
+    if not isinstance(rows, list):
+        raise InputDataError(f"{path}: field 'rows' must be a list of objects")
+    return [LeaderboardRow.from_json(row, f"{path}: rows[{i}]") for i, row in enumerate(rows)]
+
+
+def pareto_rows(rows: list[LeaderboardRow]) -> list[LeaderboardRow]:
     """Rows on the (L0, EV) plane: ST-SAE models and baselines at matched sparsity (not dense baselines)."""
-    return [row for row in rows if row["family"] == "stsae" or row["matched_sparsity"]]
+    return [row for row in rows if row.family == "stsae" or row.matched_sparsity]
 
 
-def pareto_payload(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def pareto_payload(rows: list[LeaderboardRow]) -> dict[str, Any]:
     """eval/pareto.json content: {"points": [{model, l0, ev, on_front}], "front": [model, ...]}."""
     candidates = pareto_rows(rows)
-    coords = [(_as_float(r["l0"]), _as_float(r["ev"])) for r in candidates]
+    coords = [(_as_float(r.l0), _as_float(r.ev)) for r in candidates]
     front = set(pareto_frontier(coords))
-    points = [{"model": r["model"], "l0": r["l0"], "ev": r["ev"], "on_front": i in front}
+    points = [{"model": r.model, "l0": r.l0, "ev": r.ev, "on_front": i in front}
               for i, r in enumerate(candidates)]
-    return {"points": points, "front": [candidates[i]["model"] for i in sorted(front)]}
+    return {"points": points, "front": [candidates[i].model for i in sorted(front)]}
 
 
-def _as_float(value: Any) -> float:
+def _as_float(value: float | None) -> float:
     return float("nan") if value is None else float(value)
 
 
@@ -93,16 +207,18 @@ def _fmt(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
-def render_table(rows: list[dict[str, Any]]) -> str:
+TABLE_COLUMNS = ("k_active", "ev", "l0", "dead_fraction_train", "consistency_heldout_aug",
+                 "lag1_within_record", "seed_stability_mean_cos", "stability_null_data_mean_cos")
+
+
+def render_table(rows: list[LeaderboardRow]) -> str:
     """The leaderboard as a fixed-width rich table (plain text, for the log)."""
     table = Table(title="leaderboard (test split)")
-    columns = ("model", "k_active", "ev", "l0", "dead_fraction_train", "consistency_heldout_aug",
-               "lag1_within_record", "seed_stability_mean_cos", "stability_null_data_mean_cos")
-    for column in columns:
+    for column in ("model", *TABLE_COLUMNS):
         table.add_column(column, justify="left" if column == "model" else "right")
     for row in rows:
-        name = row["model"] + (" @k" if row["matched_sparsity"] else "")
-        table.add_row(name, *(_fmt(row[c]) for c in columns[1:]))
+        name = row.model + (" @k" if row.matched_sparsity else "")
+        table.add_row(name, *(_fmt(getattr(row, c)) for c in TABLE_COLUMNS))
     console = Console(width=160, record=True, file=StringIO())
     console.print(table)
     return console.export_text()

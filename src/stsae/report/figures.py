@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import matplotlib as mpl
 import numpy as np
@@ -25,10 +25,12 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from stsae.errors import InputDataError
+from stsae.eval.leaderboard import LeaderboardRow
 from stsae.report.example_windows import plot_qc_rejections, plot_windows_by_age_decile
 from stsae.report.scorecard import (
     finite,
     front_keys,
+    is_stsae,
     leaderboard_rows,
     main_dictionary_size,
     main_row,
@@ -133,17 +135,17 @@ def ev_axis_bottom(evs: list[float]) -> float | None:
     return float(inside.min() - 0.12 * span)
 
 
-def _clip_ev_axis(ax: Axes, points: list[dict[str, Any]]) -> int:
+def _clip_ev_axis(ax: Axes, points: list[Point]) -> int:
     """Clip the y axis at `ev_axis_bottom`; mark each off-scale model with ▼ and its EV. Returns how many."""
-    bottom = ev_axis_bottom([r["ev"] for r in points])
+    bottom = ev_axis_bottom([p.ev for p in points])
     if bottom is None:
         return 0
-    top = max(r["ev"] for r in points)
+    top = max(p.ev for p in points)
     ax.set_ylim(bottom, top + 0.06 * (top - bottom))
-    below = sorted((r for r in points if r["ev"] < bottom), key=lambda r: r["l0"])
-    for r in below:
-        ax.scatter([r["l0"]], [bottom], marker="v", s=60, color="#c0262d", zorder=6, clip_on=False)
-        ax.annotate(f"{r.get('model', '?')}: EV {r['ev']:.2f}", (r["l0"], bottom), textcoords="offset points",
+    below = sorted((p for p in points if p.ev < bottom), key=lambda p: p.l0)
+    for p in below:
+        ax.scatter([p.l0], [bottom], marker="v", s=60, color="#c0262d", zorder=6, clip_on=False)
+        ax.annotate(f"{p.row.model}: EV {p.ev:.2f}", (p.l0, bottom), textcoords="offset points",
                     xytext=(7, 3), ha="left", fontsize=7, color="#c0262d")
     return len(below)
 
@@ -160,63 +162,76 @@ def spread_positions(values: list[float], min_gap: float) -> list[float]:
     return out.tolist()
 
 
-def _label_sweep(ax: Axes, sweep: list[dict[str, Any]]) -> None:
+def _label_sweep(ax: Axes, sweep: list[Point]) -> None:
     """K=… labels of the K-sweep points, stacked to their right with leader lines: at the frontier the
     sweep's points sit almost on top of each other, and fixed offsets wrote the labels over one another."""
     if len(sweep) < 2:
         return
     ax.get_xlim(), ax.get_ylim()  # settle pending autoscaling before converting to axes fractions
     to_axes = ax.transAxes.inverted()
-    spots = [to_axes.transform(ax.transData.transform((r["l0"], r["ev"]))) for r in sweep]
+    spots = [to_axes.transform(ax.transData.transform((p.l0, p.ev))) for p in sweep]
     ys = spread_positions([float(y) for _, y in spots], 0.055)
-    for r, (x, _), y in zip(sweep, spots, ys, strict=True):
-        ax.annotate(f"K={r['K']}", (r["l0"], r["ev"]), xytext=(min(x + 0.07, 0.97), y), textcoords="axes fraction",
+    for p, (x, _), y in zip(sweep, spots, ys, strict=True):
+        ax.annotate(f"K={p.row.d_dict}", (p.l0, p.ev), xytext=(min(x + 0.07, 0.97), y), textcoords="axes fraction",
                     fontsize=7.5, color=VARIANT_COLORS["full"], va="center",
                     arrowprops={"arrowstyle": "-", "color": VARIANT_COLORS["full"], "lw": 0.6, "alpha": 0.6})
 
 
-def plot_pareto(rows: list[dict[str, Any]], pareto: dict[str, Any] | None, out_dir: Path) -> FigureInfo:
+class Point(NamedTuple):
+    """A leaderboard row on the (L0, EV) plane: both finite, L0 > 0 (the axis is logarithmic)."""
+
+    row: LeaderboardRow
+    l0: float
+    ev: float
+
+
+def _plane(rows: list[LeaderboardRow]) -> list[Point]:
+    return [Point(r, l0, ev) for r in rows
+            if (l0 := finite(r.l0)) is not None and (ev := finite(r.ev)) is not None and l0 > 0]
+
+
+def _xy(points: list[Point]) -> tuple[list[float], list[float]]:
+    return [p.l0 for p in points], [p.ev for p in points]
+
+
+def plot_pareto(rows: list[LeaderboardRow], pareto: dict[str, Any] | None, out_dir: Path) -> FigureInfo:
     """EV vs L0 for ST-SAE variants, the K-sweep and baselines (matched-sparsity curves), front marked."""
     name, title = "pareto", "Reconstruction vs sparsity"
-    points = [r for r in rows if finite(r.get("ev")) is not None and finite(r.get("l0")) is not None
-              and r["l0"] > 0]
+    points = _plane(rows)
     if not points:
         return _unavailable(name, "models", title, "no leaderboard row has both EV and L0")
     main_k = main_dictionary_size(rows)
     with _figure(7.2, 4.6) as fig:
         ax = fig.subplots()
-        sweep = sorted((r for r in stsae_rows(points, "full") if r.get("seed") == _main_seed(rows)),
-                       key=lambda r: r["K"])
+        sweep = sorted((p for p in points if is_stsae(p.row, "full") and p.row.seed == _main_seed(rows)),
+                       key=lambda p: p.row.d_dict)
         if len(sweep) > 1:
-            ax.plot([r["l0"] for r in sweep], [r["ev"] for r in sweep], color=VARIANT_COLORS["full"],
-                    lw=1, alpha=0.5, zorder=2)
+            ax.plot(*_xy(sweep), color=VARIANT_COLORS["full"], lw=1, alpha=0.5, zorder=2)
         for variant in ABLATION_ORDER:
-            chosen = [r for r in stsae_rows(points, variant) if r.get("K") == main_k]
+            chosen = [p for p in points if is_stsae(p.row, variant) and p.row.d_dict == main_k]
             if chosen:
-                ax.scatter([r["l0"] for r in chosen], [r["ev"] for r in chosen],
-                           s=55 if variant == "full" else 30, color=VARIANT_COLORS[variant],
+                ax.scatter(*_xy(chosen), s=55 if variant == "full" else 30, color=VARIANT_COLORS[variant],
                            edgecolor="white", zorder=4, label=f"ST-SAE {variant} (K={main_k})")
         for family, color in FAMILY_COLORS.items():
-            matched = sorted((r for r in points if r.get("family") == family and r.get("matched_sparsity")),
-                             key=lambda r: r["l0"])
-            dense = [r for r in points if r.get("family") == family and not r.get("matched_sparsity")]
+            matched = sorted((p for p in points if p.row.family == family and p.row.matched_sparsity),
+                             key=lambda p: p.l0)
+            dense = [p for p in points if p.row.family == family and not p.row.matched_sparsity]
             if matched:
-                ax.plot([r["l0"] for r in matched], [r["ev"] for r in matched], "-o", color=color, ms=4,
-                        lw=1.2, zorder=3, label=f"{family.upper()} matched sparsity")
+                ax.plot(*_xy(matched), "-o", color=color, ms=4, lw=1.2, zorder=3,
+                        label=f"{family.upper()} matched sparsity")
             if dense:
-                ax.scatter([r["l0"] for r in dense], [r["ev"] for r in dense], marker="s", s=22,
-                           facecolor="none", edgecolor=color, zorder=3, label=f"{family.upper()} dense")
+                ax.scatter(*_xy(dense), marker="s", s=22, facecolor="none", edgecolor=color, zorder=3,
+                           label=f"{family.upper()} dense")
         note = ""
         if pareto is None:
             note = "eval/pareto.json not available: frontier not drawn."
         else:
             on_front = front_keys(pareto)
-            front = sorted((r for r in points if row_key(r) in on_front), key=lambda r: r["l0"])
+            front = sorted((p for p in points if row_key(p.row) in on_front), key=lambda p: p.l0)
             if front:
-                ax.step([r["l0"] for r in front], [r["ev"] for r in front], where="post", color="#222222",
-                        lw=1.6, ls="--", zorder=5, label="Pareto frontier")
-                ax.scatter([r["l0"] for r in front], [r["ev"] for r in front], s=120, facecolor="none",
-                           edgecolor="#222222", lw=1.2, zorder=5)
+                ax.step(*_xy(front), where="post", color="#222222", lw=1.6, ls="--", zorder=5,
+                        label="Pareto frontier")
+                ax.scatter(*_xy(front), s=120, facecolor="none", edgecolor="#222222", lw=1.2, zorder=5)
         ax.set_xscale("log")
         _plain_log_axis(ax.xaxis)
         off_scale = _clip_ev_axis(ax, points)
@@ -236,24 +251,25 @@ def plot_pareto(rows: list[dict[str, Any]], pareto: dict[str, Any] | None, out_d
                       "L0).", note=note)
 
 
-def _main_seed(rows: list[dict[str, Any]]) -> int | None:
+def _main_seed(rows: list[LeaderboardRow]) -> int | None:
     """Seed of the main model (the row evaluate marked `is_main`): the K-sweep is trained at it."""
-    return (main_row(rows) or {}).get("seed")
+    main = main_row(rows)
+    return None if main is None else main.seed
 
 
-def _seed_spread(rows: list[dict[str, Any]], metric: str) -> tuple[float, float, float, int] | None:
-    """(mean, min, max, n) of `metric` over the rows (seeds), or None if no row has it."""
-    values = [v for v in (finite(r.get(metric)) for r in rows) if v is not None]
+def _seed_spread(rows: list[LeaderboardRow], metric: str) -> tuple[float, float, float, int] | None:
+    """(mean, min, max, n) of the metric field `metric` over the rows (seeds), or None if no row has it."""
+    values = [v for v in (finite(getattr(r, metric)) for r in rows) if v is not None]
     if not values:
         return None
     return float(np.mean(values)), min(values), max(values), len(values)
 
 
-def plot_ablations(rows: list[dict[str, Any]], out_dir: Path) -> FigureInfo:
+def plot_ablations(rows: list[LeaderboardRow], out_dir: Path) -> FigureInfo:
     """Each metric for full vs the ablations at the main K; error bars span the seeds."""
     name, title = "ablations", "Ablations: what each loss term buys"
     main_k = main_dictionary_size(rows)
-    by_variant = {v: [r for r in stsae_rows(rows, v) if r.get("K") == main_k] for v in ABLATION_ORDER}
+    by_variant = {v: [r for r in stsae_rows(rows, v) if r.d_dict == main_k] for v in ABLATION_ORDER}
     variants = [v for v in ABLATION_ORDER if by_variant[v]]
     if len(variants) < 2:
         return _unavailable(name, "models", title, "needs the full model and at least one ablation")
@@ -280,13 +296,12 @@ def plot_ablations(rows: list[dict[str, Any]], out_dir: Path) -> FigureInfo:
                       "error bars: min–max over seeds. Arrows show which direction is better.")
 
 
-def plot_k_sweep(rows: list[dict[str, Any]], out_dir: Path) -> FigureInfo:
+def plot_k_sweep(rows: list[LeaderboardRow], out_dir: Path) -> FigureInfo:
     """EV, dead fraction, consistency and lag-1 of the full model as the dictionary grows."""
     name, title = "k_sweep", "Dictionary size sweep (full ST-SAE)"
-    by_k: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    by_k: dict[int, list[LeaderboardRow]] = defaultdict(list)
     for r in stsae_rows(rows, "full"):
-        if isinstance(r.get("K"), int):
-            by_k[r["K"]].append(r)
+        by_k[r.d_dict].append(r)
     if len(by_k) < 2:
         return _unavailable(name, "models", title, "fewer than two dictionary sizes in the leaderboard")
     ks = sorted(by_k)
@@ -313,7 +328,7 @@ def plot_k_sweep(rows: list[dict[str, Any]], out_dir: Path) -> FigureInfo:
                       "The full model trained at each K of the sweep (mean over seeds where several exist).")
 
 
-def plot_seed_stability(rows: list[dict[str, Any]], out_dir: Path) -> FigureInfo:
+def plot_seed_stability(rows: list[LeaderboardRow], out_dir: Path) -> FigureInfo:
     """Mean Hungarian-matched decoder cosine across seeds per variant, against the data-aware null.
 
     The leaderboard stores summary statistics only (mean cosine, fractions above 0.7 / 0.9, null mean),
@@ -323,7 +338,7 @@ def plot_seed_stability(rows: list[dict[str, Any]], out_dir: Path) -> FigureInfo
     main_k = main_dictionary_size(rows)
     variants, stats = [], []
     for variant in ABLATION_ORDER:
-        chosen = [r for r in stsae_rows(rows, variant) if r.get("K") == main_k]
+        chosen = [r for r in stsae_rows(rows, variant) if r.d_dict == main_k]
         spread = _seed_spread(chosen, "seed_stability_mean_cos")
         if spread is not None:
             variants.append(variant)

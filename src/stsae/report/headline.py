@@ -11,6 +11,7 @@ from typing import Any
 
 from stsae.report.scorecard import (
     finite,
+    leaderboard_rows,
     main_row,
     pass_count,
     read_optional_json,
@@ -68,16 +69,16 @@ def headline(run_dir: RunDir) -> Headline:
     """Collect the headline numbers from manifest, leaderboard, associations and the scorecard."""
     manifest = read_optional_json(run_dir.manifest) or {}
     encoder = manifest.get("encoder") if isinstance(manifest.get("encoder"), dict) else {}
-    board = read_optional_json(run_dir.leaderboard)
-    rows = board.get("rows", []) if isinstance(board, dict) else []
-    full = main_row(rows, "full") or {}
+    has_board = run_dir.leaderboard.is_file()
+    full = main_row(leaderboard_rows(run_dir), "full") if has_board else None
     associations = read_optional_json(run_dir.associations) or {}
     metrics = associations.get("metrics") or {}
     concepts = (associations.get("associations") or {}).get("concepts") or {}
-    checks = scorecard(run_dir) if board is not None else None
+    checks = scorecard(run_dir) if has_board else None
     return Headline(
-        encoder_sha256=encoder.get("sha256"), full_model=full.get("model"), ev=finite(full.get("ev")),
-        l0=finite(full.get("l0")), age_mae=finite(metrics.get("mae")), age_r=finite(metrics.get("r")),
+        encoder_sha256=encoder.get("sha256"), full_model=None if full is None else full.model,
+        ev=None if full is None else finite(full.ev), l0=None if full is None else finite(full.l0),
+        age_mae=finite(metrics.get("mae")), age_r=finite(metrics.get("r")),
         odds_ratios={o: _odds_ratio(concepts.get(o)) for o in ("htn", "t2d")},
         scorecard=pass_count(checks) if checks is not None else None,
     )

@@ -21,6 +21,7 @@ from typing import Any
 import jinja2
 
 from stsae.errors import InputDataError
+from stsae.eval.leaderboard import LeaderboardRow
 from stsae.report.dashboard import dashboard_json
 from stsae.report.figures import FigureInfo, read_figure_index
 from stsae.report.headline import NOT_AVAILABLE, RANDOM_WARNING, Headline, headline
@@ -43,11 +44,12 @@ log = logging.getLogger(__name__)
 DASHBOARD_JS = resources.files("stsae.report").joinpath("dashboard.js").read_text(encoding="utf-8")
 SECTIONS = (("models", "Models"), ("aging", "Vascular age"), ("concepts", "Concept cards"),
             ("dashboard", "Concept dashboard"), ("data", "Data and quality control"))
+# (LeaderboardRow field, column label, number format, the one-line definition shown under the table)
 LEADERBOARD_COLUMNS = (
     ("model", "Model", None, "file stem of the model (matched-sparsity rows repeat their baseline's name)"),
     ("family", "Family", None, "stsae, pca, ica or nmf"),
     ("variant", "Variant", None, "full ST-SAE, one of the five ablations, or the baseline"),
-    ("K", "K", None, "dictionary size (number of concepts)"),
+    ("d_dict", "K", None, "dictionary size (number of concepts)"),
     ("seed", "Seed", None, "training seed"),
     ("k_active", "Top-k", None, "matched sparsity: k-sparse codes re-encoded on the baseline's own dictionary, "
                                 "k = the main model's L0"),
@@ -109,7 +111,7 @@ def _embed(run_dir: RunDir, info: FigureInfo) -> EmbeddedFigure:
 
 
 def _run_summary(run_dir: RunDir, manifest: dict[str, Any],
-                 rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
+                 rows: list[LeaderboardRow]) -> list[tuple[str, str]]:
     meta = read_optional_parquet(run_dir.meta)
     qc = read_optional_parquet(run_dir.qc)
     encoder = manifest.get("encoder") if isinstance(manifest.get("encoder"), dict) else {}
@@ -129,8 +131,8 @@ def _run_summary(run_dir: RunDir, manifest: dict[str, Any],
     items.append(("Encoder weights sha256", str(encoder.get("sha256") or "not recorded")))
     full = main_row(rows, "full")
     sidecar = None
-    if full and isinstance(full.get("K"), int) and isinstance(full.get("seed"), int):
-        checkpoint = run_dir.stsae_checkpoint("full", full["K"], full["seed"])
+    if full is not None and full.seed is not None:
+        checkpoint = run_dir.stsae_checkpoint("full", full.d_dict, full.seed)
         sidecar = read_optional_json(checkpoint.with_suffix(".json"))
     if isinstance(sidecar, dict):
         items.append(("Embedding ‖mean‖/‖std‖, effective rank",
@@ -151,21 +153,20 @@ def _stage_times(manifest: dict[str, Any]) -> tuple[list[tuple[str, str, str]], 
     return rows, f"{total:.1f}"
 
 
-def _leaderboard_table(rows: list[dict[str, Any]], pareto: dict[str, Any] | None) -> list[dict[str, Any]]:
+def _leaderboard_table(rows: list[LeaderboardRow], pareto: dict[str, Any] | None) -> list[dict[str, Any]]:
     front = front_keys(pareto)
     order = {"stsae": 0, "pca": 1, "ica": 2, "nmf": 3}
-    ordered = sorted(rows, key=lambda r: (order.get(r.get("family"), 9), r.get("variant") != "full",
-                                          str(r.get("variant")), r.get("K") or 0, r.get("seed") or 0,
-                                          bool(r.get("matched_sparsity"))))
-    return [{"cells": [_fmt(r.get(key), spec) for key, _, spec, _ in LEADERBOARD_COLUMNS],
-             "on_front": row_key(r) in front, "full": r.get("variant") == "full"} for r in ordered]
+    ordered = sorted(rows, key=lambda r: (order.get(r.family, 9), r.variant != "full", r.variant, r.d_dict,
+                                          r.seed or 0, r.matched_sparsity))
+    return [{"cells": [_fmt(getattr(r, name), spec) for name, _, spec, _ in LEADERBOARD_COLUMNS],
+             "on_front": row_key(r) in front, "full": r.variant == "full"} for r in ordered]
 
 
-def _probe_table(rows: list[dict[str, Any]]) -> list[tuple[str, str, str, str]]:
-    probe = (main_row(rows, "full") or {}).get("probe") or {}
+def _probe_table(rows: list[LeaderboardRow]) -> list[tuple[str, str, str, str]]:
+    full = main_row(rows, "full")
+    probe = {} if full is None else full.probe
     return [(factor, str(entry.get("metric", "")), _fmt(entry.get("value"), ".3f"),
-             _fmt(entry.get("raw_value"), ".3f"))
-            for factor, entry in probe.items() if isinstance(entry, dict)]
+             _fmt(entry.get("raw_value"), ".3f")) for factor, entry in probe.items()]
 
 
 def _aging(associations: dict[str, Any] | None) -> dict[str, Any] | None:

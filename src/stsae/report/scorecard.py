@@ -21,6 +21,7 @@ from typing import Any
 import pandas as pd
 
 from stsae.errors import InputDataError
+from stsae.eval.leaderboard import LeaderboardRow, read_leaderboard_rows
 from stsae.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -63,17 +64,9 @@ def read_optional_parquet(path: Path) -> pd.DataFrame | None:
         raise InputDataError(f"{path}: not a readable parquet file ({exc})") from None
 
 
-
-def leaderboard_rows(run_dir: RunDir) -> list[dict[str, Any]]:
+def leaderboard_rows(run_dir: RunDir) -> list[LeaderboardRow]:
     """The evaluate stage's rows (required: figures and report are built around them)."""
-    path = run_dir.leaderboard
-    board = read_optional_json(path)
-    if board is None:
-        raise InputDataError(f"{path}: missing (run `stsae evaluate` first)")
-    rows = board.get("rows") if isinstance(board, dict) else None
-    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-        raise InputDataError(f"{path}: field 'rows' must be a list of objects")
-    return rows
+    return read_leaderboard_rows(run_dir.leaderboard)
 
 
 def finite(value: Any) -> float | None:
@@ -83,26 +76,29 @@ def finite(value: Any) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def stsae_rows(rows: list[dict[str, Any]], variant: str | None = None) -> list[dict[str, Any]]:
+def is_stsae(row: LeaderboardRow, variant: str | None = None) -> bool:
+    """An ST-SAE row (never matched-sparsity), optionally of one variant."""
+    return row.family == "stsae" and not row.matched_sparsity and variant in (None, row.variant)
+
+
+def stsae_rows(rows: list[LeaderboardRow], variant: str | None = None) -> list[LeaderboardRow]:
     """ST-SAE rows (never matched-sparsity), optionally of one variant."""
-    return [r for r in rows if r.get("family") == "stsae" and not r.get("matched_sparsity")
-            and (variant is None or r.get("variant") == variant)]
+    return [r for r in rows if is_stsae(r, variant)]
 
 
-def main_dictionary_size(rows: list[dict[str, Any]]) -> int | None:
+def main_dictionary_size(rows: list[LeaderboardRow]) -> int | None:
     """K of the main model (the row the evaluate stage marked `is_main`), else None."""
     main = main_row(rows)
-    return main.get("K") if main and isinstance(main.get("K"), int) else None
+    return None if main is None else main.d_dict
 
 
-def main_row(rows: list[dict[str, Any]], variant: str = "full") -> dict[str, Any] | None:
+def main_row(rows: list[LeaderboardRow], variant: str = "full") -> LeaderboardRow | None:
     """The main model's row (`is_main`, set by evaluate from `stsae.train.grid.main_entry`), or for another
     variant its row at the main model's K and seed; None when the leaderboard has no main model."""
-    main = next((r for r in stsae_rows(rows) if r.get("is_main")), None)
-    if main is None or variant == main.get("variant"):
+    main = next((r for r in stsae_rows(rows) if r.is_main), None)
+    if main is None or variant == main.variant:
         return main
-    return next((r for r in stsae_rows(rows, variant)
-                 if (r.get("K"), r.get("seed")) == (main.get("K"), main.get("seed"))), None)
+    return next((r for r in stsae_rows(rows, variant) if (r.d_dict, r.seed) == (main.d_dict, main.seed)), None)
 
 
 def front_keys(pareto: Any) -> set[tuple[Any, Any, Any]]:
@@ -113,8 +109,9 @@ def front_keys(pareto: Any) -> set[tuple[Any, Any, Any]]:
             for p in points if isinstance(p, dict) and p.get("on_front")}
 
 
-def row_key(row: dict[str, Any]) -> tuple[Any, Any, Any]:
-    return row.get("model"), row.get("l0"), row.get("ev")
+def row_key(row: LeaderboardRow) -> tuple[Any, Any, Any]:
+    """The key `front_keys` matches rows by."""
+    return row.model, row.l0, row.ev
 
 
 def is_synthetic(meta: pd.DataFrame | None) -> bool:
@@ -159,24 +156,23 @@ class ScorecardInputs:
     windows: one row per window with columns `artifact` (str, "none" when clean) and `qc_pass` (bool).
     """
 
-    rows: list[dict[str, Any]]
+    rows: list[LeaderboardRow]
     associations: dict[str, Any] | None
     windows: pd.DataFrame | None
 
 
-def _factor_checks(full: dict[str, Any] | None) -> list[Check]:
+def _factor_checks(full: LeaderboardRow | None) -> list[Check]:
     checks = []
     for factor in PLANTED_FACTORS:
-        single = ((full or {}).get("single_concept") or {}).get(factor) or {}
+        single = (full.single_concept.get(factor) if full else None) or {}
         abs_r = finite(single.get("abs_r"))
-        concept = single.get("concept")
-        detail = f"concept {concept}" if abs_r is not None else ""
+        detail = f"concept {single.get('concept')}" if abs_r is not None else ""
         if factor == "vascular_age":
             checks.append(_check(f"{factor}: best single concept |r|", abs_r, ">=",
                                  VASCULAR_AGE_MIN_ABS_R, detail))
         else:
             checks.append(_check(f"{factor}: best single concept |r|", abs_r, None, None, detail))
-        probe = ((full or {}).get("probe") or {}).get(factor) or {}
+        probe = (full.probe.get(factor) if full else None) or {}
         value, raw = finite(probe.get("value")), finite(probe.get("raw_value"))
         if value is None or raw is None:
             checks.append(_check(f"{factor}: concept probe / raw-embedding probe", None, ">=",
@@ -190,31 +186,33 @@ def _factor_checks(full: dict[str, Any] | None) -> list[Check]:
     return checks
 
 
-def genuinely_sparsified(row: dict[str, Any]) -> bool:
+def genuinely_sparsified(row: LeaderboardRow) -> bool:
     """A matched-sparsity row whose top-k really dropped components (K > k_active). With K <= k the
     "matched" code is the dense code (Jaccard consistency trivially 1): no fair comparison; older
     leaderboards still hold such rows."""
-    k, k_active = row.get("K"), row.get("k_active")
-    return (bool(row.get("matched_sparsity")) and isinstance(k, int) and isinstance(k_active, int)
-            and k > k_active)
+    return row.matched_sparsity and row.k_active is not None and row.d_dict > row.k_active
 
 
-def _baseline_checks(rows: list[dict[str, Any]], full: dict[str, Any] | None) -> list[Check]:
+def _metric(row: LeaderboardRow | None, name: str) -> float | None:
+    """Metric `name` of `row` if it is a finite number, else None (also without a row)."""
+    return None if row is None else finite(getattr(row, name))
+
+
+def _baseline_checks(rows: list[LeaderboardRow], full: LeaderboardRow | None) -> list[Check]:
     """Full ST-SAE vs each family's genuinely sparsified matched-sparsity row closest in EV, on
     consistency and lag-1."""
     checks = []
-    full_ev = finite((full or {}).get("ev"))
+    full_ev = _metric(full, "ev")
     for family in BASELINE_FAMILIES:
-        matched = [r for r in rows if r.get("family") == family and genuinely_sparsified(r)
-                   and finite(r.get("ev")) is not None]
+        matched = [(ev, r) for r in rows
+                   if r.family == family and genuinely_sparsified(r) and (ev := finite(r.ev)) is not None]
         rival = None
         if matched and full_ev is not None:
-            rival = min(matched, key=lambda r: abs(r["ev"] - full_ev))
+            rival = min(matched, key=lambda pair: abs(pair[0] - full_ev))[1]
         for metric, label in (("consistency_heldout_aug", "consistency on held-out augmentations"),
                               ("lag1_within_record", "lag-1 within records")):
             name = f"full ST-SAE − matched {family.upper()}: {label}"
-            ours = finite((full or {}).get(metric))
-            theirs = finite((rival or {}).get(metric))
+            ours, theirs = _metric(full, metric), _metric(rival, metric)
             if rival is None and not matched:
                 checks.append(_check(name, None, ">", 0.0, f"no {family.upper()} baseline with more "
                                      "components than k at matched sparsity"))
@@ -222,18 +220,17 @@ def _baseline_checks(rows: list[dict[str, Any]], full: dict[str, Any] | None) ->
             if rival is None or ours is None or theirs is None:
                 checks.append(_check(name, None, ">", 0.0))
                 continue
-            detail = (f"{ours:.3f} vs {theirs:.3f} ({rival.get('model')}, "
-                      f"EV {full_ev:.3f} vs {rival['ev']:.3f})")
+            detail = f"{ours:.3f} vs {theirs:.3f} ({rival.model}, EV {full_ev:.3f} vs {rival.ev:.3f})"
             checks.append(_check(name, ours - theirs, ">", 0.0, detail))
     return checks
 
 
-def _phenotype_lines(full: dict[str, Any] | None) -> list[Check]:
+def _phenotype_lines(full: LeaderboardRow | None) -> list[Check]:
     """Informational: what the concepts add to age + sex for HTN / T2D on held-out patients (age alone
     already separates them well on the synthetic cohort, so the raw concept AUROC overstates them)."""
     lines = []
     for outcome in ("htn", "t2d"):
-        entry = ((full or {}).get("probe") or {}).get(outcome) or {}
+        entry = (full.probe.get(outcome) if full else None) or {}
         increment, ci = finite(entry.get("increment")), entry.get("increment_ci")
         detail = ""
         if increment is not None:
@@ -285,30 +282,29 @@ def _qc_checks(windows: pd.DataFrame | None) -> list[Check]:
     return checks
 
 
-def _dead_check(full: dict[str, Any] | None) -> Check:
+def _dead_check(full: LeaderboardRow | None) -> Check:
     """Gao et al.'s training-time definition: no firing on the last N training samples."""
-    dead = finite((full or {}).get("dead_fraction_train"))
+    dead = _metric(full, "dead_fraction_train")
     detail = ""
     if full and dead is not None:
-        detail = (f"{full.get('model')}: silent for the last {full.get('dead_window_samples')} training "
-                  f"samples; never fired on the {full.get('n_test_windows')} test windows: "
-                  f"{finite(full.get('never_fired_test_fraction')) or 0.0:.3f}")
+        detail = (f"{full.model}: silent for the last {full.dead_window_samples} training "
+                  f"samples; never fired on the {full.n_test_windows} test windows: "
+                  f"{finite(full.never_fired_test_fraction) or 0.0:.3f}")
     return _check("dead concepts in full model (fraction, training definition)", dead, "<",
                   DEAD_MAX_FRACTION, detail)
 
 
-def _stability_check(full: dict[str, Any] | None) -> Check:
+def _stability_check(full: LeaderboardRow | None) -> Check:
     """Seed stability of the main model above the data-aware null (untrained data-initialised
     dictionaries), not above random unit vectors, which any data-like dictionary beats."""
-    ours, null = finite((full or {}).get("seed_stability_mean_cos")), finite((full or {}).get(
-        "stability_null_data_mean_cos"))
+    ours, null = _metric(full, "seed_stability_mean_cos"), _metric(full, "stability_null_data_mean_cos")
     name = "seed stability − data-aware null (mean matched cos, live atoms)"
-    if ours is None or null is None:
+    if full is None or ours is None or null is None:
         return _check(name, None, ">", 0.0)
     return _check(name, ours - null, ">", 0.0,
                   f"{ours:.3f} vs {null:.3f} for untrained data-initialised dictionaries "
-                  f"({full.get('stability_live_atoms')} live atoms; isotropic null "
-                  f"{finite(full.get('stability_null_isotropic_mean_cos')) or float('nan'):.3f})")
+                  f"({full.stability_live_atoms} live atoms; isotropic null "
+                  f"{finite(full.stability_null_isotropic_mean_cos) or float('nan'):.3f})")
 
 
 def build_scorecard(inputs: ScorecardInputs) -> list[Check]:

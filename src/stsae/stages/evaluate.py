@@ -41,6 +41,7 @@ from stsae.data.dataset import WindowTripletDataset, temporal_pairs
 from stsae.data.store import EMBEDDING_DIM, Embeddings, load_embeddings, load_heldout_augmented
 from stsae.errors import InputDataError, StsaeError
 from stsae.eval import leaderboard as lb
+from stsae.eval.leaderboard import LeaderboardRow
 from stsae.eval.metrics import StreamedMetrics, stream_metrics, streamed_mean
 from stsae.eval.probe import (
     PHENOTYPES,
@@ -190,49 +191,49 @@ def _sidecar(info: ModelInfo) -> dict[str, Any]:
     return json.loads(info.path.with_suffix(".json").read_text())
 
 
-def _fill_streamed(row: dict[str, Any], m: StreamedMetrics) -> None:
-    row.update(ev=m.ev, l0=m.l0, never_fired_test_fraction=m.never_fired_fraction, n_test_windows=m.n_windows,
-               consistency_jaccard=m.consistency_jaccard, consistency_cosine=m.consistency_cosine,
-               consistency_heldout_aug=m.consistency_heldout_aug, lag1_within_record=m.lag1_within.value,
-               between_record_variance_share=m.lag1_within.between_share, lag1_pooled=m.lag1.value,
-               lag1_pooled_unweighted=m.lag1.unweighted)
+def _fill_streamed(row: LeaderboardRow, m: StreamedMetrics) -> None:
+    row.ev, row.l0, row.n_test_windows = m.ev, m.l0, m.n_windows
+    row.never_fired_test_fraction = m.never_fired_fraction
+    row.consistency_jaccard, row.consistency_cosine = m.consistency_jaccard, m.consistency_cosine
+    row.consistency_heldout_aug = m.consistency_heldout_aug
+    row.lag1_within_record, row.between_record_variance_share = m.lag1_within.value, m.lag1_within.between_share
+    row.lag1_pooled, row.lag1_pooled_unweighted = m.lag1.value, m.lag1.unweighted
     if m.consistency_heldout_aug is None:
-        lb.skip(row, ("consistency_heldout_aug",), "no held-out augmentation (data.augment.heldout_families "
-                "empty when extracted)")
+        row.skip(("consistency_heldout_aug",), "no held-out augmentation (data.augment.heldout_families "
+                 "empty when extracted)")
     if m.lag1_within.reason:
-        lb.skip(row, ("lag1_within_record",), m.lag1_within.reason)
+        row.skip(("lag1_within_record",), m.lag1_within.reason)
     if m.lag1.reason:
-        lb.skip(row, ("lag1_pooled", "lag1_pooled_unweighted"), m.lag1.reason)
+        row.skip(("lag1_pooled", "lag1_pooled_unweighted"), m.lag1.reason)
 
 
-def _fill_dead_train(row: dict[str, Any], info: ModelInfo) -> None:
+def _fill_dead_train(row: LeaderboardRow, info: ModelInfo) -> None:
     """Gao et al.'s training-time dead fraction from the ST-SAE's sidecar (None before N samples)."""
-    if info.family != "stsae" or row["matched_sparsity"]:
-        lb.skip(row, DEAD_TRAIN_KEYS, "baselines have no training-time firing record")
+    if info.family != "stsae" or row.matched_sparsity:
+        row.skip(DEAD_TRAIN_KEYS, "baselines have no training-time firing record")
         return
     metrics = _sidecar(info).get("metrics") or {}
-    row.update(dead_fraction_train=metrics.get("dead_fraction_train"),
-               dead_window_samples=metrics.get("dead_window_samples"))
-    if row["dead_window_samples"] is None:
-        lb.skip(row, DEAD_TRAIN_KEYS, "sidecar predates the dead-latent tracker (retrain)")
-    elif row["dead_fraction_train"] is None:
-        lb.skip(row, ("dead_fraction_train",), f"training saw {metrics.get('samples_seen')} samples, fewer "
-                f"than the {row['dead_window_samples']} a latent must stay silent for")
+    row.dead_fraction_train = metrics.get("dead_fraction_train")
+    row.dead_window_samples = metrics.get("dead_window_samples")
+    if row.dead_window_samples is None:
+        row.skip(DEAD_TRAIN_KEYS, "sidecar predates the dead-latent tracker (retrain)")
+    elif row.dead_fraction_train is None:
+        row.skip(("dead_fraction_train",), f"training saw {metrics.get('samples_seen')} samples, fewer "
+                 f"than the {row.dead_window_samples} a latent must stay silent for")
 
 
-def _fill_probes(row: dict[str, Any], codes: np.ndarray, data: EvalData, cfg: EvalSection,
+def _fill_probes(row: LeaderboardRow, codes: np.ndarray, data: EvalData, cfg: EvalSection,
                  references: References, seed: int) -> None:
     """Held-out probes, the age+sex-adjusted phenotype probes and single-concept |r| of one view."""
     probes = data.probes
     for name, score in probe_heldout(codes, probes).items():
-        row["probe"][name] = {"metric": score.metric, "value": score.value,
-                              "raw_value": references.raw[name].value}
+        row.probe[name] = {"metric": score.metric, "value": score.value, "raw_value": references.raw[name].value}
         if score.reason:
-            row[lb.REASONS_KEY][f"probe.{name}"] = score.reason
+            row.reasons[f"probe.{name}"] = score.reason
     adjusted = adjusted_phenotypes(codes, probes, references.age_sex, cfg.n_bootstrap,
-                                   rng(seed, "eval", "bootstrap", row["model"]))
+                                   rng(seed, "eval", "bootstrap", row.model))
     for name, result in adjusted.items():
-        row["probe"][name].update(
+        row.probe[name].update(
             age_sex_value=result.age_sex, adjusted_value=result.adjusted,
             raw_adjusted_value=references.raw_adjusted[name].adjusted, increment=result.increment,
             increment_ci=None if result.increment_ci is None else list(result.increment_ci))
@@ -240,10 +241,10 @@ def _fill_probes(row: dict[str, Any], codes: np.ndarray, data: EvalData, cfg: Ev
     split_factors = ({n: (m, v[fit]) for n, (m, v) in probes.factors.items()},
                      {n: (m, v[~fit]) for n, (m, v) in probes.factors.items()})
     for name, best in single_concepts_heldout(codes[fit], split_factors[0], codes[~fit], split_factors[1]).items():
-        row["single_concept"][name] = {"concept": best.concept, "abs_r": best.abs_r}
+        row.single_concept[name] = {"concept": best.concept, "abs_r": best.abs_r}
 
 
-def _score(row: dict[str, Any], model: ConceptModel, data: EvalData, cfg: EvalSection, references: References,
+def _score(row: LeaderboardRow, model: ConceptModel, data: EvalData, cfg: EvalSection, references: References,
            seed: int) -> np.ndarray:
     """Fill every metric of `row` for one model's codes; returns bool[K] its live atoms (fired on a test window)."""
     streamed = stream_metrics(model.encode, model.decode, model.d_dict, data.emb.z, data.emb.z_aug,
@@ -255,7 +256,7 @@ def _score(row: dict[str, Any], model: ConceptModel, data: EvalData, cfg: EvalSe
     return streamed.live
 
 
-def _matched_row(info: ModelInfo, k_active: int | None) -> dict[str, Any] | None:
+def _matched_row(info: ModelInfo, k_active: int | None) -> LeaderboardRow | None:
     """The matched-sparsity row of a dense baseline, or None (logged) when there is no genuine one:
     no main ST-SAE to take k from, or at most k components (top-k would be the dense code)."""
     if k_active is None:
@@ -265,7 +266,14 @@ def _matched_row(info: ModelInfo, k_active: int | None) -> dict[str, Any] | None
         log.info("%s has no matched-sparsity row: %d components <= k = %d, so its top-k code is the "
                  "dense code", info.name, info.d_dict, k_active)
         return None
-    return lb.new_row(info.name, info.family, info.variant, info.d_dict, info.seed, True, k_active)
+    return _identity(info, matched_sparsity=True, k_active=k_active)
+
+
+def _identity(info: ModelInfo, *, matched_sparsity: bool = False, k_active: int | None = None,
+              is_main: bool = False) -> LeaderboardRow:
+    """A row naming the model, every metric None (to be filled or given a reason)."""
+    return LeaderboardRow(model=info.name, family=info.family, variant=info.variant, d_dict=info.d_dict,
+                          seed=info.seed, matched_sparsity=matched_sparsity, k_active=k_active, is_main=is_main)
 
 
 def _train_config(main: ModelInfo) -> TrainSection:
@@ -364,18 +372,18 @@ class StabilityNulls:
             "analytical_isotropic_mean_cos": analytical_null_mean_cos(d_dict, EMBEDDING_DIM)}
 
 
-def _stability(rows: list[dict[str, Any]], live: dict[str, np.ndarray], infos: list[ModelInfo],
+def _stability(rows: list[LeaderboardRow], live: dict[str, np.ndarray], infos: list[ModelInfo],
                main: ModelInfo | None, refits: list[np.ndarray], nulls: StabilityNulls) -> None:
     """Fill the stability columns of every ST-SAE row (live atoms only, see the module docstring)."""
     by_name = {info.name: info for info in infos}
     for row in rows:
-        info = by_name[row["model"]]
-        if row["matched_sparsity"] or info.family != "stsae":
-            lb.skip(row, (*SEED_KEYS, *SUBSAMPLE_KEYS, *NULL_KEYS),
-                    "baselines are fit once per configuration (no seeds to compare)")
+        info = by_name[row.model]
+        if row.matched_sparsity or info.family != "stsae":
+            row.skip((*SEED_KEYS, *SUBSAMPLE_KEYS, *NULL_KEYS),
+                     "baselines are fit once per configuration (no seeds to compare)")
             continue
         reference = live[info.name]
-        row["stability_live_atoms"] = len(reference)
+        row.stability_live_atoms = len(reference)
         seeds = [live[o.name] for o in infos if o.family == "stsae" and o.name != info.name
                  and (o.variant, o.d_dict) == (info.variant, info.d_dict) and len(live[o.name])]
         subsamples = [d for d in refits if len(d)] if info is main else []
@@ -383,20 +391,21 @@ def _stability(rows: list[dict[str, Any]], live: dict[str, np.ndarray], infos: l
                 (SEED_KEYS, seeds, f"only one model of variant {info.variant} at K={info.d_dict}"),
                 (SUBSAMPLE_KEYS, subsamples, "patient-subsample refits exist for the main model only")):
             if not others or not len(reference):
-                lb.skip(row, keys, reason if len(reference) else "no live atom")
+                row.skip(keys, reason if len(reference) else "no live atom")
                 continue
             result = stability_against(reference, others)
-            row.update(zip(keys, (result.mean_cos, result.frac_07, result.frac_09), strict=True))
+            row.assign(keys, (result.mean_cos, result.frac_07, result.frac_09))
         partner = (seeds or subsamples or [None])[0]
         if partner is None or not len(reference):
-            lb.skip(row, NULL_KEYS[1:], "no stability comparison to give a null for")
+            row.skip(NULL_KEYS[1:], "no stability comparison to give a null for")
             continue
         data_null, isotropic = nulls.for_row(info.d_dict, (len(reference), len(partner)))
-        row["stability_null_isotropic_mean_cos"] = isotropic.mean_cos
+        row.stability_null_isotropic_mean_cos = isotropic.mean_cos
         if data_null is None:
-            lb.skip(row, NULL_KEYS[1:3], "no main model to take the training configuration from")
+            row.skip(NULL_KEYS[1:3], "no main model to take the training configuration from")
         else:
-            row.update(stability_null_data_mean_cos=data_null.mean_cos, stability_null_data_frac_07=data_null.frac_07)
+            row.stability_null_data_mean_cos = data_null.mean_cos
+            row.stability_null_data_frac_07 = data_null.frac_07
 
 
 def _references(data: EvalData, cfg: EvalSection, seed: int) -> References:
@@ -411,16 +420,16 @@ def _references(data: EvalData, cfg: EvalSection, seed: int) -> References:
 
 def _score_all(infos: list[ModelInfo], main: ModelInfo | None, data: EvalData, cfg: EvalSection,
                references: References, seed: int
-               ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray], int | None]:
+               ) -> tuple[list[LeaderboardRow], dict[str, np.ndarray], int | None]:
     """Score every model (main first: its L0 is the k of the matched-sparsity rows); returns the rows,
     each ST-SAE's live atoms and k."""
     ordered = sorted(infos, key=lambda info: (info is not main, info.family != "stsae", info.name))
-    rows: list[dict[str, Any]] = []
+    rows: list[LeaderboardRow] = []
     live: dict[str, np.ndarray] = {}
     k_active: int | None = None
     for info in ordered:
         model = load_concept_model(info.path, batch_size=cfg.chunk_rows)
-        row = lb.new_row(info.name, info.family, info.variant, info.d_dict, info.seed, is_main=info is main)
+        row = _identity(info, is_main=info is main)
         live[info.name] = model.dictionary[_score(row, model, data, cfg, references, seed)]
         _fill_dead_train(row, info)
         rows.append(row)
@@ -430,9 +439,9 @@ def _score_all(infos: list[ModelInfo], main: ModelInfo | None, data: EvalData, c
             _score(matched, k_sparse, data, cfg, references, seed)
             _fill_dead_train(matched, info)
             rows.append(matched)
-        log.info("scored %s: EV %.3f, L0 %.1f", info.name, row["ev"], row["l0"])
-        if info is main:
-            k_active = max(1, round(row["l0"]))
+        log.info("scored %s: EV %.3f, L0 %.1f", info.name, row.ev, row.l0)
+        if info is main and row.l0 is not None:
+            k_active = max(1, round(row.l0))
     return rows, live, k_active
 
 
