@@ -259,8 +259,9 @@ class ExtractSection(_Section):
     )
     compile: Literal["auto"] | bool = Field(
         "auto",
-        description="torch.compile (Inductor, frozen weights) the encoder: 1.3x faster on CPU but 18-50 s to "
-        "compile; auto: only when a process encodes >= 200k windows (clean + augmented) and g++ is present.",
+        description="torch.compile (Inductor, frozen weights) the encoder: faster on CPU after a compile of "
+        "tens of seconds; auto: only when a process encodes >= 200k windows (clean + augmented) and g++ is "
+        "present.",
     )
 
 
@@ -291,8 +292,8 @@ class TrainSection(_Section):
     )
     init_fit_scale: bool = Field(
         False, description="Scale the tied encoder so the first reconstruction has least-squares "
-        "magnitude: needed by init 'data' (unscaled data-row atoms overshot ~300-600x the variance), "
-        "harmful with random atoms (2-4x more latents dead after 250 steps)."
+        "magnitude: needed by init 'data' (unscaled data-row atoms overshoot the variance by orders of "
+        "magnitude), harmful with random atoms (more latents dead; benchmarks/bench_sae_init.py)."
     )
     batch_size: int = Field(256, ge=1, description="Triplets per optimizer step.")
     steps: int = Field(2000, ge=1, description="Optimizer steps per model.")

@@ -47,8 +47,8 @@ class AgePredictor:
 
     Features are clipped to their train range before the linear model sees them. A concept that fires on
     few train patients has a tiny SD, so a new patient on whom it fires strongly sits tens of SDs out and
-    the linear model extrapolates without bound (measured on the demo: one validation patient predicted
-    at −145 years, which then bent the validation bias correction). Clipping keeps every prediction inside
+    the linear model extrapolates without bound, to impossible ages, and one such validation patient
+    bends the validation bias correction (README "Measured"). Clipping keeps every prediction inside
     what the train patients support and leaves train predictions unchanged.
     """
 
@@ -250,10 +250,9 @@ def out_of_fold_predictions(
     Each outer GroupKFold fold reruns the whole `fit_age_predictor` procedure - the ElasticNetCV search
     over (alpha, l1_ratio) with its own inner folds, and stability selection when enabled - on the other
     folds' patients, so no choice has seen the held-out patient (tested by changing its age).
-    On the demo it still gives a steeper predicted-vs-age slope than validation (0.877 vs 0.811) and
-    over-corrects test (corr(Δage, age) -0.33 vs -0.10), as the single-refit version did (0.886, -0.36):
-    train patients' windows trained the ST-SAE, so their concepts are in-sample. Hence the default is
-    validation.
+    It still gives a steeper predicted-vs-age slope than validation and over-corrects test, as a single
+    refit does (README "Measured"): train patients' windows trained the ST-SAE, so their concepts are
+    in-sample. Hence the default is validation.
     """
     oof = np.empty(len(age))
     for fold, (fit_rows, held_rows) in enumerate(_group_folds(config.cv_folds, seed).split(x, age, groups)):

@@ -13,7 +13,7 @@ Protocol (the same for concepts, baselines and the raw 512-d embeddings, whose s
   intercept. Features are not standardised: every representation is in z units (unit-norm atoms, or
   z itself), and standardising a sparse code inflates a concept seen on one training window to
   ~√n, so its coefficient fits that one window and a test window using the concept gets a wild
-  prediction (R² of −3 on the demo). Binary labels are regressed as 0/1 (the least-squares linear
+  prediction (a strongly negative R²). Binary labels are regressed as 0/1 (the least-squares linear
   discriminant): AUROC depends only on the ranking of the scores, and one closed-form machinery lets
   every factor share the same grouped penalty choice, in place of a logistic model with a fixed C.
 - Penalty: chosen per factor and per outer fold by leave-one-patient-out CV inside the outer training

@@ -13,7 +13,7 @@ cov_c = cov(x_c, y_c) and var_c^x, var_c^y the variances of concept c on the two
     lag1_pooled_unweighted = mean over c of r_c = cov_c / sqrt(var_c^x · var_c^y)
 
 Because the pairs are pooled across records, a concept that differs between records but is flat
-within them scores ≈ 1: on the demo 88 % of the main model's code variance lies between records, so
+within them scores ≈ 1: most of a model's code variance lies between records (README "Measured"), so
 this number mostly measures that, not temporal smoothness. The weighted form counts each concept in
 proportion to its variance, so a sparse code's hundreds of rarely-firing concepts (r ≈ 0 from a
 handful of activations) do not drown the few that carry the signal; the unweighted mean is kept

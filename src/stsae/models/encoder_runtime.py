@@ -1,20 +1,17 @@
-"""How PaPaGei-S runs fast on this machine: a channels-last inference path, precision and thread choice.
+"""How PaPaGei-S runs fast on CPU: a channels-last inference path, precision and thread choice.
 
-Measured on the 2-core AVX2 development box under load (benchmarks/bench_extract.py, one run, ratios):
-oneDNN convolutions on channels-last 2-D tensors ([B, C, 1, L]) beat plain Conv1d input (1.35x at 1
-thread, 1.9x at 2 threads); folding each BatchNorm that directly follows a convolution into it was
-measured neutral and is kept only because it is free. bf16 autocast pays only on CPUs with native bf16
-(AVX512-BF16/AMX); elsewhere oneDNN emulates it and it measured ~7x slower than fp32, so
-`precision: auto` picks bf16 only where it is native *and* the embedding stays within the cosine bound
-of fp32 on a calibration batch. torch.jit freezing was measured neutral.
+oneDNN convolutions run faster on channels-last 2-D tensors ([B, C, 1, L]) than on plain Conv1d input,
+so the encoder is rebuilt on that layout; each BatchNorm that directly follows a convolution is folded
+into it (free, so kept). bf16 autocast pays only on CPUs with native bf16 (AVX512-BF16/AMX); elsewhere
+oneDNN emulates it and it is several times slower than fp32, so `precision: auto` picks bf16 only where
+it is native *and* the embedding stays within the cosine bound of fp32 on a calibration batch.
 
 torch.compile with Inductor *freezing* (weights become constants, so oneDNN convolutions get their
-ReLU/add epilogues fused and the elementwise passes - a quarter of the eager time - vanish) measured
-1.3x over the channels-last path on the idle box (409 vs 311 windows/s at 2 threads; 1.9x plain eager)
-but costs 18-50 s of compilation (warm vs cold Inductor cache), so `extract.compile: auto` uses it only
-when a process has enough windows to encode for the compile to pay back several times. A compiled
-graph is specialised to one batch shape, so the last short batch is zero-padded to full size rather
-than triggering a second compile.
+ReLU/add epilogues fused and the elementwise passes vanish) beats the channels-last path but costs
+tens of seconds of compilation, so `extract.compile: auto` uses it only when a process has enough
+windows to encode for the compile to pay back several times. A compiled graph is specialised to one
+batch shape, so the last short batch is zero-padded to full size rather than triggering a second compile.
+The measured speeds and compile times are in README.md ("Performance", benchmarks/bench_extract.py).
 """
 
 from __future__ import annotations
@@ -127,7 +124,7 @@ class FastEmbedder(nn.Module):
 
 COMPILE_MIN_ENCODES = 200_000
 """`extract.compile: auto` compiles when one process encodes at least this many windows (clean +
-augmented). Break-even on the 2-core box is ~25-65k (18-50 s compile / 0.77 ms saved per window)."""
+augmented): several times the measured break-even (README.md, "Performance"), so the compile always pays."""
 
 
 class CompiledEmbedder(nn.Module):
@@ -148,7 +145,7 @@ class CompiledEmbedder(nn.Module):
             raise ValueError(f"CompiledEmbedder got {rows} rows > its batch size {self.batch_size}")
         if rows < self.batch_size:
             x = F.pad(x, (0, 0, 0, 0, 0, self.batch_size - rows))
-        # Imported here: loading Inductor costs ~200 MB of RSS that the eager path should not pay.
+        # Imported here: loading Inductor costs resident memory that the eager path should not pay.
         from torch._inductor import config as inductor_config
 
         with inductor_config.patch(freezing=True):  # read when the first call compiles
@@ -175,7 +172,7 @@ def should_compile(requested: Literal["auto"] | bool, n_encodes: int) -> bool:
         if requested is True:
             raise StsaeError("extract.compile: true needs a C++ compiler for torch.compile (none of $CXX, "
                              "g++, clang++ found); install g++ or set extract.compile: auto")
-        log.warning("extract.compile auto: no C++ compiler for torch.compile; encoding eagerly (~1.3x slower)")
+        log.warning("extract.compile auto: no C++ compiler for torch.compile; encoding eagerly (slower)")
         return False
     return True
 

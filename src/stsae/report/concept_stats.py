@@ -7,7 +7,7 @@ functions here are pure (arrays in, arrays out) so each can be checked against a
 Definitions (K concepts, N windows):
 - within-record lag-1 of concept c = Pearson r of (a_t, a_t+1) over adjacent windows of one record minus
   r over non-adjacent pairs (gap ≥ 2) of the same record, both on within-record-demeaned codes. Demeaning
-  removes between-record level differences (88 % of the code variance on the demo); subtracting the
+  removes between-record level differences (most of the code variance, README "Measured"); subtracting the
   non-adjacent r removes the small-record bias that demeaning itself introduces (≈ −1/(n−1)).
   Null: 0 for a concept that carries no temporal structure beyond its record's level.
 - consistency of c = Jaccard |A ∩ B| / |A ∪ B| of the windows where c fires on z and on z_aug.

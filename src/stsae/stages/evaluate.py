@@ -462,8 +462,8 @@ def run(ctx: StageContext) -> None:
     references = _references(data, cfg, seed)
     main = main_stsae(infos, ctx.config.train)
     # The refits are torch training (GIL released in its kernels): they run beside the scoring, which
-    # is numpy/LAPACK limited to half the cores so the two do not oversubscribe the machine (on 2 cores
-    # that cut the demo's evaluate time by a fifth). Results do not depend on either.
+    # is numpy/LAPACK limited to half the cores so the two do not oversubscribe the machine. Results do
+    # not depend on either.
     blas_threads = max(1, (os.cpu_count() or 2) // 2)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="stability-refits") as pool, \
             threadpool_limits(limits=blas_threads, user_api="blas"):
