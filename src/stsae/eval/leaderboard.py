@@ -34,17 +34,25 @@ _JSON_NAME = {str: "string", int: "integer", float: "number", bool: "boolean", d
 
 
 class ProbeEntry(TypedDict, total=False):
-    """One factor's held-out probe: `metric` ("r2" | "auroc"), `value` (concept codes) and `raw_value`
-    (raw z) always; the phenotypes (htn, t2d) add the age + sex adjusted scores and the increment."""
+    """One factor's held-out probe. `metric`, `value` and `raw_value` always; the phenotypes (htn, t2d)
+    also the age + sex adjusted scores, when age, sex and both classes are present on each side."""
 
     metric: str
+    """"r2" (continuous factors) or "auroc" (binary labels)."""
     value: float | None
+    """The probe on the model's codes."""
     raw_value: float | None
+    """The same probe on the raw 512-d embeddings: the reference."""
     age_sex_value: float | None
+    """AUROC of age + sex alone."""
     adjusted_value: float | None
+    """Codes + age + sex (covariates unpenalised)."""
     raw_adjusted_value: float | None
+    """Raw z + age + sex."""
     increment: float | None
+    """adjusted_value − age_sex_value."""
     increment_ci: list[float] | None
+    """[low, high]: 95 % patient-bootstrap CI of the increment (eval.n_bootstrap resamples), or None."""
 
 
 class SingleConcept(TypedDict):
@@ -56,48 +64,91 @@ class SingleConcept(TypedDict):
 
 @dataclass(slots=True, kw_only=True)
 class LeaderboardRow:
-    """One model's row of eval/leaderboard.json (field definitions: docs/CONTRACTS.md, evaluate).
+    """One model's row of eval/leaderboard.json; every attribute is one JSON key of the row.
 
     Slotted, so a misspelt metric name is an AttributeError instead of a silent new key. The JSON key
-    of `d_dict` is "K" (the file format predates the name every other record uses); all other fields
-    keep their JSON names. is_main marks the row of the one main model (`stsae.train.grid.main_entry`),
-    so readers of the rows alone find it without re-deriving the choice.
+    of `d_dict` is "K" (the file format predates the name every other record uses). Test-split metrics
+    are measured on the `n_test_windows` evaluated test windows; None means not computed, and then
+    `reasons` says why.
     """
 
     model: str
+    """File stem of the model; a dense baseline and its matched-sparsity row share it."""
     family: str
+    """stsae, pca, ica or nmf."""
     variant: str
+    """The ST-SAE variant (full or an ablation), or the baseline's method."""
     d_dict: int
+    """K, the number of concepts (atoms)."""
     seed: int | None
+    """Training seed."""
     matched_sparsity: bool = False
+    """True for a baseline's k-sparse row: codes re-encoded on its own dictionary with k = k_active."""
     k_active: int | None = None
+    """k of a matched-sparsity row: the main model's L0, rounded (None on every other row)."""
     is_main: bool = False
+    """The row of the one main model (`stsae.train.grid.main_entry`: full at train.d_dict, first of
+    train.seeds), so readers of the rows alone find it without re-deriving the choice."""
     ev: float | None = None
+    """Explained variance 1 − Σ‖z − ẑ‖² / Σ‖z − z̄‖² (z̄: the train mean)."""
     l0: float | None = None
+    """Mean number of active concepts per window."""
     dead_fraction_train: float | None = None
+    """Fraction of latents silent over the last `dead_window_samples` training samples (Gao et al.), from
+    the ST-SAE sidecar; None for baselines and before that many samples were seen."""
     dead_window_samples: int | None = None
+    """N of `dead_fraction_train` (train.dead_after_samples when the model trained)."""
     never_fired_test_fraction: float | None = None
+    """Fraction of atoms inactive on all `n_test_windows` evaluated windows."""
     n_test_windows: int | None = None
+    """Test windows evaluated (whole patients, capped by eval.max_eval_rows)."""
     consistency_jaccard: float | None = None
+    """Mean Jaccard of the active sets of f(z) and f(z_aug) (the augmentations L_stab trained on)."""
     consistency_cosine: float | None = None
+    """Mean cosine of f(z) and f(z_aug)."""
     consistency_heldout_aug: float | None = None
+    """Mean Jaccard of f(z) and f(z_aug_heldout): augmentation families never trained against."""
     lag1_within_record: float | None = None
+    """Primary temporal metric: concepts demeaned within each gap-free record, adjacent-pair minus
+    non-adjacent-pair correlation, variance-weighted; 0 without serial dependence
+    (`stsae.eval.temporal.WithinRecordLag1`)."""
     between_record_variance_share: float | None = None
+    """1 − within-record / total sum of squares of the codes."""
     lag1_pooled: float | None = None
+    """Lag-1 correlation pooled over all temporal pairs, variance-weighted: mostly between-record
+    variance, kept for comparison."""
     lag1_pooled_unweighted: float | None = None
+    """The same as a plain mean over concepts."""
     seed_stability_mean_cos: float | None = None
+    """ST-SAE rows: mean Hungarian-matched cosine of live atoms (fired on a test window) against the
+    other seeds of the same variant and K."""
     seed_stability_frac_07: float | None = None
+    """Share of those matched cosines ≥ 0.7."""
     seed_stability_frac_09: float | None = None
+    """Share ≥ 0.9."""
     subsample_stability_mean_cos: float | None = None
+    """Main model only: the same against eval.stability_subsamples refits on 50 % train-patient
+    subsamples, with the main model's step budget unless eval.stability_steps."""
     subsample_stability_frac_07: float | None = None
+    """Share of those matched cosines ≥ 0.7."""
     subsample_stability_frac_09: float | None = None
+    """Share ≥ 0.9."""
     stability_live_atoms: int | None = None
+    """Live atoms the stability numbers match."""
     stability_null_data_mean_cos: float | None = None
+    """Data-aware null: two untrained dictionaries from the trainer's own initialisation (different
+    seeds), subsampled to the same live counts."""
     stability_null_data_frac_07: float | None = None
+    """Share of the null's matched cosines ≥ 0.7."""
     stability_null_isotropic_mean_cos: float | None = None
+    """Isotropic null: random unit vectors, same counts."""
     probe: dict[str, ProbeEntry] = field(default_factory=dict)
+    """Factor -> held-out ridge probe (`ProbeEntry`): fit on train patients, scored on val + test
+    patients, each side capped at eval.probe_max_rows by whole patients."""
     single_concept: dict[str, SingleConcept] = field(default_factory=dict)
+    """Factor -> the best single concept (`SingleConcept`)."""
     reasons: dict[str, str] = field(default_factory=dict)
+    """Metric key (`probe.<factor>` for a probe) -> why it is None."""
 
     def skip(self, keys: Iterable[str], reason: str) -> None:
         """Set the metrics `keys` to None and record why."""
