@@ -195,7 +195,7 @@ def test_baseline_with_at_most_k_components_gets_no_matched_row(caplog: pytest.L
         assert evaluate_stage._matched_row(info, 16) is None
     assert "dense code" in caplog.text
     matched = evaluate_stage._matched_row(types.SimpleNamespace(**{**vars(info), "d_dict": 32}), 16)
-    assert matched["matched_sparsity"] and matched["k_active"] == 16 and matched["K"] == 32
+    assert matched is not None and matched.matched_sparsity and matched.k_active == 16 and matched.d_dict == 32
 
 
 @pytest.mark.parametrize(("init", "margin_above_isotropic"), [("data", (0.3, 1.0)), ("random", (-0.1, 0.1))])

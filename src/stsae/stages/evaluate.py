@@ -3,7 +3,7 @@
 One row per model, plus one matched-sparsity row per dense baseline with more than k components: k-sparse
 codes re-encoded on its own dictionary (`encode_k_sparse`) with k = the L0 of the main model
 (`stsae.train.grid.main_entry`: `full` at train.d_dict with the first seed); a baseline of at most k
-components has no such row, since its k-sparse code is the dense code. See docs/CONTRACTS.md for every field.
+components has no such row, since its k-sparse code is the dense code. Every field: `LeaderboardRow`.
 
 Reconstruction, sparsity, consistency and lag-1 are measured on the test split. Dead latents follow
 Gao et al.: a latent is dead when it did not fire on the last N training samples (the trainer's
