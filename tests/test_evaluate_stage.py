@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from stsae.config import Config
-from stsae.eval.leaderboard import REASONS_KEY, ROW_KEYS
+from stsae.eval.leaderboard import REASONS_KEY, ROW_KEYS, read_leaderboard_rows
 from stsae.models.stsae import STSAE
 from stsae.pipeline.runner import StageContext
 from stsae.rundir import RunDir
@@ -77,6 +77,7 @@ def test_evaluate_writes_complete_rows_and_pareto(run_dir_with_models: StageCont
     board = io.read_json(ctx.run_dir.leaderboard)
     assert board["schema_version"] == 2 and board["main_model"] == "stsae-full-K32-s0"
     rows = board["rows"]
+    assert [row.to_json() for row in read_leaderboard_rows(ctx.run_dir.leaderboard)] == rows
     assert len(rows) == 3 + 4 + 2
     assert [r["model"] for r in rows if r["is_main"]] == ["stsae-full-K32-s0"]
     for row in rows:
