@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -308,10 +309,13 @@ def _run_sharded(ctx: StageContext, this_rank: int, world: int) -> None:
             _count_skips(gathered, issues)
         _require_windows(sum(counts), ctx.config.data)
         if gathered is not None:
+            started = time.perf_counter()
             with contextlib.ExitStack() as stack:
                 tmp_windows = stack.enter_context(io.atomic_path(ctx.run_dir.windows))
                 _copy_rows_in_unit_order(gathered, tmp_windows, _width(ctx.config))
                 meta, qc = _write_metadata(ctx, stack, gathered)
+            log.info("prepare: rank 0 assembled %d windows from %d ranks in %.1f s", len(meta), world,
+                     time.perf_counter() - started)
             _log_qc(ctx, meta, qc, issues)
         torch_dist.barrier()
     finally:
