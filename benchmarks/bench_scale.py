@@ -7,6 +7,10 @@ at >= 4 GiB) and the scaling exponent log(t_N / t_small) / log(N / N_small) (1.0
 fixed number of steps, so its time should stay flat). Output: benchmarks/results/bench_scale.json.
 
     .venv/bin/python benchmarks/bench_scale.py [--windows 1000000] [--steps 200] [--small-ratio 10]
+                                               [--prepare-ranks 2]
+
+With --prepare-ranks N > 1, prepare runs under `torchrun --standalone --nproc-per-node N` (sharded by
+work unit); its peak RSS is then the sum over the launcher and every rank.
 
 The default 1M-window run (with its 100k comparison) took 1 h 45 min on the 2-core box
 (`make bench-scale`); `--windows 2000` is a quick smoke test. Not part of the test suite.
@@ -67,10 +71,12 @@ def _tree_rss(proc: psutil.Process) -> tuple[int, int]:
     return total, anonymous
 
 
-def run_stage(stage: str, run_dir: Path, sets: list[str]) -> dict[str, Any]:
-    """Run one stage in a fresh process; returns seconds and peak RSS of its process tree."""
-    command = [sys.executable, "-m", "stsae", stage, "-q", "--config", str(REPO / "configs" / "demo.yaml"),
-               "--run-dir", str(run_dir), *sets]
+def run_stage(stage: str, run_dir: Path, sets: list[str], ranks: int = 1) -> dict[str, Any]:
+    """Run one stage in a fresh process (under torchrun with `ranks` > 1); returns seconds and peak RSS
+    of its process tree."""
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks)] if ranks > 1 else []
+    command = [sys.executable, *launcher, "-m", "stsae", stage, "-q", "--config",
+               str(REPO / "configs" / "demo.yaml"), "--run-dir", str(run_dir), *sets]
     started = time.perf_counter()
     popen = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     proc = psutil.Process(popen.pid)
@@ -90,13 +96,13 @@ def run_stage(stage: str, run_dir: Path, sets: list[str]) -> dict[str, Any]:
             "peak_anonymous_rss_gib": round(peak_anonymous / 2**30, 3), "rss_over_4gib": peak >= RSS_FLAG_BYTES}
 
 
-def scale_run(n_windows: int, steps: int, work: Path) -> dict[str, Any]:
+def scale_run(n_windows: int, steps: int, work: Path, prepare_ranks: int = 1) -> dict[str, Any]:
     """Every stage at one cohort size; windows/s uses the windows prepare actually wrote."""
     run_dir = work / f"n{n_windows}"
     sets = overrides(n_windows, steps)
     stages: dict[str, Any] = {}
     for stage in STAGES:
-        stages[stage] = run_stage(stage, run_dir, sets)
+        stages[stage] = run_stage(stage, run_dir, sets, prepare_ranks if stage == "prepare" else 1)
         print(f"  N={n_windows:>9}: {stage:<9} {stages[stage]['seconds']:>9.1f} s  "
               f"peak RSS {stages[stage]['peak_rss_gib']:.2f} GiB "
               f"(anonymous {stages[stage]['peak_anonymous_rss_gib']:.2f} GiB)", flush=True)
@@ -112,12 +118,14 @@ def main() -> None:
     parser.add_argument("--small-ratio", type=int, default=10, help="The small cohort is N / this.")
     parser.add_argument("--steps", type=int, default=200, help="ST-SAE training steps (same at both sizes).")
     parser.add_argument("--work-dir", type=Path, default=None, help="Where run directories go (temp dir).")
+    parser.add_argument("--prepare-ranks", type=int, default=1, help="torchrun ranks of the prepare stage.")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "bench_scale.json")
     args = parser.parse_args()
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="stsae-scale-"))
     try:
-        small = scale_run(max(WINDOWS_PER_PATIENT * 10, args.windows // args.small_ratio), args.steps, work)
-        large = scale_run(args.windows, args.steps, work)
+        small = scale_run(max(WINDOWS_PER_PATIENT * 10, args.windows // args.small_ratio), args.steps, work,
+                          args.prepare_ranks)
+        large = scale_run(args.windows, args.steps, work, args.prepare_ranks)
     finally:
         if args.work_dir is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -135,7 +143,8 @@ def main() -> None:
                for stage, r in res["stages"].items() if r["rss_over_4gib"]]
     machine = {"cpus": psutil.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1)}
     result = {"machine": machine,
-              "steps": args.steps, "d_dict": 4096, "small": small, "large": large, "size_ratio": size_ratio,
+              "steps": args.steps, "prepare_ranks": args.prepare_ranks, "d_dict": 4096, "small": small,
+              "large": large, "size_ratio": size_ratio,
               "time_scaling_exponent": scaling, "peak_rss_ratio": rss_ratio,
               "peak_anonymous_rss_ratio": anonymous_ratio, "rss_over_4gib": flagged,
               "note": "exponent 1.0 = time linear in windows; train runs fixed steps (expect ~0)."}

@@ -10,6 +10,7 @@ import contextlib
 import errno
 import functools
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
@@ -68,12 +69,26 @@ def _user_errors() -> Iterator[None]:
         raise typer.Exit(2) from None
 
 
+def _await_claim(paths: RunDir, timeout_s: float = 300.0) -> None:
+    """Another torchrun rank waits until rank 0 has claimed the run directory (its lock file exists).
+
+    Why: a rank that starts logging or fingerprinting first writes into a fresh directory, and rank 0's
+    claim then refuses it as a non-empty directory that is not a run directory."""
+    deadline = time.monotonic() + timeout_s
+    while not paths.lock.exists():
+        if time.monotonic() > deadline:
+            raise StsaeError(f"{paths.root}: rank 0 did not claim the run directory within {timeout_s:.0f} s")
+        time.sleep(0.05)
+
+
 @contextlib.contextmanager
 def _session(config: Config, paths: RunDir, force: bool, verbose: int, quiet: bool,
              break_lock: bool = False) -> Iterator[StageContext]:
     """Claim the run directory, start logging and hold the run lock while the caller works in it."""
     if is_main_process():
         claim_run_dir(paths, force)
+    else:
+        _await_claim(paths)
     setup_logging(-1 if quiet else verbose, paths.log)
     lock = run_lock(paths.lock, break_lock) if is_main_process() else contextlib.nullcontext()
     with lock:

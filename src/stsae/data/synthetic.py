@@ -188,11 +188,15 @@ def windows_per_record(cfg: SyntheticSection, window_s: float) -> int:
     return int(record_samples(cfg) // round(window_s * cfg.fs))
 
 
-def iter_cohort(cfg: SyntheticSection, seed: int, window_s: float) -> Iterator[SyntheticChunk]:
+def iter_cohort(cfg: SyntheticSection, seed: int, window_s: float,
+                shard: tuple[int, int] = (0, 1)) -> Iterator[SyntheticChunk]:
     """Yield the cohort's records in chunks of about cfg.chunk_windows windows (patient order).
 
     window_s: the slot length artifacts are planted on (the windowing's window length), so an artifact
     lands inside one window. Peak memory depends on chunk_windows, not on the cohort size.
+    shard: (rank, world) renders only chunks rank, rank + world, rank + 2·world, … of the full sequence,
+    so torchrun ranks split the cohort without rendering each other's chunks; a chunk's records and
+    samples do not depend on the shard (every record draws from its own generator).
     """
     patients = make_patients(cfg, seed)
     log.info("synthetic cohort: %d patients (HTN %.0f%%, T2D %.0f%%), %d records of %.1f min at %g Hz",
@@ -204,7 +208,8 @@ def iter_cohort(cfg: SyntheticSection, seed: int, window_s: float) -> Iterator[S
         "patient_idx": np.repeat(np.arange(len(patients)), cfg.records_per_patient),
         "record_idx": np.tile(np.arange(cfg.records_per_patient), len(patients)),
     })
-    for start in range(0, len(plan), per_chunk):
+    rank, world = shard
+    for start in range(rank * per_chunk, len(plan), world * per_chunk):
         part = plan.iloc[start:start + per_chunk]
         records = patients.iloc[part["patient_idx"].to_numpy()].reset_index(drop=True)
         records["record_idx"] = part["record_idx"].to_numpy()
