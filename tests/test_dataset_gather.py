@@ -44,11 +44,13 @@ def _mapped_rss_kib(path: Path) -> int:
 def test_memmap_batches_equal_in_memory_batches_bit_for_bit(tmp_path):
     z, z_aug = _arrays(400)
     in_memory = WindowTripletDataset(z, z_aug, _index(400))
-    mapped = WindowTripletDataset(_npy(tmp_path / "z.npy", z), _npy(tmp_path / "z_aug.npy", z_aug), _index(400))
     ids = np.r_[np.random.default_rng(1).integers(0, len(in_memory), 300), 5, 5, 0, len(in_memory) - 1]
-    for expected, got in zip(in_memory.batch(ids), mapped.batch(ids), strict=True):
-        assert got.dtype == expected.dtype and got.shape == (ids.size, D)
-        assert got.numpy().tobytes() == expected.numpy().tobytes()
+    for limit in (0, z.nbytes):  # positioned reads per batch; the whole (small) file read once
+        mapped = WindowTripletDataset(_npy(tmp_path / "z.npy", z), _npy(tmp_path / "z_aug.npy", z_aug),
+                                      _index(400), in_memory_max_bytes=limit)
+        for expected, got in zip(in_memory.batch(ids), mapped.batch(ids), strict=True):
+            assert got.dtype == expected.dtype and got.shape == (ids.size, D)
+            assert got.numpy().tobytes() == expected.numpy().tobytes()
 
 
 def test_random_batches_leave_no_page_of_the_file_resident(tmp_path):
@@ -56,7 +58,7 @@ def test_random_batches_leave_no_page_of_the_file_resident(tmp_path):
         pytest.skip("needs Linux /proc/self/smaps")
     z, z_aug = _arrays(4000)  # 8 MiB each
     paths = tmp_path / "z.npy", tmp_path / "z_aug.npy"
-    dataset = WindowTripletDataset(_npy(paths[0], z), _npy(paths[1], z_aug), _index(4000))
+    dataset = WindowTripletDataset(_npy(paths[0], z), _npy(paths[1], z_aug), _index(4000), in_memory_max_bytes=0)
     rng = np.random.default_rng(2)
     for _ in range(50):
         dataset.batch(rng.integers(0, len(dataset), 256))

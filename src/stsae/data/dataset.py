@@ -81,29 +81,45 @@ class MemmapRows:
         return out[inverse]
 
 
-def row_gatherer(array: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
-    """rows -> array[rows]: positioned reads for a whole `.npy` memmap, plain indexing for anything else
-    (in-memory arrays, slices of a memmap)."""
-    return MemmapRows(array).read if MemmapRows.applies(array) else array.__getitem__
+IN_MEMORY_MAX_BYTES = 256 * 2**20
+
+
+def row_gatherer(array: np.ndarray, in_memory_max_bytes: int = IN_MEMORY_MAX_BYTES,
+                 ) -> Callable[[np.ndarray], np.ndarray]:
+    """rows -> array[rows]: for a whole `.npy` memmap, positioned reads, or, when it is at most
+    `in_memory_max_bytes`, one positioned read of the whole file into memory; plain indexing for anything
+    else (in-memory arrays, slices of a memmap).
+
+    Why copy small files: a few hundred MiB are cheap to hold, while one read call per run of rows costs
+    milliseconds per batch, more than a whole training step at small K."""
+    if not MemmapRows.applies(array):
+        return array.__getitem__
+    reader = MemmapRows(array)
+    if array.nbytes <= in_memory_max_bytes:
+        return reader.read(np.arange(array.shape[0])).__getitem__
+    return reader.read
 
 
 class WindowTripletDataset(Dataset):
     """Triplets (z_t, z_{t+1}, z_aug_t) over memmapped embeddings, restricted to one split.
 
     z, z_aug: float32[M, 512] (memmaps are fine: rows are gathered on demand, never loaded whole, and
-    read with `MemmapRows` so random batches do not keep the files' pages resident).
+    read with `MemmapRows` so random batches do not keep the files' pages resident; files of at most
+    `in_memory_max_bytes` are read into memory once instead).
     index: M rows with record_id, segment_idx, split. `batch(ids)` gathers many triplets at once,
     which is what the trainer uses; `__getitem__` serves torch DataLoader users.
     """
 
-    def __init__(self, z: np.ndarray, z_aug: np.ndarray, index: pd.DataFrame, split: str | None = "train"):
+    def __init__(self, z: np.ndarray, z_aug: np.ndarray, index: pd.DataFrame, split: str | None = "train",
+                 in_memory_max_bytes: int = IN_MEMORY_MAX_BYTES):
         if z.shape != z_aug.shape:
             raise ValueError(f"z {z.shape} and z_aug {z_aug.shape} must have the same shape")
         if len(index) != z.shape[0]:
             raise ValueError(f"index has {len(index)} rows but z has {z.shape[0]}")
         self.z = z
         self.z_aug = z_aug
-        self._gather_z, self._gather_z_aug = row_gatherer(z), row_gatherer(z_aug)
+        self._gather_z = row_gatherer(z, in_memory_max_bytes)
+        self._gather_z_aug = row_gatherer(z_aug, in_memory_max_bytes)
         pairs = temporal_pairs(index)
         if split is not None:
             in_split = index["split"].to_numpy() == split
