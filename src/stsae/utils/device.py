@@ -1,0 +1,95 @@
+"""Which torch device a stage computes on: `<section>.device` (auto | cpu | cuda | cuda:N), resolved once.
+
+Why one resolver: a stage must fail before any work when the config asks for a GPU the machine lacks
+(one line naming the key, not a CUDA stack trace mid-run), and under torchrun every rank must take its
+own GPU (`cuda:LOCAL_RANK`), which is what torchrun's LOCAL_RANK is for. `auto` follows PaPaGei's own
+examples: CUDA whenever it is available, else the CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from stsae.errors import StsaeError
+
+CPU = torch.device("cpu")
+
+
+def local_rank() -> int | None:
+    """torchrun's LOCAL_RANK (this process's index on its host), or None outside torchrun."""
+    value = os.environ.get("LOCAL_RANK")
+    return None if value is None else int(value)
+
+
+def resolve_device(spec: str, key: str) -> torch.device:
+    """`spec` (auto | cpu | cuda | cuda:N, validated by the config) as a torch.device.
+
+    auto: CUDA when available, else CPU. `cuda` (or auto on a CUDA machine) is `cuda:LOCAL_RANK` under
+    torchrun, else `cuda:0`. A CUDA request without CUDA, or an index beyond the visible GPUs, raises a
+    one-line StsaeError naming `key` (e.g. `extract.device`).
+    """
+    if spec == "cpu" or (spec == "auto" and not torch.cuda.is_available()):
+        return CPU
+    if not torch.cuda.is_available():
+        raise StsaeError(f"{key}: {spec} requested but CUDA is not available here (torch {torch.__version__}, "
+                         f"CUDA build: {torch.version.cuda}); set {key}: cpu or auto")
+    index = int(spec.split(":")[1]) if ":" in spec else (local_rank() or 0)
+    count = torch.cuda.device_count()
+    if index >= count:
+        origin = "LOCAL_RANK" if ":" not in spec else "index"
+        raise StsaeError(f"{key}: cuda:{index} ({origin}) but only {count} CUDA device(s) are visible; "
+                         f"set {key} to cuda:0..cuda:{count - 1} or run fewer ranks per host")
+    return torch.device("cuda", index)
+
+
+def _nvidia_driver() -> str | None:
+    """The NVIDIA driver release (e.g. '550.54.15') from nvidia-smi, or None where it cannot be asked."""
+    if shutil.which("nvidia-smi") is None:
+        return None
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = out.stdout.split()
+    return lines[0] if out.returncode == 0 and lines else None
+
+
+def device_facts(device: torch.device) -> dict[str, Any]:
+    """What the manifest records about a compute device: name, CUDA runtime and driver (None on CPU)."""
+    if device.type != "cuda":
+        return {"device": str(device), "name": "cpu", "cuda": None, "driver": None, "capability": None}
+    major, minor = torch.cuda.get_device_capability(device)
+    return {"device": str(device), "name": torch.cuda.get_device_name(device), "cuda": torch.version.cuda,
+            "driver": _nvidia_driver(), "capability": f"{major}.{minor}"}
+
+
+def accelerator_facts() -> dict[str, Any]:
+    """Run-level facts for manifest.json: whether CUDA is usable and, if so, what the first GPU is."""
+    if not torch.cuda.is_available():
+        return {"cuda_available": False, "cuda_devices": 0, **device_facts(CPU)}
+    return {"cuda_available": True, "cuda_devices": torch.cuda.device_count(),
+            **device_facts(torch.device("cuda", 0))}
+
+
+@contextlib.contextmanager
+def cuda_math(device: torch.device, fp32: bool) -> Iterator[None]:
+    """On CUDA: cuDNN autotuning on (fixed batch shapes pay it back) and, for fp32, TF32 convolutions off,
+    so "fp32" means IEEE fp32 as on the CPU; both restored on exit. Nothing changes on the CPU."""
+    if device.type != "cuda":
+        yield
+        return
+    cudnn = torch.backends.cudnn
+    saved = cudnn.benchmark, cudnn.conv.fp32_precision
+    cudnn.benchmark, cudnn.conv.fp32_precision = True, "ieee" if fp32 else "tf32"
+    try:
+        yield
+    finally:
+        cudnn.benchmark, cudnn.conv.fp32_precision = saved
