@@ -305,10 +305,11 @@ def run(ctx: StageContext) -> None:
         _barrier(world)
         if this_rank == 0:
             _publish(paths, outputs, index)
+            ctx.record("devices", {"extract": device_facts(device)})
             ctx.record("encoder", {**identity, "precision": runtime.precision, "bf16_min_cosine": cosine,
                                    "runtime": f"FastEmbedder (channels-last {_LIBRARY[device.type]}, BN folded)"
                                    + (", torch.compile (Inductor, frozen)" if runtime.compiled else ""),
-                                   "device": device_facts(device), "batch_size": runtime.batch_size,
+                                   "batch_size": runtime.batch_size,
                                    "num_threads": threads, "world_size": world,
                                    "torch": torch.__version__})
             log.info("extract: %d of %d windows passed QC and were encoded (%s%s on %s, batch %d, %d thread(s) "
