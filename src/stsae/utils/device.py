@@ -81,15 +81,17 @@ def accelerator_facts() -> dict[str, Any]:
 
 @contextlib.contextmanager
 def cuda_math(device: torch.device, fp32: bool) -> Iterator[None]:
-    """On CUDA: cuDNN autotuning on (fixed batch shapes pay it back) and, for fp32, TF32 convolutions off,
-    so "fp32" means IEEE fp32 as on the CPU; both restored on exit. Nothing changes on the CPU."""
+    """On CUDA: deterministic cuDNN algorithms without autotuning, so a rerun or a resumed run writes the
+    same bytes as on the CPU (autotuning may pick another kernel per process), and for fp32 no TF32
+    convolutions, so "fp32" means IEEE fp32 as on the CPU; all restored on exit. Nothing changes on the
+    CPU. benchmarks/bench_gpu.py measures what autotuning would gain."""
     if device.type != "cuda":
         yield
         return
     cudnn = torch.backends.cudnn
-    saved = cudnn.benchmark, cudnn.conv.fp32_precision
-    cudnn.benchmark, cudnn.conv.fp32_precision = True, "ieee" if fp32 else "tf32"
+    saved = cudnn.benchmark, cudnn.deterministic, cudnn.conv.fp32_precision
+    cudnn.benchmark, cudnn.deterministic, cudnn.conv.fp32_precision = False, True, "ieee" if fp32 else "tf32"
     try:
         yield
     finally:
-        cudnn.benchmark, cudnn.conv.fp32_precision = saved
+        cudnn.benchmark, cudnn.deterministic, cudnn.conv.fp32_precision = saved

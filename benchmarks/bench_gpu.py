@@ -1,0 +1,304 @@
+"""GPU throughput against the targets of issue 21, in one run on one CUDA device, within a time budget.
+
+Measures (each section records its own seconds; a section that would overrun `--budget-s` is recorded as
+skipped with the reason, never silently dropped):
+  (a) gemm: the device's dense GEMM rate in bf16 and fp32 (8192³, best of reps): the roofline.
+  (b) extract: the extract stage end to end from windows.npy on disk (loader thread, augmentation, the
+      three views z / z_aug / z_aug_heldout, memmap writes) in fp32, bf16 and compiled bf16, as QC-passed
+      windows/s and encodes/s (3 views per window); the model alone on device-resident batches; each as a
+      fraction of the GEMM roofline at 0.152 GFLOP per encode; bf16 vs fp32 parity (min row cosine, max
+      row relative error of the embeddings).
+  (c) sae: ST-SAE training triplets/s at K = 8192 and 2048 for `vanilla` and `full` (batch 256 and 4096),
+      counted dense FLOPs (benchmarks/bench_train.py) as a fraction of the bf16 GEMM rate. Needs the
+      Trainer's `device` argument; recorded as skipped where the Trainer does not take one.
+  (d) demo: `stsae run` on configs/demo.yaml with every device key set to cuda, end to end (wall seconds).
+Targets (issue 21): extraction >= 50,000 windows/s; SAE at K = 8192 >= 40 % of bf16 GEMM; demo < 60 s.
+Without CUDA it exits at once with a message and status 2.
+
+    python benchmarks/bench_gpu.py [--budget-s 480] [--windows 65536] [--out gpu.json] [--work DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+
+GFLOP_PER_WINDOW = 0.152  # PaPaGei-S forward (DESIGN §6, torch.utils.flop_counter)
+TARGET_WINDOWS_PER_S = 50_000
+TARGET_SAE_FRACTION = 0.40
+TARGET_DEMO_S = 60.0
+
+
+class Budget:
+    """Wall-clock budget shared by the sections; `allows(need_s)` says whether a section still fits."""
+
+    def __init__(self, seconds: float):
+        self.deadline = time.perf_counter() + seconds
+
+    def left(self) -> float:
+        return self.deadline - time.perf_counter()
+
+    def allows(self, need_s: float) -> bool:
+        return self.left() >= need_s
+
+
+def section(result: dict[str, Any], name: str, budget: Budget, need_s: float,
+            body: Callable[[], dict[str, Any]]) -> None:
+    """Run one measurement into result[name] with its seconds, or record why it was skipped; an error is
+    recorded (with its type) so the other sections still run on a one-shot device."""
+    if not budget.allows(need_s):
+        result[name] = {"skipped": f"budget: {budget.left():.0f} s left, needs ~{need_s:.0f} s"}
+        print(f"{name}: skipped (budget)", flush=True)
+        return
+    started = time.perf_counter()
+    try:
+        result[name] = body()
+    except Exception as exc:  # recorded, not hidden: the JSON says which section failed and why
+        result[name] = {"error": f"{type(exc).__name__}: {exc}"}
+    result[name]["seconds"] = time.perf_counter() - started
+    print(f"{name}: {json.dumps(result[name])[:600]}", flush=True)
+
+
+def _timed_rate(work: Callable[[], None], items: int, reps: int) -> float:
+    """Items per second of `work` (best of reps, CUDA-synchronised) after one warm-up call."""
+    work()
+    torch.cuda.synchronize()
+    best = float("inf")
+    for _ in range(reps):
+        started = time.perf_counter()
+        work()
+        torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - started)
+    return items / best
+
+
+def gemm(device: torch.device, size: int = 8192, reps: int = 10) -> dict[str, Any]:
+    """Dense GEMM TFLOP/s in bf16 and in IEEE fp32 (TF32 off) on `device`."""
+    out: dict[str, Any] = {"size": size}
+    saved = torch.backends.cuda.matmul.fp32_precision
+    try:
+        for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+            torch.backends.cuda.matmul.fp32_precision = "ieee"
+            a = torch.randn(size, size, device=device, dtype=dtype)
+            b = torch.randn(size, size, device=device, dtype=dtype)
+            out[f"{name}_tflops"] = _timed_rate(lambda a=a, b=b: a @ b, 2 * size**3, reps) / 1e12
+    finally:
+        torch.backends.cuda.matmul.fp32_precision = saved
+    return out
+
+
+def synthetic_windows(n: int, seed: int = 0) -> np.ndarray:
+    """float32[n, 1250] z-scored pulse-like windows (random rate, harmonic, noise)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(1250, dtype=np.float32) / 125.0
+    rate = rng.uniform(0.9, 1.8, (n, 1)).astype(np.float32)
+    phase = 2 * np.pi * rate * t
+    x = np.sin(phase) + 0.3 * np.sin(2 * phase + 1) + 0.05 * rng.standard_normal((n, 1250), dtype=np.float32)
+    return ((x - x.mean(1, keepdims=True)) / x.std(1, keepdims=True)).astype(np.float32)
+
+
+def write_windows_dir(root: Path, n: int) -> Any:
+    """A prepare-stage output of n windows, all QC-passed, in the real formats."""
+    from stsae.rundir import RunDir
+    from stsae.utils import io
+
+    paths = RunDir(root)
+    paths.windows.parent.mkdir(parents=True, exist_ok=True)
+    io.write_json(paths.manifest, {"run_name": "bench-gpu"})
+    io.save_npy(paths.windows, synthetic_windows(n))
+    ids = np.arange(n, dtype=np.int64)
+    io.write_parquet(paths.meta, pd.DataFrame({
+        "window_id": ids, "patient_id": [f"P{i // 100}" for i in ids], "record_id": [f"R{i // 20}" for i in ids],
+        "segment_idx": ids % 20, "t_start_s": 10.0 * (ids % 20), "split": "train"}))
+    io.write_parquet(paths.qc, pd.DataFrame({"window_id": ids, "qc_pass": True, "qc_reason": ""}))
+    return paths
+
+
+def model_only(device: torch.device, gemm_result: dict[str, Any], batch: int = 4096) -> dict[str, Any]:
+    """The FastEmbedder alone on device-resident windows: the ceiling the end-to-end stage can reach.
+
+    Eager fp32 and bf16 under the stage's cuDNN settings (deterministic, no autotuning), bf16 with
+    autotuning (what determinism costs), then compiled bf16 (its compile seconds apart)."""
+    from stsae.models.encoder_runtime import CompiledEmbedder, FastEmbedder, bf16_parity
+    from stsae.models.papagei import random_papagei_s
+    from stsae.utils.device import cuda_math
+
+    embedder = FastEmbedder(random_papagei_s(0)).to(device)
+    x = torch.from_numpy(synthetic_windows(batch)).to(device).unsqueeze(1)
+    parity = bf16_parity(embedder, synthetic_windows(1024, seed=1), 512, device)
+    out: dict[str, Any] = {"batch": batch, "bf16_vs_fp32": {"min_cosine": parity.min_cosine,
+                                                            "max_rel_error": parity.max_rel_error}}
+
+    def rate(module: Callable[[torch.Tensor], torch.Tensor], bf16: bool, autotune: bool = False) -> dict[str, float]:
+        def work() -> None:
+            with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16), \
+                    cuda_math(device, fp32=not bf16):
+                if autotune:  # restored by cuda_math on exit
+                    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = True, False
+                module(x)
+        per_s = _timed_rate(work, batch, reps=5)
+        peak = gemm_result["bf16_tflops" if bf16 else "fp32_tflops"] * 1e12
+        return {"encodes_per_s": per_s, "fraction_of_gemm": per_s * GFLOP_PER_WINDOW * 1e9 / peak}
+
+    out["fp32"] = rate(embedder, bf16=False)
+    out["bf16"] = rate(embedder, bf16=True)
+    out["bf16_autotuned"] = rate(embedder, bf16=True, autotune=True)
+    try:
+        compiled = CompiledEmbedder(embedder, batch)
+        started = time.perf_counter()
+        rate(compiled, bf16=True)
+        out["compiled_bf16"] = {**rate(compiled, bf16=True), "compile_and_first_run_s": time.perf_counter() - started}
+    except Exception as exc:  # compile needs Triton and a C++ compiler: record why, keep the eager numbers
+        out["compiled_bf16"] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+    return out
+
+
+def extract_end_to_end(device: torch.device, gemm_result: dict[str, Any], n: int, work: Path,
+                       variants: list[str]) -> dict[str, Any]:
+    """The extract stage from windows.npy on disk (page-cached, as a re-run meets it), per variant, from
+    scratch each time: QC-passed windows/s and encodes/s over the stage's whole wall time (calibration,
+    batch-size probe and any compile included)."""
+    import shutil
+
+    from stsae.config import load_config
+    from stsae.pipeline.manifest import read_manifest
+    from stsae.pipeline.runner import StageContext, run_stages
+
+    settings = {"fp32": ["extract.precision=fp32", "extract.compile=false"],
+                "bf16": ["extract.precision=bf16", "extract.compile=false"],
+                "compiled_bf16": ["extract.precision=bf16", "extract.compile=true"]}
+    paths = write_windows_dir(work / "extract", n)
+    out: dict[str, Any] = {"windows": n, "views": 3, "chunk_rows": 16384}
+    for name in variants:
+        shutil.rmtree(paths.embeddings_dir, ignore_errors=True)
+        config = load_config(None, ["encoder.allow_random_weights=true", f"extract.device={device}",
+                                    "extract.batch_size=auto", "extract.chunk_rows=16384", *settings[name]])
+        started = time.perf_counter()
+        run_stages(StageContext(config, paths, fingerprint=""), ["extract"])
+        seconds = time.perf_counter() - started
+        peak = gemm_result["bf16_tflops" if "bf16" in name else "fp32_tflops"] * 1e12
+        encodes = 3 * n / seconds
+        out[name] = {"stage_s": seconds, "windows_per_s": n / seconds, "encodes_per_s": encodes,
+                     "fraction_of_gemm": encodes * GFLOP_PER_WINDOW * 1e9 / peak,
+                     "batch_size": read_manifest(paths.manifest)["encoder"]["batch_size"],
+                     "meets_target": n / seconds >= TARGET_WINDOWS_PER_S}
+    return out
+
+
+def augmentation_rate(n: int = 4096) -> dict[str, Any]:
+    """Host-side augmentation (both augmented views) windows/s on one thread: the loader's ceiling."""
+    from stsae.config import load_config
+    from stsae.data.augment import augment_windows
+
+    augment = load_config(None).data.augment
+    windows, ids = synthetic_windows(n), np.arange(n)
+    started = time.perf_counter()
+    augment_windows(windows, 125.0, augment, 0, ids, augment.stability_families)
+    augment_windows(windows, 125.0, augment, 1, ids, augment.heldout_families)
+    return {"windows_per_s_one_thread": n / (time.perf_counter() - started)}
+
+
+def sae(device: torch.device, gemm_result: dict[str, Any], budget: Budget, steps: int = 20) -> dict[str, Any]:
+    """ST-SAE optimizer steps on the device: triplets/s and counted dense FLOPs / bf16 GEMM rate, for
+    K = 8192 and 2048, `vanilla` and `full`, batch 256 (the config default) and 4096, bf16 and fp32."""
+    from bench_train import counted_flops, synthetic
+    from stsae.config import load_config
+    from stsae.train.trainer import Trainer
+
+    if "device" not in inspect.signature(Trainer.__init__).parameters:
+        return {"skipped": "Trainer takes no device argument yet (issue 21, training part)"}
+    train, _ = synthetic(65_536)
+    peak = gemm_result["bf16_tflops"] * 1e12
+    out: dict[str, Any] = {}
+    cases = [(k, v, b, p) for k in (8192, 2048) for v in ("vanilla", "full") for b, p in
+             ((4096, True), (256, True), (4096, False))]
+    for d_dict, variant, batch, bf16 in cases:
+        name = f"{variant}_K{d_dict}_b{batch}_{'bf16' if bf16 else 'fp32'}"
+        if not budget.allows(20):
+            out[name] = {"skipped": "budget"}
+            continue
+        cfg = load_config(None, [f"train.batch_size={batch}", f"train.bf16={bf16}"]).train
+        trainer = Trainer(train, None, cfg, variant, d_dict, seed=0, steps=100 * steps, device=device)
+        per_s = _timed_rate(lambda trainer=trainer: [trainer.update() for _ in range(steps)], batch * steps, reps=1)
+        out[name] = {"triplets_per_s": per_s,
+                     "fraction_of_bf16_gemm": per_s / batch * counted_flops(cfg, variant, d_dict) / peak}
+    return out
+
+
+def demo(work: Path, timeout_s: float) -> dict[str, Any]:
+    """`stsae run` on the demo config with every device key cuda, in a fresh run directory."""
+    run_dir = work / "demo"
+    command = [sys.executable, "-m", "stsae", "run", "--config", str(REPO / "configs" / "demo.yaml"),
+               "--run-dir", str(run_dir), "--quiet", "--set", "extract.device=cuda", "--set", "train.device=cuda",
+               "--set", "eval.device=cuda"]
+    started = time.perf_counter()
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired:
+        return {"error": f"did not finish within {timeout_s:.0f} s"}
+    seconds = time.perf_counter() - started
+    manifest = json.loads((run_dir / "manifest.json").read_text()) if (run_dir / "manifest.json").is_file() else {}
+    stages = {name: fact.get("seconds") for name, fact in manifest.get("stages", {}).items()}
+    return {"returncode": done.returncode, "wall_s": seconds, "stage_seconds": stages,
+            "meets_target": done.returncode == 0 and seconds < TARGET_DEMO_S,
+            "stderr_tail": done.stderr[-2000:] if done.returncode else ""}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget-s", type=float, default=480.0, help="wall seconds for everything")
+    parser.add_argument("--windows", type=int, default=65_536, help="windows in the end-to-end extraction")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "gpu.json")
+    parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp dir)")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print(f"bench_gpu.py: no CUDA device here (torch {torch.__version__}, CUDA build {torch.version.cuda}); "
+              "run it on a GPU machine, e.g. through scripts/gpu_check.sh", file=sys.stderr)
+        sys.exit(2)
+    from stsae.utils.device import accelerator_facts
+    from stsae.utils.io import write_json
+
+    budget = Budget(args.budget_s)
+    device = torch.device("cuda", 0)
+    result: dict[str, Any] = {"accelerator": accelerator_facts(), "torch": torch.__version__,
+                              "host": platform.node(), "cpus": os.cpu_count(), "budget_s": args.budget_s,
+                              "targets": {"extract_windows_per_s": TARGET_WINDOWS_PER_S,
+                                          "sae_fraction_of_bf16_gemm": TARGET_SAE_FRACTION, "demo_s": TARGET_DEMO_S}}
+    with tempfile.TemporaryDirectory(dir=args.work) as scratch:
+        work = Path(scratch)
+        section(result, "gemm", budget, 10, lambda: gemm(device))
+        if "bf16_tflops" not in result["gemm"]:
+            write_json(args.out, result)
+            sys.exit("bench_gpu.py: the GEMM measurement failed; see " + str(args.out))
+        section(result, "augmentation", budget, 5, augmentation_rate)
+        section(result, "model_only", budget, 90, lambda: model_only(device, result["gemm"]))
+        section(result, "extract", budget, 60, lambda: extract_end_to_end(
+            device, result["gemm"], args.windows, work, ["bf16", "fp32"]))
+        section(result, "sae", budget, 60, lambda: sae(device, result["gemm"], budget))
+        section(result, "demo", budget, 90, lambda: demo(work, max(30.0, budget.left() - 70)))
+        section(result, "extract_compiled", budget, 60, lambda: extract_end_to_end(
+            device, result["gemm"], args.windows, work, ["compiled_bf16"]))
+    write_json(args.out, result)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
