@@ -28,6 +28,7 @@ from stsae.models.encoder_runtime import (
     batch_from_memory,
     bf16_parity,
     choose_precision,
+    resolve_augment_workers,
     resolve_batch_size,
     should_compile,
 )
@@ -324,6 +325,26 @@ def test_extract_on_a_device_matches_the_sequential_cpu_loop(tmp_path, device):
     facts = read_manifest(paths.manifest)["devices"]["extract"]
     assert facts["device"] == str(resolve_device(device, "extract.device"))
     assert (facts["cuda"] is None) == (device == "cpu")
+
+
+@pytest.mark.slow  # spawning the worker processes costs seconds
+def test_augmentation_worker_processes_write_the_bytes_of_the_loader_thread(tmp_path):
+    """extract.augment_workers (auto on CUDA) splits each chunk's rows across spawned processes."""
+    paths = _windows_dir(tmp_path)
+    config = load_config(None, [*SETTINGS, "extract.device=cpu", "extract.augment_workers=2"])
+    run_stages(StageContext(config, paths, fingerprint=""), ["extract"])
+    written = [np.load(p) for p in (paths.z, paths.z_aug, paths.z_aug_heldout)]
+    for got, expected in zip(written, _sequential_reference(paths, config), strict=True):
+        assert got.tobytes() == expected.tobytes()
+    assert read_manifest(paths.manifest)["encoder"]["augment_workers"] == 2
+
+
+@pytest.mark.parametrize(("requested", "device", "expected"), [
+    ("auto", "cpu", 0), (3, "cpu", 3), ("auto", "cuda", 7), (0, "cuda", 0)])
+def test_augment_workers_auto_is_zero_on_cpu_and_the_rank_share_of_cores_on_cuda(monkeypatch, requested, device,
+                                                                               expected):
+    monkeypatch.setattr(encoder_runtime, "usable_cores", lambda: 16)
+    assert resolve_augment_workers(requested, torch.device(device), world_size=2) == expected
 
 
 @no_cuda_here

@@ -264,6 +264,11 @@ class ExtractSection(_Section):
     num_threads: int | None = Field(
         None, ge=1, description="Torch intra-op threads per process (None: usable cores / torchrun ranks)."
     )
+    augment_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
+        "auto", description="Processes augmenting windows beside the loader thread (0: in the thread). auto: 0 "
+        "on the CPU (the encoder needs its cores), usable cores - 1 per rank on CUDA, where one thread's "
+        "seeded per-window augmentation (a few thousand windows/s) would starve the GPU.",
+    )
     compile: Literal["auto"] | bool = Field(
         "auto",
         description="torch.compile (Inductor, frozen weights) the encoder: 1.3x faster on CPU but 18-50 s to "

@@ -260,13 +260,25 @@ def choose_precision(requested: Literal["fp32", "bf16", "auto"], embedder: nn.Mo
     return chosen, parity.min_cosine
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def configure_threads(requested: int | None, world_size: int) -> int:
     """Set torch intra-op threads: `extract.num_threads`, else the cores this process may use / ranks."""
     if requested is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        requested = max(1, cores // world_size)
+        requested = max(1, usable_cores() // world_size)
     torch.set_num_threads(requested)
     return requested
+
+
+def resolve_augment_workers(requested: int | Literal["auto"], device: torch.device, world_size: int) -> int:
+    """Resolve `extract.augment_workers`: a number is kept; auto is 0 on the CPU (the encoder uses the
+    cores) and, on CUDA, this rank's share of the cores less one for the loader thread."""
+    if requested != "auto":
+        return requested
+    return max(0, usable_cores() // world_size - 1) if device.type == "cuda" else 0
 
 
 CPU_BATCH_SIZE = 256

@@ -18,12 +18,15 @@ On the CPU the bytes equal the plain sequential loop's.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -33,7 +36,7 @@ import pandas as pd
 import torch
 import torch.distributed as torch_dist
 
-from stsae.config import Config
+from stsae.config import AugmentSection, Config
 from stsae.data.augment import augment_windows
 from stsae.data.store import EMBEDDING_DIM, INDEX_COLUMNS
 from stsae.errors import InputDataError
@@ -44,6 +47,7 @@ from stsae.models.encoder_runtime import (
     FastEmbedder,
     choose_precision,
     configure_threads,
+    resolve_augment_workers,
     resolve_batch_size,
     should_compile,
 )
@@ -199,33 +203,65 @@ def _resume_key(fingerprint: str, weights_sha256: str | None, runtime: Runtime, 
 
 @dataclass(frozen=True)
 class Runtime:
-    """How this process encodes: the resolved `extract.device`, `batch_size`, `precision` and `compile`."""
+    """How this process encodes: the resolved `extract.device`, `batch_size`, `precision`, `compile` and
+    `augment_workers` (the last never changes the bytes)."""
 
     device: torch.device
     batch_size: int
     precision: Precision
     compiled: bool
+    augment_workers: int = 0
 
 
-def _views(config: Config, clean: np.ndarray, ids: np.ndarray) -> list[np.ndarray]:
-    """The windows behind each output of `embedding_outputs`: clean, stability-augmented, held-out."""
-    augment, fs, seed = config.data.augment, config.data.windowing.fs_target, config.run.seed
-    views = [clean, augment_windows(clean, fs, augment, seed, ids, augment.stability_families)]
+def _augmented_views(clean: np.ndarray, ids: np.ndarray, augment: AugmentSection, fs: float,
+                     seed: int) -> list[np.ndarray]:
+    """The windows behind z_aug (stability families) and, when configured, z_aug_heldout (held-out
+    families, own seed). Row i depends on row i alone, so any split of the rows gives the same bytes."""
+    views = [augment_windows(clean, fs, augment, seed, ids, augment.stability_families)]
     if augment.heldout_families:
         views.append(augment_windows(clean, fs, augment, derive_seed(seed, "heldout"), ids,
                                      augment.heldout_families))
     return views
 
 
-def _chunk_views(config: Config, windows: np.ndarray, window_ids: np.ndarray,
-                 plan: ChunkPlan) -> Callable[[int], list[np.ndarray]]:
-    """The loader thread's job for one chunk: read its clean windows from the memmap, augment them."""
+def augment_rows(windows_path: Path, ids: np.ndarray, augment: AugmentSection, fs: float,
+                 seed: int) -> list[np.ndarray]:
+    """An augmentation worker's job: read rows `ids` of windows.npy itself (no windows are pickled to it)
+    and return their augmented views."""
+    windows = np.load(windows_path, mmap_mode="r")
+    return _augmented_views(np.ascontiguousarray(windows[ids], dtype=np.float32), ids, augment, fs, seed)
+
+
+@contextlib.contextmanager
+def _augment_pool(workers: int) -> Iterator[ProcessPoolExecutor | None]:
+    """`workers` spawned processes (no fork of a threaded process), or None to augment in the loader thread."""
+    if workers == 0:
+        yield None
+        return
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _chunk_views(config: Config, paths: RunDir, windows: np.ndarray, window_ids: np.ndarray, plan: ChunkPlan,
+                 pool: ProcessPoolExecutor | None, workers: int) -> Callable[[int], list[np.ndarray]]:
+    """The loader thread's job for one chunk: its clean windows from the memmap, then their augmented
+    views, made in the thread or split across the pool's workers."""
+    augment, fs, seed = config.data.augment, config.data.windowing.fs_target, config.run.seed
+
     def produce(chunk: int) -> list[np.ndarray]:
         lo, hi = plan.rows(chunk)
         ids = window_ids[lo:hi]
         clean = np.ascontiguousarray(windows[ids], dtype=np.float32)
         io.release_mapped_pages(windows)
-        return _views(config, clean, ids)
+        if pool is None:
+            return [clean, *_augmented_views(clean, ids, augment, fs, seed)]
+        parts = [part for part in np.array_split(ids, workers) if len(part)]
+        jobs = [pool.submit(augment_rows, paths.windows, part, augment, fs, seed) for part in parts]
+        pieces = [job.result() for job in jobs]
+        return [clean, *(np.concatenate(view) for view in zip(*pieces, strict=True))]
     return produce
 
 
@@ -241,9 +277,11 @@ def _encode_chunks(config: Config, paths: RunDir, outputs: list[Path], embedder:
     arrays = [np.load(_partial(path), mmap_mode="r+") for path in outputs]
     done_rows = plan.start_row(start) - plan.start_row(plan.first)
     encoded, t0 = 0, time.perf_counter()
-    loader = ChunkPrefetcher(_chunk_views(config, windows, window_ids, plan), range(start, plan.stop),
-                             len(arrays), plan.chunk_rows, WINDOW_SAMPLES, pin=runtime.device.type == "cuda")
-    with progress(plan.n_rank_rows, f"extract r{this_rank}", unit="win") as bar, loader:
+    with _augment_pool(runtime.augment_workers) as pool, \
+            progress(plan.n_rank_rows, f"extract r{this_rank}", unit="win") as bar, \
+            ChunkPrefetcher(_chunk_views(config, paths, windows, window_ids, plan, pool, runtime.augment_workers),
+                            range(start, plan.stop), len(arrays), plan.chunk_rows, WINDOW_SAMPLES,
+                            pin=runtime.device.type == "cuda") as loader:
         bar.update(done_rows)
         for chunk, views in loader:
             lo, hi = plan.rows(chunk)
@@ -278,7 +316,8 @@ def _choose_runtime(config: Config, embedder: FastEmbedder, windows: np.ndarray,
         config.extract.precision, embedder, calibration, calibration_rows, device))
     batch_size = _agree(world, resolve_batch_size(requested, embedder, precision, device))
     compiled = _agree(world, should_compile(config.extract.compile, n_encodes, device))
-    return Runtime(device, batch_size, precision, compiled), cosine
+    workers = resolve_augment_workers(config.extract.augment_workers, device, world)
+    return Runtime(device, batch_size, precision, compiled, workers), cosine
 
 
 def run(ctx: StageContext) -> None:
@@ -309,7 +348,7 @@ def run(ctx: StageContext) -> None:
             ctx.record("encoder", {**identity, "precision": runtime.precision, "bf16_min_cosine": cosine,
                                    "runtime": f"FastEmbedder (channels-last {_LIBRARY[device.type]}, BN folded)"
                                    + (", torch.compile (Inductor, frozen)" if runtime.compiled else ""),
-                                   "batch_size": runtime.batch_size,
+                                   "batch_size": runtime.batch_size, "augment_workers": runtime.augment_workers,
                                    "num_threads": threads, "world_size": world,
                                    "torch": torch.__version__})
             log.info("extract: %d of %d windows passed QC and were encoded (%s%s on %s, batch %d, %d thread(s) "
