@@ -3,11 +3,13 @@
 Measures (each section records its own seconds; a section that would overrun `--budget-s` is recorded as
 skipped with the reason, never silently dropped):
   (a) gemm: the device's dense GEMM rate in bf16 and fp32 (8192³, best of reps): the roofline.
-  (b) extract: the extract stage end to end from windows.npy on disk (loader thread, augmentation, the
-      three views z / z_aug / z_aug_heldout, memmap writes) in fp32, bf16 and compiled bf16, as QC-passed
-      windows/s and encodes/s (3 views per window); the model alone on device-resident batches; each as a
-      fraction of the GEMM roofline at 0.152 GFLOP per encode; bf16 vs fp32 parity (min row cosine, max
-      row relative error of the embeddings).
+  (b) augmentation: host-side augmentation windows/s on one thread (the loader's ceiling without workers);
+      model_only: the eager encoder on device-resident batches in fp32, bf16 and bf16 with cuDNN autotuning,
+      bf16 vs fp32 parity (min row cosine, max row relative error of the embeddings); extract: the extract
+      stage end to end from windows.npy on disk (loader thread, augmentation workers, the three views
+      z / z_aug / z_aug_heldout, memmap writes) in bf16 and fp32, as QC-passed windows/s and encodes/s
+      (3 views per window); model_compiled / extract_compiled: the same compiled (last: compiling is the
+      slowest part); every rate also as a fraction of the GEMM roofline at 0.152 GFLOP per encode.
   (c) sae: ST-SAE training triplets/s at K = 8192 and 2048 for `vanilla` and `full` (batch 256 and 4096),
       counted dense FLOPs (benchmarks/bench_train.py) as a fraction of the bf16 GEMM rate. Needs the
       Trainer's `device` argument; recorded as skipped where the Trainer does not take one.
@@ -15,7 +17,7 @@ skipped with the reason, never silently dropped):
 Targets (issue 21): extraction >= 50,000 windows/s; SAE at K = 8192 >= 40 % of bf16 GEMM; demo < 60 s.
 Without CUDA it exits at once with a message and status 2.
 
-    python benchmarks/bench_gpu.py [--budget-s 480] [--windows 65536] [--out gpu.json] [--work DIR]
+    python benchmarks/bench_gpu.py [--budget-s 360] [--windows 65536] [--out gpu.json] [--work DIR]
 """
 
 from __future__ import annotations
@@ -132,43 +134,56 @@ def write_windows_dir(root: Path, n: int) -> Any:
     return paths
 
 
-def model_only(device: torch.device, gemm_result: dict[str, Any], batch: int = 4096) -> dict[str, Any]:
-    """The FastEmbedder alone on device-resident windows: the ceiling the end-to-end stage can reach.
-
-    Eager fp32 and bf16 under the stage's cuDNN settings (deterministic, no autotuning), bf16 with
-    autotuning (what determinism costs), then compiled bf16 (its compile seconds apart)."""
-    from stsae.models.encoder_runtime import CompiledEmbedder, FastEmbedder, bf16_parity
+def _embedder_and_batch(device: torch.device, batch: int) -> tuple[Any, torch.Tensor]:
+    from stsae.models.encoder_runtime import FastEmbedder
     from stsae.models.papagei import random_papagei_s
-    from stsae.utils.device import cuda_math
 
     embedder = FastEmbedder(random_papagei_s(0)).to(device)
-    x = torch.from_numpy(synthetic_windows(batch)).to(device).unsqueeze(1)
+    return embedder, torch.from_numpy(synthetic_windows(batch)).to(device).unsqueeze(1)
+
+
+def _model_rate(module: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, gemm_result: dict[str, Any],
+                bf16: bool, autotune: bool = False) -> dict[str, float]:
+    """Encodes/s of `module` on the device-resident batch x under the stage's cuDNN settings (deterministic,
+    no autotuning) or with autotuning, and the fraction of the GEMM roofline at that precision."""
+    from stsae.utils.device import cuda_math
+
+    def work() -> None:
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16), \
+                cuda_math(x.device, fp32=not bf16):
+            if autotune:  # restored by cuda_math on exit
+                torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = True, False
+            module(x)
+    per_s = _timed_rate(work, x.shape[0], reps=5)
+    peak = gemm_result["bf16_tflops" if bf16 else "fp32_tflops"] * 1e12
+    return {"encodes_per_s": per_s, "fraction_of_gemm": per_s * GFLOP_PER_WINDOW * 1e9 / peak}
+
+
+def model_only(device: torch.device, gemm_result: dict[str, Any], batch: int = 4096) -> dict[str, Any]:
+    """The eager FastEmbedder alone on device-resident windows (the ceiling of the end-to-end stage):
+    fp32, bf16, bf16 with cuDNN autotuning (what the stage's determinism costs); bf16 vs fp32 parity."""
+    from stsae.models.encoder_runtime import bf16_parity
+
+    embedder, x = _embedder_and_batch(device, batch)
     parity = bf16_parity(embedder, synthetic_windows(1024, seed=1), 512, device)
-    out: dict[str, Any] = {"batch": batch, "bf16_vs_fp32": {"min_cosine": parity.min_cosine,
-                                                            "max_rel_error": parity.max_rel_error}}
+    return {"batch": batch, "bf16_vs_fp32": {"min_cosine": parity.min_cosine, "max_rel_error": parity.max_rel_error},
+            "fp32": _model_rate(embedder, x, gemm_result, bf16=False),
+            "bf16": _model_rate(embedder, x, gemm_result, bf16=True),
+            "bf16_autotuned": _model_rate(embedder, x, gemm_result, bf16=True, autotune=True)}
 
-    def rate(module: Callable[[torch.Tensor], torch.Tensor], bf16: bool, autotune: bool = False) -> dict[str, float]:
-        def work() -> None:
-            with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16), \
-                    cuda_math(device, fp32=not bf16):
-                if autotune:  # restored by cuda_math on exit
-                    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = True, False
-                module(x)
-        per_s = _timed_rate(work, batch, reps=5)
-        peak = gemm_result["bf16_tflops" if bf16 else "fp32_tflops"] * 1e12
-        return {"encodes_per_s": per_s, "fraction_of_gemm": per_s * GFLOP_PER_WINDOW * 1e9 / peak}
 
-    out["fp32"] = rate(embedder, bf16=False)
-    out["bf16"] = rate(embedder, bf16=True)
-    out["bf16_autotuned"] = rate(embedder, bf16=True, autotune=True)
-    try:
-        compiled = CompiledEmbedder(embedder, batch)
-        started = time.perf_counter()
-        rate(compiled, bf16=True)
-        out["compiled_bf16"] = {**rate(compiled, bf16=True), "compile_and_first_run_s": time.perf_counter() - started}
-    except Exception as exc:  # compile needs Triton and a C++ compiler: record why, keep the eager numbers
-        out["compiled_bf16"] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
-    return out
+def compiled_model_only(device: torch.device, gemm_result: dict[str, Any], batch: int = 4096) -> dict[str, Any]:
+    """The CompiledEmbedder (Inductor, frozen) in bf16; compile + first call timed apart."""
+    from stsae.models.encoder_runtime import CompiledEmbedder
+
+    embedder, x = _embedder_and_batch(device, batch)
+    compiled = CompiledEmbedder(embedder, batch)
+    started = time.perf_counter()
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
+        compiled(x)
+    torch.cuda.synchronize()
+    return {"batch": batch, "compile_s": time.perf_counter() - started,
+            "compiled_bf16": _model_rate(compiled, x, gemm_result, bf16=True)}
 
 
 def extract_end_to_end(device: torch.device, gemm_result: dict[str, Any], n: int, work: Path,
@@ -232,7 +247,7 @@ def sae(device: torch.device, gemm_result: dict[str, Any], budget: Budget, steps
              ((4096, True), (256, True), (4096, False))]
     for d_dict, variant, batch, bf16 in cases:
         name = f"{variant}_K{d_dict}_b{batch}_{'bf16' if bf16 else 'fp32'}"
-        if not budget.allows(20):
+        if not budget.allows(150):  # the demo and the compiled runs come after
             out[name] = {"skipped": "budget"}
             continue
         cfg = load_config(None, [f"train.batch_size={batch}", f"train.bf16={bf16}"]).train
@@ -264,7 +279,7 @@ def demo(work: Path, timeout_s: float) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget-s", type=float, default=480.0, help="wall seconds for everything")
+    parser.add_argument("--budget-s", type=float, default=360.0, help="wall seconds for everything")
     parser.add_argument("--windows", type=int, default=65_536, help="windows in the end-to-end extraction")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "gpu.json")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp dir)")
@@ -289,12 +304,13 @@ def main() -> None:
             write_json(args.out, result)
             sys.exit("bench_gpu.py: the GEMM measurement failed; see " + str(args.out))
         section(result, "augmentation", budget, 5, augmentation_rate)
-        section(result, "model_only", budget, 90, lambda: model_only(device, result["gemm"]))
+        section(result, "model_only", budget, 20, lambda: model_only(device, result["gemm"]))
         section(result, "extract", budget, 60, lambda: extract_end_to_end(
             device, result["gemm"], args.windows, work, ["bf16", "fp32"]))
         section(result, "sae", budget, 60, lambda: sae(device, result["gemm"], budget))
-        section(result, "demo", budget, 90, lambda: demo(work, max(30.0, budget.left() - 70)))
-        section(result, "extract_compiled", budget, 60, lambda: extract_end_to_end(
+        section(result, "demo", budget, 90, lambda: demo(work, max(30.0, budget.left() - 100)))
+        section(result, "model_compiled", budget, 60, lambda: compiled_model_only(device, result["gemm"]))
+        section(result, "extract_compiled", budget, 40, lambda: extract_end_to_end(
             device, result["gemm"], args.windows, work, ["compiled_bf16"]))
     write_json(args.out, result)
     print(f"wrote {args.out}")
