@@ -131,13 +131,23 @@ def test_cuda_device_facts_name_the_gpu_and_its_versions():
 
 def test_accelerator_facts_without_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    facts = accelerator_facts()
-    assert facts["cuda_available"] is False and facts["cuda"] is None and facts["driver"] is None
+    assert accelerator_facts() == {"cuda_available": False, "cuda_devices": 0, "name": None, "cuda": None,
+                                   "driver": None}
 
 
-def test_driver_version_is_none_without_nvidia_smi(monkeypatch):
+def test_nvidia_smi_facts_are_none_without_nvidia_smi(monkeypatch):
     monkeypatch.setattr(device_mod.shutil, "which", lambda name: None)
-    assert device_mod._nvidia_driver() is None
+    assert device_mod._nvidia_smi("driver_version") is None
+
+
+def test_accelerator_facts_read_the_gpu_through_nvidia_smi(fake_cuda, monkeypatch):
+    """Planted nvidia-smi answers; no CUDA context is needed (torch's device queries are never called)."""
+    answers = {"name": "NVIDIA H200", "driver_version": "580.159.03"}
+    monkeypatch.setattr(device_mod, "_nvidia_smi", answers.get)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: pytest.fail("created a CUDA context"))
+    facts = accelerator_facts()
+    assert facts == {"cuda_available": True, "cuda_devices": 2, "name": "NVIDIA H200", "cuda": torch.version.cuda,
+                     "driver": "580.159.03"}
 
 
 # --- batch size, precision, compile -------------------------------------------------------------------
@@ -325,6 +335,13 @@ def test_extract_on_a_device_matches_the_sequential_cpu_loop(tmp_path, device):
     facts = read_manifest(paths.manifest)["devices"]["extract"]
     assert facts["device"] == str(resolve_device(device, "extract.device"))
     assert (facts["cuda"] is None) == (device == "cpu")
+
+
+def test_auto_batch_size_is_capped_at_the_chunk_rows(tmp_path):
+    paths = _windows_dir(tmp_path)
+    config = load_config(None, [*SETTINGS, "extract.device=cpu", "extract.batch_size=auto"])
+    run_stages(StageContext(config, paths, fingerprint=""), ["extract"])
+    assert read_manifest(paths.manifest)["encoder"]["batch_size"] == 16
 
 
 @pytest.mark.slow  # spawning the worker processes costs seconds

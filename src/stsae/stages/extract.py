@@ -315,6 +315,8 @@ def _choose_runtime(config: Config, embedder: FastEmbedder, windows: np.ndarray,
     precision, cosine = _agree(world, choose_precision(
         config.extract.precision, embedder, calibration, calibration_rows, device))
     batch_size = _agree(world, resolve_batch_size(requested, embedder, precision, device))
+    if requested == "auto":  # a batch never spans chunks; a compiled one would be zero-padded up to its size
+        batch_size = min(batch_size, config.extract.chunk_rows)
     compiled = _agree(world, should_compile(config.extract.compile, n_encodes, device))
     workers = resolve_augment_workers(config.extract.augment_workers, device, world)
     return Runtime(device, batch_size, precision, compiled, workers), cosine

@@ -49,34 +49,38 @@ def resolve_device(spec: str, key: str) -> torch.device:
     return torch.device("cuda", index)
 
 
-def _nvidia_driver() -> str | None:
-    """The NVIDIA driver release (e.g. '550.54.15') from nvidia-smi, or None where it cannot be asked."""
+def _nvidia_smi(field: str) -> str | None:
+    """One `nvidia-smi --query-gpu` field of the first GPU (e.g. driver_version '550.54.15'), or None
+    where nvidia-smi is absent or fails. Asking it, unlike torch, creates no CUDA context."""
     if shutil.which("nvidia-smi") is None:
         return None
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+        out = subprocess.run(["nvidia-smi", f"--query-gpu={field}", "--format=csv,noheader"],
                              capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.SubprocessError):
         return None
-    lines = out.stdout.split()
-    return lines[0] if out.returncode == 0 and lines else None
+    lines = out.stdout.strip().splitlines()
+    return lines[0].strip() if out.returncode == 0 and lines else None
 
 
 def device_facts(device: torch.device) -> dict[str, Any]:
-    """What the manifest records about a compute device: name, CUDA runtime and driver (None on CPU)."""
+    """What the manifest records about the device a stage computed on: name, CUDA runtime, driver and
+    compute capability (None on CPU)."""
     if device.type != "cuda":
         return {"device": str(device), "name": "cpu", "cuda": None, "driver": None, "capability": None}
     major, minor = torch.cuda.get_device_capability(device)
     return {"device": str(device), "name": torch.cuda.get_device_name(device), "cuda": torch.version.cuda,
-            "driver": _nvidia_driver(), "capability": f"{major}.{minor}"}
+            "driver": _nvidia_smi("driver_version"), "capability": f"{major}.{minor}"}
 
 
 def accelerator_facts() -> dict[str, Any]:
-    """Run-level facts for manifest.json: whether CUDA is usable and, if so, what the first GPU is."""
+    """Run-level facts for manifest.json, recorded by every command, so without touching the GPU (no CUDA
+    context for stages that never use it): whether CUDA is usable, how many GPUs, the first one's name,
+    the CUDA runtime torch was built with and the driver (all None without CUDA)."""
     if not torch.cuda.is_available():
-        return {"cuda_available": False, "cuda_devices": 0, **device_facts(CPU)}
-    return {"cuda_available": True, "cuda_devices": torch.cuda.device_count(),
-            **device_facts(torch.device("cuda", 0))}
+        return {"cuda_available": False, "cuda_devices": 0, "name": None, "cuda": None, "driver": None}
+    return {"cuda_available": True, "cuda_devices": torch.cuda.device_count(), "name": _nvidia_smi("name"),
+            "cuda": torch.version.cuda, "driver": _nvidia_smi("driver_version")}
 
 
 @contextlib.contextmanager
