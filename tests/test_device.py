@@ -383,3 +383,29 @@ def test_extract_device_cuda_without_cuda_fails_before_touching_outputs(tmp_path
     with pytest.raises(StsaeError, match=r"^extract\.device: cuda requested"):
         run_stages(StageContext(config, paths, fingerprint=""), ["extract"])
     assert paths.z.read_bytes() == before
+
+
+# --- evaluate's concept models ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_stsae_concept_model_encodes_on_its_device_and_returns_host_arrays(tmp_path, device):
+    from stsae.models.registry import ModelInfo, StsaeConceptModel
+    from stsae.models.stsae import STSAE
+
+    rng = np.random.default_rng(0)
+    z = (rng.standard_normal((40, 512)) + 3).astype(np.float32)
+    generator = torch.Generator().manual_seed(0)
+    module = STSAE(512, 32, "topk", 4, generator=generator)
+    module.init_from_data(z, generator)
+    info = ModelInfo("stsae-full-K32-s0", "stsae", "full", 32, 0, tmp_path / "m.safetensors")
+    with torch.inference_mode():  # in the model's batches of 16: GEMM rounding depends on the row count
+        reference_codes = np.concatenate([module.encode(torch.from_numpy(z[i:i + 16])).numpy() for i in (0, 16, 32)])
+    model = StsaeConceptModel(module, info, batch_size=16, device=torch.device(device))
+    codes = model.encode(z)
+    assert isinstance(codes, np.ndarray) and codes.shape == (40, 32)
+    assert next(module.parameters()).device.type == device
+    if device == "cpu":
+        np.testing.assert_array_equal(codes, reference_codes)
+    else:  # same support up to ties at float rounding, same values to fp32 rounding
+        np.testing.assert_allclose(codes, reference_codes, rtol=1e-4, atol=1e-4 * np.abs(reference_codes).max())
+    assert model.decode(codes).shape == (40, 512)
