@@ -409,3 +409,20 @@ def test_stsae_concept_model_encodes_on_its_device_and_returns_host_arrays(tmp_p
     else:  # same support up to ties at float rounding, same values to fp32 rounding
         np.testing.assert_allclose(codes, reference_codes, rtol=1e-4, atol=1e-4 * np.abs(reference_codes).max())
     assert model.decode(codes).shape == (40, 512)
+
+
+# --- the GPU benchmark --------------------------------------------------------------------------------
+
+@pytest.mark.slow  # a fresh interpreter importing torch
+@no_cuda_here
+def test_bench_gpu_stops_with_one_clear_line_without_cuda(tmp_path):
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    command = [sys.executable, str(repo / "benchmarks" / "bench_gpu.py"), "--out", str(tmp_path / "g.json")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False,
+                          env={**os.environ, "PYTHONPATH": str(repo / "src")})
+    assert done.returncode == 2
+    assert done.stderr.startswith("bench_gpu.py: no CUDA device here") and done.stderr.count("\n") == 1
+    assert not (tmp_path / "g.json").exists()
