@@ -27,7 +27,7 @@ class SimulatedCrash(Exception):
     """Raised by the patched encoder to stop a run mid-way."""
 
 
-SETTINGS = ["encoder.allow_random_weights=true", "extract.batch_size=8", "extract.chunk_rows=16",
+SETTINGS = ["encoder.allow_random_weights=true", "extract.device=cpu", "extract.batch_size=8", "extract.chunk_rows=16",
             "extract.num_threads=1", "extract.precision=fp32"]
 
 

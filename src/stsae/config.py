@@ -31,6 +31,10 @@ _ECHO_CHARS = 200
 _ECHO = reprlib.Repr()  # Python 3.11's Repr takes no keyword arguments
 _ECHO.maxlevel, _ECHO.maxlist, _ECHO.maxdict = 3, 8, 8
 _ECHO.maxstring = _ECHO.maxother = _ECHO_CHARS
+# A stage's compute device (resolved by stsae.utils.device.resolve_device when the stage starts).
+DEVICE_PATTERN = r"^(auto|cpu|cuda(:[0-9]+)?)$"
+DEVICE_HELP = ("auto (CUDA when available) | cpu | cuda (cuda:LOCAL_RANK under torchrun) | cuda:N; "
+               "a CUDA request without CUDA is an error.")
 
 
 class _Section(BaseModel):
@@ -247,7 +251,10 @@ class EncoderSection(_Section):
 
 
 class ExtractSection(_Section):
-    batch_size: int = Field(256, ge=1, description="Windows per encoder forward pass.")
+    device: str = Field("auto", pattern=DEVICE_PATTERN, description=DEVICE_HELP)
+    batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        "auto", description="Windows per encoder forward pass; auto: 256 on the CPU, on CUDA the largest "
+        "power of two whose measured activation memory fits in half the free GPU memory.")
     chunk_rows: int = Field(2048, ge=1, description="Rows flushed and committed per resumable chunk.")
     precision: Literal["fp32", "bf16", "auto"] = Field(
         "auto",
@@ -256,6 +263,11 @@ class ExtractSection(_Section):
     )
     num_threads: int | None = Field(
         None, ge=1, description="Torch intra-op threads per process (None: usable cores / torchrun ranks)."
+    )
+    augment_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
+        "auto", description="Processes augmenting windows beside the loader thread (0: in the thread). auto: 0 "
+        "on the CPU (the encoder needs its cores), usable cores - 1 per rank on CUDA, where one thread's "
+        "seeded per-window augmentation (a few thousand windows/s) would starve the GPU.",
     )
     compile: Literal["auto"] | bool = Field(
         "auto",
@@ -277,6 +289,7 @@ ABLATIONS = ("no_smooth", "no_stab", "no_div", "no_renorm", "vanilla")
 
 
 class TrainSection(_Section):
+    device: str = Field("auto", pattern=DEVICE_PATTERN, description=DEVICE_HELP)
     activation: Literal["topk", "relu"] = Field("topk", description="Top-K (default) or ReLU + L1.")
     d_dict: int = Field(1024, ge=1, description="Dictionary size K of the main ('full') model.")
     k: int = Field(16, ge=1, description="Active concepts per window for Top-K.")
@@ -359,6 +372,7 @@ class BaselinesSection(_Section):
 
 
 class EvalSection(_Section):
+    device: str = Field("auto", pattern=DEVICE_PATTERN, description=DEVICE_HELP + " sklearn probes stay on the CPU.")
     stability_subsamples: int = Field(2, ge=0, description="50% patient-subsample refits for stability.")
     stability_steps: int | None = Field(
         None, ge=1,

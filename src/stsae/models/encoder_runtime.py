@@ -12,14 +12,24 @@ tens of seconds of compilation, so `extract.compile: auto` uses it only when a p
 windows to encode for the compile to pay back several times. A compiled graph is specialised to one
 batch shape, so the last short batch is zero-padded to full size rather than triggering a second compile.
 The measured speeds and compile times are in README.md ("Performance", benchmarks/bench_extract.py).
+
+On CUDA the same FastEmbedder runs through cuDNN (channels-last suits its NHWC kernels and bf16 tensor
+cores); bf16 autocast is chosen by `auto` where the GPU supports it, under the same cosine bound, and the
+batch size comes from the GPU's free memory (`cuda_batch_size`). Not yet measured on a GPU:
+benchmarks/bench_gpu.py and scripts/gpu_check.sh are the prepared measurements.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
+import queue
 import shutil
-from typing import Literal
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from types import TracebackType
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -34,6 +44,7 @@ from stsae.models.papagei import (
     embed_batches,
     same_padding,
 )
+from stsae.utils.device import CPU
 
 log = logging.getLogger(__name__)
 
@@ -160,19 +171,29 @@ def cxx_compiler() -> str | None:
     return None
 
 
-def should_compile(requested: Literal["auto"] | bool, n_encodes: int) -> bool:
-    """Resolve `extract.compile` for a process that will encode `n_encodes` windows.
+def _missing_compile_tool(device: torch.device) -> str | None:
+    """What Inductor lacks to compile for `device`: a C++ compiler (both), Triton (CUDA), else None."""
+    if cxx_compiler() is None:
+        return "a C++ compiler for torch.compile (none of $CXX, g++, clang++ found); install g++"
+    if device.type == "cuda" and importlib.util.find_spec("triton") is None:
+        return "Triton for torch.compile on CUDA (not importable); install the CUDA torch wheels' triton"
+    return None
 
-    Inductor needs a C++ compiler: `auto` falls back to the eager path (with a warning) without one,
-    `true` is refused naming the key, rather than failing at the first batch of a long run.
+
+def should_compile(requested: Literal["auto"] | bool, n_encodes: int, device: torch.device = CPU) -> bool:
+    """Resolve `extract.compile` for a process that will encode `n_encodes` windows on `device`.
+
+    Inductor needs a C++ compiler (and Triton on CUDA): `auto` falls back to the eager path (with a
+    warning) without them, `true` is refused naming the key, rather than failing at the first batch of
+    a long run.
     """
     if requested is False or (requested == "auto" and n_encodes < COMPILE_MIN_ENCODES):
         return False
-    if cxx_compiler() is None:
+    missing = _missing_compile_tool(device)
+    if missing is not None:
         if requested is True:
-            raise StsaeError("extract.compile: true needs a C++ compiler for torch.compile (none of $CXX, "
-                             "g++, clang++ found); install g++ or set extract.compile: auto")
-        log.warning("extract.compile auto: no C++ compiler for torch.compile; encoding eagerly (slower)")
+            raise StsaeError(f"extract.compile: true needs {missing} or set extract.compile: auto")
+        log.warning("extract.compile auto: no %s; encoding eagerly", missing.split(";")[0])
         return False
     return True
 
@@ -189,30 +210,180 @@ def min_row_cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.min(np.sum(a64 * b64, axis=1) / np.maximum(denom, 1e-30)))
 
 
+def max_row_relative_error(reference: np.ndarray, approx: np.ndarray) -> float:
+    """Largest per-row ‖approx − reference‖ / ‖reference‖ between two float32[N, D] arrays."""
+    ref64 = reference.astype(np.float64)
+    error = np.linalg.norm(approx.astype(np.float64) - ref64, axis=1)
+    return float(np.max(error / np.maximum(np.linalg.norm(ref64, axis=1), 1e-30)))
+
+
+class Bf16Parity(NamedTuple):
+    """bf16 autocast against fp32 on the same windows: smallest row cosine and largest row relative error."""
+
+    min_cosine: float
+    max_rel_error: float
+
+
+def bf16_parity(embedder: nn.Module, windows: np.ndarray, batch_size: int,
+                device: torch.device = CPU) -> Bf16Parity:
+    """Embed float32[n, 1250] windows in fp32 and in bf16 on `device` and compare them row by row."""
+    reference = embed_batches(embedder, windows, batch_size, "fp32", device)
+    approx = embed_batches(embedder, windows, batch_size, "bf16", device)
+    return Bf16Parity(min_row_cosine(reference, approx), max_row_relative_error(reference, approx))
+
+
+def bf16_is_fast(device: torch.device) -> bool:
+    """bf16 can beat fp32 here: a GPU with bf16 support, or a CPU with native bf16 (see module doc)."""
+    return torch.cuda.is_bf16_supported() if device.type == "cuda" else native_bf16()
+
+
 def choose_precision(requested: Literal["fp32", "bf16", "auto"], embedder: nn.Module,
-                     calibration: np.ndarray, batch_size: int) -> tuple[Precision, float | None]:
+                     calibration: np.ndarray, batch_size: int,
+                     device: torch.device = CPU) -> tuple[Precision, float | None]:
     """Resolve `extract.precision`. Returns (precision, min cosine bf16 vs fp32 on calibration or None).
 
-    auto: bf16 only where it is native (else it is slower, see module doc) and its embeddings of the
+    auto: bf16 only where it is fast (else it is slower, see module doc) and its embeddings of the
     calibration windows (float32[n, 1250]) keep min row cosine >= 0.999 to fp32.
     """
     if requested != "auto":
         return requested, None
-    if not native_bf16():
-        log.info("precision auto: fp32 (this CPU has no native bf16; emulated bf16 is slower)")
+    if not bf16_is_fast(device):
+        log.info("precision auto: fp32 (no native bf16 on %s; emulated bf16 is slower)", device)
         return "fp32", None
-    reference = embed_batches(embedder, calibration, batch_size, "fp32")
-    cosine = min_row_cosine(reference, embed_batches(embedder, calibration, batch_size, "bf16"))
-    chosen: Precision = "bf16" if cosine >= MIN_BF16_COSINE else "fp32"
-    log.info("precision auto: bf16 vs fp32 min cosine %.6f on %d calibration windows -> %s",
-             cosine, len(calibration), chosen)
-    return chosen, cosine
+    parity = bf16_parity(embedder, calibration, batch_size, device)
+    chosen: Precision = "bf16" if parity.min_cosine >= MIN_BF16_COSINE else "fp32"
+    log.info("precision auto: bf16 vs fp32 min cosine %.6f, max relative error %.2e on %d calibration "
+             "windows -> %s", parity.min_cosine, parity.max_rel_error, len(calibration), chosen)
+    return chosen, parity.min_cosine
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def configure_threads(requested: int | None, world_size: int) -> int:
     """Set torch intra-op threads: `extract.num_threads`, else the cores this process may use / ranks."""
     if requested is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        requested = max(1, cores // world_size)
+        requested = max(1, usable_cores() // world_size)
     torch.set_num_threads(requested)
     return requested
+
+
+def resolve_augment_workers(requested: int | Literal["auto"], device: torch.device, world_size: int) -> int:
+    """Resolve `extract.augment_workers`: a number is kept; auto is 0 on the CPU (the encoder uses the
+    cores) and, on CUDA, this rank's share of the cores less one for the loader thread."""
+    if requested != "auto":
+        return requested
+    return max(0, usable_cores() // world_size - 1) if device.type == "cuda" else 0
+
+
+CPU_BATCH_SIZE = 256
+"""`extract.batch_size: auto` on the CPU: the batch size every CPU measurement above was made with."""
+MAX_CUDA_BATCH = 65_536
+CUDA_MEMORY_FRACTION = 0.5
+"""Share of the free GPU memory a batch's activations may take; the rest is left to cuDNN workspaces
+and the caching allocator's fragmentation."""
+
+
+def batch_from_memory(free_bytes: int, bytes_per_window: float, fraction: float = CUDA_MEMORY_FRACTION,
+                      cap: int = MAX_CUDA_BATCH) -> int:
+    """Largest power of two b ≤ cap with b · bytes_per_window ≤ fraction · free_bytes (at least 1)."""
+    fits = int(fraction * free_bytes / max(bytes_per_window, 1.0))
+    if fits < 1:
+        return 1
+    return min(1 << (fits.bit_length() - 1), cap)
+
+
+def cuda_batch_size(embedder: nn.Module, precision: Precision, device: torch.device, probe_rows: int = 256) -> int:
+    """`extract.batch_size: auto` on CUDA: measure the peak memory one probe batch adds per window (at
+    `precision`), then size the batch from the GPU's free memory (`batch_from_memory`)."""
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    embed_batches(embedder, np.zeros((probe_rows, 1250), np.float32), probe_rows, precision, device)
+    per_window = (torch.cuda.max_memory_allocated(device) - before) / probe_rows
+    free, _ = torch.cuda.mem_get_info(device)
+    batch = batch_from_memory(free, per_window)
+    log.info("batch size auto: %.0f KiB of activations per window, %.1f GiB free on %s -> %d windows",
+             per_window / 1024, free / 2**30, device, batch)
+    return batch
+
+
+def resolve_batch_size(requested: int | Literal["auto"], embedder: nn.Module, precision: Precision,
+                       device: torch.device) -> int:
+    """Resolve `extract.batch_size`: a number is kept; auto is 256 on the CPU, memory-sized on CUDA."""
+    if requested != "auto":
+        return requested
+    return cuda_batch_size(embedder, precision, device) if device.type == "cuda" else CPU_BATCH_SIZE
+
+
+Produce = Callable[[int], Sequence[np.ndarray]]
+_DONE = object()
+
+
+class ChunkPrefetcher:
+    """A loader thread that prepares chunk k+1 while the device encodes chunk k (double buffering).
+
+    `produce(chunk)` returns the chunk's views (float32[n, L] arrays, n ≤ max_rows: the clean windows
+    read from the memmap and their augmentations); the thread copies them into one of two reusable
+    buffers, pinned when `pin` (CUDA) so host-to-device copies run asynchronously. Iterating yields
+    (chunk, views as tensors); a buffer is handed back to the thread when the consumer asks for the next
+    chunk, by which time `embed_batches` has copied its results back (a device sync), so the buffer is
+    free. An exception in the thread is re-raised in the consumer; leaving the `with` block early stops
+    the thread. The views' values are unchanged, so CPU results equal the unthreaded loop byte for byte.
+    """
+
+    def __init__(self, produce: Produce, chunks: Sequence[int], n_views: int, max_rows: int, row_len: int,
+                 pin: bool):
+        self._produce, self._chunks = produce, list(chunks)
+        self._free: queue.Queue[torch.Tensor] = queue.Queue()
+        self._ready: queue.Queue[object] = queue.Queue()
+        for _ in range(2):
+            self._free.put(torch.empty((n_views, max_rows, row_len), dtype=torch.float32, pin_memory=pin))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._load, name="extract-loader", daemon=True)
+
+    def _load(self) -> None:
+        try:
+            for chunk in self._chunks:
+                buffer = self._take_free()
+                if buffer is None:
+                    return
+                views = self._produce(chunk)
+                for slot, view in zip(buffer, views, strict=True):
+                    slot[: len(view)].copy_(torch.from_numpy(view))
+                self._ready.put((chunk, [slot[: len(view)] for slot, view in zip(buffer, views, strict=True)],
+                                 buffer))
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            self._ready.put(exc)
+            return
+        self._ready.put(_DONE)
+
+    def _take_free(self) -> torch.Tensor | None:
+        while not self._stop.is_set():
+            try:
+                return self._free.get(timeout=0.1)
+            except queue.Empty:
+                continue
+        return None
+
+    def __enter__(self) -> ChunkPrefetcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def __iter__(self) -> Iterator[tuple[int, list[torch.Tensor]]]:
+        while True:
+            item = self._ready.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            chunk, views, buffer = item  # type: ignore[misc]
+            yield chunk, views
+            self._free.put(buffer)

@@ -22,6 +22,7 @@ from torch import nn
 from stsae.config import EncoderSection
 from stsae.errors import StsaeError
 from stsae.utils import io
+from stsae.utils.device import CPU, cuda_math
 from stsae.utils.seeding import derive_seed
 
 log = logging.getLogger(__name__)
@@ -253,19 +254,23 @@ def check_windows(windows: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 
 def embed_batches(embedder: Callable[[torch.Tensor], torch.Tensor], windows: np.ndarray | torch.Tensor,
-                  batch_size: int, precision: Precision) -> np.ndarray:
-    """Apply `embedder` ([B, 1, 1250] → [B, 512]) to windows float32[N, 1250] → float32[N, 512].
+                  batch_size: int, precision: Precision, device: torch.device = CPU) -> np.ndarray:
+    """Apply `embedder` ([B, 1, 1250] → [B, 512], already on `device`) to windows float32[N, 1250] →
+    float32[N, 512] on the host.
 
-    Fixed batch boundaries under `torch.inference_mode()` keep the bytes reproducible; "bf16" runs
-    under CPU bf16 autocast and the output is cast back to float32.
+    Fixed batch boundaries under `torch.inference_mode()` keep the bytes reproducible; "bf16" runs under
+    bf16 autocast on `device` and the output is cast back to float32. On CUDA each batch is copied
+    without blocking (asynchronous when `windows` is in pinned memory) and the outputs stay on the GPU
+    until one copy back at the end, so the host never waits per batch; on the CPU nothing is copied.
     """
     tensor = check_windows(windows)
-    out = np.empty((tensor.shape[0], EMBEDDING_DIM), dtype=np.float32)
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+    out = torch.empty((tensor.shape[0], EMBEDDING_DIM), dtype=torch.float32, device=device)
+    with (torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"),
+          cuda_math(device, fp32=precision == "fp32")):
         for start in range(0, tensor.shape[0], batch_size):
-            batch = tensor[start:start + batch_size].unsqueeze(1)
-            out[start:start + batch.shape[0]] = embedder(batch).float().numpy()
-    return out
+            batch = tensor[start:start + batch_size].to(device, non_blocking=True).unsqueeze(1)
+            out[start:start + batch.shape[0]] = embedder(batch).float()
+    return out.cpu().numpy()
 
 
 def encode(model: ResNet1DMoE, windows: np.ndarray | torch.Tensor, *, batch_size: int = 256,

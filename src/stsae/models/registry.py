@@ -32,6 +32,7 @@ from stsae.models.baselines import (
     sidecar_path,
 )
 from stsae.rundir import RunDir
+from stsae.utils.device import CPU
 
 log = logging.getLogger(__name__)
 
@@ -97,11 +98,14 @@ class ConceptModel(ABC):
 
 
 class StsaeConceptModel(ConceptModel):
-    """Wraps a torch module with `encode(Tensor[B,512]) -> Tensor[B,K]`, `decode`, `W_dec: [K,512]`."""
+    """Wraps a torch module with `encode(Tensor[B,512]) -> Tensor[B,K]`, `decode`, `W_dec: [K,512]`; the
+    module runs on `device` (batches go there and come back as numpy; on the CPU nothing is copied)."""
 
-    def __init__(self, module: torch.nn.Module, info: ModelInfo, batch_size: int = 4096):
+    def __init__(self, module: torch.nn.Module, info: ModelInfo, batch_size: int = 4096,
+                 device: torch.device = CPU):
         super().__init__(info, batch_size)
-        self.module = module.eval()
+        self.module = module.eval().to(device)
+        self.device = device
         with torch.inference_mode():
             w_dec = module.W_dec.detach().float().cpu().numpy()
         if w_dec.shape != (info.d_dict, EMBEDDING_DIM):
@@ -116,11 +120,11 @@ class StsaeConceptModel(ConceptModel):
 
     def _encode_batch(self, z: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return self.module.encode(torch.from_numpy(z)).float().numpy()
+            return self.module.encode(torch.from_numpy(z).to(self.device)).float().cpu().numpy()
 
     def _decode_batch(self, codes: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return self.module.decode(torch.from_numpy(codes)).float().numpy()
+            return self.module.decode(torch.from_numpy(codes).to(self.device)).float().cpu().numpy()
 
 
 class BaselineConceptModel(ConceptModel):
@@ -223,8 +227,10 @@ def _is_baseline(path: Path) -> bool:
         return False
 
 
-def load_concept_model(path: Path | str, batch_size: int = 4096) -> ConceptModel:
-    """Load an ST-SAE checkpoint or a baseline (both `.safetensors` + `.json`; nothing is unpickled)."""
+def load_concept_model(path: Path | str, batch_size: int = 4096, device: torch.device = CPU) -> ConceptModel:
+    """Load an ST-SAE checkpoint or a baseline (both `.safetensors` + `.json`; nothing is unpickled).
+
+    An ST-SAE encodes and decodes on `device`; baselines are numpy and stay on the CPU."""
     path = Path(path)
     if path.suffix != ".safetensors":
         raise InputDataError(f"{path}: unknown model file type (expected .safetensors with a .json sidecar)")
@@ -235,7 +241,7 @@ def load_concept_model(path: Path | str, batch_size: int = 4096) -> ConceptModel
     info = _stsae_info(path)
     if info is None:
         raise InputDataError(f"{_sidecar(path)}: missing or not marked complete (training unfinished)")
-    return StsaeConceptModel(_load_stsae_module(path), info, batch_size)
+    return StsaeConceptModel(_load_stsae_module(path), info, batch_size, device)
 
 
 def load_k_sparse_model(path: Path | str, k: int, batch_size: int = 4096) -> ConceptModel:

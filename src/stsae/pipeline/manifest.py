@@ -1,4 +1,5 @@
-"""manifest.json: versions, seed, git commit, encoder weights identity and per-stage times."""
+"""manifest.json: versions, seed, git commit, accelerator (GPU name, CUDA and driver versions; None on a CPU
+machine), encoder weights identity and per-stage times."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 from stsae import __version__
 from stsae.config import Config
 from stsae.utils import io
+from stsae.utils.device import accelerator_facts
 
 _TRACKED_PACKAGES = ("torch", "numpy", "scipy", "pandas", "scikit-learn", "statsmodels", "h5py", "wfdb",
                      "safetensors", "pydantic", "neurokit2", "matplotlib")
@@ -37,8 +39,10 @@ def _versions() -> dict[str, str | None]:
 
 
 def static_facts(config: Config) -> dict[str, Any]:
+    """Facts every command records: identity of the run and of the software and hardware it ran on (each
+    stage adds the device it actually computed on, see stsae.utils.device.device_facts)."""
     return {"run_name": config.run.name, "seed": config.run.seed, "data_source": config.data.source,
-            "git_commit": _git_commit(), "versions": _versions()}
+            "git_commit": _git_commit(), "versions": _versions(), "accelerator": accelerator_facts()}
 
 
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 from threadpoolctl import threadpool_limits
 
 from stsae.config import EvalSection, TrainSection
@@ -73,6 +74,7 @@ from stsae.models.registry import (
 from stsae.pipeline.contract import StageContext, StageContract
 from stsae.train.grid import main_entry
 from stsae.utils import io
+from stsae.utils.device import CPU, device_facts, resolve_device
 from stsae.utils.seeding import derive_seed, rng
 
 log = logging.getLogger(__name__)
@@ -289,7 +291,8 @@ def _live_dictionary(model: ConceptModel, data: EvalData) -> np.ndarray:
     return model.dictionary[live]
 
 
-def subsample_dictionaries(data: EvalData, main: ModelInfo, cfg: EvalSection, seed: int) -> list[np.ndarray]:
+def subsample_dictionaries(data: EvalData, main: ModelInfo, cfg: EvalSection, seed: int,
+                           device: torch.device = CPU) -> list[np.ndarray]:
     """Live atoms of `main`'s configuration refit on `cfg.stability_subsamples` 50 % patient subsamples of
     the train split, each with the main model's own step budget unless eval.stability_steps says otherwise."""
     from stsae.train.trainer import fit_stsae
@@ -307,7 +310,7 @@ def subsample_dictionaries(data: EvalData, main: ModelInfo, cfg: EvalSection, se
         dataset = WindowTripletDataset(emb.z, emb.z_aug, index, split="train")
         model, _ = fit_stsae(dataset, None, train_cfg, main.variant, main.d_dict,
                              derive_seed(seed, "eval", "subsample", i), steps=steps)
-        dictionaries.append(_live_dictionary(StsaeConceptModel(model, main), data))
+        dictionaries.append(_live_dictionary(StsaeConceptModel(model, main, device=device), data))
         log.info("stability refit %d/%d done (%d steps)", i + 1, cfg.stability_subsamples, steps)
     return dictionaries
 
@@ -419,7 +422,7 @@ def _references(data: EvalData, cfg: EvalSection, seed: int) -> References:
 
 
 def _score_all(infos: list[ModelInfo], main: ModelInfo | None, data: EvalData, cfg: EvalSection,
-               references: References, seed: int
+               references: References, seed: int, device: torch.device = CPU
                ) -> tuple[list[LeaderboardRow], dict[str, np.ndarray], int | None]:
     """Score every model (main first: its L0 is the k of the matched-sparsity rows); returns the rows,
     each ST-SAE's live atoms and k."""
@@ -428,7 +431,7 @@ def _score_all(infos: list[ModelInfo], main: ModelInfo | None, data: EvalData, c
     live: dict[str, np.ndarray] = {}
     k_active: int | None = None
     for info in ordered:
-        model = load_concept_model(info.path, batch_size=cfg.chunk_rows)
+        model = load_concept_model(info.path, batch_size=cfg.chunk_rows, device=device)
         row = _identity(info, is_main=info is main)
         live[info.name] = model.dictionary[_score(row, model, data, cfg, references, seed)]
         _fill_dead_train(row, info)
@@ -461,15 +464,16 @@ def run(ctx: StageContext) -> None:
     data, meta = _prepare(ctx, emb, cfg, seed)
     references = _references(data, cfg, seed)
     main = main_stsae(infos, ctx.config.train)
+    device = resolve_device(cfg.device, "eval.device")  # ST-SAE encode/decode; metrics and probes: numpy
     # The refits are torch training (GIL released in its kernels): they run beside the scoring, which
     # is numpy/LAPACK limited to half the cores so the two do not oversubscribe the machine. Results do
     # not depend on either.
     blas_threads = max(1, (os.cpu_count() or 2) // 2)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="stability-refits") as pool, \
             threadpool_limits(limits=blas_threads, user_api="blas"):
-        refits = (pool.submit(subsample_dictionaries, data, main, cfg, seed)
+        refits = (pool.submit(subsample_dictionaries, data, main, cfg, seed, device)
                   if main is not None and cfg.stability_subsamples > 0 else None)
-        rows, live, k_active = _score_all(infos, main, data, cfg, references, seed)
+        rows, live, k_active = _score_all(infos, main, data, cfg, references, seed, device)
         nulls = StabilityNulls(emb, main, seed)
         _stability(rows, live, infos, main, [] if refits is None else refits.result(), nulls)
     age_sex = {name: result.age_sex for name, result in references.raw_adjusted.items()}
@@ -478,5 +482,6 @@ def run(ctx: StageContext) -> None:
         "lag1_within_record_reference_hr": reference_hr_lag1(meta, data), "phenotype_age_sex_auroc": age_sex})
     io.write_json(ctx.run_dir.pareto, lb.pareto_payload(rows))
     log.info("\n%s", lb.render_table(rows))
+    ctx.record("devices", {"evaluate": device_facts(device)})
     ctx.record("evaluate", {"n_eval_rows": len(data.rows), "n_pairs": len(data.pairs),
                             "k_active": k_active, "n_models": len(infos)})

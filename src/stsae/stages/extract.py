@@ -9,15 +9,24 @@ fingerprint, weights identity and precision). A killed run continues from its la
 because chunk and batch boundaries never move, writes the same bytes as an uninterrupted run. Under
 `torchrun` each rank takes a contiguous range of chunks; rank 0 preallocates, publishes the files under
 their real names once every rank is done, and writes index.parquet and the manifest fact.
+
+Device-agnostic: `extract.device` picks the CPU or a GPU (cuda:LOCAL_RANK per torchrun rank). A loader
+thread reads and augments the next chunk into reusable (pinned, on CUDA) buffers while the device
+encodes the current one; augmentation stays on the host (seeded numpy per window, see data/augment.py).
+On the CPU the bytes equal the plain sequential loop's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
 import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -27,21 +36,26 @@ import pandas as pd
 import torch
 import torch.distributed as torch_dist
 
-from stsae.config import Config
+from stsae.config import AugmentSection, Config
 from stsae.data.augment import augment_windows
 from stsae.data.store import EMBEDDING_DIM, INDEX_COLUMNS
 from stsae.errors import InputDataError
 from stsae.models.encoder_runtime import (
+    CPU_BATCH_SIZE,
+    ChunkPrefetcher,
     CompiledEmbedder,
     FastEmbedder,
     choose_precision,
     configure_threads,
+    resolve_augment_workers,
+    resolve_batch_size,
     should_compile,
 )
 from stsae.models.papagei import WINDOW_SAMPLES, Precision, embed_batches, load_encoder
 from stsae.pipeline.contract import StageContext, StageContract
 from stsae.rundir import RunDir
 from stsae.utils import io
+from stsae.utils.device import device_facts, resolve_device
 from stsae.utils.dist import process_group, rank, world_size
 from stsae.utils.progress import progress
 from stsae.utils.seeding import derive_seed
@@ -50,6 +64,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 PARTIAL_SUFFIX = ".partial"
+_LIBRARY = {"cpu": "oneDNN", "cuda": "cuDNN"}
 
 
 def _partial(path: Path) -> Path:
@@ -178,53 +193,110 @@ def _publish(paths: RunDir, outputs: list[Path], index: pd.DataFrame) -> None:
     _state_path(paths).unlink(missing_ok=True)
 
 
-def _resume_key(fingerprint: str, weights_sha256: str | None, precision: Precision, compiled: bool,
-                n_rows: int) -> str:
-    """Rows committed under another key were encoded differently (compiled output differs at float
-    rounding level), so a resume must not mix them."""
-    text = json.dumps([fingerprint, weights_sha256, precision, compiled, n_rows])
+def _resume_key(fingerprint: str, weights_sha256: str | None, runtime: Runtime, n_rows: int) -> str:
+    """Rows committed under another key were encoded differently (compiled output, another device or
+    batch size differ at float rounding level), so a resume must not mix them."""
+    text = json.dumps([fingerprint, weights_sha256, runtime.precision, runtime.compiled, n_rows,
+                       runtime.device.type, runtime.batch_size])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _views(config: Config, clean: np.ndarray, ids: np.ndarray) -> list[np.ndarray]:
-    """The windows behind each output of `embedding_outputs`: clean, stability-augmented, held-out."""
-    augment, fs, seed = config.data.augment, config.data.windowing.fs_target, config.run.seed
-    views = [clean, augment_windows(clean, fs, augment, seed, ids, augment.stability_families)]
+@dataclass(frozen=True)
+class Runtime:
+    """How this process encodes: the resolved `extract.device`, `batch_size`, `precision`, `compile` and
+    `augment_workers` (the last never changes the bytes)."""
+
+    device: torch.device
+    batch_size: int
+    precision: Precision
+    compiled: bool
+    augment_workers: int = 0
+
+
+def _augmented_views(clean: np.ndarray, ids: np.ndarray, augment: AugmentSection, fs: float,
+                     seed: int) -> list[np.ndarray]:
+    """The windows behind z_aug (stability families) and, when configured, z_aug_heldout (held-out
+    families, own seed). Row i depends on row i alone, so any split of the rows gives the same bytes."""
+    views = [augment_windows(clean, fs, augment, seed, ids, augment.stability_families)]
     if augment.heldout_families:
         views.append(augment_windows(clean, fs, augment, derive_seed(seed, "heldout"), ids,
                                      augment.heldout_families))
     return views
 
 
+def augment_rows(windows_path: Path, ids: np.ndarray, augment: AugmentSection, fs: float,
+                 seed: int) -> list[np.ndarray]:
+    """An augmentation worker's job: read rows `ids` of windows.npy itself (no windows are pickled to it)
+    and return their augmented views."""
+    windows = np.load(windows_path, mmap_mode="r")
+    return _augmented_views(np.ascontiguousarray(windows[ids], dtype=np.float32), ids, augment, fs, seed)
+
+
+@contextlib.contextmanager
+def _augment_pool(workers: int) -> Iterator[ProcessPoolExecutor | None]:
+    """`workers` spawned processes (no fork of a threaded process), or None to augment in the loader thread."""
+    if workers == 0:
+        yield None
+        return
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _chunk_views(config: Config, paths: RunDir, windows: np.ndarray, window_ids: np.ndarray, plan: ChunkPlan,
+                 pool: ProcessPoolExecutor | None, workers: int) -> Callable[[int], list[np.ndarray]]:
+    """The loader thread's job for one chunk: its clean windows from the memmap, then their augmented
+    views, made in the thread or split across the pool's workers."""
+    augment, fs, seed = config.data.augment, config.data.windowing.fs_target, config.run.seed
+
+    def produce(chunk: int) -> list[np.ndarray]:
+        lo, hi = plan.rows(chunk)
+        ids = window_ids[lo:hi]
+        clean = np.ascontiguousarray(windows[ids], dtype=np.float32)
+        io.release_mapped_pages(windows)
+        if pool is None:
+            return [clean, *_augmented_views(clean, ids, augment, fs, seed)]
+        parts = [part for part in np.array_split(ids, workers) if len(part)]
+        jobs = [pool.submit(augment_rows, paths.windows, part, augment, fs, seed) for part in parts]
+        pieces = [job.result() for job in jobs]
+        return [clean, *(np.concatenate(view) for view in zip(*pieces, strict=True))]
+    return produce
+
+
 def _encode_chunks(config: Config, paths: RunDir, outputs: list[Path], embedder: torch.nn.Module,
                    windows: np.ndarray, window_ids: np.ndarray, plan: ChunkPlan, key: str,
-                   precision: Precision) -> None:
-    """Encode this rank's chunks from its last commit on; write every output's rows; commit each chunk."""
+                   runtime: Runtime) -> None:
+    """Encode this rank's chunks from its last commit on; write every output's rows; commit each chunk.
+
+    A `ChunkPrefetcher` thread reads and augments chunk k+1 while chunk k is encoded on the device."""
     this_rank, world = rank(), world_size()
     progress_file = _progress_path(paths, this_rank, world)
     start = _committed_chunks(progress_file, key, plan)
     arrays = [np.load(_partial(path), mmap_mode="r+") for path in outputs]
-    batch = config.extract.batch_size
     done_rows = plan.start_row(start) - plan.start_row(plan.first)
     encoded, t0 = 0, time.perf_counter()
-    with progress(plan.n_rank_rows, f"extract r{this_rank}", unit="win") as bar:
+    with _augment_pool(runtime.augment_workers) as pool, \
+            progress(plan.n_rank_rows, f"extract r{this_rank}", unit="win") as bar, \
+            ChunkPrefetcher(_chunk_views(config, paths, windows, window_ids, plan, pool, runtime.augment_workers),
+                            range(start, plan.stop), len(arrays), plan.chunk_rows, WINDOW_SAMPLES,
+                            pin=runtime.device.type == "cuda") as loader:
         bar.update(done_rows)
-        for chunk in range(start, plan.stop):
+        for chunk, views in loader:
             lo, hi = plan.rows(chunk)
-            ids = window_ids[lo:hi]
-            clean = np.ascontiguousarray(windows[ids], dtype=np.float32)
-            for array, view in zip(arrays, _views(config, clean, ids), strict=True):
-                array[lo:hi] = embed_batches(embedder, view, batch, precision)
+            for array, view in zip(arrays, views, strict=True):
+                array[lo:hi] = embed_batches(embedder, view, runtime.batch_size, runtime.precision,
+                                             runtime.device)
                 array.flush()
                 io.release_mapped_pages(array)
-            io.release_mapped_pages(windows)
             io.write_json(progress_file, {"key": key, "first": plan.first, "next_chunk": chunk + 1})
             encoded += len(arrays) * (hi - lo)
             bar.update(hi - lo)
     seconds = time.perf_counter() - t0
     if encoded:
-        log.info("rank %d encoded %d windows (clean + augmented views) in %.1f s: %.1f windows/s",
-                 this_rank, encoded, seconds, encoded / seconds)
+        log.info("rank %d encoded %d windows (clean + augmented views) in %.1f s: %.1f windows/s on %s",
+                 this_rank, encoded, seconds, encoded / seconds, runtime.device)
 
 
 CONTRACT = StageContract(
@@ -233,36 +305,54 @@ CONTRACT = StageContract(
     inputs=("encoder.weights",), upstream=("prepare",), out_dir="embeddings")
 
 
+def _choose_runtime(config: Config, embedder: FastEmbedder, windows: np.ndarray, window_ids: np.ndarray,
+                    device: torch.device, n_encodes: int) -> tuple[Runtime, float | None]:
+    """Resolve precision (on a calibration batch), batch size and compile; every rank takes rank 0's."""
+    world = world_size()
+    requested = config.extract.batch_size
+    calibration_rows = CPU_BATCH_SIZE if requested == "auto" else requested
+    calibration = np.ascontiguousarray(windows[window_ids[:calibration_rows]])
+    precision, cosine = _agree(world, choose_precision(
+        config.extract.precision, embedder, calibration, calibration_rows, device))
+    batch_size = _agree(world, resolve_batch_size(requested, embedder, precision, device))
+    if requested == "auto":  # a batch never spans chunks; a compiled one would be zero-padded up to its size
+        batch_size = min(batch_size, config.extract.chunk_rows)
+    compiled = _agree(world, should_compile(config.extract.compile, n_encodes, device))
+    workers = resolve_augment_workers(config.extract.augment_workers, device, world)
+    return Runtime(device, batch_size, precision, compiled, workers), cosine
+
+
 def run(ctx: StageContext) -> None:
     """Write embeddings/z.npy, z_aug.npy (float32[M, 512]) and index.parquet for the M QC-passed windows."""
     config, paths = ctx.config, ctx.run_dir
     this_rank, world = rank(), world_size()
     paths.embeddings_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(config.extract.device, "extract.device")
     with process_group():
         threads = configure_threads(config.extract.num_threads, world)
         windows, window_ids, index = read_passed_windows(paths)
         model, identity = load_encoder(config.encoder, config.run.seed)
-        embedder = FastEmbedder(model)
-        calibration = np.ascontiguousarray(windows[window_ids[: config.extract.batch_size]])
-        precision, cosine = _agree(world, choose_precision(
-            config.extract.precision, embedder, calibration, config.extract.batch_size))
+        embedder = FastEmbedder(model).to(device)
         n_rows = len(window_ids)
         plan = ChunkPlan.for_rank(n_rows, config.extract.chunk_rows, this_rank, world)
-        compiled = _agree(world, should_compile(config.extract.compile, 2 * plan.n_rank_rows))
-        key = _resume_key(ctx.fingerprint, identity["sha256"], precision, compiled, n_rows)
+        runtime, cosine = _choose_runtime(config, embedder, windows, window_ids, device, 2 * plan.n_rank_rows)
+        key = _resume_key(ctx.fingerprint, identity["sha256"], runtime, n_rows)
         outputs = embedding_outputs(config, paths)
         if this_rank == 0:
             _prepare_outputs(paths, outputs, n_rows, key)
         _barrier(world)
-        runtime = CompiledEmbedder(embedder, config.extract.batch_size) if compiled else embedder
-        _encode_chunks(config, paths, outputs, runtime, windows, window_ids, plan, key, precision)
+        encoder = CompiledEmbedder(embedder, runtime.batch_size) if runtime.compiled else embedder
+        _encode_chunks(config, paths, outputs, encoder, windows, window_ids, plan, key, runtime)
         _barrier(world)
         if this_rank == 0:
             _publish(paths, outputs, index)
-            ctx.record("encoder", {**identity, "precision": precision, "bf16_min_cosine": cosine,
-                                   "runtime": "FastEmbedder (channels-last oneDNN, BN folded)"
-                                   + (", torch.compile (Inductor, frozen)" if compiled else ""),
+            ctx.record("devices", {"extract": device_facts(device)})
+            ctx.record("encoder", {**identity, "precision": runtime.precision, "bf16_min_cosine": cosine,
+                                   "runtime": f"FastEmbedder (channels-last {_LIBRARY[device.type]}, BN folded)"
+                                   + (", torch.compile (Inductor, frozen)" if runtime.compiled else ""),
+                                   "batch_size": runtime.batch_size, "augment_workers": runtime.augment_workers,
                                    "num_threads": threads, "world_size": world,
                                    "torch": torch.__version__})
-            log.info("extract: %d of %d windows passed QC and were encoded (%s%s, %d thread(s) x %d rank(s))",
-                     n_rows, windows.shape[0], precision, ", compiled" if compiled else "", threads, world)
+            log.info("extract: %d of %d windows passed QC and were encoded (%s%s on %s, batch %d, %d thread(s) "
+                     "x %d rank(s))", n_rows, windows.shape[0], runtime.precision,
+                     ", compiled" if runtime.compiled else "", device, runtime.batch_size, threads, world)
