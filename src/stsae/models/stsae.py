@@ -123,12 +123,39 @@ def _flat_ids(idx_MRk: Tensor, n_latents: int) -> Tensor:
     return (idx_MRk + offsets[:, None, None]).reshape(-1, idx_MRk.shape[-1])
 
 
+class _CombineAtoms(torch.autograd.Function):
+    """Σ_i vals[r,i] · W[idx[r,i]] over flat atom ids, with W's gradient as a transposed bag sum.
+
+    embedding_bag's own backward accumulates each atom's gradient in an order that depends on the
+    whole index set, so a model's gradient would change in the last bits with the other models of
+    its group; `_transposed_bag_sum` adds each atom's contributions in row order, so a model trained
+    in a group gets exactly the gradient it gets alone.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, flat: Tensor, weight: Tensor, vals: Tensor) -> Tensor:
+        ctx.save_for_backward(flat, weight, vals)
+        return F.embedding_bag(flat, weight, mode="sum", per_sample_weights=vals)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        flat, weight, vals = ctx.saved_tensors
+        grad_vals = None
+        if ctx.needs_input_grad[2]:
+            with torch.enable_grad():  # embedding_bag's per-entry dot products, without its weight gradient
+                probe = vals.detach().requires_grad_()
+                out = F.embedding_bag(flat, weight.detach(), mode="sum", per_sample_weights=probe)
+                (grad_vals,) = torch.autograd.grad(out, probe, grad_out)
+        grad_weight = _transposed_bag_sum(flat, vals, grad_out, weight.shape[0]) if ctx.needs_input_grad[1] else None
+        return None, grad_weight, grad_vals
+
+
 def combine_atoms(w_dec_MKD: Tensor, idx_MRk: Tensor, vals_MRk: Tensor) -> Tensor:
     """Σ_i vals[m,r,i] · W_dec[m, idx[m,r,i]] by gathering atoms: float32[M, R, D] (no [R, K] codes)."""
     n_models, n_latents, d_in = w_dec_MKD.shape
     flat = _flat_ids(idx_MRk, n_latents)
-    out = F.embedding_bag(flat, w_dec_MKD.reshape(n_models * n_latents, d_in), mode="sum",
-                          per_sample_weights=vals_MRk.reshape(flat.shape).to(w_dec_MKD.dtype))
+    out = _CombineAtoms.apply(flat, w_dec_MKD.reshape(n_models * n_latents, d_in),
+                              vals_MRk.reshape(flat.shape).to(w_dec_MKD.dtype))
     return out.reshape(n_models, idx_MRk.shape[1], d_in)
 
 
@@ -158,7 +185,9 @@ class _TopKEncode(torch.autograd.Function):
             own = dead_mask.index_select(1, dead_ids)[:, None, :]
             if not bool(own.all()):
                 dead_pre = dead_pre.masked_fill(~own, -math.inf)
-            aux_vals, position = dead_pre.topk(min(k_aux, dead_ids.numel()), dim=2, sorted=False)
+            # sorted: the order of the selected latents (the order AuxK sums them in) must not depend on
+            # the other models' dead latents, which widen dead_pre
+            aux_vals, position = dead_pre.topk(min(k_aux, dead_ids.numel()), dim=2, sorted=True)
             aux_idx = dead_ids[position]
             aux_own = torch.isfinite(aux_vals)
             aux_vals = aux_vals.clamp_min(0.0)
