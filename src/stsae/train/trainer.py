@@ -96,6 +96,12 @@ def variant_spec(cfg: TrainSection, variant: str) -> VariantSpec:
     return VariantSpec(weights.model_copy(update=dict.fromkeys(zeroed, 0.0)), variant != "no_renorm")
 
 
+def model_recipe(cfg: TrainSection) -> dict[str, Any]:
+    """The train settings that shape a model's weights: all but `fused_grid`, which only schedules
+    models (a member of a group trains exactly as it would alone), so switching it retrains nothing."""
+    return cfg.model_dump(mode="json", exclude={"fused_grid"})
+
+
 def train_row_sample(data: WindowTripletDataset, max_rows: int, seed: int) -> np.ndarray:
     """float32[N, 512] distinct train rows (both ends of every pair), at most `max_rows`, seeded."""
     rows = np.unique(data.pairs.ravel())
@@ -509,7 +515,7 @@ class FusedTrainer:
     # ---- checkpoints ----------------------------------------------------------------------------
     def settings(self) -> dict[str, Any]:
         """What a checkpoint must match to be resumed (else it is stale and ignored)."""
-        return {"d_dict": self.d_dict, "steps": self.total_steps, "train_config": self.cfg.model_dump(mode="json"),
+        return {"d_dict": self.d_dict, "steps": self.total_steps, "train_config": model_recipe(self.cfg),
                 "embeddings": self.embeddings, "world_size": self.world,
                 "members": [{"variant": m.variant, "seed": m.seed, "n_train_pairs": len(m.train),
                              "n_val_pairs": 0 if m.val is None else len(m.val)} for m in self.members]}
