@@ -247,6 +247,17 @@ def _ddp_worker(rank: int, init_file: str, out: str) -> None:
     dist.destroy_process_group()
 
 
+def _ddp_group_worker(rank: int, init_file: str, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    z, z_aug, index, _ = planted(n_records=20)
+    group = FusedTrainer(_group_members(*datasets(z, z_aug, index))[:3], small_cfg(), 32, steps=15)
+    group.train()
+    if rank == 0:
+        torch.save({f"{i}.{k}": v for i in range(3) for k, v in group.stack.member_tensors(i).items()}, out)
+    dist.destroy_process_group()
+
+
 @pytest.mark.slow
 def test_ddp_with_two_gloo_processes_matches_one_process(tmp_path):
     out = tmp_path / "ddp.pt"
@@ -324,3 +335,16 @@ def test_a_member_stopped_early_stops_changing_while_the_others_train():
     assert torch.equal(group.since_fired[0], counters)
     assert not torch.equal(moving["W_dec"], group.stack.member_tensors(1)["W_dec"])
     assert group.result(0)[1]["steps_run"] == 5 and group.result(1)[1]["steps_run"] == 30
+
+
+@pytest.mark.slow
+def test_ddp_fused_group_with_two_gloo_processes_matches_one_process(tmp_path):
+    out = tmp_path / "ddp.pt"
+    mp.spawn(_ddp_group_worker, args=(str(tmp_path / "init"), str(out)), nprocs=2, join=True)
+    z, z_aug, index, _ = planted(n_records=20)
+    single = FusedTrainer(_group_members(*datasets(z, z_aug, index))[:3], small_cfg(), 32, steps=15)
+    single.train()
+    ddp = torch.load(out, weights_only=True)
+    for i in range(3):
+        for name, value in single.stack.member_tensors(i).items():
+            assert torch.allclose(ddp[f"{i}.{name}"], value, atol=1e-4), (i, name)
