@@ -188,3 +188,14 @@ def test_a_group_only_trains_its_unfinished_members(tmp_path):
     facts = json.loads(run_dir.manifest.read_text())["train"]
     assert facts["fused_groups"] == [2]
     assert sorted(facts["models_skipped"]) == ["stsae-vanilla-K16-s0", "stsae-vanilla-K16-s1"]
+
+
+def test_fused_groups_split_large_dictionaries_by_their_latent_budget(monkeypatch):
+    from stsae.stages import train as train_stage
+
+    monkeypatch.setattr(train_stage, "FUSED_LATENTS", 32)
+    entries = [GridEntry("full", 16, 0), GridEntry("vanilla", 16, 0), GridEntry("full", 16, 1),
+               GridEntry("full", 8, 0), GridEntry("full", 64, 0)]
+    groups = train_stage._groups(entries, fused=True)
+    assert [len(g) for g in groups] == [2, 1, 1, 1]
+    assert train_stage._groups(entries, fused=False) == [[e] for e in entries]

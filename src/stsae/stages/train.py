@@ -31,6 +31,8 @@ from stsae.utils.dist import is_main_process, process_group, world_size
 
 log = logging.getLogger(__name__)
 
+FUSED_LATENTS = 8192  # latents (M·K) per fused group: 64 models at K=128, 2 at K=4096, K=8192 alone
+
 
 CONTRACT = StageContract(
     name="train", help="Train the ST-SAE grid: full, five ablations, K-sweep, seeds.",
@@ -59,13 +61,20 @@ def set_aside_stale(run_dir: RunDir, current: set[str]) -> list[str]:
 
 
 def _groups(entries: list[GridEntry], fused: bool) -> list[list[GridEntry]]:
-    """Entries to train together: all of one K in one group (train.fused_grid), else one per group."""
+    """Entries to train together: those of one K (train.fused_grid), at most FUSED_LATENTS // K per group,
+    else one per group. Fusing pays at small K, where a step is per-op overhead; at large K a step is
+    GEMM-bound and a group's memory (weights, Adam moments, [M, 3B, K] codes) grows with M·K, so large
+    dictionaries train in small groups or alone. Grouping never changes a model's weights."""
     if not fused:
         return [[entry] for entry in entries]
     by_size: dict[int, list[GridEntry]] = {}
     for entry in entries:
         by_size.setdefault(entry.d_dict, []).append(entry)
-    return list(by_size.values())
+    groups = []
+    for size, members in by_size.items():
+        per_group = max(1, FUSED_LATENTS // size)
+        groups += [members[start:start + per_group] for start in range(0, len(members), per_group)]
+    return groups
 
 
 def _train_group(ctx: StageContext, group: list[GridEntry],
