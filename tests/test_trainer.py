@@ -292,6 +292,8 @@ def test_each_member_of_a_fused_group_equals_the_model_trained_alone():
             assert torch.equal(value, model.tensors()[name]), (member.variant, name)
         assert metrics["val"]["val_ev"] == alone_metrics["val"]["val_ev"]
         assert metrics["dead_fraction_train"] == alone_metrics["dead_fraction_train"]
+        reported = {k: v for k, v in metrics["train_last"].items() if k != "triplets_per_s"}
+        assert reported == pytest.approx({k: alone_metrics["train_last"][k] for k in reported}, rel=1e-5)
 
 
 def test_killed_and_resumed_group_gives_identical_weights(tmp_path):

@@ -376,12 +376,11 @@ class FusedTrainer:
         return self._report(terms, active)
 
     def _report(self, terms: LossTerms, active: list[bool]) -> list[dict[str, float]]:
-        """Per-member loss terms as a model trained alone reports them: a term its variant does not use is
-        0 (AuxK too while it has no dead latent), whatever the group computed for other members."""
+        """Per-member loss terms as a model trained alone reports them: a term its variant does not weigh
+        is 0, whatever the group computed for other members (AuxK is already 0 without dead latents)."""
         values_MT = self._sum(torch.stack([t.detach().float() for t in terms], 1)).cpu()
         used_MT = self.weights_MT > 0
         used_MT[:, LossTerms._fields.index("sp")] = True
-        used_MT[:, LossTerms._fields.index("auxk")] &= values_MT[:, LossTerms._fields.index("auxk")] != 0
         values_MT = values_MT * used_MT
         totals = LossTerms(*values_MT.unbind(1)).total(self.weights_MT)
         dead = (self.since_fired >= self.cfg.dead_after_samples).float().mean(1).cpu()
