@@ -6,6 +6,16 @@ ratios; absolute figures depend on the machine and its load.
 
     .venv/bin/python benchmarks/bench_train.py [--threads 2] [--steps 5] [--out benchmarks/results/train.json]
     .venv/bin/python benchmarks/bench_train.py --fused 12 [--threads 2] [--out benchmarks/results/train_fused.json]
+
+Measured 2026-11-30 with --fused 12 (demo grid at K=128: 6 variants x 2 seeds, batch 256, 4973 train
+pairs), on the 2-core machine shared with other jobs (1-min load average 5-10, so absolute seconds are
+~5-10x an idle run's):
+- --threads 1, 600 steps: one by one 1060.5 s, fused 555.5 s (x1.91); weights identical.
+- --threads 1, 150 steps: one by one 72.8 s, fused 68.5 s (x1.06); weights identical.
+- paired rounds of 5 steps (12 single steps vs 1 fused step, same process): x0.84-1.11 at 1 thread,
+  x2.2-3.6 at 2 threads. At one thread a K=128 step is mostly compute (top-k, the encoder GEMM, gathers,
+  elementwise loss terms, all x12 in a fused step), so fusing mostly saves per-op and thread-pool
+  overhead: the gain grows with threads and shrinks with K. Not yet measured on an idle machine.
 """
 
 from __future__ import annotations
