@@ -176,11 +176,11 @@ class FusedTrainer:
         self.members, self.cfg, self.d_dict, self.device = list(members), cfg, d_dict, device
         self.total_steps = steps if steps is not None else cfg.steps
         self.checkpoint, self.embeddings = checkpoint, embeddings
-        self.specs = [variant_spec(cfg, m.variant) for m in self.members]
+        specs = [variant_spec(cfg, m.variant) for m in self.members]
         self.stack = StackedSTSAE([self._initial_model(m) for m in self.members]).to(device)
-        self.weights_MT = torch.tensor([term_weights(s.weights, cfg.activation) for s in self.specs])
+        self.weights_MT = torch.tensor([term_weights(s.weights, cfg.activation) for s in specs])
         self._weights_on_device = self.weights_MT.to(device)
-        self.renorm = torch.tensor([s.renorm for s in self.specs], device=device)
+        self.renorm = torch.tensor([s.renorm for s in specs], device=device)
         self.use_auxk = self.weights_MT[:, LossTerms._fields.index("auxk")].to(device) > 0
         self.base_lr = [cfg.lr_for(d_dict)] * len(self.members)
         params = dict(self.stack.named_parameters())
@@ -192,13 +192,18 @@ class FusedTrainer:
         self.progress = [MemberProgress() for _ in self.members]
         self._epoch_cache: dict[int, tuple[int, np.ndarray]] = {}
         self.val_ids = [self._val_subset(m) for m in self.members]
-        used = self.weights_MT.amax(0)
-        self.parts = {"smooth": 1} if used[LossTerms._fields.index("smooth")] > 0 else {}
-        if used[LossTerms._fields.index("stab")] > 0:
-            self.parts["stab"] = 1 + len(self.parts)
-        self.uses_div = bool(used[LossTerms._fields.index("div")] > 0)
+        self.parts, self.uses_div = self._plan_terms()
         if checkpoint is not None and checkpoint.is_file():
             self._load_checkpoint(checkpoint)
+
+    def _plan_terms(self) -> tuple[dict[str, int], bool]:
+        """Which triplet parts the group encodes ({"smooth": index of z_t+1, "stab": index of z_aug_t},
+        z_t being part 0) and whether it computes L_div: whatever some member weighs."""
+        used = self.weights_MT.amax(0)
+        parts = {"smooth": 1} if used[LossTerms._fields.index("smooth")] > 0 else {}
+        if used[LossTerms._fields.index("stab")] > 0:
+            parts["stab"] = 1 + len(parts)
+        return parts, bool(used[LossTerms._fields.index("div")] > 0)
 
     def _initial_model(self, member: Member) -> STSAE:
         """Member's starting weights, exactly as a model trained alone starts."""
@@ -615,9 +620,6 @@ class Trainer:
 
     def update(self) -> dict[str, float]:
         return self.group.update()[0]
-
-    def evaluate(self) -> dict[str, float]:
-        return self.group.evaluate(0)
 
     def train(self, until: int | None = None) -> None:
         self.group.train(until)
