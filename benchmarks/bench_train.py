@@ -1,8 +1,21 @@
 """ST-SAE training throughput: triplets/s per K, GFLOP/s vs this machine's fp32 GEMM, sparse vs dense
-Top-K decode, fp32 vs bf16, and the demo grid's estimated wall time. All numbers come from one run, so
-compare the ratios; absolute figures depend on the machine and its load.
+Top-K decode, fp32 vs bf16, and the demo grid's estimated wall time; or, with `--fused M`, the first M
+models of the demo grid at its K trained one by one and then as one fused group (wall time ratio, and
+whether every member's weights came out identical). All numbers come from one run, so compare the
+ratios; absolute figures depend on the machine and its load.
 
     .venv/bin/python benchmarks/bench_train.py [--threads 2] [--steps 5] [--out benchmarks/results/train.json]
+    .venv/bin/python benchmarks/bench_train.py --fused 12 [--threads 2] [--out benchmarks/results/train_fused.json]
+
+Measured 2026-11-30 with --fused 12 (demo grid at K=128: 6 variants x 2 seeds, batch 256, 4973 train
+pairs), on the 2-core machine shared with other jobs (1-min load average 5-10, so absolute seconds are
+~5-10x an idle run's):
+- --threads 1, 600 steps: one by one 1060.5 s, fused 555.5 s (x1.91); weights identical.
+- --threads 1, 150 steps: one by one 72.8 s, fused 68.5 s (x1.06); weights identical.
+- paired rounds of 5 steps (12 single steps vs 1 fused step, same process): x0.84-1.11 at 1 thread,
+  x2.2-3.6 at 2 threads. At one thread a K=128 step is mostly compute (top-k, the encoder GEMM, gathers,
+  elementwise loss terms, all x12 in a fused step), so fusing mostly saves per-op and thread-pool
+  overhead: the gain grows with threads and shrinks with K. Not yet measured on an idle machine.
 """
 
 from __future__ import annotations
@@ -20,7 +33,7 @@ import torch
 from stsae.config import TrainSection, load_config
 from stsae.data.dataset import WindowTripletDataset
 from stsae.train.grid import build_grid
-from stsae.train.trainer import Trainer, variant_spec
+from stsae.train.trainer import FusedTrainer, Member, Trainer, variant_spec
 from stsae.utils import io
 
 D = 512
@@ -71,13 +84,54 @@ def counted_flops(cfg: TrainSection, variant: str, d_dict: int) -> float:
     return 2 * rows * D * d_dict + div
 
 
+def fused_vs_sequential(n_models: int, steps: int | None) -> dict:
+    """Wall seconds of the first `n_models` demo-grid models at the demo's K trained one by one, then as
+    one fused group, on demo-sized data (~5.1k train pairs, validation included); same seeds, so every
+    member must come out with the weights it got alone."""
+    demo = load_config(Path("configs/demo.yaml")).train
+    train, val = synthetic(6000)
+    entries = [e for e in build_grid(demo) if e.d_dict == demo.d_dict][:n_models]
+    members = [Member(e.variant, e.seed, train, val) for e in entries]
+    total = demo.steps if steps is None else steps
+    t0 = time.perf_counter()
+    alone = []
+    for member in members:
+        trainer = Trainer(train, val, demo, member.variant, demo.d_dict, member.seed, steps=total)
+        trainer.train()
+        alone.append(trainer.result()[0].tensors())
+    sequential = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    group = FusedTrainer(members, demo, demo.d_dict, steps=total)
+    group.train()
+    fused = time.perf_counter() - t0
+    identical = all(torch.equal(value, group.result(i)[0].tensors()[name])
+                    for i, tensors in enumerate(alone) for name, value in tensors.items())
+    return {"models": [f"{e.variant}-s{e.seed}" for e in entries], "d_dict": demo.d_dict, "steps": total,
+            "batch_size": demo.batch_size, "train_pairs": len(train), "sequential_s": sequential,
+            "fused_s": fused, "speedup": sequential / fused, "identical_weights": identical}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/train.json"))
+    parser.add_argument("--steps", type=int, default=None,
+                        help="steps per timing (default 5), or per model with --fused (default: the demo's)")
+    parser.add_argument("--fused", type=int, default=0, metavar="M",
+                        help="only compare M demo-grid models trained one by one vs as one fused group")
+    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.fused:
+        load_before = os.getloadavg()[0]
+        fused = fused_vs_sequential(args.fused, args.steps)
+        fused.update(threads=args.threads, load_average_1min_before=load_before,
+                     load_average_1min_after=os.getloadavg()[0])
+        print(f"{args.fused} models K={fused['d_dict']}, {fused['steps']} steps: one by one "
+              f"{fused['sequential_s']:.1f} s, fused {fused['fused_s']:.1f} s (x{fused['speedup']:.2f}), "
+              f"identical weights: {fused['identical_weights']}")
+        io.write_json(args.out or Path("benchmarks/results/train_fused.json"), fused)
+        return
+    args.steps = args.steps or 5
     train, _ = synthetic()
     demo = load_config(Path("configs/demo.yaml")).train
     cfg = demo.model_copy(update={"d_dict_sweep": list(SIZES)})
@@ -109,7 +163,7 @@ def main() -> None:
     result["load_average_1min_after"] = os.getloadavg()[0]
     print(f"demo grid ({len(build_grid(demo))} models, {demo.steps} steps): ~{estimate:.0f} s estimated; "
           f"load average {load_before:.1f} -> {result['load_average_1min_after']:.1f}")
-    io.write_json(args.out, result)
+    io.write_json(args.out or Path("benchmarks/results/train.json"), result)
 
 
 if __name__ == "__main__":

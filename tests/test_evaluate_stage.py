@@ -18,6 +18,7 @@ from stsae.pipeline.runner import StageContext
 from stsae.rundir import RunDir
 from stsae.stages import baselines as baselines_stage
 from stsae.stages import evaluate as evaluate_stage
+from stsae.train.trainer import Member
 from stsae.utils import io
 from test_registry import write_stsae
 
@@ -128,14 +129,18 @@ def test_stability_refits_train_on_half_the_train_patients(run_dir_with_models: 
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[int] = []
 
-    def fake_fit_stsae(train, val, cfg, variant, d_dict, seed, checkpoint=None, steps=None):
-        seen.append(len(np.unique(train.pairs[:, 0] // PER_PATIENT)))
-        assert (variant, d_dict, steps) == ("full", 32, 7) and val is None
-        model = STSAE(512, d_dict, "topk", cfg.k, generator=torch.Generator().manual_seed(seed))
-        model.init_from_data(np.asarray(train.z[:50]), torch.Generator().manual_seed(seed))
-        return model, {}
+    def fake_fit_group(members, cfg, d_dict, steps=None):
+        fitted = []
+        for member in members:
+            seen.append(len(np.unique(member.train.pairs[:, 0] // PER_PATIENT)))
+            assert (member.variant, d_dict, steps) == ("full", 32, 7) and member.val is None
+            model = STSAE(512, d_dict, "topk", cfg.k, generator=torch.Generator().manual_seed(member.seed))
+            model.init_from_data(np.asarray(member.train.z[:50]), torch.Generator().manual_seed(member.seed))
+            fitted.append((model, {}))
+        return fitted
 
-    monkeypatch.setitem(sys.modules, "stsae.train.trainer", types.SimpleNamespace(fit_stsae=fake_fit_stsae))
+    monkeypatch.setitem(sys.modules, "stsae.train.trainer",
+                        types.SimpleNamespace(fit_group=fake_fit_group, Member=Member))
     from stsae.data.store import load_embeddings
     from stsae.models.registry import list_models
 
@@ -151,11 +156,12 @@ def test_subsample_refits_default_to_the_main_models_step_budget(run_dir_with_mo
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     seen_steps: list[int | None] = []
 
-    def fake_fit_stsae(train, val, cfg, variant, d_dict, seed, checkpoint=None, steps=None):
+    def fake_fit_group(members, cfg, d_dict, steps=None):
         seen_steps.append(steps)
         raise StopIteration
 
-    monkeypatch.setitem(sys.modules, "stsae.train.trainer", types.SimpleNamespace(fit_stsae=fake_fit_stsae))
+    monkeypatch.setitem(sys.modules, "stsae.train.trainer",
+                        types.SimpleNamespace(fit_group=fake_fit_group, Member=Member))
     from stsae.data.store import load_embeddings
     from stsae.models.registry import list_models
 

@@ -17,6 +17,7 @@ from stsae.train.losses import (
     l_smooth,
     l_sp,
     l_stab,
+    term_weights,
 )
 
 
@@ -100,5 +101,23 @@ def test_total_counts_sparsity_only_for_relu_and_auxk_only_for_topk():
     one = torch.tensor(1.0)
     terms = LossTerms(one, one, one, one, one, one)
     weights = LossWeights(sp=0.5, div=0.1, stab=0.2, smooth=0.3, auxk=0.4)
-    assert torch.isclose(terms.total(weights, "relu"), torch.tensor(1 + 0.5 + 0.1 + 0.2 + 0.3))
-    assert torch.isclose(terms.total(weights, "topk"), torch.tensor(1 + 0.1 + 0.2 + 0.3 + 0.4))
+    relu, topk = (torch.tensor(term_weights(weights, activation)) for activation in ("relu", "topk"))
+    assert torch.isclose(terms.total(relu), torch.tensor(1 + 0.5 + 0.1 + 0.2 + 0.3))
+    assert torch.isclose(terms.total(topk), torch.tensor(1 + 0.1 + 0.2 + 0.3 + 0.4))
+
+
+def test_every_term_reduces_per_model_over_a_leading_model_axis():
+    """Stacked models (float32[M, B, K]) get one loss each, equal to the loss of their own slice."""
+    gen = torch.Generator().manual_seed(0)
+    x, x_hat = torch.randn(3, 20, 8, generator=gen), torch.randn(3, 20, 8, generator=gen)
+    f, g = torch.randn(3, 20, 16, generator=gen).relu(), torch.randn(3, 20, 16, generator=gen).relu()
+    w_dec = torch.randn(3, 16, 8, generator=gen)
+    sample = torch.stack([torch.randperm(16, generator=gen)[:5] for _ in range(3)])
+    for m in range(3):
+        assert torch.allclose(l_rec(x, x_hat)[m], l_rec(x[m], x_hat[m]))
+        assert torch.allclose(l_sp(f)[m], l_sp(f[m]))
+        assert torch.allclose(l_stab(f, g)[m], l_stab(f[m], g[m]))
+        assert torch.allclose(l_smooth(f, g)[m], l_smooth(f[m], g[m]))
+        assert torch.allclose(l_auxk(x, x_hat)[m], l_auxk(x[m], x_hat[m]))
+        assert torch.allclose(l_div(w_dec)[m], l_div(w_dec[m]))
+        assert torch.allclose(l_div(w_dec, sample)[m], l_div(w_dec[m], sample[m]))

@@ -19,7 +19,7 @@ from stsae.config import load_config
 from stsae.models.papagei import random_papagei_s
 from stsae.pipeline import runner
 from stsae.rundir import RunDir
-from stsae.train.trainer import Trainer
+from stsae.train.trainer import FusedTrainer
 from stsae.utils import io
 
 pytestmark = pytest.mark.slow
@@ -84,17 +84,17 @@ def test_changing_the_run_seed_retrains_the_models(run_copy, tmp_path):
 
 def test_a_checkpoint_of_a_killed_train_is_not_resumed_after_the_augmentation_changed(
         run_copy, tmp_path, monkeypatch):
-    save = Trainer.save_checkpoint
+    save = FusedTrainer.save_checkpoint
 
     def save_then_die(self, path):
         save(self, path)
         raise KeyboardInterrupt("killed mid-training")
 
-    monkeypatch.setattr(Trainer, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(FusedTrainer, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         _run(run_copy, ["train.steps=31"])
     assert list((run_copy / "models" / "checkpoints").glob("*.safetensors"))
-    monkeypatch.setattr(Trainer, "save_checkpoint", save)
+    monkeypatch.setattr(FusedTrainer, "save_checkpoint", save)
     change = ["train.steps=31", "data.augment.noise_std=0.2"]
     assert _run(run_copy, change) == ["extract", "train"]
     _assert_like_clean_run(run_copy, change, tmp_path)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from stsae.errors import StsaeError
-from stsae.models.stsae import STSAE, effective_rank, input_statistics
+from stsae.models.stsae import STSAE, StackedSTSAE, effective_rank, input_statistics
 
 D = 512
 
@@ -100,7 +100,7 @@ def test_unscaled_data_row_atoms_overshoot_and_the_fitted_scale_removes_it():
         model = STSAE(D, 256, "topk", 32, generator=gen)
         model.init_from_data(z.numpy(), gen, init="data", fit_scale=fit_scale)
         x = model.standardise(z)
-        return float((x - model(z).x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
+        return float((x - model.decode_codes(model.codes(x))).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
 
     assert first_l_rec(False) > 5
     assert first_l_rec(True) < 1
@@ -137,18 +137,21 @@ def test_relu_codes_are_nonnegative_and_dense_shaped():
     assert f.shape == (400, 64) and f.min() >= 0 and (f > 0).any()
 
 
-def test_forward_reconstruction_is_in_raw_space():
+def test_decode_of_encode_is_the_standardised_reconstruction_in_raw_space():
     model = _model()
     z = torch.from_numpy(_data(seed=2))
-    out = model(z)
-    assert torch.allclose(out.z_hat, model.decode(out.f), atol=1e-3)
-    assert torch.allclose(out.z_hat, out.x_hat * model.input_scale + model.input_mean, atol=1e-4)
+    x_hat = model.decode_codes(model.codes(model.standardise(z)))
+    assert torch.allclose(model.decode(model.encode(z)), x_hat * model.input_scale + model.input_mean, atol=1e-3)
+
+
+def _reconstruction(model: STSAE, z: torch.Tensor) -> torch.Tensor:
+    return model.decode_codes(model.codes(model.standardise(z)))
 
 
 def test_sparse_decode_equals_dense_decode():
     z = torch.from_numpy(_data(seed=3))
-    sparse, dense = _model(sparse=True), _model(sparse=False)
-    assert torch.allclose(sparse(z).x_hat, dense(z).x_hat, atol=1e-5)
+    assert torch.allclose(_reconstruction(_model(sparse=True), z), _reconstruction(_model(sparse=False), z),
+                          atol=1e-5)
 
 
 def _dense_reference(model: STSAE, x: torch.Tensor, dead: torch.Tensor, k_aux: int) -> torch.Tensor:
@@ -240,3 +243,63 @@ def test_load_refuses_sidecar_that_disagrees_with_weights(tmp_path):
 def test_encode_refuses_wrong_width_naming_expected_shape():
     with pytest.raises(StsaeError, match="512"):
         _model().encode(torch.zeros(3, 100))
+
+
+def _members(n: int = 3, activation: str = "topk") -> list[STSAE]:
+    models = []
+    for seed in range(n):
+        gen = torch.Generator().manual_seed(seed)
+        model = STSAE(D, 64, activation, 8, generator=gen)
+        model.init_from_data(_data(seed=seed), gen)
+        models.append(model)
+    return models
+
+
+@pytest.mark.parametrize("activation", ["topk", "relu"])
+def test_stacked_forward_gives_each_member_its_own_codes_and_reconstruction(activation):
+    """Each member sees only its own rows and weights: stacking must not mix models."""
+    models = _members(activation=activation)
+    stack = StackedSTSAE(models)
+    z_MTBD = torch.stack([torch.from_numpy(_data(n=96, seed=10 + m)).view(3, 32, D) for m in range(3)])
+    x_MTBD = stack.standardise(z_MTBD)
+    out = stack(x_MTBD)
+    for m, model in enumerate(models):
+        x_RD = model.standardise(z_MTBD[m].reshape(96, D))
+        codes = model.codes(x_RD)
+        assert torch.allclose(out.f[m].reshape(96, 64), codes.f, atol=1e-5)
+        assert torch.allclose(out.x_hat[m], model.decode_codes(codes, rows=32), atol=1e-5)
+
+
+def test_stacked_auxk_picks_only_each_members_own_dead_latents_and_pads_with_zero_gradient():
+    stack = StackedSTSAE(_members())
+    dead = torch.zeros(3, 64, dtype=torch.bool)
+    dead[0, :20] = True  # member 0: 20 dead, member 1: 3 dead, member 2: none
+    dead[1, 40:43] = True
+    x = stack.standardise(torch.from_numpy(_data(n=32, seed=5)).expand(3, 32, D)[:, None])
+    out = stack(x, dead, k_aux=8)
+    aux_idx, aux_vals = out.codes.aux_idx, out.codes.aux_vals
+    assert aux_idx.shape == (3, 32, 8)
+    assert dead[0][aux_idx[0]].all()
+    own = dead[1][aux_idx[1]]
+    assert own.sum(1).eq(3).all() and (aux_vals[1][~own] == 0).all() and (aux_vals[2] == 0).all()
+    stack.aux_reconstruction(out.codes).pow(2).sum().backward()
+    touched = stack.W_enc.grad.abs().sum(2) > 0
+    assert not touched[2].any() and not touched[1][:40].any() and not touched[1][43:].any()
+
+
+def test_member_views_share_storage_with_the_stack():
+    stack = StackedSTSAE(_members(2))
+    member = stack.member(1)
+    with torch.no_grad():
+        member.W_dec.mul_(2.0)
+    assert torch.equal(stack.W_dec[1], member.W_dec) and not torch.equal(stack.W_dec[0], member.W_dec)
+    copy = stack.standalone(1)
+    with torch.no_grad():
+        copy.W_dec.zero_()
+    assert stack.W_dec[1].abs().sum() > 0
+
+
+def test_a_group_of_different_architectures_is_refused():
+    gen = torch.Generator().manual_seed(0)
+    with pytest.raises(StsaeError, match="one architecture"):
+        StackedSTSAE([STSAE(D, 64, "topk", 8, generator=gen), STSAE(D, 32, "topk", 8, generator=gen)])

@@ -159,3 +159,43 @@ def test_a_model_file_damaged_after_training_is_retrained_not_kept(tmp_path):
     path.write_bytes(good[:-8] + bytes(8))
     run(_ctx(run_dir, _config()), only=["full", "K=8"])
     assert path.read_bytes() == good
+
+
+def test_fused_and_one_by_one_training_write_byte_identical_models(tmp_path):
+    """train.fused_grid only schedules: each model of a fused group gets exactly its lone weights."""
+    fused, single = _run_dir(tmp_path / "fused"), _run_dir(tmp_path / "single")
+    run(_ctx(fused, _config(fused_grid=True)))
+    run(_ctx(single, _config(fused_grid=False)))
+    facts = json.loads(fused.manifest.read_text())["train"]
+    assert facts["fused_groups"] == [4, 1]
+    assert json.loads(single.manifest.read_text())["train"]["fused_groups"] == [1] * 5
+    for entry in build_grid(_config().train):
+        a, b = (d.stsae_checkpoint(entry.variant, entry.d_dict, entry.seed) for d in (fused, single))
+        assert a.read_bytes() == b.read_bytes(), a.name
+
+
+def test_switching_fused_grid_retrains_nothing(tmp_path):
+    run_dir = _run_dir(tmp_path)
+    run(_ctx(run_dir, _config()), only=["K=8"])
+    run(_ctx(run_dir, _config(fused_grid=False)), only=["K=8"])
+    assert json.loads(run_dir.manifest.read_text())["train"]["models_skipped"] == ["stsae-full-K8-s0"]
+
+
+def test_a_group_only_trains_its_unfinished_members(tmp_path):
+    run_dir = _run_dir(tmp_path)
+    run(_ctx(run_dir, _config()), only=["vanilla", "K=16"])
+    run(_ctx(run_dir, _config()), only=["K=16"])
+    facts = json.loads(run_dir.manifest.read_text())["train"]
+    assert facts["fused_groups"] == [2]
+    assert sorted(facts["models_skipped"]) == ["stsae-vanilla-K16-s0", "stsae-vanilla-K16-s1"]
+
+
+def test_fused_groups_split_large_dictionaries_by_their_latent_budget(monkeypatch):
+    from stsae.stages import train as train_stage
+
+    monkeypatch.setattr(train_stage, "FUSED_LATENTS", 32)
+    entries = [GridEntry("full", 16, 0), GridEntry("vanilla", 16, 0), GridEntry("full", 16, 1),
+               GridEntry("full", 8, 0), GridEntry("full", 64, 0)]
+    groups = train_stage._groups(entries, fused=True)
+    assert [len(g) for g in groups] == [2, 1, 1, 1]
+    assert train_stage._groups(entries, fused=False) == [[e] for e in entries]

@@ -1,4 +1,4 @@
-"""Trainer: planted-dictionary recovery, the temporal/stability losses' effects, decoder geometry,
+"""Trainer: planted-dictionary recovery, the temporal/stability losses' effects, decoder geometry, fused groups,
 exact resume, checkpoint refusal, and DDP equivalence — all on synthetic triplets built here."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from stsae.config import LossWeights, TrainSection
 from stsae.data.dataset import WindowTripletDataset
 from stsae.errors import StsaeError
 from stsae.eval.temporal import lag1_autocorrelation
-from stsae.train.trainer import Trainer, fit_stsae, variant_spec
+from stsae.train.trainer import FusedTrainer, Member, Trainer, fit_group, fit_stsae, variant_spec
 
 D = 512
 
@@ -247,6 +247,17 @@ def _ddp_worker(rank: int, init_file: str, out: str) -> None:
     dist.destroy_process_group()
 
 
+def _ddp_group_worker(rank: int, init_file: str, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    z, z_aug, index, _ = planted(n_records=20)
+    group = FusedTrainer(_group_members(*datasets(z, z_aug, index))[:3], small_cfg(), 32, steps=15)
+    group.train()
+    if rank == 0:
+        torch.save({f"{i}.{k}": v for i in range(3) for k, v in group.stack.member_tensors(i).items()}, out)
+    dist.destroy_process_group()
+
+
 @pytest.mark.slow
 def test_ddp_with_two_gloo_processes_matches_one_process(tmp_path):
     out = tmp_path / "ddp.pt"
@@ -258,3 +269,84 @@ def test_ddp_with_two_gloo_processes_matches_one_process(tmp_path):
     for name, value in single.model.tensors().items():
         assert torch.allclose(ddp[name], value, atol=1e-4), name
     assert torch.allclose(ddp["W_dec"].norm(dim=1), torch.ones(32), atol=1e-5)
+
+
+def _group_members(train, val) -> list[Member]:
+    """Variants that differ in every way a member can: loss terms (vanilla, no_smooth), decoder
+    renormalisation (no_renorm) and seed (batch order, initialisation, AuxK dead sets)."""
+    return [Member("full", 0, train, val), Member("no_renorm", 1, train, val), Member("vanilla", 0, train, val),
+            Member("no_smooth", 2, train, val)]
+
+
+def test_each_member_of_a_fused_group_equals_the_model_trained_alone():
+    """Exact on CPU fp32: members never mix (per-model GEMMs, gathers and reductions summed in the same
+    order as alone), and a term a member does not weigh (no_smooth's L_smooth, vanilla's L_div/L_stab,
+    computed for the others) gives it exactly zero gradient."""
+    z, z_aug, index, _ = planted(n_records=20)
+    train, val = datasets(z, z_aug, index)
+    cfg = small_cfg(steps=30, eval_every=10, dead_after_samples=1000)  # AuxK active from step 8
+    members = _group_members(train, val)
+    for member, (model, metrics) in zip(members, fit_group(members, cfg, 32), strict=True):
+        alone, alone_metrics = fit_stsae(train, val, cfg, member.variant, 32, member.seed)
+        for name, value in alone.tensors().items():
+            assert torch.equal(value, model.tensors()[name]), (member.variant, name)
+        assert metrics["val"]["val_ev"] == alone_metrics["val"]["val_ev"]
+        assert metrics["dead_fraction_train"] == alone_metrics["dead_fraction_train"]
+        reported = {k: v for k, v in metrics["train_last"].items() if k != "triplets_per_s"}
+        assert reported == pytest.approx({k: alone_metrics["train_last"][k] for k in reported}, rel=1e-5)
+
+
+def test_killed_and_resumed_group_gives_identical_weights(tmp_path):
+    z, z_aug, index, _ = planted(n_records=20)
+    train, val = datasets(z, z_aug, index)
+    cfg = small_cfg(checkpoint_every=10, eval_every=10)
+    members = _group_members(train, val)[:3]
+    straight = FusedTrainer(members, cfg, 32, steps=30)
+    straight.train()
+    ckpt = tmp_path / "group.safetensors"
+    FusedTrainer(members, cfg, 32, steps=30, checkpoint=ckpt).train(until=15)  # "killed" at 15
+    resumed = FusedTrainer(members, cfg, 32, steps=30, checkpoint=ckpt)
+    assert resumed.step == 10
+    resumed.train()
+    for i in range(len(members)):
+        for name, value in straight.result(i)[0].tensors().items():
+            assert torch.equal(value, resumed.result(i)[0].tensors()[name]), (i, name)
+        assert resumed.progress[i].history == straight.progress[i].history
+
+
+def test_a_group_checkpoint_is_not_resumed_by_a_group_of_other_members(tmp_path):
+    z, z_aug, index, _ = planted(n_records=20)
+    train, val = datasets(z, z_aug, index)
+    ckpt = tmp_path / "group.safetensors"
+    members = _group_members(train, val)
+    FusedTrainer(members[:2], small_cfg(checkpoint_every=5), 32, steps=10, checkpoint=ckpt).train()
+    assert FusedTrainer(members[1:3], small_cfg(checkpoint_every=5), 32, steps=10, checkpoint=ckpt).step == 0
+
+
+def test_a_member_stopped_early_stops_changing_while_the_others_train():
+    z, z_aug, index, _ = planted(n_records=20)
+    train, val = datasets(z, z_aug, index)
+    group = FusedTrainer(_group_members(train, val)[:2], small_cfg(), 32, steps=30)
+    for _ in range(5):
+        group.update()
+    group.progress[0].stopped_at = group.step
+    frozen, counters = group.stack.member_tensors(0), group.since_fired[0].clone()
+    moving = group.stack.member_tensors(1)
+    group.train()
+    assert all(torch.equal(v, group.stack.member_tensors(0)[k]) for k, v in frozen.items())
+    assert torch.equal(group.since_fired[0], counters)
+    assert not torch.equal(moving["W_dec"], group.stack.member_tensors(1)["W_dec"])
+    assert group.result(0)[1]["steps_run"] == 5 and group.result(1)[1]["steps_run"] == 30
+
+
+@pytest.mark.slow
+def test_ddp_fused_group_with_two_gloo_processes_matches_one_process(tmp_path):
+    out = tmp_path / "ddp.pt"
+    mp.spawn(_ddp_group_worker, args=(str(tmp_path / "init"), str(out)), nprocs=2, join=True)
+    z, z_aug, index, _ = planted(n_records=20)
+    single = FusedTrainer(_group_members(*datasets(z, z_aug, index))[:3], small_cfg(), 32, steps=15)
+    single.train()
+    ddp = torch.load(out, weights_only=True)
+    for i in range(3):
+        for name, value in single.stack.member_tensors(i).items():
+            assert torch.allclose(ddp[f"{i}.{name}"], value, atol=1e-4), (i, name)

@@ -338,6 +338,10 @@ class TrainSection(_Section):
     sparse_decode: bool = Field(
         True, description="Top-K: decode by gathering the k active atoms instead of a dense matmul."
     )
+    fused_grid: bool = Field(
+        True, description="Train the grid models of one K together as one batched model (same weights "
+        "as one by one, far less per-step overhead at small K); false: one model at a time."
+    )
     ablations: list[Literal["no_smooth", "no_stab", "no_div", "no_renorm", "vanilla"]] = Field(
         list(ABLATIONS), description="Ablations trained next to 'full'."
     )

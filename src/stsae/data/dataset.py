@@ -129,6 +129,10 @@ class WindowTripletDataset(Dataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
+    def windows(self, rows: np.ndarray) -> np.ndarray:
+        """float32[len(rows), 512] rows of z by row id (not pair id), read like the batches."""
+        return np.asarray(self._gather_z(rows), dtype=np.float32)
+
     def batch(self, ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Triplets for pair ids: three float32[B, 512] tensors (z_t, z_{t+1}, z_aug_t).
 

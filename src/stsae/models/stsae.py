@@ -7,8 +7,9 @@
 Public SAE practice this follows, and where from:
 - Top-K activation, tied init (W_enc = W_decᵀ), unit-norm decoder rows, AuxK on dead latents with its
   loss normalised by the residual's variance: OpenAI "openai/sparse_autoencoder" (Gao et al. 2024).
-- `forward` returning a typed NamedTuple, `W_dec` as [K, d_in] rows, sparse decode by gathering the
-  active atoms with `embedding_bag`, the two `@torch.no_grad()` decoder-norm helpers, safetensors + JSON:
+- `forward` returning a typed NamedTuple (on `StackedSTSAE`, the module training runs through),
+  `W_dec` as [K, d_in] rows, sparse decode by gathering the active atoms with `embedding_bag`, the two
+  `@torch.no_grad()` decoder-norm helpers, safetensors + JSON:
   EleutherAI "sparsify" (sparse_coder.py, fused_encoder.py).
 - b_dec initialised to the geometric median of the data: "saprmarks/dictionary_learning" top_k.py.
 - Atoms start as random unit directions with the encoder tied to them (Gao et al.). `init="data"`
@@ -21,7 +22,9 @@ Public SAE practice this follows, and where from:
   plain ReLU the AuxK loss stayed at 1.000 and revived nothing (tests/test_auxk.py).
 
 The Top-K encoder has a sparse backward pass (only the k selected latents, plus the AuxK latents, get
-gradient), so a training step costs one dense GEMM instead of three; see `_TopKEncode`.
+gradient), so a training step costs one dense GEMM instead of three; see `_TopKEncode`. Training runs
+M models of one K at once through `StackedSTSAE` (a model axis on every tensor); a single `STSAE` is
+the case M = 1 of the same functions.
 """
 
 from __future__ import annotations
@@ -47,7 +50,8 @@ log = logging.getLogger(__name__)
 
 ACTIVATIONS = ("topk", "relu")
 FORMAT = "stsae/1"
-_TENSORS = ("W_enc", "b_enc", "W_dec", "b_dec", "input_mean", "input_scale")
+TENSOR_NAMES = ("W_enc", "b_enc", "W_dec", "b_dec", "input_mean", "input_scale")
+_PARAMETERS = ("W_dec", "W_enc", "b_enc", "b_dec")  # registration order of STSAE's parameters
 _INIT_NOISE = 0.1  # relative isotropic noise mixed into data-sampled atoms so duplicates never tie
 _INIT_ROWS = 8192  # train rows for the geometric median and the encoder-scale fit
 _STATS_CHUNK = 8192  # rows per float64 chunk of the input statistics
@@ -74,6 +78,7 @@ class Codes(NamedTuple):
     idx: int64[B, k] and vals: float32[B, k]
     (the active latents) and, when a dead mask was given, aux_idx: int64[B_aux, k_aux], aux_vals:
     float32[B_aux, k_aux] (the largest dead latents of the first B_aux rows, for AuxK); else None.
+    Codes of M stacked models (`stacked_codes`) carry a leading model axis on every field.
     """
 
     f: Tensor | None
@@ -83,14 +88,15 @@ class Codes(NamedTuple):
     aux_vals: Tensor | None
 
 
-class STSAEOutput(NamedTuple):
-    """Output of `STSAE.forward`: z_hat float32[B, d_in] (raw z space), f float32[B, K] codes,
-    x / x_hat float32[B, d_in] (standardised space, where the losses are computed), codes (Codes)."""
+class ForwardOutput(NamedTuple):
+    """Output of `StackedSTSAE.forward` on a stacked triplet batch x_MTBD (M models, T triplet parts
+    z_t, z_t+1, z_aug_t in that order, B rows, D inputs; standardised space, where the losses live).
 
-    z_hat: Tensor
-    f: Tensor
-    x: Tensor
+    x_hat: float32[M, B, D], the reconstruction of the first part (z_t) only; f: float32[M, T, B, K]
+    dense codes of every part (differentiable); codes: the stacked `Codes` (AuxK selection included)."""
+
     x_hat: Tensor
+    f: Tensor
     codes: Codes
 
 
@@ -108,49 +114,134 @@ def _transposed_bag_sum(idx: Tensor, weights: Tensor, rows: Tensor, n_out: int) 
     return F.embedding_bag(row_of, rows, offsets, mode="sum", per_sample_weights=weights.reshape(-1)[order])
 
 
-class _TopKEncode(torch.autograd.Function):
-    """Top-K (and AuxK) selection of relu(W_enc (x − b_dec) + b_enc) with a sparse backward.
+def _flat_ids(idx_MRk: Tensor, n_latents: int) -> Tensor:
+    """Latent ids of M stacked models made global (model m's latent j -> m·K + j): int64[M·R, k].
 
-    Forward: one GEMM. Backward: only the selected latents carry gradient, so W_enc's gradient is a
-    gather-sum over B·(k + k_aux) rows and b_dec's is a [K]·[K, d] product: no [B, K] GEMMs.
+    Flattening the model axis into the atom axis lets one `embedding_bag` / `bincount` serve all M
+    models while every model still only ever touches its own K atoms."""
+    offsets = torch.arange(idx_MRk.shape[0], device=idx_MRk.device) * n_latents
+    return (idx_MRk + offsets[:, None, None]).reshape(-1, idx_MRk.shape[-1])
+
+
+class _CombineAtoms(torch.autograd.Function):
+    """Σ_i vals[r,i] · W[idx[r,i]] over flat atom ids, with W's gradient as a transposed bag sum.
+
+    embedding_bag's own backward accumulates each atom's gradient in an order that depends on the
+    whole index set, so a model's gradient would change in the last bits with the other models of
+    its group; `_transposed_bag_sum` adds each atom's contributions in row order, so a model trained
+    in a group gets exactly the gradient it gets alone.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, flat: Tensor, weight: Tensor, vals: Tensor) -> Tensor:
+        ctx.save_for_backward(flat, weight, vals)
+        return F.embedding_bag(flat, weight, mode="sum", per_sample_weights=vals)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        flat, weight, vals = ctx.saved_tensors
+        grad_vals = None
+        if ctx.needs_input_grad[2]:
+            with torch.enable_grad():  # embedding_bag's per-entry dot products, without its weight gradient
+                probe = vals.detach().requires_grad_()
+                out = F.embedding_bag(flat, weight.detach(), mode="sum", per_sample_weights=probe)
+                (grad_vals,) = torch.autograd.grad(out, probe, grad_out)
+        grad_weight = _transposed_bag_sum(flat, vals, grad_out, weight.shape[0]) if ctx.needs_input_grad[1] else None
+        return None, grad_weight, grad_vals
+
+
+def combine_atoms(w_dec_MKD: Tensor, idx_MRk: Tensor, vals_MRk: Tensor) -> Tensor:
+    """Σ_i vals[m,r,i] · W_dec[m, idx[m,r,i]] by gathering atoms: float32[M, R, D] (no [R, K] codes)."""
+    n_models, n_latents, d_in = w_dec_MKD.shape
+    flat = _flat_ids(idx_MRk, n_latents)
+    out = _CombineAtoms.apply(flat, w_dec_MKD.reshape(n_models * n_latents, d_in),
+                              vals_MRk.reshape(flat.shape).to(w_dec_MKD.dtype))
+    return out.reshape(n_models, idx_MRk.shape[1], d_in)
+
+
+class _TopKEncode(torch.autograd.Function):
+    """Top-K (and AuxK) selection of relu(W_enc (x − b_dec) + b_enc) for M stacked models, sparse backward.
+
+    x: float32[M, R, D], b_dec [M, D], w_enc [M, K, D], b_enc [M, K]; dead_mask: bool[M, K] or None.
+    Forward: one batched GEMM. Backward: only the selected latents carry gradient, so W_enc's gradient
+    is a gather-sum over R·(k + k_aux) rows per model and b_dec's a [K]·[K, D] product: no [R, K] GEMMs.
     Like EleutherAI's fused_encoder, but the AuxK latents' encoder gradient is kept, not dropped.
+
+    AuxK picks the k_aux largest dead latents among the union of the models' dead latents (cost ∝ dead
+    latents); a model with fewer dead latents than that gets -inf pre-activations on the others, which
+    come out as zero codes with no gradient, so each model sees exactly its own AuxK selection.
     """
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, b_dec: Tensor, w_enc: Tensor, b_enc: Tensor, k: int,
-                dead_ids: Tensor | None, k_aux: int, aux_rows: int) -> tuple[Tensor, ...]:
-        centred = x - b_dec
-        pre = F.linear(centred, w_enc, b_enc).float()
-        vals, idx = pre.topk(k, dim=1, sorted=False)
-        vals = vals.clamp_min(0.0)  # ReLU after the selection: same result, one pass over [B, K] less
-        if dead_ids is not None and k_aux > 0:
-            dead_pre = pre[:aux_rows].index_select(1, dead_ids)  # [B_aux, n_dead]: cost ∝ dead latents
-            aux_vals, position = dead_pre.topk(k_aux, dim=1, sorted=False)
+                dead_mask: Tensor | None, k_aux: int, aux_rows: int) -> tuple[Tensor, ...]:
+        centred = x - b_dec[:, None]
+        pre = torch.baddbmm(b_enc[:, None], centred, w_enc.transpose(1, 2)).float()
+        vals, idx = pre.topk(k, dim=2, sorted=False)
+        vals = vals.clamp_min(0.0)  # ReLU after the selection: same result, one pass over [R, K] less
+        dead_ids = None if dead_mask is None else torch.nonzero(dead_mask.any(0)).squeeze(1)
+        if dead_ids is not None and dead_ids.numel() > 0 and k_aux > 0:
+            dead_pre = pre[:, :aux_rows].index_select(2, dead_ids)  # [M, R_aux, n_dead]: cost ∝ dead latents
+            own = dead_mask.index_select(1, dead_ids)[:, None, :]
+            if not bool(own.all()):
+                dead_pre = dead_pre.masked_fill(~own, -math.inf)
+            # sorted: the order of the selected latents (the order AuxK sums them in) must not depend on
+            # the other models' dead latents, which widen dead_pre
+            aux_vals, position = dead_pre.topk(min(k_aux, dead_ids.numel()), dim=2, sorted=True)
             aux_idx = dead_ids[position]
+            aux_own = torch.isfinite(aux_vals)
             aux_vals = aux_vals.clamp_min(0.0)
         else:
-            aux_vals = pre.new_zeros(0, 0)
-            aux_idx = idx.new_zeros(0, 0)
-        ctx.save_for_backward(centred.float(), w_enc, vals, idx, aux_idx)
+            aux_vals = pre.new_zeros(x.shape[0], 0, 0)
+            aux_idx = idx.new_zeros(x.shape[0], 0, 0)
+            aux_own = torch.zeros(x.shape[0], 0, 0, dtype=torch.bool, device=x.device)
+        ctx.save_for_backward(centred.float(), w_enc, vals, idx, aux_idx, aux_own)
         ctx.mark_non_differentiable(idx, aux_idx)
         return vals, idx, aux_vals, aux_idx
 
     @staticmethod
     def backward(ctx: Any, g_vals: Tensor, _g_idx: Tensor | None, g_aux: Tensor | None,
                  _g_aux_idx: Tensor | None) -> tuple[Tensor | None, ...]:
-        centred, w_enc, vals, idx, aux_idx = ctx.saved_tensors
-        n_latents = w_enc.shape[0]
+        centred, w_enc, vals, idx, aux_idx, aux_own = ctx.saved_tensors
+        n_models, n_latents, d_in = w_enc.shape
+        n_out = n_models * n_latents
         g = g_vals * (vals > 0)
-        grad_w = _transposed_bag_sum(idx, g, centred, n_latents)
-        grad_b_enc = torch.bincount(idx.reshape(-1), weights=g.reshape(-1), minlength=n_latents)
+        flat = _flat_ids(idx, n_latents)
+        grad_w = _transposed_bag_sum(flat, g.reshape(flat.shape), centred.reshape(-1, d_in), n_out)
+        grad_b_enc = torch.bincount(flat.reshape(-1), weights=g.reshape(-1), minlength=n_out)
         if g_aux is not None and aux_idx.numel() > 0:
             # Straight-through ReLU for the AuxK latents: a latent usually dies because its
             # pre-activation went negative on every row, exactly where the ReLU's gradient is zero.
-            grad_w = grad_w + _transposed_bag_sum(aux_idx, g_aux, centred[: aux_idx.shape[0]], n_latents)
-            grad_b_enc = grad_b_enc + torch.bincount(aux_idx.reshape(-1), weights=g_aux.reshape(-1),
-                                                     minlength=n_latents)
-        grad_b_dec = -(grad_b_enc.to(w_enc.dtype) @ w_enc)
-        return None, grad_b_dec, grad_w, grad_b_enc.to(w_enc.dtype), None, None, None, None
+            g_aux = g_aux * aux_own
+            flat_aux = _flat_ids(aux_idx, n_latents)
+            rows = centred[:, : aux_idx.shape[1]].reshape(-1, d_in)
+            grad_w = grad_w + _transposed_bag_sum(flat_aux, g_aux.reshape(flat_aux.shape), rows, n_out)
+            grad_b_enc = grad_b_enc + torch.bincount(flat_aux.reshape(-1), weights=g_aux.reshape(-1),
+                                                     minlength=n_out)
+        grad_b_enc = grad_b_enc.to(w_enc.dtype).reshape(n_models, n_latents)
+        grad_b_dec = -torch.bmm(grad_b_enc[:, None], w_enc)[:, 0]
+        return None, grad_b_dec, grad_w.reshape(n_models, n_latents, d_in), grad_b_enc, None, None, None, None
+
+
+def stacked_codes(x: Tensor, w_enc: Tensor, b_enc: Tensor, b_dec: Tensor, activation: str, k: int,
+                  dead_mask: Tensor | None = None, k_aux: int = 0, aux_rows: int | None = None) -> Codes:
+    """Codes of M stacked models on standardised x: float32[M, R, D] (see `Codes`, every field with a
+    leading model axis). dead_mask: bool[M, K] enables AuxK for the first `aux_rows` rows (default all).
+    Top-K codes stay sparse (f None); ReLU codes are dense."""
+    if activation == "relu":
+        f = F.relu(torch.baddbmm(b_enc[:, None], x - b_dec[:, None], w_enc.transpose(1, 2)).float())
+        return Codes(f, None, None, None, None)
+    n_aux = x.shape[1] if aux_rows is None else aux_rows
+    vals, idx, aux_vals, aux_idx = _TopKEncode.apply(x, b_dec, w_enc, b_enc, k, dead_mask, k_aux, n_aux)
+    if aux_idx.numel() == 0:
+        return Codes(None, idx, vals, None, None)
+    return Codes(None, idx, vals, aux_idx, aux_vals)
+
+
+def scatter_codes(idx: Tensor, vals: Tensor, n_latents: int) -> Tensor:
+    """Top-K codes int64[..., k], float32[..., k] scattered into dense float32[..., K] (differentiable)."""
+    out = torch.zeros(*idx.shape[:-1], n_latents, dtype=vals.dtype, device=vals.device)
+    return out.scatter(-1, idx, vals)
 
 
 @torch.no_grad()
@@ -320,24 +411,19 @@ class STSAE(nn.Module):
               aux_rows: int | None = None, dense: bool = True) -> Codes:
         """Codes of standardised x: float32[B, d_in]. dead_mask: bool[K] enables AuxK selection of the
         k_aux largest dead latents for the first `aux_rows` rows (default all). dense=False skips
-        building the [B, K] codes for Top-K (f is then None; use `dense_codes` on row slices)."""
-        if self.activation == "relu":
-            f = F.relu(F.linear(x - self.b_dec, self.W_enc, self.b_enc).float())
-            return Codes(f, None, None, None, None)
-        dead_ids = None if dead_mask is None else torch.nonzero(dead_mask).squeeze(1)
-        k_aux = 0 if dead_ids is None else min(k_aux, dead_ids.numel())
-        n_aux = x.shape[0] if aux_rows is None else aux_rows
-        vals, idx, aux_vals, aux_idx = _TopKEncode.apply(
-            x, self.b_dec, self.W_enc, self.b_enc, self.k, dead_ids if k_aux > 0 else None, k_aux, n_aux)
-        f = self.dense_codes(idx, vals) if dense else None
-        if k_aux == 0:
-            return Codes(f, idx, vals, None, None)
-        return Codes(f, idx, vals, aux_idx, aux_vals)
+        building the [B, K] codes for Top-K (f is then None; use `dense_codes` on row slices).
+        The one-model case of `stacked_codes` (a model axis of length 1), so inference and training
+        share one Top-K implementation."""
+        one = stacked_codes(x[None], self.W_enc[None], self.b_enc[None], self.b_dec[None], self.activation,
+                            self.k, None if dead_mask is None else dead_mask[None], k_aux, aux_rows)
+        codes = Codes(*(None if part is None else part[0] for part in one))
+        if dense and codes.f is None and codes.idx is not None and codes.vals is not None:
+            codes = codes._replace(f=self.dense_codes(codes.idx, codes.vals))
+        return codes
 
     def dense_codes(self, idx: Tensor, vals: Tensor) -> Tensor:
         """Scatter Top-K codes int64[B, k], float32[B, k] into dense float32[B, K] (differentiable)."""
-        out = torch.zeros(idx.shape[0], self.d_dict, dtype=vals.dtype, device=vals.device)
-        return out.scatter(1, idx, vals)
+        return scatter_codes(idx, vals, self.d_dict)
 
     def decode_codes(self, codes: Codes, rows: int | None = None) -> Tensor:
         """x̂: float32[rows, d_in] (standardised) for the first `rows` rows of `codes` (default all)."""
@@ -351,7 +437,7 @@ class STSAE(nn.Module):
 
     def sparse_combination(self, idx: Tensor, vals: Tensor) -> Tensor:
         """Σ_i vals[b,i] · W_dec[idx[b,i]] by gathering atoms: int64[B, m], float32[B, m] -> [B, d_in]."""
-        return F.embedding_bag(idx, self.W_dec, mode="sum", per_sample_weights=vals.to(self.W_dec.dtype))
+        return combine_atoms(self.W_dec[None], idx[None], vals[None])[0]
 
     def encode(self, z: Tensor) -> Tensor:
         """Raw z: float32[B, d_in] -> codes f: float32[B, K] (non-negative; k non-zero for Top-K)."""
@@ -365,14 +451,6 @@ class STSAE(nn.Module):
             raise StsaeError(f"ST-SAE decode: expected f of shape [B, {self.d_dict}], got {list(f.shape)}")
         return (f.float() @ self.W_dec + self.b_dec) * self.input_scale + self.input_mean
 
-    def forward(self, z: Tensor, dead_mask: Tensor | None = None, k_aux: int = 0) -> STSAEOutput:
-        """Encode and reconstruct raw z: float32[B, d_in]; see STSAEOutput for what comes back."""
-        x = self.standardise(z)
-        codes = self.codes(x, dead_mask, k_aux)
-        x_hat = self.decode_codes(codes)
-        assert codes.f is not None
-        return STSAEOutput(x_hat * self.input_scale + self.input_mean, codes.f, x, x_hat, codes)
-
     # ---- persistence ----------------------------------------------------------------------------
     def header(self) -> dict[str, str]:
         """Architecture facts stored in the safetensors header (strings, as safetensors requires)."""
@@ -383,7 +461,7 @@ class STSAE(nn.Module):
         return header
 
     def tensors(self) -> dict[str, Tensor]:
-        return {name: getattr(self, name).detach().contiguous().clone() for name in _TENSORS}
+        return {name: getattr(self, name).detach().contiguous().clone() for name in TENSOR_NAMES}
 
     def save(self, path: Path | str, sidecar: dict[str, Any]) -> None:
         """Write `path` (.safetensors) then its `.json` sidecar (which marks the model complete)."""
@@ -418,7 +496,7 @@ class STSAE(nn.Module):
                 raise CheckpointError(f"{source}: tensor '{name}' holds NaN or inf")
         model = cls(d_in, d_dict, activation, k, generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
-            for name in _TENSORS:
+            for name in TENSOR_NAMES:
                 getattr(model, name).copy_(tensors[name])
         if "input_stats" in header:
             model.stats = InputStats(**json.loads(header["input_stats"]))
@@ -442,6 +520,108 @@ class STSAE(nn.Module):
                         f"{sidecar}: '{key}' is {info[key]!r} but {path.name} holds {getattr(model, key)!r}")
         model.eval()
         return model
+
+
+class StackedSTSAE(nn.Module):
+    """M ST-SAEs of one architecture (same d_in, K, activation, k) as one module with a model axis.
+
+    Parameters: W_dec, W_enc float32[M, K, d_in], b_enc [M, K], b_dec [M, d_in]; buffers input_mean
+    [M, d_in], input_scale [M]. Why: at small K one model's training step is mostly per-op overhead,
+    and M models in one set of batched ops pay that overhead once. Members never mix: every op is per
+    model (batched GEMMs, top-k along each model's own latents, gathers over disjoint atom ranges), so
+    each member trains as it would alone. `member(i)` is an `STSAE` whose tensors are views of model
+    i's slices (reads and in-place writes go through to the stack).
+    """
+
+    def __init__(self, models: list[STSAE]):
+        super().__init__()
+        first = models[0]
+        for model in models:
+            shape = (model.d_in, model.d_dict, model.activation, model.k, model.sparse_decode)
+            if shape != (first.d_in, first.d_dict, first.activation, first.k, first.sparse_decode):
+                raise StsaeError("a fused group needs one architecture (d_in, K, activation, k, sparse_decode); "
+                                 f"got {shape} next to {(first.d_in, first.d_dict, first.activation, first.k)}")
+        self.d_in, self.d_dict, self.activation, self.k = first.d_in, first.d_dict, first.activation, first.k
+        self.sparse_decode = first.sparse_decode
+        for name in _PARAMETERS:  # STSAE's registration order, so per-model gradient norms sum alike
+            setattr(self, name, nn.Parameter(torch.stack([getattr(m, name).detach() for m in models])))
+        self.register_buffer("input_mean", torch.stack([m.input_mean for m in models]))
+        self.register_buffer("input_scale", torch.stack([m.input_scale for m in models]))
+        self.stats = [m.stats for m in models]
+        self._members: dict[int, STSAE] = {}
+
+    @property
+    def n_models(self) -> int:
+        return self.W_dec.shape[0]
+
+    def member(self, i: int) -> STSAE:
+        """Model i as an `STSAE` sharing storage with the stack (built once, then cached)."""
+        if i not in self._members:
+            model = STSAE(self.d_in, self.d_dict, self.activation, self.k, self.sparse_decode,
+                          generator=torch.Generator().manual_seed(0))
+            for name in _PARAMETERS:
+                setattr(model, name, nn.Parameter(getattr(self, name).data[i]))
+            model.input_mean = self.input_mean[i]
+            model.input_scale = self.input_scale[i]
+            model.stats = self.stats[i]
+            self._members[i] = model
+        return self._members[i]
+
+    def member_tensors(self, i: int) -> dict[str, Tensor]:
+        """Independent copies of model i's tensors, keyed like `STSAE.tensors`."""
+        return {name: getattr(self, name)[i].detach().contiguous().clone() for name in TENSOR_NAMES}
+
+    def standalone(self, i: int, tensors: dict[str, Tensor] | None = None) -> STSAE:
+        """An independent `STSAE` holding model i (or `tensors`, e.g. its best validation weights)."""
+        model = STSAE(self.d_in, self.d_dict, self.activation, self.k, self.sparse_decode,
+                      generator=torch.Generator().manual_seed(0)).to(self.W_dec.device)
+        with torch.no_grad():
+            for name, value in (tensors or self.member_tensors(i)).items():
+                getattr(model, name).copy_(value)
+        model.stats = self.stats[i]
+        return model
+
+    def standardise(self, z: Tensor) -> Tensor:
+        """z: float32[M, ..., d_in] raw embeddings (model m's rows first) -> standardised by model m."""
+        extra = (1,) * (z.ndim - 2)
+        mean = self.input_mean.reshape(self.n_models, *extra, self.d_in)
+        return (z.float() - mean) / self.input_scale.reshape(self.n_models, *extra, 1)
+
+    def forward(self, x_MTBD: Tensor, dead_mask: Tensor | None = None, k_aux: int = 0) -> ForwardOutput:
+        """Codes of every part of a standardised stacked triplet and the reconstruction of its z_t part.
+
+        dead_mask: bool[M, K] turns on AuxK's selection among each model's dead latents on the z_t rows."""
+        n_models, n_parts, b, _ = x_MTBD.shape
+        codes = stacked_codes(x_MTBD.reshape(n_models, n_parts * b, self.d_in), self.W_enc, self.b_enc,
+                              self.b_dec, self.activation, self.k, dead_mask, k_aux, aux_rows=b)
+        if codes.idx is not None and codes.vals is not None:
+            f_MRK = scatter_codes(codes.idx, codes.vals, self.d_dict)
+            x_hat_MBD = (combine_atoms(self.W_dec, codes.idx[:, :b], codes.vals[:, :b]) if self.sparse_decode
+                         else torch.bmm(f_MRK[:, :b], self.W_dec)) + self.b_dec[:, None]
+        else:
+            assert codes.f is not None
+            f_MRK = codes.f
+            x_hat_MBD = torch.bmm(f_MRK[:, :b], self.W_dec) + self.b_dec[:, None]
+        return ForwardOutput(x_hat_MBD, f_MRK.reshape(n_models, n_parts, b, self.d_dict), codes)
+
+    def aux_reconstruction(self, codes: Codes) -> Tensor:
+        """float32[M, R_aux, d_in]: what each model's selected dead latents reconstruct (AuxK, no bias)."""
+        assert codes.aux_idx is not None and codes.aux_vals is not None
+        return combine_atoms(self.W_dec, codes.aux_idx, codes.aux_vals)
+
+    @torch.no_grad()
+    def renormalize_decoder(self, models: Tensor) -> None:
+        """Project the atoms of the models in bool[M] `models` back to unit norm; the others stay exactly."""
+        norms = torch.linalg.vector_norm(self.W_dec, dim=2, keepdim=True).clamp_min(1e-12)
+        self.W_dec.div_(torch.where(models[:, None, None], norms, torch.ones_like(norms)))
+
+    @torch.no_grad()
+    def remove_parallel_gradient(self, models: Tensor) -> None:
+        """`STSAE.remove_parallel_gradient` for the models in bool[M] `models` (the renormalised ones)."""
+        if self.W_dec.grad is None:
+            return
+        parallel = (self.W_dec.grad * self.W_dec).sum(2, keepdim=True) * models[:, None, None]
+        self.W_dec.grad.sub_(parallel * self.W_dec)
 
 
 def safetensors_bytes(tensors: dict[str, Tensor], metadata: dict[str, str]) -> bytes:

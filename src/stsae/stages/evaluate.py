@@ -294,25 +294,27 @@ def _live_dictionary(model: ConceptModel, data: EvalData) -> np.ndarray:
 def subsample_dictionaries(data: EvalData, main: ModelInfo, cfg: EvalSection, seed: int,
                            device: torch.device = CPU) -> list[np.ndarray]:
     """Live atoms of `main`'s configuration refit on `cfg.stability_subsamples` 50 % patient subsamples of
-    the train split, each with the main model's own step budget unless eval.stability_steps says otherwise."""
-    from stsae.train.trainer import fit_stsae
+    the train split, each with the main model's own step budget unless eval.stability_steps says otherwise.
+    The refits train together as one fused group (each on its own subsample, as it would alone)."""
+    from stsae.train.trainer import Member, fit_group
 
     emb, train_cfg = data.emb, _train_config(main)
     steps = cfg.stability_steps or _sidecar(main).get("steps") or train_cfg.steps
     split = emb.index["split"].to_numpy()
     train_patients = np.unique(emb.index["patient_id"].to_numpy()[split == "train"])
-    dictionaries = []
+    members = []
     for i in range(cfg.stability_subsamples):
         chosen = rng(seed, "eval", "subsample", i).choice(
             train_patients, max(1, len(train_patients) // 2), replace=False)
         index = emb.index.assign(split=np.where(
             (split == "train") & emb.index["patient_id"].isin(chosen).to_numpy(), "train", "excluded"))
-        dataset = WindowTripletDataset(emb.z, emb.z_aug, index, split="train")
-        model, _ = fit_stsae(dataset, None, train_cfg, main.variant, main.d_dict,
-                             derive_seed(seed, "eval", "subsample", i), steps=steps)
-        dictionaries.append(_live_dictionary(StsaeConceptModel(model, main, device=device), data))
-        log.info("stability refit %d/%d done (%d steps)", i + 1, cfg.stability_subsamples, steps)
-    return dictionaries
+        members.append(Member(main.variant, derive_seed(seed, "eval", "subsample", i),
+                              WindowTripletDataset(emb.z, emb.z_aug, index, split="train")))
+    if not members:
+        return []
+    fitted = fit_group(members, train_cfg, main.d_dict, steps=steps, device=device)
+    log.info("stability refits: %d trained together (%d steps)", len(members), steps)
+    return [_live_dictionary(StsaeConceptModel(model, main, device=device), data) for model, _ in fitted]
 
 
 def untrained_dictionaries(emb: Embeddings, main: ModelInfo, d_dict: int, seed: int) -> list[np.ndarray]:

@@ -5,8 +5,11 @@ are skipped, and an interrupted model resumes from its training-state checkpoint
 (kept out of models/ itself so no reader can mistake it for a finished model) when that checkpoint was
 written on the same embeddings with the same settings. Every other model file in models/ (another grid,
 config or embeddings) is moved into models/stale/ first, so models/ holds only the current grid and every
-reader (registry, evaluate, age, ground, report) sees nothing else. Under torchrun every rank trains each
-model together (DDP, gloo on CPU); rank 0 writes the files.
+reader (registry, evaluate, age, ground, report) sees nothing else.
+
+The models of one K train together as one batched model (train.fused_grid; each gets exactly the weights
+it would get alone), with one training-state checkpoint per group. Under torchrun every rank trains each
+group together (DDP, gloo on CPU); rank 0 writes the files.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from pathlib import Path
+
+import torch
 
 from stsae.data.dataset import WindowTripletDataset
 from stsae.data.store import load_embeddings
@@ -23,11 +27,14 @@ from stsae.errors import InputDataError
 from stsae.pipeline.contract import StageContext, StageContract
 from stsae.rundir import RunDir
 from stsae.train.grid import GridEntry, build_grid, expected_sidecar, is_finished, main_entry, select
-from stsae.train.trainer import fit_stsae
+from stsae.train.trainer import Member, fit_group
 from stsae.utils import io
+from stsae.utils.device import device_facts, resolve_device
 from stsae.utils.dist import is_main_process, process_group, world_size
 
 log = logging.getLogger(__name__)
+
+FUSED_LATENTS = 8192  # latents (M·K) per fused group: 64 models at K=128, 2 at K=4096, K=8192 alone
 
 
 CONTRACT = StageContract(
@@ -56,22 +63,43 @@ def set_aside_stale(run_dir: RunDir, current: set[str]) -> list[str]:
     return moved
 
 
-def _train_one(ctx: StageContext, entry: GridEntry, data: tuple[WindowTripletDataset, WindowTripletDataset],
-               embeddings: str | None) -> Path:
-    """Train (or resume) one grid model and, on rank 0, save it with its sidecar; returns its path."""
+def _groups(entries: list[GridEntry], fused: bool) -> list[list[GridEntry]]:
+    """Entries to train together: those of one K (train.fused_grid), at most FUSED_LATENTS // K per group,
+    else one per group. Fusing pays at small K, where a step is per-op overhead; at large K a step is
+    GEMM-bound and a group's memory (weights, Adam moments, [M, 3B, K] codes) grows with M·K, so large
+    dictionaries train in small groups or alone. Grouping never changes a model's weights."""
+    if not fused:
+        return [[entry] for entry in entries]
+    by_size: dict[int, list[GridEntry]] = {}
+    for entry in entries:
+        by_size.setdefault(entry.d_dict, []).append(entry)
+    groups = []
+    for size, members in by_size.items():
+        per_group = max(1, FUSED_LATENTS // size)
+        groups += [members[start:start + per_group] for start in range(0, len(members), per_group)]
+    return groups
+
+
+def _train_group(ctx: StageContext, group: list[GridEntry],
+                 data: tuple[WindowTripletDataset, WindowTripletDataset], embeddings: str | None,
+                 device: torch.device) -> list[str]:
+    """Train (or resume) one group of models of one K together and, on rank 0, save each with its
+    sidecar; returns their stems. The group's training state is one checkpoint named after its first
+    model (a group of other members never resumes it: its settings list the members)."""
     cfg, (train, val) = ctx.config.train, data
-    path = ctx.run_dir.stsae_checkpoint(entry.variant, entry.d_dict, entry.seed)
-    state = ctx.run_dir.train_checkpoints_dir / path.name
+    paths = [ctx.run_dir.stsae_checkpoint(entry.variant, entry.d_dict, entry.seed) for entry in group]
+    state = ctx.run_dir.train_checkpoints_dir / paths[0].name
     if ctx.force and is_main_process():
         state.unlink(missing_ok=True)
-    model, metrics = fit_stsae(train, val if len(val) else None, cfg, entry.variant, entry.d_dict, entry.seed,
-                               checkpoint=state, embeddings=embeddings)
+    members = [Member(entry.variant, entry.seed, train, val if len(val) else None) for entry in group]
+    results = fit_group(members, cfg, group[0].d_dict, checkpoint=state, embeddings=embeddings, device=device)
     if is_main_process():
-        model.save(path, {**expected_sidecar(entry, cfg, embeddings), "metrics": metrics})
-        sidecar = path.with_suffix(".json")
-        io.write_json(sidecar, {**io.read_json(sidecar), "weights_sha256": io.file_sha256(path)})
+        for entry, path, (model, metrics) in zip(group, paths, results, strict=True):
+            model.save(path, {**expected_sidecar(entry, cfg, embeddings), "metrics": metrics})
+            sidecar = path.with_suffix(".json")
+            io.write_json(sidecar, {**io.read_json(sidecar), "weights_sha256": io.file_sha256(path)})
         state.unlink(missing_ok=True)
-    return path
+    return [path.stem for path in paths]
 
 
 def run(ctx: StageContext, only: Sequence[str] = ()) -> None:
@@ -82,6 +110,7 @@ def run(ctx: StageContext, only: Sequence[str] = ()) -> None:
 
 def _train_grid(ctx: StageContext, only: Sequence[str]) -> None:
     cfg = ctx.config.train
+    device = resolve_device(cfg.device, "train.device")
     emb = load_embeddings(ctx.run_dir)
     train = WindowTripletDataset(emb.z, emb.z_aug, emb.index, "train")
     val = WindowTripletDataset(emb.z, emb.z_aug, emb.index, "val")
@@ -99,14 +128,15 @@ def _train_grid(ctx: StageContext, only: Sequence[str]) -> None:
     outdated = {e for e, path in paths.items() if e not in finished and path.with_suffix(".json").is_file()}
     current = {paths[e].stem for e in grid if e not in outdated}
     stale = set_aside_stale(ctx.run_dir, current) if is_main_process() else []
-    trained, skipped = [], []
+    todo = [entry for entry in entries if ctx.force or entry not in finished]
+    skipped = [paths[entry].stem for entry in entries if entry not in todo]
+    for stem in skipped:
+        log.info("%s: finished on these embeddings with matching settings, skipped", stem)
+    groups = _groups(todo, cfg.fused_grid)
+    trained: list[str] = []
     t0 = time.perf_counter()
-    for entry in entries:
-        if not ctx.force and entry in finished:
-            skipped.append(paths[entry].stem)
-            log.info("%s: finished on these embeddings with matching settings, skipped", paths[entry].stem)
-            continue
-        trained.append(_train_one(ctx, entry, (train, val), embeddings).stem)
+    for group in groups:
+        trained += _train_group(ctx, group, (train, val), embeddings, device)
     if not is_main_process():
         return
     checkpoints = ctx.run_dir.train_checkpoints_dir
@@ -117,8 +147,10 @@ def _train_grid(ctx: StageContext, only: Sequence[str]) -> None:
     ctx.record("train", {
         "main_model": main, "embeddings": embeddings, "models_trained": trained, "models_skipped": skipped,
         "models_set_aside": stale, "seconds": round(time.perf_counter() - t0, 1), "world_size": world_size(),
+        "fused_groups": [len(group) for group in groups],
         **stats,
     })
+    ctx.record("devices", {"train": device_facts(device)})
 
 
 def _input_stats(run_dir: RunDir, stems: list[str]) -> dict[str, float]:

@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 from stsae.config import TrainSection
 from stsae.errors import StsaeError
-from stsae.train.trainer import VARIANTS
+from stsae.train.trainer import VARIANTS, model_recipe
 from stsae.utils import io
 
 
@@ -88,7 +88,7 @@ def expected_sidecar(entry: GridEntry, cfg: TrainSection, embeddings: str | None
     """
     return {"variant": entry.variant, "d_dict": entry.d_dict, "seed": entry.seed,
             "activation": cfg.activation, "k": cfg.k, "steps": cfg.steps, "complete": True,
-            "train_config": cfg.model_dump(mode="json"), "embeddings": embeddings}
+            "train_config": model_recipe(cfg), "embeddings": embeddings}
 
 
 def is_finished(weights: Path, entry: GridEntry, cfg: TrainSection, embeddings: str | None) -> bool:

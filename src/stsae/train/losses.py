@@ -1,6 +1,8 @@
 """The five ST-SAE losses (plus AuxK), each a small pure function on one triplet batch.
 
-All codes are float32[B, K], inputs float32[B, d]. Reductions take an optional global normaliser
+All codes are float32[B, K], inputs float32[B, d], or with leading axes (float32[M, B, K] for M models
+trained together): every reduction runs over the last two axes, so each leading index gets its own loss
+(a [M] tensor). Reductions take an optional global normaliser
 (`n` rows, or a total variance) so that under DDP each rank's share sums to exactly the loss of the
 whole global batch; left out, they normalise by the local batch, which is the single-process case.
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -19,49 +22,50 @@ from stsae.config import LossWeights
 
 
 def centred_sum_of_squares(x: Tensor) -> Tensor:
-    """Σ_b ‖x_b − x̄‖² for x: float32[B, d] (the denominator of a normalised MSE), no gradient."""
+    """Σ_b ‖x_b − x̄‖² for x: float32[..., B, d] (the denominator of a normalised MSE), no gradient."""
     x = x.detach().double()
-    return ((x - x.mean(0)) ** 2).sum().float()
+    return ((x - x.mean(-2, keepdim=True)) ** 2).sum((-2, -1)).float()
 
 
 def l_rec(x: Tensor, x_hat: Tensor, total_variance: Tensor | None = None) -> Tensor:
     """Normalised MSE Σ‖x − x̂‖² / Σ‖x − x̄‖² (fraction of variance unexplained = 1 − EV)."""
     if total_variance is None:
         total_variance = centred_sum_of_squares(x)
-    return (x - x_hat).pow(2).sum() / total_variance
+    return (x - x_hat).pow(2).sum((-2, -1)) / total_variance
 
 
 def l_sp(f: Tensor, n: int | None = None) -> Tensor:
     """Mean L1 norm of the codes, mean_b ‖f_b‖₁ (ReLU variant's sparsity penalty)."""
-    return f.abs().sum() / (n or f.shape[0])
+    return f.abs().sum((-2, -1)) / (n or f.shape[-2])
 
 
 def l_div(w_dec: Tensor, sample: Tensor | None = None) -> Tensor:
-    """Mean squared off-diagonal cosine between decoder atoms (rows of w_dec: float32[K, d]).
+    """Mean squared off-diagonal cosine between decoder atoms (rows of w_dec: float32[..., K, d]).
 
-    sample: int64[m] distinct atom ids; when given, only the m(m−1) pairs among those atoms are
+    sample: int64[..., m] distinct atom ids (per leading index); when given, only the m(m−1) pairs among those atoms are
     averaged. Every pair is equally likely to be drawn, so this is an unbiased estimate of the full
     mean at O(m²·d) per step, independent of K. (Sampling m atoms against all K, O(m·K·d), costs
     as much as the Top-K encoder itself at m = 128, K = 1024; we measured it at half a step.)
     Without a sample the exact mean is computed from the d×d Gram matrix: ‖UᵀU‖²_F − Σ‖u_i‖⁴ is the
     sum over i ≠ j of cos², at O(K·d²).
     """
-    unit = F.normalize(w_dec if sample is None else w_dec[sample], dim=1)
-    n = unit.shape[0]
-    self_terms = unit.pow(2).sum(1).pow(2).sum()
-    gram = unit @ unit.T if n <= unit.shape[1] else unit.T @ unit  # equal Frobenius norms; smaller side
-    total = gram.pow(2).sum()
+    atoms = w_dec if sample is None else w_dec.gather(-2, sample[..., None].expand(*sample.shape, w_dec.shape[-1]))
+    unit = F.normalize(atoms, dim=-1)
+    n = unit.shape[-2]
+    self_terms = unit.pow(2).sum(-1).pow(2).sum(-1)
+    gram = unit @ unit.mT if n <= unit.shape[-1] else unit.mT @ unit  # equal Frobenius norms; smaller side
+    total = gram.pow(2).sum((-2, -1))
     return (total - self_terms) / (n * (n - 1))
 
 
 def l_stab(f_t: Tensor, f_aug: Tensor, n: int | None = None) -> Tensor:
     """Augmentation stability: mean_b ‖f(z_t) − f(z_aug_t)‖₁."""
-    return (f_t - f_aug).abs().sum() / (n or f_t.shape[0])
+    return (f_t - f_aug).abs().sum((-2, -1)) / (n or f_t.shape[-2])
 
 
 def l_smooth(f_t: Tensor, f_t1: Tensor, n: int | None = None) -> Tensor:
     """Temporal smoothness: mean_b ‖f(z_t) − f(z_{t+1})‖₁ (pairs never cross a record boundary)."""
-    return (f_t - f_t1).abs().sum() / (n or f_t.shape[0])
+    return (f_t - f_t1).abs().sum((-2, -1)) / (n or f_t.shape[-2])
 
 
 def l_auxk(residual: Tensor, aux_recon: Tensor, residual_variance: Tensor | None = None) -> Tensor:
@@ -73,11 +77,19 @@ def l_auxk(residual: Tensor, aux_recon: Tensor, residual_variance: Tensor | None
     residual = residual.detach()
     if residual_variance is None:
         residual_variance = centred_sum_of_squares(residual)
-    return (residual - aux_recon).pow(2).sum() / residual_variance.clamp_min(1e-12)
+    return (residual - aux_recon).pow(2).sum((-2, -1)) / residual_variance.clamp_min(1e-12)
+
+
+def term_weights(weights: LossWeights, activation: str) -> tuple[float, ...]:
+    """Weights of the LossTerms fields in order. L_sp counts only for ReLU (Top-K fixes the L0 at k, so
+    L1 there is moot) and AuxK only for Top-K."""
+    return (1.0, weights.sp if activation == "relu" else 0.0, weights.div, weights.stab, weights.smooth,
+            weights.auxk if activation == "topk" else 0.0)
 
 
 class LossTerms(NamedTuple):
-    """Every term of one step, each a scalar tensor (zero when the variant does not use it)."""
+    """Every term of one step, each a scalar tensor or one value per model (zero when the variant does
+    not use it)."""
 
     rec: Tensor
     sp: Tensor
@@ -86,12 +98,9 @@ class LossTerms(NamedTuple):
     smooth: Tensor
     auxk: Tensor
 
-    def total(self, weights: LossWeights, activation: str) -> Tensor:
-        """Weighted sum; L_sp only counts for ReLU (Top-K fixes the L0 at k, so L1 there is moot)."""
-        sp_weight = weights.sp if activation == "relu" else 0.0
-        auxk_weight = weights.auxk if activation == "topk" else 0.0
-        return (self.rec + sp_weight * self.sp + weights.div * self.div + weights.stab * self.stab
-                + weights.smooth * self.smooth + auxk_weight * self.auxk)
+    def total(self, weights: Tensor) -> Tensor:
+        """Weighted sum Σ_j weights[..., j] · term_j, weights float32[..., 6] in field order (`term_weights`)."""
+        return (torch.stack(tuple(self), -1) * weights).sum(-1)
 
     def as_floats(self) -> dict[str, float]:
         return {f"l_{name}": float(value) for name, value in self._asdict().items()}

@@ -1,4 +1,9 @@
-"""Train one ST-SAE on WindowTripletDataset batches: resumable, deterministic, DDP-aware.
+"""Train ST-SAEs on WindowTripletDataset batches, several of one K at once: resumable, deterministic, DDP-aware.
+
+Fused training: the demo grid's models are small (K=128), where a step is mostly per-op overhead, so
+`FusedTrainer` trains M models of one dictionary size as one `StackedSTSAE` (weights [M, K, D], batched
+GEMMs, per-model Top-K): every op runs once for all M, and each member still follows exactly its own
+recipe (see the class). `Trainer` is the one-model case of the same code.
 
 One `update` per step in the order of dictionary_learning's trainers: forward on the triplet batch →
 backward → (DDP) sum gradients → remove the decoder-gradient component parallel to each atom →
@@ -8,7 +13,8 @@ decay to 0 from `train.lr_decay_start` (dictionary_learning's schedule).
 Exact resume: every random choice is derived from (seed, name, step) rather than drawn from a running
 generator (batches: one permutation per epoch; L_div atom subset: one draw per step), so a checkpoint
 only needs the step, the weights, Adam's moments, the dead-latent counters and the validation
-bookkeeping; killed and resumed training ends with bit-identical weights on CPU in fp32.
+bookkeeping (of every member: one checkpoint per group); killed and resumed training ends with
+bit-identical weights on CPU in fp32.
 
 DDP (torchrun; gloo on CPU): each rank takes a contiguous slice of the same global batch; every loss
 is normalised by global quantities (row count, variance) so the ranks' shares sum to the single-process
@@ -18,12 +24,12 @@ every rank, so the model equals the one-process model up to floating-point reass
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +37,20 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor
+from torch.optim.adam import adam
 
 from stsae.config import ABLATIONS, LossWeights, TrainSection
 from stsae.data.dataset import WindowTripletDataset
 from stsae.data.store import EMBEDDING_DIM
 from stsae.errors import StsaeError
-from stsae.models.stsae import STSAE, CheckpointError, Codes, read_safetensors, safetensors_bytes
+from stsae.models.stsae import (
+    STSAE,
+    TENSOR_NAMES,
+    CheckpointError,
+    StackedSTSAE,
+    read_safetensors,
+    safetensors_bytes,
+)
 from stsae.train.losses import (
     LossTerms,
     centred_sum_of_squares,
@@ -46,6 +60,7 @@ from stsae.train.losses import (
     l_smooth,
     l_sp,
     l_stab,
+    term_weights,
 )
 from stsae.utils import io
 from stsae.utils.dist import group_world
@@ -55,8 +70,11 @@ from stsae.utils.seeding import derive_seed, rng
 log = logging.getLogger(__name__)
 
 VARIANTS = ("full", *ABLATIONS)
-CHECKPOINT_FORMAT = "stsae-train/1"
+CHECKPOINT_FORMAT = "stsae-train/2"  # /1 held one model and torch.optim.Adam's state dict
 _VAL_CHUNK = 256
+_CPU = torch.device("cpu")
+_BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults, as before the stacked optimizer
+_EPS = 1e-8
 
 
 @dataclass(frozen=True)
@@ -78,90 +96,178 @@ def variant_spec(cfg: TrainSection, variant: str) -> VariantSpec:
     return VariantSpec(weights.model_copy(update=dict.fromkeys(zeroed, 0.0)), variant != "no_renorm")
 
 
+def model_recipe(cfg: TrainSection) -> dict[str, Any]:
+    """The train settings that shape a model's weights: all but `fused_grid`, which only schedules
+    models (a member of a group trains exactly as it would alone), so switching it retrains nothing."""
+    return cfg.model_dump(mode="json", exclude={"fused_grid"})
+
+
 def train_row_sample(data: WindowTripletDataset, max_rows: int, seed: int) -> np.ndarray:
     """float32[N, 512] distinct train rows (both ends of every pair), at most `max_rows`, seeded."""
     rows = np.unique(data.pairs.ravel())
     if len(rows) > max_rows:
         rows = np.sort(rng(seed, "stsae-stats").choice(rows, max_rows, replace=False))
-    return np.asarray(data.z[rows], dtype=np.float32)
+    return data.windows(rows)
 
 
-class Trainer:
-    """Trains one (variant, K, seed) model; `train()` runs to the end (or `until`), `result()` returns it.
+@dataclass(frozen=True)
+class Member:
+    """One model of a fused group: its variant, seed and data (members may train on different data,
+    e.g. evaluate's patient-subsample refits)."""
 
-    train / val: triplet datasets of the train and validation splits (val None: no model selection).
-    checkpoint: a resumable training-state file (one safetensors file whose header holds the JSON
-    state, so weights and state can never disagree); resumed when its settings match, else ignored.
-    embeddings: provenance of the embeddings trained on (the extract stage's fingerprint); it is part of the
-    settings, so a checkpoint written on other embeddings is never resumed.
+    variant: str
+    seed: int
+    train: WindowTripletDataset
+    val: WindowTripletDataset | None = None
+
+
+@dataclass
+class MemberProgress:
+    """One member's validation bookkeeping: its own early stopping and best weights."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_val: float = math.inf
+    best_step: int = -1
+    best_state: dict[str, Tensor] | None = None
+    bad_evals: int = 0
+    stopped_at: int | None = None
+    last_train: dict[str, float] = field(default_factory=dict)
+
+    def state(self) -> dict[str, Any]:
+        """JSON-able state (the best weights travel as tensors beside it)."""
+        return {"history": self.history, "best_val": self.best_val if math.isfinite(self.best_val) else None,
+                "best_step": self.best_step, "bad_evals": self.bad_evals, "stopped_at": self.stopped_at,
+                "last_train": self.last_train}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], best: dict[str, Tensor] | None) -> MemberProgress:
+        best_val = math.inf if state["best_val"] is None else state["best_val"]
+        return cls(state["history"], best_val, state["best_step"], best, state["bad_evals"], state["stopped_at"],
+                   state["last_train"])
+
+
+class FusedTrainer:
+    """Trains M models of one dictionary size K at once as one `StackedSTSAE`; `train()` runs to the end
+    (or `until`), `result(i)` returns member i.
+
+    Every member keeps what it would have alone: its initialisation, batch order (from its seed and
+    its own data), loss weights (a zero weight gives exactly zero gradient), decoder renormalisation
+    (off for no_renorm), gradient-norm clip, Adam moments, dead-latent counters and AuxK selection,
+    validation subset, early stopping and best weights. A member that stopped early is left out of
+    the optimizer step and the renormalisation, so its weights stop changing. `Trainer` is the case M = 1.
+
+    checkpoint: one resumable training-state file for the whole group (a safetensors file whose
+    header holds the JSON state, so weights and state can never disagree); resumed when its settings
+    (members included) match, else ignored. embeddings: provenance of the embeddings trained on (the
+    extract stage's fingerprint), part of the settings. device: where every tensor lives.
     """
 
-    def __init__(self, train: WindowTripletDataset, val: WindowTripletDataset | None, cfg: TrainSection,
-                 variant: str, d_dict: int, seed: int, steps: int | None = None,
-                 checkpoint: Path | None = None, embeddings: str | None = None):
-        self.spec = variant_spec(cfg, variant)
-        if len(train) == 0:
+    def __init__(self, members: Sequence[Member], cfg: TrainSection, d_dict: int, steps: int | None = None,
+                 checkpoint: Path | None = None, embeddings: str | None = None,
+                 device: torch.device = _CPU):
+        if not members:
+            raise StsaeError("a fused training group needs at least one model")
+        if any(len(m.train) == 0 for m in members):
             raise StsaeError("train split has no temporal pairs (z_t, z_t+1); check the extract stage")
         self.world, self.rank = group_world()
         if cfg.batch_size % self.world:
             raise StsaeError(
                 f"train.batch_size={cfg.batch_size} must be divisible by the world size {self.world}")
-        self.train_data, self.val_data, self.cfg = train, val, cfg
-        self.variant, self.d_dict, self.seed = variant, d_dict, seed
+        self.members, self.cfg, self.d_dict, self.device = list(members), cfg, d_dict, device
         self.total_steps = steps if steps is not None else cfg.steps
-        self.checkpoint = checkpoint
-        self.embeddings = embeddings
-        init = torch.Generator().manual_seed(derive_seed(seed, "stsae-init", d_dict))
-        self.model = STSAE(EMBEDDING_DIM, d_dict, cfg.activation, cfg.k, cfg.sparse_decode, generator=init)
-        self.model.init_from_data(train_row_sample(train, cfg.stats_max_rows, seed), init, cfg.init,
-                                   cfg.init_fit_scale)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, fused=True)
-        self.since_fired = torch.zeros(d_dict, dtype=torch.int64)
+        self.checkpoint, self.embeddings = checkpoint, embeddings
+        specs = [variant_spec(cfg, m.variant) for m in self.members]
+        self.stack = StackedSTSAE([self._initial_model(m) for m in self.members]).to(device)
+        self.weights_MT = torch.tensor([term_weights(s.weights, cfg.activation) for s in specs])
+        self._weights_on_device = self.weights_MT.to(device)
+        self.renorm = torch.tensor([s.renorm for s in specs], device=device)
+        self.use_auxk = self.weights_MT[:, LossTerms._fields.index("auxk")].to(device) > 0
+        self.base_lr = [cfg.lr_for(d_dict)] * len(self.members)
+        params = dict(self.stack.named_parameters())
+        self.exp_avg = {name: torch.zeros_like(p) for name, p in params.items()}
+        self.exp_avg_sq = {name: torch.zeros_like(p) for name, p in params.items()}
+        self.adam_steps = torch.zeros(len(self.members), len(params), device=device)
+        self.since_fired = torch.zeros(len(self.members), d_dict, dtype=torch.int64, device=device)
         self.step = 0
-        self.history: list[dict[str, float]] = []
-        self.best_val = math.inf
-        self.best_step = -1
-        self.best_state: dict[str, Tensor] | None = None
-        self.bad_evals = 0
-        self.stopped_early = False
-        self.last_train: dict[str, float] = {}
-        self._epoch_cache: tuple[int, np.ndarray] | None = None
-        self.val_ids = self._val_subset()
+        self.progress = [MemberProgress() for _ in self.members]
+        self._epoch_cache: dict[int, tuple[int, np.ndarray]] = {}
+        self.val_ids = [self._val_subset(m) for m in self.members]
+        self.parts, self.uses_div = self._plan_terms()
         if checkpoint is not None and checkpoint.is_file():
             self._load_checkpoint(checkpoint)
 
-    # ---- deterministic data order ---------------------------------------------------------------
-    def _epoch_perm(self, epoch: int) -> np.ndarray:
-        if self._epoch_cache is None or self._epoch_cache[0] != epoch:
-            perm = rng(self.seed, "stsae-batches", epoch).permutation(len(self.train_data))
-            self._epoch_cache = (epoch, perm)
-        return self._epoch_cache[1]
+    def _plan_terms(self) -> tuple[dict[str, int], bool]:
+        """Which triplet parts the group encodes ({"smooth": index of z_t+1, "stab": index of z_aug_t},
+        z_t being part 0) and whether it computes L_div: whatever some member weighs."""
+        used = self.weights_MT.amax(0)
+        parts = {"smooth": 1} if used[LossTerms._fields.index("smooth")] > 0 else {}
+        if used[LossTerms._fields.index("stab")] > 0:
+            parts["stab"] = 1 + len(parts)
+        return parts, bool(used[LossTerms._fields.index("div")] > 0)
 
-    def batch_ids(self, step: int) -> np.ndarray:
-        """Pair ids of the global batch of `step`: positions [step·B, (step+1)·B) of a stream of epochs."""
-        n, b = len(self.train_data), self.cfg.batch_size
+    def _initial_model(self, member: Member) -> STSAE:
+        """Member's starting weights, exactly as a model trained alone starts."""
+        cfg = self.cfg
+        init = torch.Generator().manual_seed(derive_seed(member.seed, "stsae-init", self.d_dict))
+        model = STSAE(EMBEDDING_DIM, self.d_dict, cfg.activation, cfg.k, cfg.sparse_decode, generator=init)
+        model.init_from_data(train_row_sample(member.train, cfg.stats_max_rows, member.seed), init, cfg.init,
+                             cfg.init_fit_scale)
+        return model
+
+    # ---- deterministic data order ---------------------------------------------------------------
+    def _epoch_perm(self, i: int, epoch: int) -> np.ndarray:
+        cached = self._epoch_cache.get(i)
+        if cached is None or cached[0] != epoch:
+            member = self.members[i]
+            cached = (epoch, rng(member.seed, "stsae-batches", epoch).permutation(len(member.train)))
+            self._epoch_cache[i] = cached
+        return cached[1]
+
+    def batch_ids(self, i: int, step: int) -> np.ndarray:
+        """Member i's pair ids of the global batch of `step`: positions [step·B, (step+1)·B) of a stream
+        of epochs (one seeded permutation of its train pairs per epoch)."""
+        n, b = len(self.members[i].train), self.cfg.batch_size
         positions = np.arange(step * b, (step + 1) * b, dtype=np.int64)
         out = np.empty(b, dtype=np.int64)
         for epoch in np.unique(positions // n):
             mask = positions // n == epoch
-            out[mask] = self._epoch_perm(int(epoch))[positions[mask] % n]
+            out[mask] = self._epoch_perm(i, int(epoch))[positions[mask] % n]
         return out
 
-    def _val_subset(self) -> np.ndarray:
-        if self.val_data is None or len(self.val_data) == 0:
+    def _batch(self, step: int) -> list[Tensor]:
+        """This rank's share of every member's batch: the triplet parts the group uses (z_t, then z_t+1
+        and z_aug_t if some member's loss needs them), each float32[M, B, D], on the device. Members of
+        one seed and dataset share a batch, gathered once."""
+        share = self.cfg.batch_size // self.world
+        gathered: dict[tuple[int, int], tuple[Tensor, Tensor, Tensor]] = {}
+        triplets = []
+        for i, member in enumerate(self.members):
+            key = (id(member.train), member.seed)
+            if key not in gathered:
+                ids = self.batch_ids(i, step)[self.rank * share:(self.rank + 1) * share]
+                gathered[key] = member.train.batch(ids)
+            triplets.append(gathered[key])
+        used = (0, *(1 if name == "smooth" else 2 for name in self.parts))
+        return [torch.stack([t[part] for t in triplets]).to(self.device, non_blocking=True) for part in used]
+
+    def _val_subset(self, member: Member) -> np.ndarray:
+        if member.val is None or len(member.val) == 0:
             return np.zeros(0, dtype=np.int64)
-        n = len(self.val_data)
+        n = len(member.val)
         take = min(n, self.cfg.val_triplets)
-        return np.sort(rng(self.seed, "stsae-val").choice(n, take, replace=False))
+        return np.sort(rng(member.seed, "stsae-val").choice(n, take, replace=False))
 
     def lr_at(self, step: int) -> float:
         """Warm-up (linear from lr/warmup), constant, then linear decay to 0 over the last part."""
+        return self.cfg.lr_for(self.d_dict) * self._lr_factor(step)
+
+    def _lr_factor(self, step: int) -> float:
         cfg = self.cfg
         factor = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
         decay_start = int(cfg.lr_decay_start * self.total_steps)
         if step >= decay_start and self.total_steps > decay_start:
             factor = min(factor, (self.total_steps - step) / (self.total_steps - decay_start))
-        return cfg.lr_for(self.d_dict) * factor
+        return factor
 
     # ---- distributed helpers --------------------------------------------------------------------
     def _sum(self, value: Tensor) -> Tensor:
@@ -172,229 +278,278 @@ class Trainer:
         return value
 
     def _centred_ss(self, x: Tensor, n_global: int) -> Tensor:
-        """Σ‖x − x̄‖² over the global batch (x̄ the global mean), without gradient."""
+        """Σ‖x − x̄‖² per member over the global batch (x: float32[M, B, D], x̄ the global mean): [M]."""
         if self.world == 1:
             return centred_sum_of_squares(x)
         x = x.detach().double()
-        s1 = self._sum(x.sum(0))
-        s2 = self._sum(x.pow(2).sum())
-        return (s2 - s1.pow(2).sum() / n_global).float()
+        s1 = self._sum(x.sum(-2))
+        s2 = self._sum(x.pow(2).sum((-2, -1)))
+        return (s2 - s1.pow(2).sum(-1) / n_global).float()
 
     # ---- one step -------------------------------------------------------------------------------
-    def _loss_terms(self, z_t: Tensor, z_t1: Tensor, z_aug: Tensor, n_global: int,
-                    dead_mask: Tensor | None, div_sample: Tensor | None) -> tuple[LossTerms, Tensor]:
-        """This rank's share of every loss term and the bool[K] latents that fired on z_t."""
-        model, weights = self.model, self.spec.weights
-        b = z_t.shape[0]
-        parts = [z_t] + ([z_t1] if weights.smooth > 0 else []) + ([z_aug] if weights.stab > 0 else [])
-        x = model.standardise(torch.cat(parts))
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.bf16):
-            codes = model.codes(x, dead_mask, self.cfg.aux_k, aux_rows=b, dense=False)
-            x_hat = model.decode_codes(codes, rows=b).float()
-        x_t = x[:b]
-        f_t, *others = (self._dense(codes, start, start + b) for start in range(0, x.shape[0], b))
-        zero = x.new_zeros(())
-        rec = l_rec(x_t, x_hat, self._centred_ss(x_t, n_global))
-        sp = l_sp(f_t, n_global)
-        div = l_div(model.W_dec, div_sample) / self.world if weights.div > 0 else zero
-        smooth = l_smooth(f_t, others.pop(0), n_global) if weights.smooth > 0 else zero
-        stab = l_stab(f_t, others.pop(0), n_global) if weights.stab > 0 else zero
+    def _loss_terms(self, parts: list[Tensor], n_global: int, dead_mask: Tensor | None,
+                    div_sample: Tensor | None) -> tuple[LossTerms, Tensor]:
+        """This rank's share of every member's loss terms ([M] each) and the bool[M, K] latents that
+        fired on z_t. Terms a member does not weigh are still computed when another member needs them;
+        its zero weight then gives them exactly zero gradient."""
+        x_MTBD = self.stack.standardise(torch.stack(parts, 1))
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
+            out = self.stack(x_MTBD, dead_mask, self.cfg.aux_k)
+        x_t_MBD, x_hat_MBD, f_t_MBK = x_MTBD[:, 0], out.x_hat.float(), out.f[:, 0].float()
+        zero = x_t_MBD.new_zeros(len(self.members))
+        rec = l_rec(x_t_MBD, x_hat_MBD, self._centred_ss(x_t_MBD, n_global))
+        sp = l_sp(f_t_MBK, n_global)
+        div = l_div(self.stack.W_dec, div_sample) / self.world if self.uses_div else zero
+        smooth = l_smooth(f_t_MBK, out.f[:, self.parts["smooth"]].float(), n_global) \
+            if "smooth" in self.parts else zero
+        stab = l_stab(f_t_MBK, out.f[:, self.parts["stab"]].float(), n_global) if "stab" in self.parts else zero
         auxk = zero
-        if codes.aux_idx is not None and codes.aux_vals is not None:
-            residual = x_t - x_hat
-            aux_recon = model.sparse_combination(codes.aux_idx, codes.aux_vals)
-            auxk = l_auxk(residual, aux_recon, self._centred_ss(residual, n_global))
-        fired = (f_t > 0).any(0)
-        return LossTerms(rec, sp, div, stab, smooth, auxk), fired
-
-    def _dense(self, codes: Codes, start: int, stop: int) -> Tensor:
-        """float32[stop − start, K] dense codes of rows [start, stop)."""
-        if codes.idx is not None and codes.vals is not None:
-            return self.model.dense_codes(codes.idx[start:stop], codes.vals[start:stop])
-        assert codes.f is not None
-        return codes.f[start:stop].float()
+        if out.codes.aux_idx is not None and dead_mask is not None:
+            residual_MBD = x_t_MBD - x_hat_MBD
+            auxk = l_auxk(residual_MBD, self.stack.aux_reconstruction(out.codes),
+                          self._centred_ss(residual_MBD, n_global)) * dead_mask.any(1)
+        return LossTerms(rec, sp, div, stab, smooth, auxk), (f_t_MBK > 0).any(1)
 
     def _div_sample(self, step: int) -> Tensor | None:
-        if self.spec.weights.div == 0 or self.d_dict <= self.cfg.div_sample:
+        """int64[M, div_sample]: each member's L_div atom subset of `step` (None: all pairs)."""
+        if not self.uses_div or self.d_dict <= self.cfg.div_sample:
             return None
-        gen = torch.Generator().manual_seed(derive_seed(self.seed, "stsae-div", step))
-        return torch.randperm(self.d_dict, generator=gen)[: self.cfg.div_sample]
+        draws = []
+        for member in self.members:
+            gen = torch.Generator().manual_seed(derive_seed(member.seed, "stsae-div", step))
+            draws.append(torch.randperm(self.d_dict, generator=gen)[: self.cfg.div_sample])
+        return torch.stack(draws).to(self.device)
 
-    def update(self) -> dict[str, float]:
-        """One optimizer step on the global batch of `self.step`; returns the global loss terms."""
-        cfg, model = self.cfg, self.model
-        ids = self.batch_ids(self.step)
-        share = cfg.batch_size // self.world
-        z_t, z_t1, z_aug = self.train_data.batch(ids[self.rank * share:(self.rank + 1) * share])
-        use_auxk = cfg.activation == "topk" and self.spec.weights.auxk > 0
-        dead_mask = self.since_fired >= cfg.dead_after_samples if use_auxk else None
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.lr_at(self.step)
-        model.train()
-        div_sample = self._div_sample(self.step)
-        terms, fired = self._loss_terms(z_t, z_t1, z_aug, cfg.batch_size, dead_mask, div_sample)
-        self.optimizer.zero_grad(set_to_none=True)
-        terms.total(self.spec.weights, cfg.activation).backward()
+    def active(self) -> list[bool]:
+        """Members still training (not stopped early)."""
+        return [p.stopped_at is None for p in self.progress]
+
+    def _clip_gradients(self) -> None:
+        """Each member's gradient scaled to global norm ≤ train.grad_clip over all its parameters
+        (torch's clip_grad_norm_, per member)."""
+        grads = [p.grad for p in self.stack.parameters() if p.grad is not None]
+        norms_PM = torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads])
+        coef_M = (self.cfg.grad_clip / (torch.linalg.vector_norm(norms_PM, dim=0) + 1e-6)).clamp(max=1.0)
+        for grad in grads:
+            grad.mul_(coef_M.reshape(-1, *(1,) * (grad.ndim - 1)))
+
+    def _adam_step(self, active: list[bool]) -> None:
+        """torch's fused Adam on every active member's slices. Adam is elementwise, so the stack holds M
+        independent Adams; members sharing a learning rate take one call."""
+        by_lr: dict[float, list[int]] = {}
+        for i, on in enumerate(active):
+            if on:
+                by_lr.setdefault(self.base_lr[i] * self._lr_factor(self.step), []).append(i)
+        params = dict(self.stack.named_parameters())
+        for lr, ids in by_lr.items():
+            slots = [(name, i) for i in ids for name in params]
+            grads = [params[name].grad for name, _ in slots]
+            if any(g is None for g in grads):
+                continue
+            adam([params[name].data[i] for name, i in slots], [g[i] for g, (_, i) in zip(grads, slots, strict=True)],
+                 [self.exp_avg[name][i] for name, i in slots], [self.exp_avg_sq[name][i] for name, i in slots], [],
+                 [self.adam_steps[i, j] for i in ids for j in range(len(params))], fused=True, amsgrad=False,
+                 beta1=_BETAS[0], beta2=_BETAS[1], lr=lr, weight_decay=0.0, eps=_EPS, maximize=False)
+
+    def update(self) -> list[dict[str, float]]:
+        """One optimizer step on every active member's global batch of `self.step`; returns each member's
+        global loss terms (a stopped member's last ones)."""
+        cfg = self.cfg
+        active = self.active()
+        parts = self._batch(self.step)
+        dead_mask = None
+        if cfg.activation == "topk" and bool(self.use_auxk.any()):
+            dead_mask = (self.since_fired >= cfg.dead_after_samples) & self.use_auxk[:, None]
+        self.stack.train()
+        terms, fired = self._loss_terms(parts, cfg.batch_size, dead_mask, self._div_sample(self.step))
+        for param in self.stack.parameters():
+            param.grad = None
+        terms.total(self._weights_on_device).sum().backward()
         if self.world > 1:
-            for param in model.parameters():
+            for param in self.stack.parameters():
                 if param.grad is not None:
                     dist.all_reduce(param.grad)
             fired = self._sum(fired.to(torch.int32)) > 0
-        if self.spec.renorm:
-            model.remove_parallel_gradient()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        self.optimizer.step()
-        if self.spec.renorm:
-            model.renormalize_decoder()
-        self.since_fired += cfg.batch_size
-        self.since_fired[fired] = 0
+        self.stack.remove_parallel_gradient(self.renorm)
+        self._clip_gradients()
+        self._adam_step(active)
+        on = torch.tensor(active, device=self.device)
+        self.stack.renormalize_decoder(self.renorm & on)
+        self.since_fired += cfg.batch_size * on[:, None]
+        self.since_fired[fired & on[:, None]] = 0
         self.step += 1
-        values = self._sum(torch.stack([t.detach().float() for t in terms]))
-        result = dict(zip((f"l_{name}" for name in LossTerms._fields), values.tolist(), strict=True))
-        result["loss"] = float(LossTerms(*values).total(self.spec.weights, cfg.activation))
-        result["dead_fraction"] = float((self.since_fired >= cfg.dead_after_samples).float().mean())
-        self.last_train = result
-        return result
+        return self._report(terms, active)
+
+    def _report(self, terms: LossTerms, active: list[bool]) -> list[dict[str, float]]:
+        """Per-member loss terms as a model trained alone reports them: a term its variant does not weigh
+        is 0, whatever the group computed for other members (AuxK is already 0 without dead latents)."""
+        values_MT = self._sum(torch.stack([t.detach().float() for t in terms], 1)).cpu()
+        used_MT = self.weights_MT > 0
+        used_MT[:, LossTerms._fields.index("sp")] = True
+        values_MT = values_MT * used_MT
+        totals = LossTerms(*values_MT.unbind(1)).total(self.weights_MT)
+        dead = (self.since_fired >= self.cfg.dead_after_samples).float().mean(1).cpu()
+        results = []
+        for i, member in enumerate(self.progress):
+            if active[i]:
+                result = dict(zip((f"l_{name}" for name in LossTerms._fields), values_MT[i].tolist(), strict=True))
+                result["loss"] = float(totals[i])
+                result["dead_fraction"] = float(dead[i])
+                member.last_train = result
+            results.append(member.last_train)
+        return results
 
     # ---- validation -----------------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
-        """Every loss term on the fixed validation subset (AuxK excluded), plus EV, L0 and total."""
-        assert self.val_data is not None
-        model = self.model.eval()
+    def evaluate(self, i: int) -> dict[str, float]:
+        """Member i's loss terms on its fixed validation subset (AuxK excluded), plus EV, L0 and total."""
+        member, model, ids = self.members[i], self.stack.member(i).eval(), self.val_ids[i]
+        assert member.val is not None
         sums = dict.fromkeys(("sse", "sp", "stab", "smooth", "l0"), 0.0)
-        s1 = torch.zeros(EMBEDDING_DIM, dtype=torch.float64)
+        s1 = torch.zeros(EMBEDDING_DIM, dtype=torch.float64, device=self.device)
         s2 = 0.0
-        for start in range(0, len(self.val_ids), _VAL_CHUNK):
-            z_t, z_t1, z_aug = self.val_data.batch(self.val_ids[start:start + _VAL_CHUNK])
-            b = z_t.shape[0]
-            x = model.standardise(torch.cat([z_t, z_t1, z_aug]))
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.bf16):
-                codes = model.codes(x)
-                x_hat = model.decode_codes(codes, rows=b).float()
-            f = self._dense(codes, 0, x.shape[0])
-            f_t = f[:b]
-            x_t = x[:b].double()
-            sums["sse"] += float((x_t - x_hat.double()).pow(2).sum())
+        for start in range(0, len(ids), _VAL_CHUNK):
+            z_3BD = torch.stack(member.val.batch(ids[start:start + _VAL_CHUNK])).to(self.device, non_blocking=True)
+            b = z_3BD.shape[1]
+            x_3BD = model.standardise(z_3BD.flatten(0, 1)).view(3, b, EMBEDDING_DIM)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
+                codes = model.codes(x_3BD.flatten(0, 1))
+                x_hat_BD = model.decode_codes(codes, rows=b).float()
+            assert codes.f is not None
+            f_t, f_t1, f_aug = codes.f.float().view(3, b, self.d_dict)
+            x_t = x_3BD[0].double()
+            sums["sse"] += float((x_t - x_hat_BD.double()).pow(2).sum())
             s1 += x_t.sum(0)
             s2 += float(x_t.pow(2).sum())
             sums["sp"] += float(f_t.abs().sum())
-            sums["smooth"] += float((f_t - f[b:2 * b]).abs().sum())
-            sums["stab"] += float((f_t - f[2 * b:]).abs().sum())
+            sums["smooth"] += float((f_t - f_t1).abs().sum())
+            sums["stab"] += float((f_t - f_aug).abs().sum())
             sums["l0"] += float((f_t > 0).sum())
-        n = len(self.val_ids)
+        n = len(ids)
         total_var = s2 - float(s1.pow(2).sum()) / n
-        zero = torch.zeros(())
         terms = LossTerms(torch.tensor(sums["sse"] / total_var), torch.tensor(sums["sp"] / n),
-                          l_div(model.W_dec), torch.tensor(sums["stab"] / n),
-                          torch.tensor(sums["smooth"] / n), zero)
+                          l_div(model.W_dec).cpu(), torch.tensor(sums["stab"] / n),
+                          torch.tensor(sums["smooth"] / n), torch.zeros(()))
         result = {f"val_{k}": v for k, v in terms.as_floats().items() if k != "l_auxk"}
-        result["val_loss"] = float(terms.total(self.spec.weights, self.cfg.activation))
+        result["val_loss"] = float(terms.total(self.weights_MT[i]))
         result["val_ev"] = 1.0 - result["val_l_rec"]
         result["val_l0"] = sums["l0"] / n
         result["step"] = self.step
         return result
 
-    def _after_eval(self, metrics: dict[str, float]) -> None:
-        self.history.append(metrics)
-        if metrics["val_loss"] < self.best_val:
-            self.best_val, self.best_step, self.bad_evals = metrics["val_loss"], self.step, 0
+    def _after_eval(self, i: int, metrics: dict[str, float]) -> None:
+        progress = self.progress[i]
+        progress.history.append(metrics)
+        if metrics["val_loss"] < progress.best_val:
+            progress.best_val, progress.best_step, progress.bad_evals = metrics["val_loss"], self.step, 0
             if self.cfg.keep_best:
-                self.best_state = self.model.tensors()
+                progress.best_state = self.stack.member_tensors(i)
         else:
-            self.bad_evals += 1
-            if self.cfg.patience and self.bad_evals >= self.cfg.patience:
-                self.stopped_early = True
-                log.info("%s: early stop at step %d (best step %d)", self.name, self.step, self.best_step)
+            progress.bad_evals += 1
+            if self.cfg.patience and progress.bad_evals >= self.cfg.patience:
+                progress.stopped_at = self.step
+                log.info("%s: early stop at step %d (best step %d)", self.name(i), self.step, progress.best_step)
 
-    @property
-    def name(self) -> str:
-        return f"stsae-{self.variant}-K{self.d_dict}-s{self.seed}"
+    def name(self, i: int) -> str:
+        member = self.members[i]
+        return f"stsae-{member.variant}-K{self.d_dict}-s{member.seed}"
 
     @property
     def finished(self) -> bool:
-        return self.stopped_early or self.step >= self.total_steps
+        return self.step >= self.total_steps or not any(self.active())
 
     # ---- the loop -------------------------------------------------------------------------------
     def train(self, until: int | None = None) -> None:
         """Run steps up to `until` (default: the end), evaluating and checkpointing on schedule."""
         stop = self.total_steps if until is None else min(until, self.total_steps)
-        has_val = len(self.val_ids) > 0
         t0, start_step = time.perf_counter(), self.step
-        bar = progress(stop - self.step, self.name, "step")
+        label = self.name(0) if len(self.members) == 1 else f"{len(self.members)} models K={self.d_dict}"
+        bar = progress(stop - self.step, label, "step")
         while not self.finished and self.step < stop:
+            active = self.active()
             self.update()
             bar.update(1)
-            if has_val and (self.step % self.cfg.eval_every == 0 or self.step == self.total_steps):
-                self._after_eval(self.evaluate())
+            if self.step % self.cfg.eval_every == 0 or self.step == self.total_steps:
+                for i in range(len(self.members)):
+                    if active[i] and len(self.val_ids[i]) > 0:
+                        self._after_eval(i, self.evaluate(i))
             if self.checkpoint is not None and (self.step % self.cfg.checkpoint_every == 0 or self.finished):
                 self.save_checkpoint(self.checkpoint)
         bar.close()
-        seconds = time.perf_counter() - t0
+        seconds = max(time.perf_counter() - t0, 1e-9)
         if self.step > start_step:
-            rate = (self.step - start_step) * self.cfg.batch_size / max(seconds, 1e-9)
-            log.info("%s: %d steps in %.1f s (%.0f triplets/s), %s", self.name, self.step - start_step,
-                     seconds, rate, {k: round(v, 4) for k, v in self.last_train.items()})
-            self.last_train["triplets_per_s"] = rate
+            rate = (self.step - start_step) * self.cfg.batch_size / seconds
+            log.info("%s: %d steps in %.1f s (%.0f triplets/s per model)", label, self.step - start_step,
+                     seconds, rate)
+            for i, progress_i in enumerate(self.progress):
+                progress_i.last_train["triplets_per_s"] = rate
+                log.info("%s: %s", self.name(i), {k: round(v, 4) for k, v in progress_i.last_train.items()})
 
-    def result(self) -> tuple[STSAE, dict[str, Any]]:
-        """The trained model (best validation weights when train.keep_best) and its metrics."""
-        model = self.model
-        if self.cfg.keep_best and self.best_state is not None:
-            model = copy.deepcopy(self.model)
-            with torch.no_grad():
-                for name, value in self.best_state.items():
-                    getattr(model, name).copy_(value)
-        model.eval()
-        best = next((h for h in self.history if h["step"] == self.best_step), None)
+    def steps_run(self, i: int) -> int:
+        stopped = self.progress[i].stopped_at
+        return self.step if stopped is None else stopped
+
+    def result(self, i: int) -> tuple[STSAE, dict[str, Any]]:
+        """Member i as an independent model (best validation weights when train.keep_best) and its metrics."""
+        progress_i = self.progress[i]
+        keep = progress_i.best_state if self.cfg.keep_best else None
+        model = self.stack.standalone(i, keep).eval()
+        best = next((h for h in progress_i.history if h["step"] == progress_i.best_step), None)
         metrics: dict[str, Any] = {
-            "steps": self.total_steps, "steps_run": self.step, "stopped_early": self.stopped_early,
-            "best_step": self.best_step if best is not None else None,
-            "val": best or (self.history[-1] if self.history else None),
-            "train_last": self.last_train, "history": self.history,
-            **self.dead_latents(),
+            "steps": self.total_steps, "steps_run": self.steps_run(i),
+            "stopped_early": progress_i.stopped_at is not None,
+            "best_step": progress_i.best_step if best is not None else None,
+            "val": best or (progress_i.history[-1] if progress_i.history else None),
+            "train_last": progress_i.last_train, "history": progress_i.history,
+            **self.dead_latents(i),
         }
+        if model.stats is not None:
+            metrics["input_mean_norm_over_std"] = model.stats.mean_norm_over_std
+            metrics["effective_rank"] = model.stats.effective_rank
         return model, metrics
 
-    def dead_latents(self) -> dict[str, Any]:
-        """Dead latents as Gao et al. count them: no firing on the last N training samples (N =
-        train.dead_after_samples, stated beside the fraction). Before N samples were seen no latent
+    def dead_latents(self, i: int) -> dict[str, Any]:
+        """Member i's dead latents as Gao et al. count them: no firing on the last N training samples
+        (N = train.dead_after_samples, stated beside the fraction). Before N samples were seen no latent
         can qualify, so the fraction is None rather than a reassuring 0."""
-        n, seen = self.cfg.dead_after_samples, self.step * self.cfg.batch_size
-        fraction = float((self.since_fired >= n).float().mean()) if seen >= n else None
+        n, seen = self.cfg.dead_after_samples, self.steps_run(i) * self.cfg.batch_size
+        fraction = float((self.since_fired[i] >= n).float().mean()) if seen >= n else None
         return {"dead_fraction_train": fraction, "dead_window_samples": n, "samples_seen": seen}
 
     # ---- checkpoints ----------------------------------------------------------------------------
     def settings(self) -> dict[str, Any]:
         """What a checkpoint must match to be resumed (else it is stale and ignored)."""
-        return {"variant": self.variant, "d_dict": self.d_dict, "seed": self.seed, "steps": self.total_steps,
-                "train_config": self.cfg.model_dump(mode="json"), "embeddings": self.embeddings,
-                "n_train_pairs": len(self.train_data),
-                "n_val_pairs": 0 if self.val_data is None else len(self.val_data), "world_size": self.world}
+        return {"d_dict": self.d_dict, "steps": self.total_steps, "train_config": model_recipe(self.cfg),
+                "embeddings": self.embeddings, "world_size": self.world,
+                "members": [{"variant": m.variant, "seed": m.seed, "n_train_pairs": len(m.train),
+                             "n_val_pairs": 0 if m.val is None else len(m.val)} for m in self.members]}
 
     def save_checkpoint(self, path: Path) -> None:
-        """Atomically write the full training state (rank 0 only)."""
+        """Atomically write the whole group's training state (rank 0 only)."""
         if self.rank != 0:
             return
-        tensors = {f"model.{k}": v for k, v in self.model.tensors().items()}
-        if self.best_state is not None:
-            tensors.update({f"best.{k}": v for k, v in self.best_state.items()})
-        for i, state in self.optimizer.state_dict()["state"].items():
-            tensors.update({f"opt.{i}.{k}": v.detach().clone() for k, v in state.items()})
+        tensors = {f"model.{name}": getattr(self.stack, name).detach().contiguous().clone() for name in TENSOR_NAMES}
+        for name in self.exp_avg:
+            tensors[f"adam.{name}.exp_avg"] = self.exp_avg[name].clone()
+            tensors[f"adam.{name}.exp_avg_sq"] = self.exp_avg_sq[name].clone()
+        tensors["adam.steps"] = self.adam_steps.clone()
         tensors["since_fired"] = self.since_fired.clone()
-        state = {"settings": self.settings(), "step": self.step, "history": self.history,
-                 "best_val": self.best_val if math.isfinite(self.best_val) else None,
-                 "best_step": self.best_step, "bad_evals": self.bad_evals,
-                 "stopped_early": self.stopped_early, "last_train": self.last_train,
-                 "rng": {"scheme": "derive_seed(seed, name, step|epoch) per draw; no running state",
-                         "seed": self.seed},
-                 "optimizer": {"type": "Adam", "param_groups": self.optimizer.state_dict()["param_groups"]}}
+        for i, progress_i in enumerate(self.progress):
+            if progress_i.best_state is not None:
+                tensors.update({f"best.{i}.{k}": v for k, v in progress_i.best_state.items()})
+        state = {"settings": self.settings(), "step": self.step, "members": [p.state() for p in self.progress],
+                 "rng": {"scheme": "derive_seed(seed, name, step|epoch) per draw; no running state"},
+                 "optimizer": {"type": "Adam per member", "betas": list(_BETAS), "eps": _EPS}}
         metadata = {"format": CHECKPOINT_FORMAT, "state": json.dumps(state)}
-        io.write_bytes(path, safetensors_bytes(tensors, metadata))
+        io.write_bytes(path, safetensors_bytes({k: v.cpu() for k, v in tensors.items()}, metadata))
 
     def _load_checkpoint(self, path: Path) -> None:
         tensors, header = read_safetensors(path)
-        if header.get("format") != CHECKPOINT_FORMAT or "state" not in header:
+        fmt = header.get("format", "")
+        if fmt != CHECKPOINT_FORMAT and fmt.startswith("stsae-train/"):
+            log.warning("%s: training checkpoint of an older format (%s); ignored, starting fresh", path, fmt)
+            return
+        if fmt != CHECKPOINT_FORMAT or "state" not in header:
             raise CheckpointError(f"{path}: not an ST-SAE training checkpoint; delete it to start over")
         state = json.loads(header["state"])
         if state["settings"] != self.settings():
@@ -402,30 +557,97 @@ class Trainer:
             return
         try:
             with torch.no_grad():
-                for name, value in self.model.tensors().items():
-                    getattr(self.model, name).copy_(tensors[f"model.{name}"].reshape(value.shape))
-            opt_state = self.optimizer.state_dict()
-            for i in range(len(opt_state["param_groups"][0]["params"])):
-                keys = [k for k in tensors if k.startswith(f"opt.{i}.")]
-                if keys:
-                    opt_state["state"][i] = {k.split(".", 2)[2]: tensors[k] for k in keys}
-            self.optimizer.load_state_dict(opt_state)
-            self.since_fired = tensors["since_fired"].clone()
-            best = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("best.")}
+                for name in TENSOR_NAMES:
+                    getattr(self.stack, name).copy_(tensors[f"model.{name}"])
+                for name in self.exp_avg:
+                    self.exp_avg[name].copy_(tensors[f"adam.{name}.exp_avg"])
+                    self.exp_avg_sq[name].copy_(tensors[f"adam.{name}.exp_avg_sq"])
+                self.adam_steps.copy_(tensors["adam.steps"])
+                self.since_fired.copy_(tensors["since_fired"])
+            progress_list = []
+            for i, member_state in enumerate(state["members"]):
+                best = {k.split(".", 2)[2]: v.to(self.device) for k, v in tensors.items()
+                        if k.startswith(f"best.{i}.")}
+                progress_list.append(MemberProgress.from_state(member_state, best or None))
         except (KeyError, RuntimeError, ValueError) as exc:
             raise CheckpointError(f"{path}: inconsistent training checkpoint ({exc}); delete it") from None
-        self.best_state = best or None
+        self.progress = progress_list
         self.step = state["step"]
-        self.history = state["history"]
-        self.best_val = math.inf if state["best_val"] is None else state["best_val"]
-        self.best_step, self.bad_evals = state["best_step"], state["bad_evals"]
-        self.stopped_early, self.last_train = state["stopped_early"], state["last_train"]
-        log.info("%s: resumed from %s at step %d", self.name, path, self.step)
+        log.info("%s: resumed from %s at step %d", ", ".join(map(self.name, range(len(self.members)))), path,
+                 self.step)
+
+
+class Trainer:
+    """Trains one (variant, K, seed) model: a `FusedTrainer` group of one, with single-model accessors."""
+
+    def __init__(self, train: WindowTripletDataset, val: WindowTripletDataset | None, cfg: TrainSection,
+                 variant: str, d_dict: int, seed: int, steps: int | None = None,
+                 checkpoint: Path | None = None, embeddings: str | None = None, device: torch.device = _CPU):
+        self.group = FusedTrainer([Member(variant, seed, train, val)], cfg, d_dict, steps, checkpoint,
+                                  embeddings, device)
+
+    @property
+    def model(self) -> STSAE:
+        """The model being trained (its tensors are the group's: in-place edits train on)."""
+        return self.group.stack.member(0)
+
+    @property
+    def step(self) -> int:
+        return self.group.step
+
+    @step.setter
+    def step(self, value: int) -> None:
+        self.group.step = value
+
+    @property
+    def since_fired(self) -> Tensor:
+        """int64[K]: training samples since each latent last fired."""
+        return self.group.since_fired[0]
+
+    @since_fired.setter
+    def since_fired(self, value: Tensor) -> None:
+        self.group.since_fired[0] = value
+
+    @property
+    def history(self) -> list[dict[str, float]]:
+        return self.group.progress[0].history
+
+    def batch_ids(self, step: int) -> np.ndarray:
+        return self.group.batch_ids(0, step)
+
+    def lr_at(self, step: int) -> float:
+        return self.group.lr_at(step)
+
+    def update(self) -> dict[str, float]:
+        return self.group.update()[0]
+
+    def train(self, until: int | None = None) -> None:
+        self.group.train(until)
+
+    def result(self) -> tuple[STSAE, dict[str, Any]]:
+        return self.group.result(0)
+
+    def dead_latents(self) -> dict[str, Any]:
+        return self.group.dead_latents(0)
+
+    def save_checkpoint(self, path: Path) -> None:
+        self.group.save_checkpoint(path)
+
+
+def fit_group(members: Sequence[Member], cfg: TrainSection, d_dict: int, checkpoint: Path | None = None,
+              steps: int | None = None, embeddings: str | None = None,
+              device: torch.device = _CPU) -> list[tuple[STSAE, dict[str, Any]]]:
+    """Train (or resume, or just reload a finished checkpoint of) M models of one K together; returns
+    (model, metrics) per member, in order. See `fit_stsae` for the metrics and the checkpoint."""
+    trainer = FusedTrainer(members, cfg, d_dict, steps=steps, checkpoint=checkpoint, embeddings=embeddings,
+                           device=device)
+    trainer.train()
+    return [trainer.result(i) for i in range(len(trainer.members))]
 
 
 def fit_stsae(train: WindowTripletDataset, val: WindowTripletDataset | None, cfg: TrainSection, variant: str,
-              d_dict: int, seed: int, checkpoint: Path | None = None,
-              steps: int | None = None, embeddings: str | None = None) -> tuple[STSAE, dict[str, Any]]:
+              d_dict: int, seed: int, checkpoint: Path | None = None, steps: int | None = None,
+              embeddings: str | None = None, device: torch.device = _CPU) -> tuple[STSAE, dict[str, Any]]:
     """Train (or resume, or just reload a finished checkpoint of) one ST-SAE; returns (model, metrics).
 
     Reusable for refits (e.g. 50 % patient subsamples): pass the subsample's datasets and a `steps`
@@ -433,13 +655,7 @@ def fit_stsae(train: WindowTripletDataset, val: WindowTripletDataset | None, cfg
     the caller deletes it once it has saved the model; `embeddings` (the extract fingerprint) must match
     for it to be resumed. metrics: steps, steps_run, stopped_early,
     best_step, val (validation terms of the selected weights), train_last, history, dead_fraction_train
-    (None before dead_window_samples samples were seen), dead_window_samples, samples_seen.
+    (None before dead_window_samples samples were seen), dead_window_samples, samples_seen,
+    input_mean_norm_over_std, effective_rank.
     """
-    trainer = Trainer(train, val, cfg, variant, d_dict, seed, steps=steps, checkpoint=checkpoint,
-                      embeddings=embeddings)
-    trainer.train()
-    model, metrics = trainer.result()
-    if model.stats is not None:
-        metrics["input_mean_norm_over_std"] = model.stats.mean_norm_over_std
-        metrics["effective_rank"] = model.stats.effective_rank
-    return model, metrics
+    return fit_group([Member(variant, seed, train, val)], cfg, d_dict, checkpoint, steps, embeddings, device)[0]
