@@ -129,7 +129,7 @@ def test_stability_refits_train_on_half_the_train_patients(run_dir_with_models: 
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[int] = []
 
-    def fake_fit_group(members, cfg, d_dict, steps=None):
+    def fake_fit_group(members, cfg, d_dict, steps=None, device=None):
         fitted = []
         for member in members:
             seen.append(len(np.unique(member.train.pairs[:, 0] // PER_PATIENT)))
@@ -156,7 +156,7 @@ def test_subsample_refits_default_to_the_main_models_step_budget(run_dir_with_mo
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     seen_steps: list[int | None] = []
 
-    def fake_fit_group(members, cfg, d_dict, steps=None):
+    def fake_fit_group(members, cfg, d_dict, steps=None, device=None):
         seen_steps.append(steps)
         raise StopIteration
 
