@@ -14,7 +14,7 @@ from sklearn.decomposition import NMF
 from sklearn.exceptions import ConvergenceWarning
 
 from stsae.models import nmf
-from stsae.models.baselines import NMFBaseline
+from stsae.models.baselines import ICABaseline, NMFBaseline
 from stsae.models.nmf import nmf_hals
 
 
@@ -109,3 +109,11 @@ def test_hitting_max_iter_is_a_warning_naming_the_config_key(caplog: pytest.LogC
         model = NMFBaseline(6, max_iter=2).fit(z)
     assert model.fit_info_ == {**model.fit_info_, "n_iter": 2, "converged": False}
     assert "baselines.max_iter" in caplog.text
+
+
+def test_an_ica_fit_stopped_by_its_cap_is_recorded_as_not_converged(tmp_path) -> None:
+    gen = np.random.default_rng(0)
+    z = (gen.uniform(-1, 1, (400, 4)) @ gen.standard_normal((4, 512))).astype(np.float32)  # independent sources
+    capped = ICABaseline(4, max_iter=1).fit(z)
+    assert capped.fit_info_ == {"solver": "sklearn-fastica", "n_iter": 1, "converged": False}
+    assert ICABaseline(4, max_iter=400).fit(z).fit_info_["converged"] is True

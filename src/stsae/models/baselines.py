@@ -136,6 +136,7 @@ class AffineDictionary(ABC):
         for warning in caught:
             if issubclass(warning.category, ConvergenceWarning):
                 log.warning("%s: %s (raise baselines.max_iter)", self.name, warning.message)
+                self.fit_info_["converged"] = False
         return self
 
     def _require_fitted(self) -> None:
@@ -249,8 +250,7 @@ class ICABaseline(AffineDictionary):
         self.components_, norms = _unit_rows(est.mixing_.T)
         self.mean_ = est.mean_.astype(np.float32)
         self.unmixing_ = (est.components_ * norms[:, None]).astype(np.float32)
-        self.fit_info_ = {"solver": "sklearn-fastica", "n_iter": int(est.n_iter_),
-                          "converged": int(est.n_iter_) < self.max_iter}
+        self.fit_info_ = {"solver": "sklearn-fastica", "n_iter": int(est.n_iter_), "converged": True}
 
     def _dense_codes(self, z: np.ndarray) -> np.ndarray:
         return (z - self.mean_) @ self.unmixing_.T
