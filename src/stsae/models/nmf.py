@@ -24,12 +24,9 @@ W: float64[N, r]; H: float64[r, d].
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import numpy as np
-
-log = logging.getLogger(__name__)
 
 CHUNK_ROWS = 8192
 DEFAULT_TOL = 1e-2  # with DEFAULT_WINDOW: < 0.1 % decrease per iteration, averaged over 10
