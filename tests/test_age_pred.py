@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from stsae.aging import age_pred
 from stsae.aging.age_pred import (
     AgingResult,
     aging_pipeline,
@@ -239,3 +240,16 @@ def test_a_rare_feature_far_outside_its_train_range_cannot_drag_a_prediction_bey
     assert unclipped > 300
     assert train_predictions.min() <= predictor.predict(outlier)[0] <= train_predictions.max()
     assert np.allclose(train_predictions, ((x - predictor.mean) / predictor.scale) @ predictor.coef + 50.0)
+
+
+def test_cross_validation_on_threads_fits_the_same_model_as_serially(monkeypatch: pytest.MonkeyPatch) -> None:
+    x, patients = cohort(k=40)
+    train = (patients["split"] == "train").to_numpy()
+    args = (x[train], patients["age"].to_numpy()[train], patients["patient_id"].to_numpy()[train], FAST, 0)
+    monkeypatch.setattr(age_pred, "_cv_threads", lambda: 1)
+    serial = fit_age_predictor(*args)
+    monkeypatch.setattr(age_pred, "_cv_threads", lambda: 2)
+    threaded = fit_age_predictor(*args)
+    assert (threaded.alpha, threaded.l1_ratio) == (serial.alpha, serial.l1_ratio)
+    np.testing.assert_array_equal(threaded.coef, serial.coef)
+    assert threaded.intercept == serial.intercept

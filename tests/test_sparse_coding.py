@@ -12,6 +12,7 @@ from stsae.models.sparse_coding import (
     least_squares_off_support,
     least_squares_on_support,
     nnls_gram,
+    objective,
     top_k_support,
 )
 
@@ -126,3 +127,10 @@ def test_nnls_with_most_atoms_active_equals_scipy() -> None:
     x = nnls_gram(atoms @ atoms.T, y @ atoms.T)
     reference = np.stack([nnls(atoms.T, row, maxiter=REFERENCE_MAXITER)[0] for row in y])
     np.testing.assert_allclose(x, reference, atol=1e-7 * np.abs(reference).max())
+
+
+def test_objective_is_squared_error_minus_the_targets_energy() -> None:
+    atoms, y = _problem(3, 7, 11, 5)
+    x = np.random.default_rng(4).standard_normal((5, 7))
+    expected = ((y - x @ atoms) ** 2).sum(axis=1) - (y**2).sum(axis=1)
+    np.testing.assert_allclose(objective(atoms @ atoms.T, y @ atoms.T, x), expected, rtol=1e-10, atol=1e-10)

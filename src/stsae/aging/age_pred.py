@@ -11,6 +11,7 @@ is never shaped by test ages.
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -170,11 +171,24 @@ def _standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, np.where(scale > 1e-12, scale, 1.0)
 
 
+def _cv_threads() -> int:
+    """Threads for the cross-validation paths: the usable cores, at most 8."""
+    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
 def _elastic_net_cv(
     x: np.ndarray, y: np.ndarray, groups: np.ndarray, config: AgingSection, seed: int
 ) -> ElasticNetCV:
+    """ElasticNetCV over GroupKFold folds.
+
+    The (l1_ratio, fold) paths run on threads: scikit-learn's coordinate descent releases the GIL, and the
+    paths are independent, so the fitted model is identical to a serial fit. This is what the age stage
+    spends its time on: on the demo, the 512 collinear raw-embedding features take 21 s of CPU against
+    0.4 s for the 128 concepts (coordinate descent runs up to thousands of epochs at the small alphas).
+    """
     folds = list(_group_folds(config.cv_folds, seed).split(x, y, groups))
-    model = ElasticNetCV(l1_ratio=config.l1_ratios, alphas=config.n_alphas, cv=folds, max_iter=5000)
+    model = ElasticNetCV(l1_ratio=config.l1_ratios, alphas=config.n_alphas, cv=folds, max_iter=5000,
+                         n_jobs=_cv_threads())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         model.fit(x, y)

@@ -253,8 +253,11 @@ def _tolerance(b: np.ndarray, rtol: float) -> np.ndarray:
 
 
 def objective(gram: np.ndarray, b: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """float64[N]: xᵀGx − 2 bᵀx per row = ‖y − xD‖² − ‖y‖², so lower is a better reconstruction."""
-    return np.einsum("ni,ij,nj->n", x, gram, x) - 2.0 * np.einsum("ni,ni->n", b, x)
+    """float64[N]: xᵀGx − 2 bᵀx per row = ‖y − xD‖² − ‖y‖², so lower is a better reconstruction.
+
+    (x G) · x through a matrix product: the three-operand einsum ran unoptimised, ~15 % of a k-sparse
+    re-encode of the demo's nmf-n128."""
+    return ((x @ gram) * x).sum(axis=1) - 2.0 * (b * x).sum(axis=1)
 
 
 def top_k_support(codes: np.ndarray, k: int) -> np.ndarray:

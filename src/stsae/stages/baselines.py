@@ -41,4 +41,4 @@ def run(ctx: StageContext) -> None:
             model = make_baseline(method, n, seed=derive_seed(seed, "baselines", method, n), max_iter=cfg.max_iter)
             model.fit(z_train)
             model.save(ctx.run_dir.baseline(method, n))
-            log.info("baseline %s fitted", model.name)
+            log.info("baseline %s fitted %s", model.name, model.fit_info_ or "")
