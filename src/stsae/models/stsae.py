@@ -14,7 +14,7 @@ Public SAE practice this follows, and where from:
 - b_dec initialised to the geometric median of the data: "saprmarks/dictionary_learning" top_k.py.
 - Atoms start as random unit directions with the encoder tied to them (Gao et al.). `init="data"`
   puts them on standardised train rows instead: on our low-rank embeddings (effective rank ≈ 12 of
-  512) such atoms fire together and the first reconstructions overshoot ≈ 300–600× the variance
+  512) such atoms fire together and the first reconstructions overshoot the variance many-fold
   unless the encoder is scaled by least squares (`fit_scale`); even then more latents end dead than
   with random atoms (benchmarks/bench_sae_init.py).
 - AuxK passes gradient straight through the ReLU of the dead latents it selects: a dead latent's
@@ -335,7 +335,7 @@ class STSAE(nn.Module):
         geometric median (dictionary_learning). init="random" keeps the random unit atoms of the
         constructor (Gao et al.); "data" puts them on random standardised train rows. fit_scale then
         scales the tied encoder so the first reconstructions have the least-squares magnitude (see
-        `_fit_encoder_scale`; data-row atoms without it overshot ≈ 600× the variance).
+        `_fit_encoder_scale`; data-row atoms without it overshoot many-fold).
         """
         if init not in INITS:
             raise StsaeError(f"train.init: must be one of {INITS}, got {init!r}")
@@ -373,7 +373,7 @@ class STSAE(nn.Module):
         the selected latents and scales their codes, so the first reconstruction is exactly s·r.
         Tied data-row atoms on low-rank data otherwise fire together and overshoot many-fold; after
         the correction most latents had a negative pre-activation on every row (dead). Random atoms
-        do not overshoot, and scaling them measured worse (more dead latents), hence off by default.
+        do not overshoot, and scaling them leaves more latents dead (README, Measured), hence off by default.
         """
         target = x - self.b_dec
         recon = self.decode_codes(self.codes(x, dense=False)) - self.b_dec

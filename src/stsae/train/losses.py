@@ -45,7 +45,7 @@ def l_div(w_dec: Tensor, sample: Tensor | None = None) -> Tensor:
     sample: int64[..., m] distinct atom ids (per leading index); when given, only the m(m−1) pairs among those atoms are
     averaged. Every pair is equally likely to be drawn, so this is an unbiased estimate of the full
     mean at O(m²·d) per step, independent of K. (Sampling m atoms against all K, O(m·K·d), costs
-    as much as the Top-K encoder itself at m = 128, K = 1024; we measured it at half a step.)
+    as much as the Top-K encoder itself at m = 128, K = 1024.)
     Without a sample the exact mean is computed from the d×d Gram matrix: ‖UᵀU‖²_F − Σ‖u_i‖⁴ is the
     sum over i ≠ j of cos², at O(K·d²).
     """
