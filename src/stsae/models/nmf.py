@@ -113,7 +113,8 @@ def _w_step(x: np.ndarray, h: np.ndarray, w_prev: np.ndarray, x_sq: float, sweep
     """Improve W ≥ 0 given H ≥ 0 by HALS sweeps from w_prev, row chunk by row chunk.
 
     The sweeps run in float32: they are bound by reading W once per column, and halving that traffic
-    roughly halves their time at the same objective (README, Measured). The objective and every Gram sum stay float64, so the scores are exact for the W used.
+    roughly halves their time at the same objective (README, Measured). The objective and every Gram
+    sum stay float64, so the scores are exact for the W used.
     """
     rank, dim = h.shape
     hht = h @ h.T
