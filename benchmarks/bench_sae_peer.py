@@ -174,6 +174,8 @@ class HeldOutAccumulator:
         """heldout_ev = 1 − SSE / Σ‖x − x̄‖²; heldout_never_fired = share of latents never positive."""
         assert self.s1 is not None, "no held-out rows were added"
         total = self.s2 - float(self.s1.pow(2).sum()) / self.n
+        if not total > 0:
+            raise StsaeError(f"held-out rows ({self.n}) have zero variance: EV is undefined")
         return {"heldout_ev": 1.0 - self.sse / total,
                 "heldout_never_fired": 1.0 - float(self.fired.float().mean()), "heldout_rows": self.n}
 
@@ -409,7 +411,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--steady-from", type=int, default=100)
     parser.add_argument("--variants", nargs="+", default=["vanilla", "full"], choices=["vanilla", "full"])
     parser.add_argument("--no-peer", action="store_true", help="ours only, in this process")
-    parser.add_argument("--config", type=Path, default=Path("configs/default.yaml"))
+    parser.add_argument("--config", type=Path, default=Path(__file__).resolve().parents[1] / "configs" / "default.yaml")
     parser.add_argument("--set", action="append", default=[], metavar="train.KEY=VALUE",
                         help="override our config (repeatable)")
     parser.add_argument("--n-train", type=int, default=65_536)
