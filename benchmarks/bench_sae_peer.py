@@ -77,7 +77,8 @@ PEER_STUBS = {"nnsight": (
     "    def __init__(self, *args, **kwargs):\n"
     "        raise RuntimeError('nnsight stub: language models are not part of bench_sae_peer')\n")}
 QUICK = {"sizes": [256], "steps": [5, 20], "batch": 256, "n_train": 4096, "n_held": 2048, "steady_from": 8,
-         "set": ["train.dead_after_samples=1024"]}
+         "set": ["train.dead_after_samples=1024"], "warmup": 3}
+DEFAULT_OUT = Path("benchmarks/results/sae_peer.json")
 _CHUNK = 4096
 _RANK, _CLUSTERS, _RECORD = 12, 32, 40
 
@@ -422,12 +423,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--peer-env", type=Path, default=Path(tempfile.gettempdir()) / "stsae-peer-env")
     parser.add_argument("--peer-source", type=Path, default=None,
                         help="install dictionary_learning from this checkout instead of the registry")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/sae_peer.json"))
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
         for key, value in QUICK.items():
             setattr(args, key, value if key != "set" else [*value, *args.set])
+        if args.out == DEFAULT_OUT:
+            args.out = DEFAULT_OUT.with_name("sae_peer_quick.json")
+    if not 0 <= args.warmup < max(args.steps):
+        parser.error(f"--warmup {args.warmup} must be below the last checkpoint step {max(args.steps)}")
+    if min(args.sizes) < args.k:
+        parser.error(f"--sizes: every dictionary size must be at least --k {args.k}")
     return args
 
 

@@ -142,3 +142,10 @@ def test_quick_run_without_peer_trains_and_writes_json(bench: ModuleType, tmp_pa
     assert ours["at_step"]["20"]["heldout_ev"] > ours["at_step"]["5"]["heldout_ev"]
     assert result["sizes"]["K256"]["speed_vs_peer"] == {}
     assert result["settings"]["peer"] is None
+
+
+def test_a_warmup_past_the_last_checkpoint_is_refused_naming_the_flag(bench: ModuleType,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--steps", "6", "--warmup", "10"])
+    assert "--warmup 10" in capsys.readouterr().err
