@@ -43,6 +43,7 @@ Results: benchmarks/README.md, section "SAE vs dictionary_learning".
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import platform
@@ -62,6 +63,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+import stsae
 from stsae.config import TrainSection, load_config
 from stsae.data.dataset import WindowTripletDataset
 from stsae.errors import StsaeError
@@ -452,7 +454,9 @@ def main(argv: list[str] | None = None) -> int:
                      "steady_from": args.steady_from, "seed": args.seed, "config": str(args.config),
                      "overrides": args.set, "train": cfg.model_dump(mode="json"),
                      "peer": None if args.no_peer else {"packages": list(PEER_REQUIREMENTS),
+                                                        "version": importlib.metadata.version("dictionary-learning"),
                                                         "dead_window_tokens": cfg.dead_after_samples}},
+        "stsae_source": str(Path(stsae.__file__).resolve().parent),
         "sizes": {}}
     for d_dict in args.sizes:
         result["sizes"][f"K{d_dict}"] = run_size(data, cfg, d_dict, args.variants, not args.no_peer, args.steps,
