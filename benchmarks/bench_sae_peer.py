@@ -40,8 +40,8 @@ stub `nnsight` (imported only by its LM activation buffers) and reruns itself in
 Measured 2026-11-30 (batch 1024, 20 480 held-out rows, one thread on the loaded 2-core box; full table
 and the AuxK-window study in benchmarks/README.md, section "SAE vs dictionary_learning"): our EV ≥ theirs
 at K = 1024 … 8192 after 50 and 250 steps; never-firing latents 1–5 points more than theirs at 50 steps,
-at 250 steps 3.0 % vs 4.9 % (K = 2048) and 24 % vs 53 % (K = 4096) but 70 % vs 67 % (K = 8192); vanilla
-step 1.5–2.3× faster, 1.5–2.2× in the steady state with AuxK active.
+at 250 steps 5.1 % vs 2.2 % (K = 1024), 3.0 % vs 4.9 % (2048), 24 % vs 53 % (4096), 70 % vs 67 % (8192);
+vanilla step 1.5–2.3× faster, 1.5–2.2× in the steady state with AuxK active.
 """
 
 from __future__ import annotations
