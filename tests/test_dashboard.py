@@ -7,6 +7,7 @@ import base64
 import itertools
 import json
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -173,6 +174,22 @@ def test_activation_odds_ratio_finds_a_planted_effect_and_not_a_null_one() -> No
     unrelated = stats.activation_odds_ratio(null, patients, "htn", min_events=5)
     assert unrelated["lo"] < 1.0 < unrelated["hi"]
     assert "skipped" in stats.activation_odds_ratio(np.zeros(n), patients, "htn", min_events=5)
+
+
+def test_activation_odds_ratio_per_sd_is_scale_free_and_silent_for_a_tiny_activation_scale() -> None:
+    """A concept firing at 1e-3 makes the (unused) per-5-unit OR overflow; the per-SD OR must not change."""
+    generator = np.random.default_rng(1)
+    n = 600
+    patients = pd.DataFrame({"age": generator.uniform(20, 80, n),
+                             "sex": np.where(generator.random(n) < 0.5, "M", "F")})
+    effect = generator.normal(size=n)
+    patients["htn"] = (generator.random(n) < 1 / (1 + np.exp(-(effect - 0.5)))).astype(float)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        tiny = stats.activation_odds_ratio(effect * 1e-3, patients, "htn", min_events=5)
+    unit = stats.activation_odds_ratio(effect, patients, "htn", min_events=5)
+    for key in ("or", "lo", "hi"):
+        assert np.isfinite(tiny[key]) and tiny[key] == pytest.approx(unit[key], rel=1e-4)
 
 
 def test_spearman_ci_covers_rho_and_narrows_with_n() -> None:

@@ -112,7 +112,9 @@ def activation_odds_ratio(activation: np.ndarray, patients: pd.DataFrame, label:
     frame = patients[["age", "sex", label]].assign(delta_age=np.asarray(activation, dtype=np.float64))
     if frame["delta_age"].std() == 0:
         return {"skipped": "activation constant over patients"}
-    with np.errstate(divide="ignore"):  # log(0) inside statsmodels on near-separated data; handled there
+    # divide: log(0) inside statsmodels on near-separated data, handled there. over: the per-5-year OR of
+    # an activation (not in years) can overflow for a tiny activation scale; only the per-SD OR is used.
+    with np.errstate(divide="ignore", over="ignore"):
         fit = logistic_association(frame, label, min_events=min_events)
     if "skipped" in fit:
         return {"skipped": str(fit["skipped"])}
