@@ -9,7 +9,6 @@ examples: CUDA whenever it is available, else the CPU.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -18,14 +17,9 @@ from typing import Any
 import torch
 
 from stsae.errors import StsaeError
+from stsae.utils.dist import local_rank
 
 CPU = torch.device("cpu")
-
-
-def local_rank() -> int | None:
-    """torchrun's LOCAL_RANK (this process's index on its host), or None outside torchrun."""
-    value = os.environ.get("LOCAL_RANK")
-    return None if value is None else int(value)
 
 
 def resolve_device(spec: str, key: str) -> torch.device:

@@ -18,6 +18,12 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def local_rank() -> int | None:
+    """torchrun's LOCAL_RANK (this process's index on its host), or None outside torchrun."""
+    value = os.environ.get("LOCAL_RANK")
+    return None if value is None else int(value)
+
+
 def is_main_process() -> bool:
     """Only rank 0 writes shared files (stage records, manifest); every rank writes its own rows."""
     return rank() == 0
