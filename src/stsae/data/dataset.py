@@ -70,15 +70,25 @@ class MemmapRows:
             return np.empty((0, self.shape[1]), dtype=self.dtype)
         unique, inverse = np.unique(rows, return_inverse=True)
         out = np.empty((unique.size, self.shape[1]), dtype=self.dtype)
-        buffer = memoryview(out).cast("B")
         breaks = np.flatnonzero(np.diff(unique) != 1) + 1
         for start, stop in zip(np.r_[0, breaks].tolist(), np.r_[breaks, unique.size].tolist(), strict=True):
-            span = buffer[start * self.row_bytes:stop * self.row_bytes]
-            got = os.preadv(self._fd, [span], self.offset + int(unique[start]) * self.row_bytes)
-            if got != len(span):
-                raise InputDataError(f"{self.path}: ends before row {int(unique[start])} of {self.shape[0]} "
-                                     "(file truncated since it was opened? rerun the stage that writes it)")
+            self._read_run(out[start:stop], int(unique[start]))
         return out[inverse]
+
+    def read_all(self) -> np.ndarray:
+        """The whole array in one positioned read (one copy in memory, no mapped pages)."""
+        out = np.empty(self.shape, dtype=self.dtype)
+        if out.size:
+            self._read_run(out, 0)
+        return out
+
+    def _read_run(self, out: np.ndarray, first_row: int) -> None:
+        """Fill `out` (consecutive rows from `first_row`) with one positioned read."""
+        span = memoryview(out).cast("B")
+        got = os.preadv(self._fd, [span], self.offset + first_row * self.row_bytes)
+        if got != len(span):
+            raise InputDataError(f"{self.path}: ends before row {first_row} of {self.shape[0]} "
+                                 "(file truncated since it was opened? rerun the stage that writes it)")
 
 
 IN_MEMORY_MAX_BYTES = 256 * 2**20
@@ -96,7 +106,7 @@ def row_gatherer(array: np.ndarray, in_memory_max_bytes: int = IN_MEMORY_MAX_BYT
         return array.__getitem__
     reader = MemmapRows(array)
     if array.nbytes <= in_memory_max_bytes:
-        return reader.read(np.arange(array.shape[0])).__getitem__
+        return reader.read_all().__getitem__
     return reader.read
 
 
