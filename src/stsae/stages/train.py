@@ -65,9 +65,10 @@ def set_aside_stale(run_dir: RunDir, current: set[str]) -> list[str]:
 
 def _groups(entries: list[GridEntry], fused: bool) -> list[list[GridEntry]]:
     """Entries to train together: those of one K (train.fused_grid), at most FUSED_LATENTS // K per group,
-    else one per group. Fusing pays at small K, where a step is per-op overhead; at large K a step is
-    GEMM-bound and a group's memory (weights, Adam moments, [M, 3B, K] codes) grows with M·K, so large
-    dictionaries train in small groups or alone. Grouping never changes a model's weights."""
+    else one per group. Fusing shares per-op overhead among small models (how much that saves depends on
+    the machine: README, Performance); at large K a step is GEMM-bound and a group's memory (weights, Adam
+    moments, [M, 3B, K] codes) grows with M·K, so large dictionaries train in small groups or alone.
+    Grouping never changes a model's weights."""
     if not fused:
         return [[entry] for entry in entries]
     by_size: dict[int, list[GridEntry]] = {}
