@@ -11,6 +11,11 @@ the centre) → shift (circular time shift) → amplitude (gain) → wander (bas
 families make z_aug (what L_stab trains invariance to) and which make z_aug_heldout (what the
 consistency metric tests on, never trained against); see `AugmentSection`. Every window draws the
 same random numbers whatever the families, so one family's draws never depend on another's.
+
+The work splits in two: the draws (`window_draws`, one generator per window: inherently sequential, host
+only) and the families' arithmetic (`transform`, row-wise array code). data/augment_torch.py runs the same
+arithmetic on any torch device from the same draws, so extraction on a GPU draws in the loader thread and
+transforms on the device (`extract.augment_on`).
 """
 
 from __future__ import annotations
@@ -26,8 +31,10 @@ from stsae.utils.seeding import derive_seed
 _N_SCALARS = 9  # warp, shift, gain, wander freq, wander phase, burst?, burst start, burst freq, burst phase
 
 
-def _window_draws(seed: int, window_ids: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
-    """Uniform scalars float64[N, 9] and standard-normal noise float64[N, L], one generator per window."""
+def window_draws(seed: int, window_ids: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Uniform scalars float64[N, 9] and standard-normal noise float64[N, L], one generator per window.
+
+    Column j of the scalars always feeds the same parameter (see `transform`), whatever the families."""
     root = derive_seed(seed, "augment")
     scalars = np.empty((len(window_ids), _N_SCALARS))
     noise = np.empty((len(window_ids), length))
@@ -38,6 +45,29 @@ def _window_draws(seed: int, window_ids: np.ndarray, length: int) -> tuple[np.nd
     return scalars, noise
 
 
+def max_shift_samples(cfg: AugmentSection, fs: float) -> int:
+    """The shift family's largest circular shift, in samples either way."""
+    return round(cfg.max_shift_s * fs)
+
+
+def burst_samples(cfg: AugmentSection, fs: float, length: int) -> int:
+    """The motion family's burst length in samples, at most the window (0: no burst)."""
+    return min(length, round(cfg.motion_burst_s * fs))
+
+
+def chosen_families(cfg: AugmentSection, families: Collection[str] | None) -> set[str]:
+    """The families to apply: `families`, or the stability families when None."""
+    return set(cfg.stability_families if families is None else families)
+
+
+def check_rows(shape: tuple[int, ...], ids_shape: tuple[int, ...], ids_dtype: np.dtype | str) -> None:
+    """ValueError unless windows are [N, L>=2] and window_ids are integer [N] (shared by both back ends)."""
+    if len(shape) != 2 or shape[1] < 2 or ids_shape != (shape[0],):
+        raise ValueError(f"windows must be [N, L>=2] and window_ids [N]; got {shape} and {ids_shape}")
+    if shape[0] and not np.issubdtype(np.dtype(ids_dtype), np.integer):
+        raise ValueError(f"window_ids must be integers, got dtype {ids_dtype}")
+
+
 def augment_windows(windows: np.ndarray, fs: float, cfg: AugmentSection, seed: int,
                     window_ids: np.ndarray, families: Collection[str] | None = None) -> np.ndarray:
     """Augmented, re-z-scored copies of z-scored windows under the chosen transform families.
@@ -46,15 +76,18 @@ def augment_windows(windows: np.ndarray, fs: float, cfg: AugmentSection, seed: i
     families: subset of warp, shift, amplitude, wander, noise, motion (None: cfg.stability_families).
     Returns float32[N, L]. Row i depends only on (windows[i], fs, cfg, seed, window_ids[i], families).
     """
-    chosen = set(cfg.stability_families if families is None else families)
     x = np.asarray(windows, dtype=np.float64)
     ids = np.asarray(window_ids)
-    if x.ndim != 2 or x.shape[1] < 2 or ids.shape != (x.shape[0],):
-        raise ValueError(f"windows must be [N, L>=2] and window_ids [N]; got {x.shape} and {ids.shape}")
-    if ids.size and not np.issubdtype(ids.dtype, np.integer):
-        raise ValueError(f"window_ids must be integers, got dtype {ids.dtype}")
+    check_rows(x.shape, ids.shape, ids.dtype)
+    u, noise = window_draws(seed, ids, x.shape[1])
+    return zscore(transform(x, u, noise, fs, cfg, chosen_families(cfg, families)))
+
+
+def transform(x: np.ndarray, u: np.ndarray, noise: np.ndarray, fs: float, cfg: AugmentSection,
+              chosen: Collection[str]) -> np.ndarray:
+    """The families' arithmetic before the z-score: float64[N, L] windows and their draws (`window_draws`:
+    u float64[N, 9], noise float64[N, L]) → float64[N, L]. Row-wise: row i uses row i of each input only."""
     n, length = x.shape
-    u, noise = _window_draws(seed, ids, length)
     rows = np.arange(n)[:, None]
     t = np.arange(length, dtype=np.float64)[None, :]
 
@@ -66,7 +99,7 @@ def augment_windows(windows: np.ndarray, fs: float, cfg: AugmentSection, seed: i
         frac = pos - left
         x = x[rows, left] * (1.0 - frac) + x[rows, left + 1] * frac
     if "shift" in chosen:
-        max_shift = round(cfg.max_shift_s * fs)
+        max_shift = max_shift_samples(cfg, fs)
         shift = np.floor(u[:, 1] * (2 * max_shift + 1)).astype(np.int64) - max_shift
         x = x[rows, (np.arange(length)[None, :] - shift[:, None]) % length]
     if "amplitude" in chosen:
@@ -79,7 +112,7 @@ def augment_windows(windows: np.ndarray, fs: float, cfg: AugmentSection, seed: i
     if "noise" in chosen:
         x = x + cfg.noise_std * noise
 
-    burst_len = min(length, round(cfg.motion_burst_s * fs))
+    burst_len = burst_samples(cfg, fs, length)
     if "motion" in chosen and burst_len > 0:
         has_burst = u[:, 5:6] < cfg.motion_burst_prob
         start = np.floor(u[:, 6:7] * (length - burst_len + 1))
@@ -88,4 +121,4 @@ def augment_windows(windows: np.ndarray, fs: float, cfg: AugmentSection, seed: i
         burst_hz = 0.5 + 3.5 * u[:, 7:8]  # motion lives in 0.5–4 Hz, inside the pulse band
         burst = cfg.motion_burst_amp * envelope * np.sin(2 * np.pi * (burst_hz * t / fs + u[:, 8:9]))
         x = x + np.where(has_burst & inside, burst, 0.0)
-    return zscore(x)
+    return x
