@@ -269,6 +269,12 @@ class ExtractSection(_Section):
         "on the CPU (the encoder needs its cores), usable cores - 1 per rank on CUDA, where one thread's "
         "seeded per-window augmentation (a few thousand windows/s) would starve the GPU.",
     )
+    augment_on: Literal["auto", "cpu", "device"] = Field(
+        "auto", description="Where z_aug's augmented windows are computed from their per-window draws (which "
+        "are always drawn on the host, by the loader thread or augment_workers): cpu = numpy on the host (the "
+        "reference bytes); device = the same arithmetic in torch float64 on extract.device (data/augment_torch.py; "
+        "windows equal to cpu's within 1 float32 ulp per sample); auto = device when extract.device is CUDA.",
+    )
     compile: Literal["auto"] | bool = Field(
         "auto",
         description="torch.compile (Inductor, frozen weights) the encoder: faster on CPU after a compile of "

@@ -278,6 +278,17 @@ def resolve_augment_workers(requested: int | Literal["auto"], device: torch.devi
     return max(0, usable_cores() // world_size - 1) if device.type == "cuda" else 0
 
 
+AugmentOn = Literal["cpu", "device"]
+
+
+def resolve_augment_on(requested: Literal["auto", "cpu", "device"], device: torch.device) -> AugmentOn:
+    """Resolve `extract.augment_on`: auto is the device on CUDA (the host's numpy arithmetic would cap the
+    loader at a few thousand windows/s per core) and the CPU elsewhere (the reference bytes)."""
+    if requested != "auto":
+        return requested
+    return "device" if device.type == "cuda" else "cpu"
+
+
 CPU_BATCH_SIZE = 256
 """`extract.batch_size: auto` on the CPU: the batch size every CPU measurement above was made with."""
 MAX_CUDA_BATCH = 65_536
@@ -326,21 +337,24 @@ class ChunkPrefetcher:
     """A loader thread that prepares chunk k+1 while the device encodes chunk k (double buffering).
 
     `produce(chunk)` returns the chunk's views (float32[n, L] arrays, n ≤ max_rows: the clean windows
-    read from the memmap and their augmentations); the thread copies them into one of two reusable
-    buffers, pinned when `pin` (CUDA) so host-to-device copies run asynchronously. Iterating yields
+    read from the memmap and their augmentations, or, with `layout`, arrays of each view's (row length,
+    dtype): the clean windows and the augmentations' draws); the thread copies them into one of two
+    reusable buffers, pinned when `pin` (CUDA) so host-to-device copies run asynchronously. Iterating yields
     (chunk, views as tensors); a buffer is handed back to the thread when the consumer asks for the next
     chunk, by which time `embed_batches` has copied its results back (a device sync), so the buffer is
-    free. An exception in the thread is re-raised in the consumer; leaving the `with` block early stops
+    free. `layout` (each view's row length and dtype) replaces the default of `n_views` float32 views
+    of `row_len`. An exception in the thread is re-raised in the consumer; leaving the `with` block early stops
     the thread. The views' values are unchanged, so CPU results equal the unthreaded loop byte for byte.
     """
 
     def __init__(self, produce: Produce, chunks: Sequence[int], n_views: int, max_rows: int, row_len: int,
-                 pin: bool):
+                 pin: bool, layout: Sequence[tuple[int, torch.dtype]] | None = None):
         self._produce, self._chunks = produce, list(chunks)
-        self._free: queue.Queue[torch.Tensor] = queue.Queue()
+        self._free: queue.Queue[list[torch.Tensor]] = queue.Queue()
         self._ready: queue.Queue[object] = queue.Queue()
+        views = [(row_len, torch.float32)] * n_views if layout is None else layout
         for _ in range(2):
-            self._free.put(torch.empty((n_views, max_rows, row_len), dtype=torch.float32, pin_memory=pin))
+            self._free.put([torch.empty((max_rows, length), dtype=dtype, pin_memory=pin) for length, dtype in views])
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._load, name="extract-loader", daemon=True)
 
@@ -360,7 +374,7 @@ class ChunkPrefetcher:
             return
         self._ready.put(_DONE)
 
-    def _take_free(self) -> torch.Tensor | None:
+    def _take_free(self) -> list[torch.Tensor] | None:
         while not self._stop.is_set():
             try:
                 return self._free.get(timeout=0.1)

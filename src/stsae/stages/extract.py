@@ -11,14 +11,19 @@ because chunk and batch boundaries never move, writes the same bytes as an unint
 their real names once every rank is done, and writes index.parquet and the manifest fact.
 
 Device-agnostic: `extract.device` picks the CPU or a GPU (cuda:LOCAL_RANK per torchrun rank). A loader
-thread reads and augments the next chunk into reusable (pinned, on CUDA) buffers while the device
-encodes the current one; augmentation stays on the host (seeded numpy per window, see data/augment.py).
-On the CPU the bytes equal the plain sequential loop's.
+thread reads the next chunk and makes its augmentations' per-window draws (seeded numpy per window, see
+data/augment.py) into reusable (pinned, on CUDA) buffers while the device encodes the current one. The
+draws become augmented windows either on the host, in the same thread or `augment_workers` processes
+(`extract.augment_on: cpu`, the reference bytes), or on the device (`device`, auto on CUDA:
+data/augment_torch.py, float64, within 1 float32 ulp per sample of the host's windows), where the
+arithmetic is free and the loader is left only the draws. On the CPU the bytes equal the plain
+sequential loop's.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -37,16 +42,19 @@ import torch
 import torch.distributed as torch_dist
 
 from stsae.config import AugmentSection, Config
-from stsae.data.augment import augment_windows
+from stsae.data.augment import augment_windows, window_draws
+from stsae.data.augment_torch import augment_tensor
 from stsae.data.store import EMBEDDING_DIM, INDEX_COLUMNS
 from stsae.errors import InputDataError
 from stsae.models.encoder_runtime import (
     CPU_BATCH_SIZE,
+    AugmentOn,
     ChunkPrefetcher,
     CompiledEmbedder,
     FastEmbedder,
     choose_precision,
     configure_threads,
+    resolve_augment_on,
     resolve_augment_workers,
     resolve_batch_size,
     should_compile,
@@ -197,31 +205,64 @@ def _resume_key(fingerprint: str, weights_sha256: str | None, runtime: Runtime, 
     """Rows committed under another key were encoded differently (compiled output, another device or
     batch size differ at float rounding level), so a resume must not mix them."""
     text = json.dumps([fingerprint, weights_sha256, runtime.precision, runtime.compiled, n_rows,
-                       runtime.device.type, runtime.batch_size])
+                       runtime.device.type, runtime.batch_size, runtime.augment_on])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
 class Runtime:
-    """How this process encodes: the resolved `extract.device`, `batch_size`, `precision`, `compile` and
-    `augment_workers` (the last never changes the bytes)."""
+    """How this process encodes: the resolved `extract.device`, `batch_size`, `precision`, `compile`,
+    `augment_workers` (never changes the bytes) and `augment_on`."""
 
     device: torch.device
     batch_size: int
     precision: Precision
     compiled: bool
     augment_workers: int = 0
+    augment_on: AugmentOn = "cpu"
+
+
+def _view_recipes(augment: AugmentSection, seed: int) -> list[tuple[int, list[str]]]:
+    """(seed, families) of each augmented view: z_aug (stability families) and, when configured,
+    z_aug_heldout (held-out families, own seed)."""
+    recipes = [(seed, list(augment.stability_families))]
+    if augment.heldout_families:
+        recipes.append((derive_seed(seed, "heldout"), list(augment.heldout_families)))
+    return recipes
 
 
 def _augmented_views(clean: np.ndarray, ids: np.ndarray, augment: AugmentSection, fs: float,
                      seed: int) -> list[np.ndarray]:
-    """The windows behind z_aug (stability families) and, when configured, z_aug_heldout (held-out
-    families, own seed). Row i depends on row i alone, so any split of the rows gives the same bytes."""
-    views = [augment_windows(clean, fs, augment, seed, ids, augment.stability_families)]
-    if augment.heldout_families:
-        views.append(augment_windows(clean, fs, augment, derive_seed(seed, "heldout"), ids,
-                                     augment.heldout_families))
-    return views
+    """The windows behind each augmented view, made on the host. Row i depends on row i alone, so any
+    split of the rows gives the same bytes."""
+    return [augment_windows(clean, fs, augment, view_seed, ids, families)
+            for view_seed, families in _view_recipes(augment, seed)]
+
+
+def draw_rows(ids: np.ndarray, augment: AugmentSection, seed: int) -> list[np.ndarray]:
+    """The draws behind each augmented view, for `augment_on: device`: u float64[n, 9] and noise
+    float64[n, 1250] per view, in view order (a worker's job, or the loader thread's)."""
+    return [draw for view_seed, _ in _view_recipes(augment, seed)
+            for draw in window_draws(view_seed, ids, WINDOW_SAMPLES)]
+
+
+def _draw_layout(augment: AugmentSection, seed: int) -> list[tuple[int, torch.dtype]]:
+    """The loader buffers' views for `augment_on: device`: the clean windows, then each view's draws."""
+    per_view = [(9, torch.float64), (WINDOW_SAMPLES, torch.float64)]
+    return [(WINDOW_SAMPLES, torch.float32)] + per_view * len(_view_recipes(augment, seed))
+
+
+def _windows_on_device(views: list[torch.Tensor], augment: AugmentSection, fs: float, seed: int,
+                       device: torch.device) -> list[torch.Tensor]:
+    """`augment_on: device`: the loader's [clean, u, noise, u, noise …] → [clean, z_aug windows, …] on the
+    device, each float32[n, 1250]. The copies are asynchronous from pinned buffers; the encoder's
+    copy of its results back to the host syncs them before the loader may reuse the buffers."""
+    clean = views[0].to(device, non_blocking=True)
+    out = [clean]
+    for i, (_, families) in enumerate(_view_recipes(augment, seed)):
+        u, noise = (view.to(device, non_blocking=True) for view in views[1 + 2 * i: 3 + 2 * i])
+        out.append(augment_tensor(clean, u, noise, fs, augment, families))
+    return out
 
 
 def augment_rows(windows_path: Path, ids: np.ndarray, augment: AugmentSection, fs: float,
@@ -245,11 +286,22 @@ def _augment_pool(workers: int) -> Iterator[ProcessPoolExecutor | None]:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _split_rows(pool: ProcessPoolExecutor, workers: int, ids: np.ndarray,
+                job: Callable[[np.ndarray], list[np.ndarray]]) -> list[np.ndarray]:
+    """`job(ids)` computed as `job` of contiguous parts of `ids` on the pool's workers, concatenated: the
+    same arrays, since every job's row i depends on its row i alone."""
+    parts = [part for part in np.array_split(ids, workers) if len(part)]
+    pieces = [future.result() for future in [pool.submit(job, part) for part in parts]]
+    return [np.concatenate(view) for view in zip(*pieces, strict=True)]
+
+
 def _chunk_views(config: Config, paths: RunDir, windows: np.ndarray, window_ids: np.ndarray, plan: ChunkPlan,
-                 pool: ProcessPoolExecutor | None, workers: int) -> Callable[[int], list[np.ndarray]]:
+                 pool: ProcessPoolExecutor | None, runtime: Runtime) -> Callable[[int], list[np.ndarray]]:
     """The loader thread's job for one chunk: its clean windows from the memmap, then their augmented
-    views, made in the thread or split across the pool's workers."""
+    views (`augment_on: cpu`) or those views' draws (`device`), made in the thread or split across the
+    pool's workers."""
     augment, fs, seed = config.data.augment, config.data.windowing.fs_target, config.run.seed
+    on_device = runtime.augment_on == "device"
 
     def produce(chunk: int) -> list[np.ndarray]:
         lo, hi = plan.rows(chunk)
@@ -257,11 +309,11 @@ def _chunk_views(config: Config, paths: RunDir, windows: np.ndarray, window_ids:
         clean = np.ascontiguousarray(windows[ids], dtype=np.float32)
         io.release_mapped_pages(windows)
         if pool is None:
-            return [clean, *_augmented_views(clean, ids, augment, fs, seed)]
-        parts = [part for part in np.array_split(ids, workers) if len(part)]
-        jobs = [pool.submit(augment_rows, paths.windows, part, augment, fs, seed) for part in parts]
-        pieces = [job.result() for job in jobs]
-        return [clean, *(np.concatenate(view) for view in zip(*pieces, strict=True))]
+            extra = draw_rows(ids, augment, seed) if on_device else _augmented_views(clean, ids, augment, fs, seed)
+            return [clean, *extra]
+        job = (functools.partial(draw_rows, augment=augment, seed=seed) if on_device else
+               functools.partial(augment_rows, paths.windows, augment=augment, fs=fs, seed=seed))
+        return [clean, *_split_rows(pool, runtime.augment_workers, ids, job)]
     return produce
 
 
@@ -270,21 +322,25 @@ def _encode_chunks(config: Config, paths: RunDir, outputs: list[Path], embedder:
                    runtime: Runtime) -> None:
     """Encode this rank's chunks from its last commit on; write every output's rows; commit each chunk.
 
-    A `ChunkPrefetcher` thread reads and augments chunk k+1 while chunk k is encoded on the device."""
+    A `ChunkPrefetcher` thread reads and augments (or draws for) chunk k+1 while chunk k is encoded."""
     this_rank, world = rank(), world_size()
     progress_file = _progress_path(paths, this_rank, world)
     start = _committed_chunks(progress_file, key, plan)
     arrays = [np.load(_partial(path), mmap_mode="r+") for path in outputs]
     done_rows = plan.start_row(start) - plan.start_row(plan.first)
     encoded, t0 = 0, time.perf_counter()
+    augment, fs, seed = config.data.augment, config.data.windowing.fs_target, config.run.seed
+    on_device = runtime.augment_on == "device"
+    layout = _draw_layout(augment, seed) if on_device else [(WINDOW_SAMPLES, torch.float32)] * len(arrays)
     with _augment_pool(runtime.augment_workers) as pool, \
             progress(plan.n_rank_rows, f"extract r{this_rank}", unit="win") as bar, \
-            ChunkPrefetcher(_chunk_views(config, paths, windows, window_ids, plan, pool, runtime.augment_workers),
-                            range(start, plan.stop), len(arrays), plan.chunk_rows, WINDOW_SAMPLES,
-                            pin=runtime.device.type == "cuda") as loader:
+            ChunkPrefetcher(_chunk_views(config, paths, windows, window_ids, plan, pool, runtime),
+                            range(start, plan.stop), len(layout), plan.chunk_rows, WINDOW_SAMPLES,
+                            pin=runtime.device.type == "cuda", layout=layout) as loader:
         bar.update(done_rows)
-        for chunk, views in loader:
+        for chunk, loaded in loader:
             lo, hi = plan.rows(chunk)
+            views = _windows_on_device(loaded, augment, fs, seed, runtime.device) if on_device else loaded
             for array, view in zip(arrays, views, strict=True):
                 array[lo:hi] = embed_batches(embedder, view, runtime.batch_size, runtime.precision,
                                              runtime.device)
@@ -319,7 +375,8 @@ def _choose_runtime(config: Config, embedder: FastEmbedder, windows: np.ndarray,
         batch_size = min(batch_size, config.extract.chunk_rows)
     compiled = _agree(world, should_compile(config.extract.compile, n_encodes, device))
     workers = resolve_augment_workers(config.extract.augment_workers, device, world)
-    return Runtime(device, batch_size, precision, compiled, workers), cosine
+    augment_on = resolve_augment_on(config.extract.augment_on, device)
+    return Runtime(device, batch_size, precision, compiled, workers, augment_on), cosine
 
 
 def run(ctx: StageContext) -> None:
@@ -351,6 +408,7 @@ def run(ctx: StageContext) -> None:
                                    "runtime": f"FastEmbedder (channels-last {_LIBRARY[device.type]}, BN folded)"
                                    + (", torch.compile (Inductor, frozen)" if runtime.compiled else ""),
                                    "batch_size": runtime.batch_size, "augment_workers": runtime.augment_workers,
+                                   "augment_on": runtime.augment_on,
                                    "num_threads": threads, "world_size": world,
                                    "torch": torch.__version__})
             log.info("extract: %d of %d windows passed QC and were encoded (%s%s on %s, batch %d, %d thread(s) "
