@@ -23,7 +23,8 @@ from hypothesis.extra import numpy as hnp
 from stsae.config import AugmentSection, load_config
 from stsae.data.augment import augment_windows, transform, window_draws
 from stsae.data.augment_torch import augment_tensor, transform_tensor
-from stsae.models.encoder_runtime import max_row_relative_error, resolve_augment_on
+from stsae.data.augment_views import resolve_augment_on
+from stsae.models.encoder_runtime import max_row_relative_error
 from stsae.pipeline.manifest import read_manifest
 from stsae.pipeline.runner import StageContext, run_stages
 from stsae.rundir import RunDir

@@ -270,10 +270,16 @@ class ExtractSection(_Section):
         "seeded per-window augmentation (a few thousand windows/s) would starve the GPU.",
     )
     augment_on: Literal["auto", "cpu", "device"] = Field(
-        "auto", description="Where z_aug's augmented windows are computed from their per-window draws (which "
-        "are always drawn on the host, by the loader thread or augment_workers): cpu = numpy on the host (the "
-        "reference bytes); device = the same arithmetic in torch float64 on extract.device (data/augment_torch.py; "
-        "windows equal to cpu's within 1 float32 ulp per sample); auto = device when extract.device is CUDA.",
+        "auto", description="Where z_aug's augmented windows are computed from their per-window draws: cpu = "
+        "numpy on the host, in the loader thread or augment_workers (the reference bytes); device = the same "
+        "arithmetic in torch float64 on extract.device (data/augment_torch.py; windows within 1 float32 ulp per "
+        "sample of cpu's, the host then only draws); auto = device when extract.device is CUDA.",
+    )
+    augment_draws: Literal["host", "philox"] = Field(
+        "host", description="Where the augmentations' per-window random draws come from: host = one numpy "
+        "generator per (seed, window_id) (the reference stream); philox = Philox4x32-10 keyed by (seed, "
+        "window_id), computed on extract.device with no host work (data/philox.py). philox is another random "
+        "stream, so it changes z_aug's bytes (same distributions); it needs augment_on to resolve to device.",
     )
     compile: Literal["auto"] | bool = Field(
         "auto",

@@ -278,17 +278,6 @@ def resolve_augment_workers(requested: int | Literal["auto"], device: torch.devi
     return max(0, usable_cores() // world_size - 1) if device.type == "cuda" else 0
 
 
-AugmentOn = Literal["cpu", "device"]
-
-
-def resolve_augment_on(requested: Literal["auto", "cpu", "device"], device: torch.device) -> AugmentOn:
-    """Resolve `extract.augment_on`: auto is the device on CUDA (the host's numpy arithmetic would cap the
-    loader at a few thousand windows/s per core) and the CPU elsewhere (the reference bytes)."""
-    if requested != "auto":
-        return requested
-    return "device" if device.type == "cuda" else "cpu"
-
-
 CPU_BATCH_SIZE = 256
 """`extract.batch_size: auto` on the CPU: the batch size every CPU measurement above was made with."""
 MAX_CUDA_BATCH = 65_536

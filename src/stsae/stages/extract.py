@@ -23,7 +23,6 @@ sequential loop's.
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import json
 import logging
@@ -41,20 +40,17 @@ import pandas as pd
 import torch
 import torch.distributed as torch_dist
 
-from stsae.config import AugmentSection, Config
-from stsae.data.augment import augment_windows, window_draws
-from stsae.data.augment_torch import augment_tensor
+from stsae.config import Config
+from stsae.data.augment_views import AugmentDraws, AugmentOn, ViewPlan, resolve_augment_on
 from stsae.data.store import EMBEDDING_DIM, INDEX_COLUMNS
 from stsae.errors import InputDataError
 from stsae.models.encoder_runtime import (
     CPU_BATCH_SIZE,
-    AugmentOn,
     ChunkPrefetcher,
     CompiledEmbedder,
     FastEmbedder,
     choose_precision,
     configure_threads,
-    resolve_augment_on,
     resolve_augment_workers,
     resolve_batch_size,
     should_compile,
@@ -66,7 +62,6 @@ from stsae.utils import io
 from stsae.utils.device import device_facts, resolve_device
 from stsae.utils.dist import process_group, rank, world_size
 from stsae.utils.progress import progress
-from stsae.utils.seeding import derive_seed
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -205,14 +200,14 @@ def _resume_key(fingerprint: str, weights_sha256: str | None, runtime: Runtime, 
     """Rows committed under another key were encoded differently (compiled output, another device or
     batch size differ at float rounding level), so a resume must not mix them."""
     text = json.dumps([fingerprint, weights_sha256, runtime.precision, runtime.compiled, n_rows,
-                       runtime.device.type, runtime.batch_size, runtime.augment_on])
+                       runtime.device.type, runtime.batch_size, runtime.augment_on, runtime.augment_draws])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
 class Runtime:
     """How this process encodes: the resolved `extract.device`, `batch_size`, `precision`, `compile`,
-    `augment_workers` (never changes the bytes) and `augment_on`."""
+    `augment_workers` (never changes the bytes), `augment_on` and `augment_draws`."""
 
     device: torch.device
     batch_size: int
@@ -220,57 +215,7 @@ class Runtime:
     compiled: bool
     augment_workers: int = 0
     augment_on: AugmentOn = "cpu"
-
-
-def _view_recipes(augment: AugmentSection, seed: int) -> list[tuple[int, list[str]]]:
-    """(seed, families) of each augmented view: z_aug (stability families) and, when configured,
-    z_aug_heldout (held-out families, own seed)."""
-    recipes = [(seed, list(augment.stability_families))]
-    if augment.heldout_families:
-        recipes.append((derive_seed(seed, "heldout"), list(augment.heldout_families)))
-    return recipes
-
-
-def _augmented_views(clean: np.ndarray, ids: np.ndarray, augment: AugmentSection, fs: float,
-                     seed: int) -> list[np.ndarray]:
-    """The windows behind each augmented view, made on the host. Row i depends on row i alone, so any
-    split of the rows gives the same bytes."""
-    return [augment_windows(clean, fs, augment, view_seed, ids, families)
-            for view_seed, families in _view_recipes(augment, seed)]
-
-
-def draw_rows(ids: np.ndarray, augment: AugmentSection, seed: int) -> list[np.ndarray]:
-    """The draws behind each augmented view, for `augment_on: device`: u float64[n, 9] and noise
-    float64[n, 1250] per view, in view order (a worker's job, or the loader thread's)."""
-    return [draw for view_seed, _ in _view_recipes(augment, seed)
-            for draw in window_draws(view_seed, ids, WINDOW_SAMPLES)]
-
-
-def _draw_layout(augment: AugmentSection, seed: int) -> list[tuple[int, torch.dtype]]:
-    """The loader buffers' views for `augment_on: device`: the clean windows, then each view's draws."""
-    per_view = [(9, torch.float64), (WINDOW_SAMPLES, torch.float64)]
-    return [(WINDOW_SAMPLES, torch.float32)] + per_view * len(_view_recipes(augment, seed))
-
-
-def _windows_on_device(views: list[torch.Tensor], augment: AugmentSection, fs: float, seed: int,
-                       device: torch.device) -> list[torch.Tensor]:
-    """`augment_on: device`: the loader's [clean, u, noise, u, noise …] → [clean, z_aug windows, …] on the
-    device, each float32[n, 1250]. The copies are asynchronous from pinned buffers; the encoder's
-    copy of its results back to the host syncs them before the loader may reuse the buffers."""
-    clean = views[0].to(device, non_blocking=True)
-    out = [clean]
-    for i, (_, families) in enumerate(_view_recipes(augment, seed)):
-        u, noise = (view.to(device, non_blocking=True) for view in views[1 + 2 * i: 3 + 2 * i])
-        out.append(augment_tensor(clean, u, noise, fs, augment, families))
-    return out
-
-
-def augment_rows(windows_path: Path, ids: np.ndarray, augment: AugmentSection, fs: float,
-                 seed: int) -> list[np.ndarray]:
-    """An augmentation worker's job: read rows `ids` of windows.npy itself (no windows are pickled to it)
-    and return their augmented views."""
-    windows = np.load(windows_path, mmap_mode="r")
-    return _augmented_views(np.ascontiguousarray(windows[ids], dtype=np.float32), ids, augment, fs, seed)
+    augment_draws: AugmentDraws = "host"
 
 
 @contextlib.contextmanager
@@ -295,25 +240,18 @@ def _split_rows(pool: ProcessPoolExecutor, workers: int, ids: np.ndarray,
     return [np.concatenate(view) for view in zip(*pieces, strict=True)]
 
 
-def _chunk_views(config: Config, paths: RunDir, windows: np.ndarray, window_ids: np.ndarray, plan: ChunkPlan,
-                 pool: ProcessPoolExecutor | None, runtime: Runtime) -> Callable[[int], list[np.ndarray]]:
-    """The loader thread's job for one chunk: its clean windows from the memmap, then their augmented
-    views (`augment_on: cpu`) or those views' draws (`device`), made in the thread or split across the
-    pool's workers."""
-    augment, fs, seed = config.data.augment, config.data.windowing.fs_target, config.run.seed
-    on_device = runtime.augment_on == "device"
-
+def _chunk_loader(paths: RunDir, windows: np.ndarray, window_ids: np.ndarray, plan: ChunkPlan, views: ViewPlan,
+                  pool: ProcessPoolExecutor | None, workers: int) -> Callable[[int], list[np.ndarray]]:
+    """The loader thread's job for one chunk: its clean windows from the memmap, then the host's share of
+    the augmented views (`ViewPlan.on_host`), made in the thread or split across the pool's workers."""
     def produce(chunk: int) -> list[np.ndarray]:
         lo, hi = plan.rows(chunk)
         ids = window_ids[lo:hi]
         clean = np.ascontiguousarray(windows[ids], dtype=np.float32)
         io.release_mapped_pages(windows)
         if pool is None:
-            extra = draw_rows(ids, augment, seed) if on_device else _augmented_views(clean, ids, augment, fs, seed)
-            return [clean, *extra]
-        job = (functools.partial(draw_rows, augment=augment, seed=seed) if on_device else
-               functools.partial(augment_rows, paths.windows, augment=augment, fs=fs, seed=seed))
-        return [clean, *_split_rows(pool, runtime.augment_workers, ids, job)]
+            return [clean, *views.on_host(clean, ids)]
+        return [clean, *_split_rows(pool, workers, ids, views.worker_job(paths.windows))]
     return produce
 
 
@@ -322,26 +260,27 @@ def _encode_chunks(config: Config, paths: RunDir, outputs: list[Path], embedder:
                    runtime: Runtime) -> None:
     """Encode this rank's chunks from its last commit on; write every output's rows; commit each chunk.
 
-    A `ChunkPrefetcher` thread reads and augments (or draws for) chunk k+1 while chunk k is encoded."""
+    A `ChunkPrefetcher` thread reads chunk k+1 and does the host's share of its augmentation (`ViewPlan`)
+    while chunk k is encoded."""
     this_rank, world = rank(), world_size()
     progress_file = _progress_path(paths, this_rank, world)
     start = _committed_chunks(progress_file, key, plan)
     arrays = [np.load(_partial(path), mmap_mode="r+") for path in outputs]
     done_rows = plan.start_row(start) - plan.start_row(plan.first)
     encoded, t0 = 0, time.perf_counter()
-    augment, fs, seed = config.data.augment, config.data.windowing.fs_target, config.run.seed
-    on_device = runtime.augment_on == "device"
-    layout = _draw_layout(augment, seed) if on_device else [(WINDOW_SAMPLES, torch.float32)] * len(arrays)
+    views = ViewPlan(config.data.augment, config.data.windowing.fs_target, config.run.seed, WINDOW_SAMPLES,
+                     runtime.augment_on, runtime.augment_draws)
+    layout = views.layout()
     with _augment_pool(runtime.augment_workers) as pool, \
             progress(plan.n_rank_rows, f"extract r{this_rank}", unit="win") as bar, \
-            ChunkPrefetcher(_chunk_views(config, paths, windows, window_ids, plan, pool, runtime),
+            ChunkPrefetcher(_chunk_loader(paths, windows, window_ids, plan, views, pool, runtime.augment_workers),
                             range(start, plan.stop), len(layout), plan.chunk_rows, WINDOW_SAMPLES,
                             pin=runtime.device.type == "cuda", layout=layout) as loader:
         bar.update(done_rows)
         for chunk, loaded in loader:
             lo, hi = plan.rows(chunk)
-            views = _windows_on_device(loaded, augment, fs, seed, runtime.device) if on_device else loaded
-            for array, view in zip(arrays, views, strict=True):
+            windows_in = views.encoder_inputs(loaded, window_ids[lo:hi], runtime.device)
+            for array, view in zip(arrays, windows_in, strict=True):
                 array[lo:hi] = embed_batches(embedder, view, runtime.batch_size, runtime.precision,
                                              runtime.device)
                 array.flush()
@@ -362,7 +301,7 @@ CONTRACT = StageContract(
 
 
 def _choose_runtime(config: Config, embedder: FastEmbedder, windows: np.ndarray, window_ids: np.ndarray,
-                    device: torch.device, n_encodes: int) -> tuple[Runtime, float | None]:
+                    device: torch.device, augment_on: AugmentOn, n_encodes: int) -> tuple[Runtime, float | None]:
     """Resolve precision (on a calibration batch), batch size and compile; every rank takes rank 0's."""
     world = world_size()
     requested = config.extract.batch_size
@@ -374,9 +313,9 @@ def _choose_runtime(config: Config, embedder: FastEmbedder, windows: np.ndarray,
     if requested == "auto":  # a batch never spans chunks; a compiled one would be zero-padded up to its size
         batch_size = min(batch_size, config.extract.chunk_rows)
     compiled = _agree(world, should_compile(config.extract.compile, n_encodes, device))
-    workers = resolve_augment_workers(config.extract.augment_workers, device, world)
-    augment_on = resolve_augment_on(config.extract.augment_on, device)
-    return Runtime(device, batch_size, precision, compiled, workers, augment_on), cosine
+    draws = config.extract.augment_draws
+    workers = resolve_augment_workers(config.extract.augment_workers, device, world) if draws == "host" else 0
+    return Runtime(device, batch_size, precision, compiled, workers, augment_on, draws), cosine
 
 
 def run(ctx: StageContext) -> None:
@@ -385,6 +324,7 @@ def run(ctx: StageContext) -> None:
     this_rank, world = rank(), world_size()
     paths.embeddings_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(config.extract.device, "extract.device")
+    augment_on = resolve_augment_on(config.extract.augment_on, device, config.extract.augment_draws)
     with process_group():
         threads = configure_threads(config.extract.num_threads, world)
         windows, window_ids, index = read_passed_windows(paths)
@@ -392,7 +332,8 @@ def run(ctx: StageContext) -> None:
         embedder = FastEmbedder(model).to(device)
         n_rows = len(window_ids)
         plan = ChunkPlan.for_rank(n_rows, config.extract.chunk_rows, this_rank, world)
-        runtime, cosine = _choose_runtime(config, embedder, windows, window_ids, device, 2 * plan.n_rank_rows)
+        runtime, cosine = _choose_runtime(config, embedder, windows, window_ids, device, augment_on,
+                                          2 * plan.n_rank_rows)
         key = _resume_key(ctx.fingerprint, identity["sha256"], runtime, n_rows)
         outputs = embedding_outputs(config, paths)
         if this_rank == 0:
@@ -408,7 +349,7 @@ def run(ctx: StageContext) -> None:
                                    "runtime": f"FastEmbedder (channels-last {_LIBRARY[device.type]}, BN folded)"
                                    + (", torch.compile (Inductor, frozen)" if runtime.compiled else ""),
                                    "batch_size": runtime.batch_size, "augment_workers": runtime.augment_workers,
-                                   "augment_on": runtime.augment_on,
+                                   "augment_on": runtime.augment_on, "augment_draws": runtime.augment_draws,
                                    "num_threads": threads, "world_size": world,
                                    "torch": torch.__version__})
             log.info("extract: %d of %d windows passed QC and were encoded (%s%s on %s, batch %d, %d thread(s) "
