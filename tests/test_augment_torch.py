@@ -23,7 +23,8 @@ from hypothesis.extra import numpy as hnp
 from stsae.config import AugmentSection, load_config
 from stsae.data.augment import augment_windows, transform, window_draws
 from stsae.data.augment_torch import augment_tensor, transform_tensor
-from stsae.data.augment_views import resolve_augment_on
+from stsae.data.augment_views import ViewPlan, resolve_augment_on
+from stsae.errors import StsaeError
 from stsae.models.encoder_runtime import max_row_relative_error
 from stsae.pipeline.manifest import read_manifest
 from stsae.pipeline.runner import StageContext, run_stages
@@ -170,3 +171,41 @@ def test_extract_with_augmentation_on_the_device_matches_the_cpu_path(prepared: 
         assert max_row_relative_error(expected, got) < MAX_EMBEDDING_REL_ERROR
     assert read_manifest(device.manifest)["encoder"]["augment_on"] == "device"
     assert read_manifest(host.manifest)["encoder"]["augment_on"] == "cpu"
+
+
+def test_philox_draws_change_z_aug_but_not_z(prepared: RunDir, tmp_path: Path) -> None:
+    """augment_draws: philox is another random stream: z_aug's bytes change (z's do not); no augmentation
+    workers are started (the host has nothing to do) and the manifest records the stream."""
+    host = _extract(prepared, tmp_path / "host", "extract.augment_on=device")
+    philox = _extract(prepared, tmp_path / "philox", "extract.augment_on=device", "extract.augment_draws=philox")
+    assert philox.z.read_bytes() == host.z.read_bytes()
+    assert np.abs(np.load(philox.z_aug) - np.load(host.z_aug)).max() > 1e-3
+    encoder = read_manifest(philox.manifest)["encoder"]
+    assert (encoder["augment_draws"], encoder["augment_workers"]) == ("philox", 0)
+
+
+@pytest.mark.parametrize("draws", ["host", "philox"])
+def test_device_views_of_a_window_do_not_depend_on_its_chunk(pulses: np.ndarray, draws: str) -> None:
+    """Whatever the draws, a window's augmented views are a function of (seed, window_id): the whole
+    chunk and any split of it give the same bytes, in the loader's layout."""
+    plan = ViewPlan(AugmentSection(), FS, 4, pulses.shape[1], on="device", draws=draws)
+    ids = np.arange(len(pulses), dtype=np.int64) * 5 + 2
+
+    def views(rows: slice) -> list[torch.Tensor]:
+        clean = pulses[rows]
+        loaded = [torch.from_numpy(a) for a in [clean, *plan.on_host(clean, ids[rows])]]
+        assert [(a.shape[1], a.dtype) for a in loaded] == plan.layout()
+        return plan.encoder_inputs(loaded, ids[rows], torch.device("cpu"))
+
+    whole = views(slice(None))
+    parts = [views(slice(0, 5)), views(slice(5, None))]
+    assert len(whole) == 3  # clean, z_aug's windows, z_aug_heldout's windows
+    for i, view in enumerate(whole):
+        assert torch.equal(view, torch.cat([part[i] for part in parts]))
+
+
+def test_philox_draws_with_augmentation_on_the_cpu_are_refused_naming_both_keys(prepared: RunDir,
+                                                                                 tmp_path: Path) -> None:
+    with pytest.raises(StsaeError, match=r"extract\.augment_draws.*extract\.augment_on"):
+        _extract(prepared, tmp_path / "refused", "extract.augment_on=cpu", "extract.augment_draws=philox")
+    assert not list(RunDir(tmp_path / "refused").embeddings_dir.glob("*.npy*"))  # refused before any work

@@ -47,7 +47,7 @@ def resolve_augment_on(requested: Literal["auto", "cpu", "device"], device: torc
 class ViewPlan:
     """The augmented views of extraction (z_aug, then z_aug_heldout when configured) and where they are made.
 
-    A chunk goes through three steps: `on_host` (loader thread; or `worker_job` on the workers' share of
+    A chunk goes through two steps: `on_host` (loader thread; or `worker_job` on the workers' share of
     the rows) returns what the loader buffers hold after the clean windows, per `layout`; `encoder_inputs`
     turns the loaded buffers into the windows the encoder takes, float32[n, L] each."""
 
