@@ -209,3 +209,14 @@ def test_philox_draws_with_augmentation_on_the_cpu_are_refused_naming_both_keys(
     with pytest.raises(StsaeError, match=r"extract\.augment_draws.*extract\.augment_on"):
         _extract(prepared, tmp_path / "refused", "extract.augment_on=cpu", "extract.augment_draws=philox")
     assert not list(RunDir(tmp_path / "refused").embeddings_dir.glob("*.npy*"))  # refused before any work
+
+
+@pytest.mark.slow  # spawning the worker processes costs seconds
+def test_workers_drawing_for_the_device_write_the_bytes_of_the_loader_thread(prepared: RunDir,
+                                                                               tmp_path: Path) -> None:
+    """With augment_on: device the augment_workers only draw; splitting the rows across them changes nothing."""
+    thread = _extract(prepared, tmp_path / "thread", "extract.augment_on=device", "extract.augment_workers=0")
+    workers = _extract(prepared, tmp_path / "workers", "extract.augment_on=device", "extract.augment_workers=2")
+    for path in ("z", "z_aug", "z_aug_heldout"):
+        assert getattr(workers, path).read_bytes() == getattr(thread, path).read_bytes()
+    assert read_manifest(workers.manifest)["encoder"]["augment_workers"] == 2
