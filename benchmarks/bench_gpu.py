@@ -3,12 +3,18 @@
 Measures (each section records its own seconds; a section that would overrun `--budget-s` is recorded as
 skipped with the reason, never silently dropped):
   (a) gemm: the device's dense GEMM rate in bf16 and fp32 (8192³, best of reps): the roofline.
-  (b) augmentation: host-side augmentation windows/s on one thread (the loader's ceiling without workers);
+  (b) augmentation: windows/s of both augmented views (z_aug, z_aug_heldout) where extraction can make
+      them: on the host in one thread (numpy draws + arithmetic, `extract.augment_on: cpu`: the loader's
+      ceiling per core; the draws alone: the host's share under `augment_on: device`), on the device from
+      host draws (float64 as extraction runs it, float32 for comparison) and from Philox draws
+      (`extract.augment_draws: philox`), and the device's float64 windows against numpy's (parity);
       model_only: the eager encoder on device-resident batches in fp32, bf16 and bf16 with cuDNN autotuning,
       bf16 vs fp32 parity (min row cosine, max row relative error of the embeddings); extract: the extract
       stage end to end from windows.npy on disk (loader thread, augmentation workers, the three views
       z / z_aug / z_aug_heldout, memmap writes) in bf16 and fp32, as QC-passed windows/s and encodes/s
-      (3 views per window); model_compiled / extract_compiled: the same compiled (last: compiling is the
+      (3 views per window), with the augmentation on the device (auto on CUDA); extract_augment: the same
+      in bf16 with the augmentation on the host (augment_on: cpu, augment_workers auto) and with Philox
+      draws on the device; model_compiled / extract_compiled: the same compiled (last: compiling is the
       slowest part); every rate also as a fraction of the GEMM roofline at 0.152 GFLOP per encode.
   (c) sae: ST-SAE training triplets/s at K = 8192 and 2048 for `vanilla` and `full` (batch 256 and 4096),
       and the dense FLOPs of a step (encoder GEMM forward + backward) per second as a fraction of the
@@ -207,6 +213,9 @@ def extract_end_to_end(device: torch.device, gemm_result: dict[str, Any], n: int
 
     settings = {"fp32": ["extract.precision=fp32", "extract.compile=false"],
                 "bf16": ["extract.precision=bf16", "extract.compile=false"],
+                "bf16_augment_cpu": ["extract.precision=bf16", "extract.compile=false", "extract.augment_on=cpu"],
+                "bf16_philox": ["extract.precision=bf16", "extract.compile=false", "extract.augment_on=device",
+                                "extract.augment_draws=philox"],
                 "compiled_bf16": ["extract.precision=bf16", "extract.compile=true"]}
     paths = write_windows_dir(work / "extract", n)
     out: dict[str, Any] = {"windows": n, "views": 3, "chunk_rows": 16384}
@@ -219,24 +228,59 @@ def extract_end_to_end(device: torch.device, gemm_result: dict[str, Any], n: int
         seconds = time.perf_counter() - started
         peak = gemm_result["bf16_tflops" if "bf16" in name else "fp32_tflops"] * 1e12
         encodes = 3 * n / seconds
+        encoder = read_manifest(paths.manifest)["encoder"]
         out[name] = {"stage_s": seconds, "windows_per_s": n / seconds, "encodes_per_s": encodes,
-                     "fraction_of_gemm": encodes * GFLOP_PER_WINDOW * 1e9 / peak,
-                     "batch_size": read_manifest(paths.manifest)["encoder"]["batch_size"],
+                     "fraction_of_gemm": encodes * GFLOP_PER_WINDOW * 1e9 / peak, "batch_size": encoder["batch_size"],
+                     **{key: encoder[key] for key in ("augment_on", "augment_draws", "augment_workers")},
                      "meets_target": n / seconds >= TARGET_WINDOWS_PER_S}
     return out
 
 
-def augmentation_rate(n: int = 4096) -> dict[str, Any]:
-    """Host-side augmentation (both augmented views) windows/s on one thread: the loader's ceiling."""
+def _host_rate(work: Callable[[], Any], n: int) -> float:
+    started = time.perf_counter()
+    work()
+    return n / (time.perf_counter() - started)
+
+
+def augmentation(device: torch.device, n_host: int = 2048, n_device: int = 16384) -> dict[str, Any]:
+    """Windows/s of both augmented views (z_aug and z_aug_heldout, the default config's families) made on
+    the host in one thread and on the device, and the device's float64 windows against numpy's."""
     from stsae.config import load_config
-    from stsae.data.augment import augment_windows
+    from stsae.data.augment import augment_windows, window_draws
+    from stsae.data.augment_torch import augment_tensor
+    from stsae.data.augment_views import ViewPlan
+    from stsae.data.philox import philox_draws
 
     augment = load_config(None).data.augment
-    windows, ids = synthetic_windows(n), np.arange(n)
-    started = time.perf_counter()
-    augment_windows(windows, 125.0, augment, 0, ids, augment.stability_families)
-    augment_windows(windows, 125.0, augment, 1, ids, augment.heldout_families)
-    return {"windows_per_s_one_thread": n / (time.perf_counter() - started)}
+    recipes = ViewPlan(augment, 125.0, 0, 1250).recipes
+    windows, ids = synthetic_windows(n_device), np.arange(n_device)
+    host, small = windows[:n_host], ids[:n_host]
+    expected = [augment_windows(host, 125.0, augment, seed, small, families) for seed, families in recipes]
+    clean, ids_device = torch.from_numpy(windows).to(device), torch.from_numpy(ids).to(device)
+    draws = [[torch.from_numpy(a).to(device) for a in window_draws(seed, ids, 1250)] for seed, _ in recipes]
+
+    def from_host_draws(dtype: torch.dtype) -> list[torch.Tensor]:
+        return [augment_tensor(clean, u, noise, 125.0, augment, families, dtype)
+                for (u, noise), (_, families) in zip(draws, recipes, strict=True)]
+
+    got = [view[:n_host].cpu().numpy() for view in from_host_draws(torch.float64)]
+    differences = np.concatenate([np.abs(a - b).ravel() for a, b in zip(got, expected, strict=True)])
+    return {
+        "views": len(recipes), "host_windows": n_host, "device_windows": n_device,
+        "host_numpy_windows_per_s_one_thread": _host_rate(lambda: [augment_windows(
+            host, 125.0, augment, seed, small, families) for seed, families in recipes], n_host),
+        "host_draws_only_windows_per_s_one_thread": _host_rate(lambda: [window_draws(
+            seed, small, 1250) for seed, _ in recipes], n_host),
+        "device_f64_from_host_draws_windows_per_s": _timed_rate(lambda: from_host_draws(torch.float64), n_device, 5),
+        "device_f32_from_host_draws_windows_per_s": _timed_rate(lambda: from_host_draws(torch.float32), n_device, 5),
+        "device_philox_draws_only_windows_per_s": _timed_rate(lambda: [philox_draws(
+            seed, ids_device, 1250) for seed, _ in recipes], n_device, 5),
+        "device_f64_from_philox_draws_windows_per_s": _timed_rate(lambda: [augment_tensor(
+            clean, *philox_draws(seed, ids_device, 1250), 125.0, augment, families)
+            for seed, families in recipes], n_device, 5),
+        "device_f64_vs_numpy": {"max_abs_diff": float(differences.max()),
+                                "identical_fraction": float(np.mean(differences == 0))},
+    }
 
 
 def sae(device: torch.device, gemm_result: dict[str, Any], budget: Budget, steps: int = 20) -> dict[str, Any]:
@@ -314,9 +358,11 @@ def main() -> None:
         peak = bench.result["gemm"]
         if "bf16_tflops" not in peak:
             sys.exit(f"bench_gpu.py: the GEMM measurement failed; see {args.out}")
-        bench.section("augmentation", 5, augmentation_rate)
+        bench.section("augmentation", 15, lambda: augmentation(device))
         bench.section("model_only", 20, lambda: model_only(device, peak))
         bench.section("extract", 60, lambda: extract_end_to_end(device, peak, args.windows, work, ["bf16", "fp32"]))
+        bench.section("extract_augment", 60, lambda: extract_end_to_end(
+            device, peak, args.windows, work, ["bf16_augment_cpu", "bf16_philox"]))
         bench.section("sae", 60, lambda: sae(device, peak, budget))
         bench.section("demo", 90, lambda: demo(work, max(30.0, budget.left() - 100)))
         bench.section("model_compiled", 60, lambda: compiled_model_only(device, peak))

@@ -9,8 +9,11 @@ where it exists (scripts/gpu_check.sh makes a missing GPU a failure, as in test_
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -220,3 +223,26 @@ def test_workers_drawing_for_the_device_write_the_bytes_of_the_loader_thread(pre
     for path in ("z", "z_aug", "z_aug_heldout"):
         assert getattr(workers, path).read_bytes() == getattr(thread, path).read_bytes()
     assert read_manifest(workers.manifest)["encoder"]["augment_workers"] == 2
+
+
+# --- benchmarks/bench_gpu.py (runs only on CUDA; its code must not rot on CPU-only machines) ---------------
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.mark.slow  # a fresh interpreter importing torch: seconds
+def test_bench_gpu_help_works_without_cuda() -> None:
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "bench_gpu.py"), "--help"], capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 0 and "--budget-s" in done.stdout
+
+
+def test_bench_gpu_augmentation_section_measures_every_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its device measurements run on the CPU here (no CUDA sync to wait for) and report numpy parity."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *args: None)
+    bench_gpu = importlib.import_module("bench_gpu")
+    result = bench_gpu.augmentation(torch.device("cpu"), n_host=8, n_device=16)
+    rates = [value for key, value in result.items() if key.endswith("_per_s_one_thread") or key.endswith("_per_s")]
+    assert len(rates) == 6 and all(rate > 0 for rate in rates)
+    assert result["device_f64_vs_numpy"]["max_abs_diff"] < 1e-6
