@@ -49,8 +49,9 @@ nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1
 {
   "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available())"
   timeout 150 "$PY" -m pytest -x -q -p no:cacheprovider tests/test_device.py \
-    && timeout 120 "$PY" -m pytest -x -q -p no:cacheprovider -m "not slow" tests/test_extract.py \
-         tests/test_papagei.py tests/test_registry.py tests/test_config.py
+    && timeout 150 "$PY" -m pytest -x -q -p no:cacheprovider -m "not slow" tests/test_extract.py \
+         tests/test_papagei.py tests/test_registry.py tests/test_config.py tests/test_augment_torch.py \
+         tests/test_augment_philox.py
 } 2>&1 | tee "$OUT/tests.log"
 status=${PIPESTATUS[0]}
 timeout 90 "$PY" -m pytest -q -p no:cacheprovider -m "not slow" tests/test_evaluate_stage.py 2>&1 \

@@ -12,10 +12,11 @@ families make z_aug (what L_stab trains invariance to) and which make z_aug_held
 consistency metric tests on, never trained against); see `AugmentSection`. Every window draws the
 same random numbers whatever the families, so one family's draws never depend on another's.
 
-The work splits in two: the draws (`window_draws`, one generator per window: inherently sequential, host
-only) and the families' arithmetic (`transform`, row-wise array code). data/augment_torch.py runs the same
-arithmetic on any torch device from the same draws, so extraction on a GPU draws in the loader thread and
-transforms on the device (`extract.augment_on`).
+The work splits in two: the draws (`window_draws`, one generator per window: sequential host work, about
+40 % of the time) and the families' arithmetic (`transform`, row-wise array code, about 60 %).
+data/augment_torch.py runs the same arithmetic on any torch device from the same draws, so extraction on
+a GPU draws in the loader thread and transforms on the device (`extract.augment_on`); data/philox.py can
+make the draws on the device too, as another random stream (`extract.augment_draws: philox`, opt-in).
 """
 
 from __future__ import annotations
