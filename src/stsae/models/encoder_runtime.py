@@ -325,15 +325,14 @@ _DONE = object()
 class ChunkPrefetcher:
     """A loader thread that prepares chunk k+1 while the device encodes chunk k (double buffering).
 
-    `produce(chunk)` returns the chunk's views (float32[n, L] arrays, n ≤ max_rows: the clean windows
-    read from the memmap and their augmentations, or, with `layout`, arrays of each view's (row length,
-    dtype): the clean windows and the augmentations' draws); the thread copies them into one of two
-    reusable buffers, pinned when `pin` (CUDA) so host-to-device copies run asynchronously. Iterating yields
-    (chunk, views as tensors); a buffer is handed back to the thread when the consumer asks for the next
-    chunk, by which time `embed_batches` has copied its results back (a device sync), so the buffer is
-    free. `layout` (each view's row length and dtype) replaces the default of `n_views` float32 views
-    of `row_len`. An exception in the thread is re-raised in the consumer; leaving the `with` block early stops
-    the thread. The views' values are unchanged, so CPU results equal the unthreaded loop byte for byte.
+    `produce(chunk)` returns the chunk's views, arrays of n ≤ max_rows rows: `n_views` float32[n, row_len]
+    (the clean windows read from the memmap and their augmentations), or one array per `layout` entry of
+    that (row length, dtype) (e.g. the clean windows and the augmentations' draws); the thread copies them
+    into one of two reusable buffers, pinned when `pin` (CUDA) so host-to-device copies run asynchronously.
+    Iterating yields (chunk, views as tensors); a buffer is handed back to the thread when the consumer asks
+    for the next chunk, by which time `embed_batches` has copied its results back (a device sync), so the
+    buffer is free. An exception in the thread is re-raised in the consumer; leaving the `with` block early
+    stops the thread. The views' values are unchanged, so CPU results equal the unthreaded loop byte for byte.
     """
 
     def __init__(self, produce: Produce, chunks: Sequence[int], n_views: int, max_rows: int, row_len: int,

@@ -16,8 +16,9 @@ data/augment.py) into reusable (pinned, on CUDA) buffers while the device encode
 draws become augmented windows either on the host, in the same thread or `augment_workers` processes
 (`extract.augment_on: cpu`, the reference bytes), or on the device (`device`, auto on CUDA:
 data/augment_torch.py, float64, within 1 float32 ulp per sample of the host's windows), where the
-arithmetic is free and the loader is left only the draws. On the CPU the bytes equal the plain
-sequential loop's.
+arithmetic is free and the loader is left only the draws; `extract.augment_draws: philox` (opt-in, another
+random stream) makes the draws on the device too. `data/augment_views.ViewPlan` holds that choice. On the
+CPU the bytes equal the plain sequential loop's.
 """
 
 from __future__ import annotations
