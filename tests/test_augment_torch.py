@@ -32,6 +32,7 @@ from stsae.models.encoder_runtime import max_row_relative_error
 from stsae.pipeline.manifest import read_manifest
 from stsae.pipeline.runner import StageContext, run_stages
 from stsae.rundir import RunDir
+from stsae.stages import extract
 
 FS = 125.0
 FAMILIES = ("warp", "shift", "amplitude", "wander", "noise", "motion")
@@ -246,3 +247,10 @@ def test_bench_gpu_augmentation_section_measures_every_path(monkeypatch: pytest.
     rates = [value for key, value in result.items() if key.endswith("_per_s_one_thread") or key.endswith("_per_s")]
     assert len(rates) == 6 and all(rate > 0 for rate in rates)
     assert result["device_f64_vs_numpy"]["max_abs_diff"] < 1e-6
+
+
+def test_a_resume_never_mixes_rows_augmented_in_different_places() -> None:
+    runtimes = [extract.Runtime(torch.device("cpu"), 8, "fp32", False, 0, on, draws)
+                for on, draws in (("cpu", "host"), ("device", "host"), ("device", "philox"))]
+    keys = {extract._resume_key("fp", "RANDOM", runtime, 10) for runtime in runtimes}
+    assert len(keys) == 3
