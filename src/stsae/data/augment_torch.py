@@ -10,10 +10,11 @@ are what make z_aug independent of batching; `augment_tensor` takes those same d
 Precision: float64 by default, on every device. Then +, −, ×, / and floor round exactly as numpy's do, so
 the only differences are `sin` (≤ 1 ulp between libm and the device's implementation) and the z-score's
 summation order: the pre-z-score result equals numpy's to ~1e-15 and the float32 output to ≤ 1 float32
-ulp. float64 costs nothing that matters here: the work is a few dozen elementwise passes over [N, 1250]
-(memory-bound, ≈ 10 kB per window), far below what the encoder needs per window (0.152 GFLOP), even on a
-GPU with slow fp64. float32 (`dtype=torch.float32`) is there to measure that claim, not for extraction:
-its warp positions near 1250 carry 1e-4 rounding, so its windows differ from numpy's at ~1e-5.
+ulp (identical bytes on the CPU, measured). float64 should cost little: the work is a few dozen
+elementwise, memory-bound passes over [N, 1250] (≈ 10 kB per window and pass), against 0.152 GFLOP per
+window for the encoder; benchmarks/bench_gpu.py measures it against float32 on the GPU (not yet measured
+there). float32 (`dtype=torch.float32`) is for that comparison, not for extraction: its warp positions
+near 1250 and burst phases round at ~1e-4, so its windows differ from numpy's by up to ~5e-4.
 """
 
 from __future__ import annotations
