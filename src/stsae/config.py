@@ -342,6 +342,12 @@ class TrainSection(_Section):
         True, description="Train the grid models of one K together as one batched model (same weights "
         "as one by one, far less per-step overhead at small K); false: one model at a time."
     )
+    parallel: Literal["grid", "ddp"] = Field(
+        "grid", description="Under torchrun with W ranks: 'grid' deals the grid's models into W shares of "
+        "about equal work, each rank training its own share alone (no per-step communication, every model "
+        "byte-identical to a one-process run); 'ddp' trains every model on all ranks, each taking a slice "
+        "of every batch (for a grid of fewer models than ranks, e.g. one large K)."
+    )
     ablations: list[Literal["no_smooth", "no_stab", "no_div", "no_renorm", "vanilla"]] = Field(
         list(ABLATIONS), description="Ablations trained next to 'full'."
     )

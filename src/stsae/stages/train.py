@@ -8,8 +8,12 @@ config or embeddings) is moved into models/stale/ first, so models/ holds only t
 reader (registry, evaluate, age, ground, report) sees nothing else.
 
 The models of one K train together as one batched model (train.fused_grid; each gets exactly the weights
-it would get alone), with one training-state checkpoint per group. Under torchrun every rank trains each
-group together (DDP, gloo on CPU); rank 0 writes the files.
+it would get alone), with one training-state checkpoint per group. Under torchrun (W ranks, NCCL on CUDA,
+gloo on CPU) train.parallel decides the split: `grid` (default) deals the models into W shares of about
+equal work, each rank trains and saves its own share alone (the models are independent, so no step
+waits on another rank and every file is byte-identical to a one-process run) and rank 0 records the
+stage once all are saved; `ddp` trains each group on all ranks, each taking a slice of every batch
+(useful only when there are fewer models than ranks), rank 0 writing the files.
 """
 
 from __future__ import annotations
@@ -18,23 +22,31 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Literal
 
 import torch
 
+from stsae.config import TrainSection
 from stsae.data.dataset import WindowTripletDataset
 from stsae.data.store import load_embeddings
 from stsae.errors import InputDataError
 from stsae.pipeline.contract import StageContext, StageContract
 from stsae.rundir import RunDir
-from stsae.train.grid import GridEntry, build_grid, expected_sidecar, is_finished, main_entry, select
+from stsae.train.grid import GridEntry, build_grid, deal, expected_sidecar, is_finished, main_entry, select
 from stsae.train.trainer import Member, fit_group
 from stsae.utils import io
 from stsae.utils.device import device_facts, resolve_device
-from stsae.utils.dist import is_main_process, process_group, world_size
+from stsae.utils.dist import barrier, is_main_process, process_group, rank, world_size
 
 log = logging.getLogger(__name__)
 
 FUSED_LATENTS = 8192  # latents (M·K) per fused group: 64 models at K=128, 2 at K=4096, K=8192 alone
+# How long a rank that finished its grid share waits at the barrier for the slowest one (torch's default
+# would stop a long grid after 30 min on gloo, 10 on NCCL). A rank that fails does not leave the others
+# hanging that long: torchrun's agent stops every rank when one exits with an error.
+GRID_WAIT = timedelta(hours=24)
 
 
 CONTRACT = StageContract(
@@ -81,20 +93,58 @@ def _groups(entries: list[GridEntry], fused: bool) -> list[list[GridEntry]]:
     return groups
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """Who trains which models: the groups of each share, in training order.
+
+    grid (torchrun, train.parallel=grid): one share per rank (`deal`), trained alone by that rank, which
+    writes its own models. ddp (torchrun, train.parallel=ddp) and one process: a single share that every
+    rank trains together, rank 0 writing the files.
+    """
+
+    parallel: Literal["grid", "ddp", "none"]
+    shares: list[list[list[GridEntry]]]
+
+    def groups(self, this_rank: int) -> list[list[GridEntry]]:
+        """The groups this rank trains."""
+        return self.shares[this_rank] if self.parallel == "grid" else self.shares[0]
+
+    @property
+    def writes_own_models(self) -> bool:
+        """Whether this rank saves what it trained (in ddp only rank 0 does: every rank holds the same models)."""
+        return self.parallel != "ddp" or is_main_process()
+
+
+def schedule(cfg: TrainSection, entries: list[GridEntry], todo: list[GridEntry], world: int) -> Schedule:
+    """Deal the grid selection `entries` (not just `todo`) into the ranks' shares, so a rerun after a crash
+    gives each rank the same groups and their checkpoints resume; finished models are then left out."""
+    if world == 1 or cfg.parallel == "ddp":
+        return Schedule("ddp" if world > 1 else "none", [_groups(todo, cfg.fused_grid)])
+    owed = set(todo)
+    shares = [_groups([entry for entry in share if entry in owed], cfg.fused_grid) for share in deal(entries, world)]
+    if todo and not all(shares):
+        log.warning("train: %d model(s) to train on %d ranks under train.parallel=grid, so some ranks idle; "
+                    "train.parallel=ddp shares every model's batches instead", len(todo), world)
+    return Schedule("grid", shares)
+
+
 def _train_group(ctx: StageContext, group: list[GridEntry],
                  data: tuple[WindowTripletDataset, WindowTripletDataset], embeddings: str | None,
-                 device: torch.device) -> list[str]:
-    """Train (or resume) one group of models of one K together and, on rank 0, save each with its
-    sidecar; returns their stems. The group's training state is one checkpoint named after its first
-    model (a group of other members never resumes it: its settings list the members)."""
+                 device: torch.device, plan: Schedule) -> list[str]:
+    """Train (or resume) one group of models of one K together and save each with its sidecar (where
+    this rank writes, see `Schedule`); returns their stems. The group's training state is one checkpoint
+    named after its first model (a group of other members never resumes it: its settings list the
+    members)."""
     cfg, (train, val) = ctx.config.train, data
     paths = [ctx.run_dir.stsae_checkpoint(entry.variant, entry.d_dict, entry.seed) for entry in group]
     state = ctx.run_dir.train_checkpoints_dir / paths[0].name
-    if ctx.force and is_main_process():
+    writes = plan.writes_own_models
+    if ctx.force and writes:
         state.unlink(missing_ok=True)
     members = [Member(entry.variant, entry.seed, train, val if len(val) else None) for entry in group]
-    results = fit_group(members, cfg, group[0].d_dict, checkpoint=state, embeddings=embeddings, device=device)
-    if is_main_process():
+    results = fit_group(members, cfg, group[0].d_dict, checkpoint=state, embeddings=embeddings, device=device,
+                        distributed=plan.parallel == "ddp")
+    if writes:
         for entry, path, (model, metrics) in zip(group, paths, results, strict=True):
             model.save(path, {**expected_sidecar(entry, cfg, embeddings), "metrics": metrics})
             sidecar = path.with_suffix(".json")
@@ -105,13 +155,13 @@ def _train_group(ctx: StageContext, group: list[GridEntry],
 
 def run(ctx: StageContext, only: Sequence[str] = ()) -> None:
     """Train every grid model not already finished on these embeddings (only: a `--only` filter)."""
-    with process_group():
-        _train_grid(ctx, only)
+    device = resolve_device(ctx.config.train.device, "train.device")
+    with process_group(device, GRID_WAIT):
+        _train_grid(ctx, only, device)
 
 
-def _train_grid(ctx: StageContext, only: Sequence[str]) -> None:
-    cfg = ctx.config.train
-    device = resolve_device(cfg.device, "train.device")
+def _train_grid(ctx: StageContext, only: Sequence[str], device: torch.device) -> None:
+    cfg, world = ctx.config.train, world_size()
     emb = load_embeddings(ctx.run_dir)
     train = WindowTripletDataset(emb.z, emb.z_aug, emb.index, "train")
     val = WindowTripletDataset(emb.z, emb.z_aug, emb.index, "val")
@@ -129,26 +179,30 @@ def _train_grid(ctx: StageContext, only: Sequence[str]) -> None:
     outdated = {e for e, path in paths.items() if e not in finished and path.with_suffix(".json").is_file()}
     current = {paths[e].stem for e in grid if e not in outdated}
     stale = set_aside_stale(ctx.run_dir, current) if is_main_process() else []
+    barrier()  # no rank saves a model before rank 0 has moved the stale ones aside
     todo = [entry for entry in entries if ctx.force or entry not in finished]
     skipped = [paths[entry].stem for entry in entries if entry not in todo]
     for stem in skipped:
         log.info("%s: finished on these embeddings with matching settings, skipped", stem)
-    groups = _groups(todo, cfg.fused_grid)
-    trained: list[str] = []
+    plan = schedule(cfg, entries, todo, world)
     t0 = time.perf_counter()
-    for group in groups:
-        trained += _train_group(ctx, group, (train, val), embeddings, device)
+    for group in plan.groups(rank()):
+        _train_group(ctx, group, (train, val), embeddings, device, plan)
+    barrier()  # rank 0 records the stage only once every rank has saved its models
     if not is_main_process():
         return
     checkpoints = ctx.run_dir.train_checkpoints_dir
     if checkpoints.is_dir() and not any(checkpoints.iterdir()):
         checkpoints.rmdir()
+    shares = [[paths[entry].stem for group in share for entry in group] for share in plan.shares]
+    trained = [stem for share in shares for stem in share]
     main = paths[main_entry(cfg)].stem
     stats = _input_stats(ctx.run_dir, [main, *trained])
     ctx.record("train", {
         "main_model": main, "embeddings": embeddings, "models_trained": trained, "models_skipped": skipped,
-        "models_set_aside": stale, "seconds": round(time.perf_counter() - t0, 1), "world_size": world_size(),
-        "fused_groups": [len(group) for group in groups],
+        "models_set_aside": stale, "seconds": round(time.perf_counter() - t0, 1), "world_size": world,
+        "parallel": plan.parallel, "shares": shares,
+        "fused_groups": [len(group) for share in plan.shares for group in share],
         **stats,
     })
     ctx.record("devices", {"train": device_facts(device)})
