@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from stsae.config import load_config
 from stsae.errors import StsaeError
@@ -129,6 +130,41 @@ def test_a_rank_killed_mid_share_resumes_its_checkpoint_to_the_same_bytes(tmp_pa
     train_stage.run(ctx(shared, config()))
     assert _weights(shared) == _weights(single)
     assert not shared.train_checkpoints_dir.exists()
+
+
+def test_workers_are_one_under_torchrun_or_on_a_gpu(monkeypatch):
+    monkeypatch.setattr(train_stage, "usable_cores", lambda: 4)
+    grid = _demo_grid()
+    assert train_stage.resolve_workers(2, torch.device("cpu"), world=1, entries=grid) == 2
+    assert train_stage.resolve_workers(2, torch.device("cpu"), world=2, entries=grid) == 1
+    assert train_stage.resolve_workers("auto", torch.device("cuda", 0), world=1, entries=grid) == 1
+
+
+def test_auto_workers_stop_where_the_largest_dictionary_would_bound_the_stage(monkeypatch):
+    """The demo grid holds 3,328 latents, 1,024 of them in its K=1024 model: past 3 shares, the share
+    holding that model alone takes longer than an even split would, so more workers only idle."""
+    grid = _demo_grid()
+    for cores, expected in ((2, 2), (16, 3)):
+        monkeypatch.setattr(train_stage, "usable_cores", lambda cores=cores: cores)
+        assert train_stage.resolve_workers("auto", torch.device("cpu"), world=1, entries=grid) == expected
+
+
+def test_local_workers_deal_the_grid_like_ranks():
+    cfg = config(workers=2).train
+    grid = build_grid(cfg)
+    plan = train_stage.schedule(cfg, grid, grid, world=1, workers=2)
+    assert plan.parallel == "workers" and plan.saves_own_models
+    assert [[e for group in share for e in group] for share in plan.shares] == deal(grid, 2)
+
+
+@pytest.mark.slow
+def test_two_local_workers_write_the_bytes_of_one(tmp_path):
+    one, two = embeddings_run_dir(tmp_path / "one"), embeddings_run_dir(tmp_path / "two")
+    train_stage.run(ctx(one, config(workers=1)))
+    train_stage.run(ctx(two, config(workers=2)))
+    assert _weights(two) == _weights(one) and _sidecars(two) == _sidecars(one)
+    facts = json.loads(two.manifest.read_text())["train"]
+    assert facts["parallel"] == "workers" and len(facts["shares"]) == 2 and all(facts["shares"])
 
 
 # ---- real torchrun ------------------------------------------------------------------------------------

@@ -348,6 +348,11 @@ class TrainSection(_Section):
         "byte-identical to a one-process run); 'ddp' trains every model on all ranks, each taking a slice "
         "of every batch (for a grid of fewer models than ranks, e.g. one large K)."
     )
+    workers: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        1, description="One process on the CPU (no torchrun): train the grid as this many shares in "
+        "local worker processes of one torch thread each (same models); auto: one per core, at most one "
+        "per model. Ignored under torchrun and on a GPU."
+    )
     ablations: list[Literal["no_smooth", "no_stab", "no_div", "no_renorm", "vanilla"]] = Field(
         list(ABLATIONS), description="Ablations trained next to 'full'."
     )

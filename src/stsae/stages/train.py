@@ -18,12 +18,16 @@ stage once all are saved; `ddp` trains each group on all ranks, each taking a sl
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import multiprocessing
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -32,6 +36,7 @@ from stsae.config import TrainSection
 from stsae.data.dataset import WindowTripletDataset
 from stsae.data.store import load_embeddings
 from stsae.errors import InputDataError
+from stsae.models.encoder_runtime import usable_cores
 from stsae.pipeline.contract import StageContext, StageContract
 from stsae.rundir import RunDir
 from stsae.train.grid import GridEntry, build_grid, deal, expected_sidecar, is_finished, main_entry, select
@@ -39,6 +44,7 @@ from stsae.train.trainer import Member, fit_group
 from stsae.utils import io
 from stsae.utils.device import device_facts, resolve_device
 from stsae.utils.dist import barrier, is_main_process, process_group, rank, world_size
+from stsae.utils.logs import setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -98,59 +104,135 @@ class Schedule:
     """Who trains which models: the groups of each share, in training order.
 
     grid (torchrun, train.parallel=grid): one share per rank (`deal`), trained alone by that rank, which
-    writes its own models. ddp (torchrun, train.parallel=ddp) and one process: a single share that every
-    rank trains together, rank 0 writing the files.
+    saves its own models. workers (one process, train.workers > 1): one share per local worker process,
+    likewise. ddp (torchrun, train.parallel=ddp) and none (one process): a single share that every rank
+    trains together, rank 0 saving the files.
     """
 
-    parallel: Literal["grid", "ddp", "none"]
+    parallel: Literal["grid", "workers", "ddp", "none"]
     shares: list[list[list[GridEntry]]]
 
-    def groups(self, this_rank: int) -> list[list[GridEntry]]:
-        """The groups this rank trains."""
-        return self.shares[this_rank] if self.parallel == "grid" else self.shares[0]
-
     @property
-    def writes_own_models(self) -> bool:
-        """Whether this rank saves what it trained (in ddp only rank 0 does: every rank holds the same models)."""
+    def saves_own_models(self) -> bool:
+        """Whether this rank saves what it trains (in ddp only rank 0 does: every rank holds the same models)."""
         return self.parallel != "ddp" or is_main_process()
 
 
-def schedule(cfg: TrainSection, entries: list[GridEntry], todo: list[GridEntry], world: int) -> Schedule:
-    """Deal the grid selection `entries` (not just `todo`) into the ranks' shares, so a rerun after a crash
-    gives each rank the same groups and their checkpoints resume; finished models are then left out."""
-    if world == 1 or cfg.parallel == "ddp":
-        return Schedule("ddp" if world > 1 else "none", [_groups(todo, cfg.fused_grid)])
+def resolve_workers(requested: int | Literal["auto"], device: torch.device, world: int,
+                    entries: list[GridEntry]) -> int:
+    """How many local worker processes train the grid (train.workers): 1 under torchrun (the ranks already
+    split it) and on a GPU (one device, one trainer). auto: one per usable core, but no more than the
+    grid's largest dictionary lets `deal` balance (total latents / largest K), since the share holding
+    it bounds the stage's time."""
+    if world > 1 or device.type != "cpu" or not entries:
+        return 1
+    if requested != "auto":
+        return requested
+    latents = [entry.d_dict for entry in entries]
+    return max(1, min(usable_cores(), sum(latents) // max(latents)))
+
+
+def schedule(cfg: TrainSection, entries: list[GridEntry], todo: list[GridEntry], world: int,
+             workers: int = 1) -> Schedule:
+    """Deal the grid selection `entries` (not just `todo`) into shares, one per torchrun rank or local
+    worker, so a rerun after a crash gives each the same groups and their checkpoints resume; finished
+    models are then left out."""
+    if world > 1 and cfg.parallel == "ddp":
+        return Schedule("ddp", [_groups(todo, cfg.fused_grid)])
+    n_shares = world if world > 1 else workers
+    if n_shares == 1:
+        return Schedule("none", [_groups(todo, cfg.fused_grid)])
     owed = set(todo)
-    shares = [_groups([entry for entry in share if entry in owed], cfg.fused_grid) for share in deal(entries, world)]
-    if todo and not all(shares):
+    shares = [_groups([entry for entry in share if entry in owed], cfg.fused_grid) for share in deal(entries, n_shares)]
+    if world > 1 and todo and not all(shares):
         log.warning("train: %d model(s) to train on %d ranks under train.parallel=grid, so some ranks idle; "
                     "train.parallel=ddp shares every model's batches instead", len(todo), world)
-    return Schedule("grid", shares)
+    return Schedule("grid" if world > 1 else "workers", shares)
 
 
-def _train_group(ctx: StageContext, group: list[GridEntry],
-                 data: tuple[WindowTripletDataset, WindowTripletDataset], embeddings: str | None,
-                 device: torch.device, plan: Schedule) -> list[str]:
-    """Train (or resume) one group of models of one K together and save each with its sidecar (where
-    this rank writes, see `Schedule`); returns their stems. The group's training state is one checkpoint
-    named after its first model (a group of other members never resumes it: its settings list the
-    members)."""
-    cfg, (train, val) = ctx.config.train, data
-    paths = [ctx.run_dir.stsae_checkpoint(entry.variant, entry.d_dict, entry.seed) for entry in group]
-    state = ctx.run_dir.train_checkpoints_dir / paths[0].name
-    writes = plan.writes_own_models
-    if ctx.force and writes:
+@dataclass(frozen=True)
+class ShareJob:
+    """One process's share of the grid and what it needs to train and save it (picklable: a local worker
+    receives it whole). distributed: train each group with the ranks' DDP; saves: see Schedule."""
+
+    run_dir: RunDir
+    cfg: TrainSection
+    embeddings: str | None
+    device: torch.device
+    force: bool
+    distributed: bool
+    saves: bool
+    groups: list[list[GridEntry]]
+
+
+def _datasets(run_dir: RunDir) -> tuple[WindowTripletDataset, WindowTripletDataset]:
+    """The train and val triplets of the run's embeddings (memmaps: every worker maps the same pages)."""
+    emb = load_embeddings(run_dir)
+    return (WindowTripletDataset(emb.z, emb.z_aug, emb.index, "train"),
+            WindowTripletDataset(emb.z, emb.z_aug, emb.index, "val"))
+
+
+def train_share(job: ShareJob) -> None:
+    """Train (or resume) every group of `job` in order."""
+    train, val = _datasets(job.run_dir)
+    for group in job.groups:
+        _train_group(job, group, train, val)
+
+
+def _train_group(job: ShareJob, group: list[GridEntry], train: WindowTripletDataset,
+                 val: WindowTripletDataset) -> None:
+    """Train (or resume) one group of models of one K together and, where this process saves, save each
+    with its sidecar. The group's training state is one checkpoint named after its first model (a group
+    of other members never resumes it: its settings list the members)."""
+    cfg = job.cfg
+    paths = [job.run_dir.stsae_checkpoint(entry.variant, entry.d_dict, entry.seed) for entry in group]
+    state = job.run_dir.train_checkpoints_dir / paths[0].name
+    if job.force and job.saves:
         state.unlink(missing_ok=True)
     members = [Member(entry.variant, entry.seed, train, val if len(val) else None) for entry in group]
-    results = fit_group(members, cfg, group[0].d_dict, checkpoint=state, embeddings=embeddings, device=device,
-                        distributed=plan.parallel == "ddp")
-    if writes:
-        for entry, path, (model, metrics) in zip(group, paths, results, strict=True):
-            model.save(path, {**expected_sidecar(entry, cfg, embeddings), "metrics": metrics})
-            sidecar = path.with_suffix(".json")
-            io.write_json(sidecar, {**io.read_json(sidecar), "weights_sha256": io.file_sha256(path)})
-        state.unlink(missing_ok=True)
-    return [path.stem for path in paths]
+    results = fit_group(members, cfg, group[0].d_dict, checkpoint=state, embeddings=job.embeddings,
+                        device=job.device, distributed=job.distributed)
+    if not job.saves:
+        return
+    for entry, path, (model, metrics) in zip(group, paths, results, strict=True):
+        model.save(path, {**expected_sidecar(entry, cfg, job.embeddings), "metrics": metrics})
+        sidecar = path.with_suffix(".json")
+        io.write_json(sidecar, {**io.read_json(sidecar), "weights_sha256": io.file_sha256(path)})
+    state.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _worker_setup(threads: int, verbosity: int, log_file: Path) -> None:
+    """A spawned worker starts bare: its share of the cores, and the parent's logging (console, run.log)."""
+    torch.set_num_threads(threads)
+    setup_logging(verbosity, log_file)
+
+
+def _train_in_workers(jobs: list[ShareJob], log_file: Path) -> None:
+    """Train jobs[0] here and the others in spawned worker processes, the cores split evenly among them
+    (one torch thread each on the demo's 2 cores): single-threaded trainers of independent shares beat
+    one multi-threaded trainer on the grid's small GEMMs, and on a loaded machine by far (README,
+    Performance). spawn, not fork: a fork of a process whose OpenMP threads already ran can hang."""
+    threads = max(1, usable_cores() // len(jobs))
+    level = logging.getLogger("stsae").getEffectiveLevel()
+    verbosity = -1 if level > logging.INFO else 0 if level == logging.INFO else 1
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(len(jobs) - 1, mp_context=spawn, initializer=_worker_setup,
+                             initargs=(threads, verbosity, log_file)) as pool:
+        pending = [pool.submit(train_share, job) for job in jobs[1:]]
+        with _torch_threads(threads):
+            train_share(jobs[0])
+        for future in pending:
+            future.result()
 
 
 def run(ctx: StageContext, only: Sequence[str] = ()) -> None:
@@ -162,9 +244,7 @@ def run(ctx: StageContext, only: Sequence[str] = ()) -> None:
 
 def _train_grid(ctx: StageContext, only: Sequence[str], device: torch.device) -> None:
     cfg, world = ctx.config.train, world_size()
-    emb = load_embeddings(ctx.run_dir)
-    train = WindowTripletDataset(emb.z, emb.z_aug, emb.index, "train")
-    val = WindowTripletDataset(emb.z, emb.z_aug, emb.index, "val")
+    train, val = _datasets(ctx.run_dir)
     if len(train) == 0:
         raise InputDataError(f"{ctx.run_dir.index}: the train split has no consecutive window pairs")
     embeddings = ctx.upstream.get("extract")
@@ -184,10 +264,14 @@ def _train_grid(ctx: StageContext, only: Sequence[str], device: torch.device) ->
     skipped = [paths[entry].stem for entry in entries if entry not in todo]
     for stem in skipped:
         log.info("%s: finished on these embeddings with matching settings, skipped", stem)
-    plan = schedule(cfg, entries, todo, world)
+    plan = schedule(cfg, entries, todo, world, resolve_workers(cfg.workers, device, world, entries))
+    jobs = [ShareJob(ctx.run_dir, cfg, embeddings, device, ctx.force, plan.parallel == "ddp",
+                     plan.saves_own_models, share) for share in plan.shares]
     t0 = time.perf_counter()
-    for group in plan.groups(rank()):
-        _train_group(ctx, group, (train, val), embeddings, device, plan)
+    if plan.parallel == "workers":
+        _train_in_workers(jobs, ctx.run_dir.log)
+    else:
+        train_share(jobs[rank() if plan.parallel == "grid" else 0])
     barrier()  # rank 0 records the stage only once every rank has saved its models
     if not is_main_process():
         return

@@ -96,7 +96,7 @@ def variant_spec(cfg: TrainSection, variant: str) -> VariantSpec:
     return VariantSpec(weights.model_copy(update=dict.fromkeys(zeroed, 0.0)), variant != "no_renorm")
 
 
-SCHEDULING_KEYS = frozenset({"fused_grid", "parallel"})
+SCHEDULING_KEYS = frozenset({"fused_grid", "parallel", "workers"})
 
 
 def model_recipe(cfg: TrainSection) -> dict[str, Any]:
