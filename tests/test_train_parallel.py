@@ -188,7 +188,7 @@ def _train_cli(run_dir: RunDir, world: int, *settings: str) -> dict:
 def _sidecars(run_dir: RunDir) -> dict[str, dict]:
     """Every sidecar without its one timing field (triplets/s), which differs between any two runs."""
     out = {}
-    for path in sorted(run_dir.models_dir.glob("*.json")):
+    for path in sorted(run_dir.models_dir.glob("stsae-*.json")):
         info = json.loads(path.read_text())
         del info["metrics"]["train_last"]["triplets_per_s"]
         out[path.name] = info
