@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from threadpoolctl import threadpool_limits
 
 from stsae.config import TrainSection
 from stsae.data.dataset import WindowTripletDataset
@@ -202,11 +203,14 @@ def _train_group(job: ShareJob, group: list[GridEntry], train: WindowTripletData
 
 
 @contextlib.contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
+def _threads(n: int) -> Iterator[None]:
+    """At most `n` threads for torch and for numpy's BLAS (the input statistics), restored on exit: a
+    worker's share of the cores, and the same arithmetic in every process with the same share."""
     before = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
-        yield
+        with threadpool_limits(limits=n, user_api="blas"):
+            yield
     finally:
         torch.set_num_threads(before)
 
@@ -214,6 +218,7 @@ def _torch_threads(n: int) -> Iterator[None]:
 def _worker_setup(threads: int, verbosity: int, log_file: Path) -> None:
     """A spawned worker starts bare: its share of the cores, and the parent's logging (console, run.log)."""
     torch.set_num_threads(threads)
+    threadpool_limits(limits=threads, user_api="blas")
     setup_logging(verbosity, log_file)
 
 
@@ -229,7 +234,7 @@ def _train_in_workers(jobs: list[ShareJob], log_file: Path) -> None:
     with ProcessPoolExecutor(len(jobs) - 1, mp_context=spawn, initializer=_worker_setup,
                              initargs=(threads, verbosity, log_file)) as pool:
         pending = [pool.submit(train_share, job) for job in jobs[1:]]
-        with _torch_threads(threads):
+        with _threads(threads):
             train_share(jobs[0])
         for future in pending:
             future.result()
