@@ -350,8 +350,8 @@ class TrainSection(_Section):
     )
     workers: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         1, description="One process on the CPU (no torchrun): train the grid as this many shares in "
-        "local worker processes of one torch thread each (same models); auto: one per core, at most one "
-        "per model. Ignored under torchrun and on a GPU."
+        "local worker processes, the cores split evenly among them (same model files); auto: one per core, "
+        "at most as many as the largest K lets balance. Ignored under torchrun and on a GPU."
     )
     ablations: list[Literal["no_smooth", "no_stab", "no_div", "no_renorm", "vanilla"]] = Field(
         list(ABLATIONS), description="Ablations trained next to 'full'."
