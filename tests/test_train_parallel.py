@@ -157,6 +157,18 @@ def test_local_workers_deal_the_grid_like_ranks():
     assert [[e for group in share for e in group] for share in plan.shares] == deal(grid, 2)
 
 
+def test_a_rerun_spawns_no_worker_for_a_share_with_nothing_left(tmp_path, monkeypatch):
+    run_dir = embeddings_run_dir(tmp_path)
+    train_stage.run(ctx(run_dir, config()))
+    lost = deal(build_grid(config().train), 2)[0][0]
+    weights = run_dir.stsae_checkpoint(lost.variant, lost.d_dict, lost.seed)
+    weights.unlink()
+    monkeypatch.setattr(train_stage, "ProcessPoolExecutor", None)  # calling it would fail the test
+    train_stage.run(ctx(run_dir, config(workers=2)))
+    facts = json.loads(run_dir.manifest.read_text())["train"]
+    assert facts["parallel"] == "workers" and facts["models_trained"] == [weights.stem]
+
+
 @pytest.mark.slow
 def test_two_local_workers_write_the_bytes_of_one(tmp_path):
     one, two = embeddings_run_dir(tmp_path / "one"), embeddings_run_dir(tmp_path / "two")

@@ -13,7 +13,8 @@ gloo on CPU) train.parallel decides the split: `grid` (default) deals the models
 equal work, each rank trains and saves its own share alone (the models are independent, so no step
 waits on another rank and every file is byte-identical to a one-process run) and rank 0 records the
 stage once all are saved; `ddp` trains each group on all ranks, each taking a slice of every batch
-(useful only when there are fewer models than ranks), rank 0 writing the files.
+(useful only when there are fewer models than ranks), rank 0 writing the files. One process on the CPU
+deals the grid the same way over train.workers local worker processes.
 """
 
 from __future__ import annotations
@@ -227,15 +228,19 @@ def _train_in_workers(jobs: list[ShareJob], log_file: Path) -> None:
     (one torch thread each on the demo's 2 cores): single-threaded trainers of independent shares beat
     one multi-threaded trainer on the grid's small GEMMs, and on a loaded machine by far (README,
     Performance). spawn, not fork: a fork of a process whose OpenMP threads already ran can hang."""
-    threads = max(1, usable_cores() // len(jobs))
+    threads = max(1, usable_cores() // len(jobs))  # as many as on the first run, whatever is left to train
+    here, *others = [job for job in jobs if job.groups] or jobs[:1]
     level = logging.getLogger("stsae").getEffectiveLevel()
     verbosity = -1 if level > logging.INFO else 0 if level == logging.INFO else 1
-    spawn = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(len(jobs) - 1, mp_context=spawn, initializer=_worker_setup,
-                             initargs=(threads, verbosity, log_file)) as pool:
-        pending = [pool.submit(train_share, job) for job in jobs[1:]]
+    with contextlib.ExitStack() as stack:
+        pending = []
+        if others:
+            pool = stack.enter_context(ProcessPoolExecutor(
+                len(others), mp_context=multiprocessing.get_context("spawn"), initializer=_worker_setup,
+                initargs=(threads, verbosity, log_file)))
+            pending = [pool.submit(train_share, job) for job in others]
         with _threads(threads):
-            train_share(jobs[0])
+            train_share(here)
         for future in pending:
             future.result()
 
