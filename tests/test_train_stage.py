@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
-import pandas as pd
 import pytest
 
-from stsae.config import Config, TrainSection
 from stsae.errors import StsaeError
 from stsae.models.stsae import STSAE
-from stsae.pipeline.contract import StageContext
-from stsae.rundir import RunDir
 from stsae.stages.train import run
 from stsae.train.grid import GridEntry, build_grid, select
-from stsae.utils import io
+from train_runs import config, ctx, embeddings_run_dir
 
 CONTRACT_KEYS = {"variant", "d_dict", "seed", "activation", "k", "steps", "complete", "train_config",
                  "metrics", "input_mean_norm_over_std", "effective_rank"}
@@ -24,41 +19,14 @@ CONTRACT_KEYS = {"variant", "d_dict", "seed", "activation", "k", "steps", "compl
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _run_dir(tmp_path) -> RunDir:
-    """Embeddings in the extract stage's formats: 12 records of 10 windows, 8 train / 2 val / 2 test."""
-    rs = np.random.default_rng(0)
-    n = 120
-    z = (rs.normal(size=(n, 6)) @ rs.normal(size=(6, 512)) + 5).astype(np.float32)
-    run_dir = RunDir(tmp_path / "run")
-    io.save_npy(run_dir.z, z)
-    io.save_npy(run_dir.z_aug, (z + 0.01 * rs.normal(size=z.shape)).astype(np.float32))
-    records = np.repeat(np.arange(12), 10)
-    io.write_parquet(run_dir.index, pd.DataFrame({
-        "window_id": np.arange(n), "patient_id": [f"p{r}" for r in records],
-        "record_id": [f"r{r}" for r in records], "segment_idx": np.tile(np.arange(10), 12),
-        "split": np.select([records < 8, records < 10], ["train", "val"], "test"),
-    }))
-    return run_dir
-
-
-def _config(**train) -> Config:
-    base = dict(d_dict=16, k=2, steps=4, batch_size=16, warmup_steps=1, eval_every=2, checkpoint_every=2,
-                seeds=[0, 1], ablations=["vanilla"], d_dict_sweep=[8, 16], div_sample=4, aux_k=4)
-    return Config(train=TrainSection(**{**base, **train}))
-
-
-def _ctx(run_dir: RunDir, config: Config, force: bool = False, embeddings: str = "emb-A") -> StageContext:
-    return StageContext(config, run_dir, fingerprint="test", force=force, upstream={"extract": embeddings})
-
-
 def test_grid_has_main_variants_for_every_seed_and_sweep_for_first_seed_without_duplicates():
-    grid = build_grid(_config().train)
+    grid = build_grid(config().train)
     assert grid == [GridEntry("full", 16, 0), GridEntry("vanilla", 16, 0), GridEntry("full", 16, 1),
                     GridEntry("vanilla", 16, 1), GridEntry("full", 8, 0)]
 
 
 def test_only_filters_combine_kinds_with_and_and_values_with_or():
-    grid = build_grid(_config().train)
+    grid = build_grid(config().train)
     assert select(grid, ["full", "K=8"]) == [GridEntry("full", 8, 0)]
     assert select(grid, ["vanilla", "seed=1"]) == [GridEntry("vanilla", 16, 1)]
     assert len(select(grid, ["seed=0", "seed=1", "K=16"])) == 4
@@ -66,18 +34,18 @@ def test_only_filters_combine_kinds_with_and_and_values_with_or():
 
 def test_only_refuses_unknown_token_naming_the_choices():
     with pytest.raises(StsaeError, match="no_smooth"):
-        select(build_grid(_config().train), ["smooth"])
+        select(build_grid(config().train), ["smooth"])
 
 
 def test_only_refuses_a_filter_that_matches_nothing():
     with pytest.raises(StsaeError, match="K=4096"):
-        select(build_grid(_config().train), ["K=4096"])
+        select(build_grid(config().train), ["K=4096"])
 
 
 def test_stage_writes_every_grid_model_with_contract_sidecar(tmp_path):
-    run_dir = _run_dir(tmp_path)
-    run(_ctx(run_dir, _config()))
-    for entry in build_grid(_config().train):
+    run_dir = embeddings_run_dir(tmp_path)
+    run(ctx(run_dir, config()))
+    for entry in build_grid(config().train):
         path = run_dir.stsae_checkpoint(entry.variant, entry.d_dict, entry.seed)
         info = json.loads(path.with_suffix(".json").read_text())
         assert info.keys() >= CONTRACT_KEYS and info["complete"] is True
@@ -87,46 +55,46 @@ def test_stage_writes_every_grid_model_with_contract_sidecar(tmp_path):
 
 
 def test_stage_skips_finished_models_and_retrains_changed_settings(tmp_path):
-    run_dir = _run_dir(tmp_path)
-    run(_ctx(run_dir, _config()), only=["full", "K=8"])
+    run_dir = embeddings_run_dir(tmp_path)
+    run(ctx(run_dir, config()), only=["full", "K=8"])
     path = run_dir.stsae_checkpoint("full", 8, 0)
     first = path.stat().st_mtime_ns
-    run(_ctx(run_dir, _config()), only=["full", "K=8"])
+    run(ctx(run_dir, config()), only=["full", "K=8"])
     assert path.stat().st_mtime_ns == first
-    run(_ctx(run_dir, _config(steps=5)), only=["full", "K=8"])
+    run(ctx(run_dir, config(steps=5)), only=["full", "K=8"])
     assert path.stat().st_mtime_ns != first
 
 
 def test_stage_only_trains_the_selected_subset(tmp_path):
-    run_dir = _run_dir(tmp_path)
-    run(_ctx(run_dir, _config()), only=["vanilla", "seed=1"])
+    run_dir = embeddings_run_dir(tmp_path)
+    run(ctx(run_dir, config()), only=["vanilla", "seed=1"])
     written = sorted(p.name for p in run_dir.models_dir.glob("*.safetensors"))
     assert written == ["stsae-vanilla-K16-s1.safetensors"]
 
 
 def test_stage_records_input_statistics_in_the_manifest(tmp_path):
-    run_dir = _run_dir(tmp_path)
-    run(_ctx(run_dir, _config()), only=["full", "K=8"])
+    run_dir = embeddings_run_dir(tmp_path)
+    run(ctx(run_dir, config()), only=["full", "K=8"])
     facts = json.loads(run_dir.manifest.read_text())["train"]
     assert facts["models_trained"] == ["stsae-full-K8-s0"]
     assert facts["input_mean_norm_over_std"] > 0 and facts["effective_rank"] > 1
 
 
 def test_models_trained_on_other_embeddings_are_retrained_not_skipped(tmp_path):
-    run_dir = _run_dir(tmp_path)
-    run(_ctx(run_dir, _config()), only=["full", "K=8"])
+    run_dir = embeddings_run_dir(tmp_path)
+    run(ctx(run_dir, config()), only=["full", "K=8"])
     path = run_dir.stsae_checkpoint("full", 8, 0)
     first = path.stat().st_mtime_ns
-    run(_ctx(run_dir, _config(), embeddings="emb-B"), only=["full", "K=8"])
+    run(ctx(run_dir, config(), embeddings="emb-B"), only=["full", "K=8"])
     assert path.stat().st_mtime_ns != first
     assert json.loads(path.with_suffix(".json").read_text())["embeddings"] == "emb-B"
 
 
 def test_models_outside_the_current_grid_or_embeddings_are_moved_to_stale(tmp_path):
-    run_dir = _run_dir(tmp_path)
-    run(_ctx(run_dir, _config()), only=["full", "K=8"])
-    run(_ctx(run_dir, _config()), only=["vanilla", "seed=1"])
-    run(_ctx(run_dir, _config(d_dict_sweep=[16]), embeddings="emb-B"), only=["vanilla", "seed=1"])
+    run_dir = embeddings_run_dir(tmp_path)
+    run(ctx(run_dir, config()), only=["full", "K=8"])
+    run(ctx(run_dir, config()), only=["vanilla", "seed=1"])
+    run(ctx(run_dir, config(d_dict_sweep=[16]), embeddings="emb-B"), only=["vanilla", "seed=1"])
     kept = sorted(p.name for p in run_dir.models_dir.glob("stsae-*"))
     stale = sorted(p.name for p in run_dir.stale_models_dir.glob("stsae-*"))
     assert kept == ["stsae-vanilla-K16-s1.json", "stsae-vanilla-K16-s1.safetensors"]
@@ -137,54 +105,54 @@ def test_models_outside_the_current_grid_or_embeddings_are_moved_to_stale(tmp_pa
 
 
 def test_stage_records_the_main_model_of_the_grid(tmp_path):
-    run_dir = _run_dir(tmp_path)
-    run(_ctx(run_dir, _config()), only=["full", "K=8"])
+    run_dir = embeddings_run_dir(tmp_path)
+    run(ctx(run_dir, config()), only=["full", "K=8"])
     assert json.loads(run_dir.manifest.read_text())["train"]["main_model"] == "stsae-full-K16-s0"
 
 
 def test_a_grid_model_whose_save_was_cut_short_is_retrained_in_place_not_set_aside(tmp_path):
-    run_dir = _run_dir(tmp_path)
-    run(_ctx(run_dir, _config()), only=["full", "K=8"])
+    run_dir = embeddings_run_dir(tmp_path)
+    run(ctx(run_dir, config()), only=["full", "K=8"])
     path = run_dir.stsae_checkpoint("full", 8, 0)
     path.with_suffix(".json").unlink()
-    run(_ctx(run_dir, _config()), only=["full", "K=8"])
+    run(ctx(run_dir, config()), only=["full", "K=8"])
     assert path.with_suffix(".json").is_file() and not run_dir.stale_models_dir.exists()
 
 
 def test_a_model_file_damaged_after_training_is_retrained_not_kept(tmp_path):
-    run_dir = _run_dir(tmp_path)
-    run(_ctx(run_dir, _config()), only=["full", "K=8"])
+    run_dir = embeddings_run_dir(tmp_path)
+    run(ctx(run_dir, config()), only=["full", "K=8"])
     path = run_dir.stsae_checkpoint("full", 8, 0)
     good = path.read_bytes()
     path.write_bytes(good[:-8] + bytes(8))
-    run(_ctx(run_dir, _config()), only=["full", "K=8"])
+    run(ctx(run_dir, config()), only=["full", "K=8"])
     assert path.read_bytes() == good
 
 
 def test_fused_and_one_by_one_training_write_byte_identical_models(tmp_path):
     """train.fused_grid only schedules: each model of a fused group gets exactly its lone weights."""
-    fused, single = _run_dir(tmp_path / "fused"), _run_dir(tmp_path / "single")
-    run(_ctx(fused, _config(fused_grid=True)))
-    run(_ctx(single, _config(fused_grid=False)))
+    fused, single = embeddings_run_dir(tmp_path / "fused"), embeddings_run_dir(tmp_path / "single")
+    run(ctx(fused, config(fused_grid=True)))
+    run(ctx(single, config(fused_grid=False)))
     facts = json.loads(fused.manifest.read_text())["train"]
     assert facts["fused_groups"] == [4, 1]
     assert json.loads(single.manifest.read_text())["train"]["fused_groups"] == [1] * 5
-    for entry in build_grid(_config().train):
+    for entry in build_grid(config().train):
         a, b = (d.stsae_checkpoint(entry.variant, entry.d_dict, entry.seed) for d in (fused, single))
         assert a.read_bytes() == b.read_bytes(), a.name
 
 
 def test_switching_fused_grid_retrains_nothing(tmp_path):
-    run_dir = _run_dir(tmp_path)
-    run(_ctx(run_dir, _config()), only=["K=8"])
-    run(_ctx(run_dir, _config(fused_grid=False)), only=["K=8"])
+    run_dir = embeddings_run_dir(tmp_path)
+    run(ctx(run_dir, config()), only=["K=8"])
+    run(ctx(run_dir, config(fused_grid=False)), only=["K=8"])
     assert json.loads(run_dir.manifest.read_text())["train"]["models_skipped"] == ["stsae-full-K8-s0"]
 
 
 def test_a_group_only_trains_its_unfinished_members(tmp_path):
-    run_dir = _run_dir(tmp_path)
-    run(_ctx(run_dir, _config()), only=["vanilla", "K=16"])
-    run(_ctx(run_dir, _config()), only=["K=16"])
+    run_dir = embeddings_run_dir(tmp_path)
+    run(ctx(run_dir, config()), only=["vanilla", "K=16"])
+    run(ctx(run_dir, config()), only=["K=16"])
     facts = json.loads(run_dir.manifest.read_text())["train"]
     assert facts["fused_groups"] == [2]
     assert sorted(facts["models_skipped"]) == ["stsae-vanilla-K16-s0", "stsae-vanilla-K16-s1"]

@@ -354,6 +354,17 @@ class TrainSection(_Section):
         True, description="Train the grid models of one K together as one batched model (same weights "
         "as one by one, far less per-step overhead at small K); false: one model at a time."
     )
+    parallel: Literal["grid", "ddp"] = Field(
+        "grid", description="Under torchrun with W ranks: 'grid' deals the grid's models into W shares of "
+        "about equal work, each rank training its own share alone (no per-step communication, every model "
+        "byte-identical to a one-process run); 'ddp' trains every model on all ranks, each taking a slice "
+        "of every batch (for a grid of fewer models than ranks, e.g. one large K)."
+    )
+    workers: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        1, description="One process on the CPU (no torchrun): train the grid as this many shares in "
+        "local worker processes, the cores split evenly among them (same model files); auto: one per core, "
+        "at most as many as the largest K lets balance. Ignored under torchrun and on a GPU."
+    )
     ablations: list[Literal["no_smooth", "no_stab", "no_div", "no_renorm", "vanilla"]] = Field(
         list(ABLATIONS), description="Ablations trained next to 'full'."
     )

@@ -8,33 +8,53 @@ config or embeddings) is moved into models/stale/ first, so models/ holds only t
 reader (registry, evaluate, age, ground, report) sees nothing else.
 
 The models of one K train together as one batched model (train.fused_grid; each gets exactly the weights
-it would get alone), with one training-state checkpoint per group. Under torchrun every rank trains each
-group together (DDP, gloo on CPU); rank 0 writes the files.
+it would get alone), with one training-state checkpoint per group. Under torchrun (W ranks, NCCL on CUDA,
+gloo on CPU) train.parallel decides the split: `grid` (default) deals the models into W shares of about
+equal work, each rank trains and saves its own share alone (the models are independent, so no step
+waits on another rank and every file is byte-identical to a one-process run) and rank 0 records the
+stage once all are saved; `ddp` trains each group on all ranks, each taking a slice of every batch
+(useful only when there are fewer models than ranks), rank 0 writing the files. One process on the CPU
+deals the grid the same way over train.workers local worker processes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import multiprocessing
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Literal
 
 import torch
+from threadpoolctl import threadpool_limits
 
+from stsae.config import TrainSection
 from stsae.data.dataset import WindowTripletDataset
 from stsae.data.store import load_embeddings
 from stsae.errors import InputDataError
+from stsae.models.encoder_runtime import usable_cores
 from stsae.pipeline.contract import StageContext, StageContract
 from stsae.rundir import RunDir
-from stsae.train.grid import GridEntry, build_grid, expected_sidecar, is_finished, main_entry, select
+from stsae.train.grid import GridEntry, build_grid, deal, expected_sidecar, is_finished, main_entry, select
 from stsae.train.trainer import Member, fit_group
 from stsae.utils import io
 from stsae.utils.device import device_facts, resolve_device
-from stsae.utils.dist import is_main_process, process_group, world_size
+from stsae.utils.dist import barrier, is_main_process, process_group, rank, world_size
+from stsae.utils.logs import setup_logging
 
 log = logging.getLogger(__name__)
 
 FUSED_LATENTS = 8192  # latents (M·K) per fused group: 64 models at K=128, 2 at K=4096, K=8192 alone
+# How long a rank that finished its grid share waits at the barrier for the slowest one (torch's default
+# would stop a long grid after 30 min on gloo, 10 on NCCL). A rank that fails does not leave the others
+# hanging that long: torchrun's agent stops every rank when one exits with an error.
+GRID_WAIT = timedelta(hours=24)
 
 
 CONTRACT = StageContract(
@@ -81,40 +101,160 @@ def _groups(entries: list[GridEntry], fused: bool) -> list[list[GridEntry]]:
     return groups
 
 
-def _train_group(ctx: StageContext, group: list[GridEntry],
-                 data: tuple[WindowTripletDataset, WindowTripletDataset], embeddings: str | None,
-                 device: torch.device) -> list[str]:
-    """Train (or resume) one group of models of one K together and, on rank 0, save each with its
-    sidecar; returns their stems. The group's training state is one checkpoint named after its first
-    model (a group of other members never resumes it: its settings list the members)."""
-    cfg, (train, val) = ctx.config.train, data
-    paths = [ctx.run_dir.stsae_checkpoint(entry.variant, entry.d_dict, entry.seed) for entry in group]
-    state = ctx.run_dir.train_checkpoints_dir / paths[0].name
-    if ctx.force and is_main_process():
+@dataclass(frozen=True)
+class Schedule:
+    """Who trains which models: the groups of each share, in training order.
+
+    grid (torchrun, train.parallel=grid): one share per rank (`deal`), trained alone by that rank, which
+    saves its own models. workers (one process, train.workers > 1): one share per local worker process,
+    likewise. ddp (torchrun, train.parallel=ddp) and none (one process): a single share that every rank
+    trains together, rank 0 saving the files.
+    """
+
+    parallel: Literal["grid", "workers", "ddp", "none"]
+    shares: list[list[list[GridEntry]]]
+
+    @property
+    def saves_own_models(self) -> bool:
+        """Whether this rank saves what it trains (in ddp only rank 0 does: every rank holds the same models)."""
+        return self.parallel != "ddp" or is_main_process()
+
+
+def resolve_workers(requested: int | Literal["auto"], device: torch.device, world: int,
+                    entries: list[GridEntry]) -> int:
+    """How many local worker processes train the grid (train.workers): 1 under torchrun (the ranks already
+    split it) and on a GPU (one device, one trainer). auto: one per usable core, but no more than the
+    grid's largest dictionary lets `deal` balance (total latents / largest K), since the share holding
+    it bounds the stage's time."""
+    if world > 1 or device.type != "cpu" or not entries:
+        return 1
+    if requested != "auto":
+        return requested
+    latents = [entry.d_dict for entry in entries]
+    return max(1, min(usable_cores(), sum(latents) // max(latents)))
+
+
+def schedule(cfg: TrainSection, entries: list[GridEntry], todo: list[GridEntry], world: int,
+             workers: int = 1) -> Schedule:
+    """Deal the grid selection `entries` (not just `todo`) into shares, one per torchrun rank or local
+    worker, so a rerun after a crash gives each the same groups and their checkpoints resume; finished
+    models are then left out."""
+    if world > 1 and cfg.parallel == "ddp":
+        return Schedule("ddp", [_groups(todo, cfg.fused_grid)])
+    n_shares = world if world > 1 else workers
+    if n_shares == 1:
+        return Schedule("none", [_groups(todo, cfg.fused_grid)])
+    owed = set(todo)
+    shares = [_groups([entry for entry in share if entry in owed], cfg.fused_grid) for share in deal(entries, n_shares)]
+    if world > 1 and todo and not all(shares):
+        log.warning("train: %d model(s) to train on %d ranks under train.parallel=grid, so some ranks idle; "
+                    "train.parallel=ddp shares every model's batches instead", len(todo), world)
+    return Schedule("grid" if world > 1 else "workers", shares)
+
+
+@dataclass(frozen=True)
+class ShareJob:
+    """One process's share of the grid and what it needs to train and save it (picklable: a local worker
+    receives it whole). distributed: train each group with the ranks' DDP; saves: see Schedule."""
+
+    run_dir: RunDir
+    cfg: TrainSection
+    embeddings: str | None
+    device: torch.device
+    force: bool
+    distributed: bool
+    saves: bool
+    groups: list[list[GridEntry]]
+
+
+def _datasets(run_dir: RunDir) -> tuple[WindowTripletDataset, WindowTripletDataset]:
+    """The train and val triplets of the run's embeddings (memmaps: every worker maps the same pages)."""
+    emb = load_embeddings(run_dir)
+    return (WindowTripletDataset(emb.z, emb.z_aug, emb.index, "train"),
+            WindowTripletDataset(emb.z, emb.z_aug, emb.index, "val"))
+
+
+def train_share(job: ShareJob) -> None:
+    """Train (or resume) every group of `job` in order."""
+    train, val = _datasets(job.run_dir)
+    for group in job.groups:
+        _train_group(job, group, train, val)
+
+
+def _train_group(job: ShareJob, group: list[GridEntry], train: WindowTripletDataset,
+                 val: WindowTripletDataset) -> None:
+    """Train (or resume) one group of models of one K together and, where this process saves, save each
+    with its sidecar. The group's training state is one checkpoint named after its first model (a group
+    of other members never resumes it: its settings list the members)."""
+    cfg = job.cfg
+    paths = [job.run_dir.stsae_checkpoint(entry.variant, entry.d_dict, entry.seed) for entry in group]
+    state = job.run_dir.train_checkpoints_dir / paths[0].name
+    if job.force and job.saves:
         state.unlink(missing_ok=True)
     members = [Member(entry.variant, entry.seed, train, val if len(val) else None) for entry in group]
-    results = fit_group(members, cfg, group[0].d_dict, checkpoint=state, embeddings=embeddings, device=device)
-    if is_main_process():
-        for entry, path, (model, metrics) in zip(group, paths, results, strict=True):
-            model.save(path, {**expected_sidecar(entry, cfg, embeddings), "metrics": metrics})
-            sidecar = path.with_suffix(".json")
-            io.write_json(sidecar, {**io.read_json(sidecar), "weights_sha256": io.file_sha256(path)})
-        state.unlink(missing_ok=True)
-    return [path.stem for path in paths]
+    results = fit_group(members, cfg, group[0].d_dict, checkpoint=state, embeddings=job.embeddings,
+                        device=job.device, distributed=job.distributed)
+    if not job.saves:
+        return
+    for entry, path, (model, metrics) in zip(group, paths, results, strict=True):
+        model.save(path, {**expected_sidecar(entry, cfg, job.embeddings), "metrics": metrics})
+        sidecar = path.with_suffix(".json")
+        io.write_json(sidecar, {**io.read_json(sidecar), "weights_sha256": io.file_sha256(path)})
+    state.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _threads(n: int) -> Iterator[None]:
+    """At most `n` threads for torch and for numpy's BLAS (the input statistics), restored on exit: a
+    worker's share of the cores, and the same arithmetic in every process with the same share."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        with threadpool_limits(limits=n, user_api="blas"):
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _worker_setup(threads: int, verbosity: int, log_file: Path) -> None:
+    """A spawned worker starts bare: its share of the cores, and the parent's logging (console, run.log)."""
+    torch.set_num_threads(threads)
+    threadpool_limits(limits=threads, user_api="blas")
+    setup_logging(verbosity, log_file)
+
+
+def _train_in_workers(jobs: list[ShareJob], log_file: Path) -> None:
+    """Train jobs[0] here and the others in spawned worker processes, the cores split evenly among them
+    (one torch thread each on the demo's 2 cores): single-threaded trainers of independent shares beat
+    one multi-threaded trainer on the grid's small GEMMs, and on a loaded machine by far (README,
+    Performance). spawn, not fork: a fork of a process whose OpenMP threads already ran can hang."""
+    threads = max(1, usable_cores() // len(jobs))  # as many as on the first run, whatever is left to train
+    here, *others = [job for job in jobs if job.groups] or jobs[:1]
+    level = logging.getLogger("stsae").getEffectiveLevel()
+    verbosity = -1 if level > logging.INFO else 0 if level == logging.INFO else 1
+    with contextlib.ExitStack() as stack:
+        pending = []
+        if others:
+            pool = stack.enter_context(ProcessPoolExecutor(
+                len(others), mp_context=multiprocessing.get_context("spawn"), initializer=_worker_setup,
+                initargs=(threads, verbosity, log_file)))
+            pending = [pool.submit(train_share, job) for job in others]
+        with _threads(threads):
+            train_share(here)
+        for future in pending:
+            future.result()
 
 
 def run(ctx: StageContext, only: Sequence[str] = ()) -> None:
     """Train every grid model not already finished on these embeddings (only: a `--only` filter)."""
-    with process_group():
-        _train_grid(ctx, only)
+    device = resolve_device(ctx.config.train.device, "train.device")
+    with process_group(device, GRID_WAIT):
+        _train_grid(ctx, only, device)
 
 
-def _train_grid(ctx: StageContext, only: Sequence[str]) -> None:
-    cfg = ctx.config.train
-    device = resolve_device(cfg.device, "train.device")
-    emb = load_embeddings(ctx.run_dir)
-    train = WindowTripletDataset(emb.z, emb.z_aug, emb.index, "train")
-    val = WindowTripletDataset(emb.z, emb.z_aug, emb.index, "val")
+def _train_grid(ctx: StageContext, only: Sequence[str], device: torch.device) -> None:
+    cfg, world = ctx.config.train, world_size()
+    train, val = _datasets(ctx.run_dir)
     if len(train) == 0:
         raise InputDataError(f"{ctx.run_dir.index}: the train split has no consecutive window pairs")
     embeddings = ctx.upstream.get("extract")
@@ -129,26 +269,34 @@ def _train_grid(ctx: StageContext, only: Sequence[str]) -> None:
     outdated = {e for e, path in paths.items() if e not in finished and path.with_suffix(".json").is_file()}
     current = {paths[e].stem for e in grid if e not in outdated}
     stale = set_aside_stale(ctx.run_dir, current) if is_main_process() else []
+    barrier()  # no rank saves a model before rank 0 has moved the stale ones aside
     todo = [entry for entry in entries if ctx.force or entry not in finished]
     skipped = [paths[entry].stem for entry in entries if entry not in todo]
     for stem in skipped:
         log.info("%s: finished on these embeddings with matching settings, skipped", stem)
-    groups = _groups(todo, cfg.fused_grid)
-    trained: list[str] = []
+    plan = schedule(cfg, entries, todo, world, resolve_workers(cfg.workers, device, world, entries))
+    jobs = [ShareJob(ctx.run_dir, cfg, embeddings, device, ctx.force, plan.parallel == "ddp",
+                     plan.saves_own_models, share) for share in plan.shares]
     t0 = time.perf_counter()
-    for group in groups:
-        trained += _train_group(ctx, group, (train, val), embeddings, device)
+    if plan.parallel == "workers":
+        _train_in_workers(jobs, ctx.run_dir.log)
+    else:
+        train_share(jobs[rank() if plan.parallel == "grid" else 0])
+    barrier()  # rank 0 records the stage only once every rank has saved its models
     if not is_main_process():
         return
     checkpoints = ctx.run_dir.train_checkpoints_dir
     if checkpoints.is_dir() and not any(checkpoints.iterdir()):
         checkpoints.rmdir()
+    shares = [[paths[entry].stem for group in share for entry in group] for share in plan.shares]
+    trained = [stem for share in shares for stem in share]
     main = paths[main_entry(cfg)].stem
     stats = _input_stats(ctx.run_dir, [main, *trained])
     ctx.record("train", {
         "main_model": main, "embeddings": embeddings, "models_trained": trained, "models_skipped": skipped,
-        "models_set_aside": stale, "seconds": round(time.perf_counter() - t0, 1), "world_size": world_size(),
-        "fused_groups": [len(group) for group in groups],
+        "models_set_aside": stale, "seconds": round(time.perf_counter() - t0, 1), "world_size": world,
+        "parallel": plan.parallel, "shares": shares,
+        "fused_groups": [len(group) for share in plan.shares for group in share],
         **stats,
     })
     ctx.record("devices", {"train": device_facts(device)})

@@ -104,3 +104,25 @@ def is_finished(weights: Path, entry: GridEntry, cfg: TrainSection, embeddings: 
     expected = expected_sidecar(entry, cfg, embeddings)
     return all(info.get(key) == value for key, value in expected.items()) \
         and info.get("weights_sha256") == io.file_sha256(weights)
+
+
+def deal(entries: list[GridEntry], shares: int) -> list[list[GridEntry]]:
+    """Split `entries` into `shares` disjoint shares of about equal work, each in grid order.
+
+    Why not plainly r, r+W, …: a step's cost grows with K, and the grid puts its largest dictionaries
+    (the K-sweep) last, so dealing in grid order can hand one share most of the work (the demo's
+    2-way deal gave 6×K128 + K256 + K1024 against 6×K128 + K512). Longest-first greedy instead: entries
+    by K descending (grid order among equal K) each go to the share with the least K so far (lowest
+    index on ties). Deterministic in (entries, shares) alone, so every rank computes every share and a
+    rerun after a crash gives each rank the same groups, which is what lets their checkpoints resume.
+    """
+    if shares < 1:
+        raise StsaeError(f"cannot deal the grid into {shares} shares")
+    dealt: list[list[GridEntry]] = [[] for _ in range(shares)]
+    load = [0] * shares
+    for entry in sorted(entries, key=lambda e: -e.d_dict):
+        target = load.index(min(load))
+        dealt[target].append(entry)
+        load[target] += entry.d_dict
+    order = {entry: i for i, entry in enumerate(entries)}
+    return [sorted(share, key=order.__getitem__) for share in dealt]

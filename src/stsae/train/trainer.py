@@ -96,10 +96,14 @@ def variant_spec(cfg: TrainSection, variant: str) -> VariantSpec:
     return VariantSpec(weights.model_copy(update=dict.fromkeys(zeroed, 0.0)), variant != "no_renorm")
 
 
+SCHEDULING_KEYS = frozenset({"fused_grid", "parallel", "workers"})
+
+
 def model_recipe(cfg: TrainSection) -> dict[str, Any]:
-    """The train settings that shape a model's weights: all but `fused_grid`, which only schedules
-    models (a member of a group trains exactly as it would alone), so switching it retrains nothing."""
-    return cfg.model_dump(mode="json", exclude={"fused_grid"})
+    """The train settings that shape a model's weights: all but SCHEDULING_KEYS, which only decide which
+    models train together or where (a member of a group trains exactly as it would alone, a grid share
+    on its rank as in one process), so switching them retrains nothing."""
+    return cfg.model_dump(mode="json", exclude=set(SCHEDULING_KEYS))
 
 
 def train_row_sample(data: WindowTripletDataset, max_rows: int, seed: int) -> np.ndarray:
@@ -160,16 +164,18 @@ class FusedTrainer:
     header holds the JSON state, so weights and state can never disagree); resumed when its settings
     (members included) match, else ignored. embeddings: provenance of the embeddings trained on (the
     extract stage's fingerprint), part of the settings. device: where every tensor lives.
+    distributed: join the process group's DDP when there is one (False: this process trains the group
+    alone, e.g. its share of the grid under train.parallel=grid).
     """
 
     def __init__(self, members: Sequence[Member], cfg: TrainSection, d_dict: int, steps: int | None = None,
                  checkpoint: Path | None = None, embeddings: str | None = None,
-                 device: torch.device = _CPU):
+                 device: torch.device = _CPU, distributed: bool = True):
         if not members:
             raise StsaeError("a fused training group needs at least one model")
         if any(len(m.train) == 0 for m in members):
             raise StsaeError("train split has no temporal pairs (z_t, z_t+1); check the extract stage")
-        self.world, self.rank = group_world()
+        self.world, self.rank = group_world() if distributed else (1, 0)
         if cfg.batch_size % self.world:
             raise StsaeError(
                 f"train.batch_size={cfg.batch_size} must be divisible by the world size {self.world}")
@@ -636,11 +642,12 @@ class Trainer:
 
 def fit_group(members: Sequence[Member], cfg: TrainSection, d_dict: int, checkpoint: Path | None = None,
               steps: int | None = None, embeddings: str | None = None,
-              device: torch.device = _CPU) -> list[tuple[STSAE, dict[str, Any]]]:
+              device: torch.device = _CPU, distributed: bool = True) -> list[tuple[STSAE, dict[str, Any]]]:
     """Train (or resume, or just reload a finished checkpoint of) M models of one K together; returns
-    (model, metrics) per member, in order. See `fit_stsae` for the metrics and the checkpoint."""
+    (model, metrics) per member, in order. See `fit_stsae` for the metrics and the checkpoint, and
+    `FusedTrainer` for `distributed`."""
     trainer = FusedTrainer(members, cfg, d_dict, steps=steps, checkpoint=checkpoint, embeddings=embeddings,
-                           device=device)
+                           device=device, distributed=distributed)
     trainer.train()
     return [trainer.result(i) for i in range(len(trainer.members))]
 
