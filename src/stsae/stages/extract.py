@@ -61,7 +61,7 @@ from stsae.pipeline.contract import StageContext, StageContract
 from stsae.rundir import RunDir
 from stsae.utils import io
 from stsae.utils.device import device_facts, resolve_device
-from stsae.utils.dist import process_group, rank, world_size
+from stsae.utils.dist import barrier, process_group, rank, world_size
 from stsae.utils.progress import progress
 
 log = logging.getLogger(__name__)
@@ -111,11 +111,6 @@ def read_passed_windows(paths: RunDir) -> tuple[np.ndarray, np.ndarray, pd.DataF
         raise InputDataError(f"{paths.qc}: no window has qc_pass=True; nothing to encode")
     index = meta.iloc[window_ids][list(INDEX_COLUMNS)].reset_index(drop=True)
     return windows, window_ids, index
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        torch_dist.barrier()
 
 
 def _agree(world: int, value: T) -> T:
@@ -326,6 +321,8 @@ def run(ctx: StageContext) -> None:
     paths.embeddings_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(config.extract.device, "extract.device")
     augment_on = resolve_augment_on(config.extract.augment_on, device, config.extract.augment_draws)
+    # gloo even on CUDA: extraction's only collectives are two barriers and one broadcast of settings
+    # (each rank writes its own rows), which gain nothing from NCCL and would meet its 10-minute timeout.
     with process_group():
         threads = configure_threads(config.extract.num_threads, world)
         windows, window_ids, index = read_passed_windows(paths)
@@ -339,10 +336,10 @@ def run(ctx: StageContext) -> None:
         outputs = embedding_outputs(config, paths)
         if this_rank == 0:
             _prepare_outputs(paths, outputs, n_rows, key)
-        _barrier(world)
+        barrier()
         encoder = CompiledEmbedder(embedder, runtime.batch_size) if runtime.compiled else embedder
         _encode_chunks(config, paths, outputs, encoder, windows, window_ids, plan, key, runtime)
-        _barrier(world)
+        barrier()
         if this_rank == 0:
             _publish(paths, outputs, index)
             ctx.record("devices", {"extract": device_facts(device)})
