@@ -262,6 +262,24 @@ def test_concepts_carrying_a_trait_beyond_age_show_a_positive_increment() -> Non
     assert result.increment_ci[0] > 0
 
 
+def test_phenotypes_on_the_same_rows_share_a_fit_and_score_as_each_alone() -> None:
+    """HTN and T2D known on the same rows are probed by one ridge path with a penalty per phenotype:
+    the AUROCs equal separate fits (predictions to rounding) and the CI draws keep the phenotype order."""
+    gen, patient, age, sex, trait, fit = _cohort(seed=3)
+    htn = ((age - 55) / 10 + 1.5 * trait + 0.5 * gen.standard_normal(len(age)) > 0).astype(float)
+    t2d = (age + 8 * gen.standard_normal(len(age)) > 60).astype(float)
+    concepts = np.column_stack([trait + 0.2 * gen.standard_normal(len(age)), gen.standard_normal(len(age))])
+    factors = {"htn": ("auroc", htn), "t2d": ("auroc", t2d)}
+    probes = ProbeSet(fit, patient, factors, np.column_stack([age, sex]))
+    both = adjusted_phenotypes(concepts, probes, age_sex_scores(probes), 100, np.random.default_rng(0))
+    draws = np.random.default_rng(0)
+    for name in ("htn", "t2d"):
+        alone_probes = ProbeSet(fit, patient, {name: factors[name]}, probes.covariates)
+        alone = adjusted_phenotypes(concepts, alone_probes, age_sex_scores(alone_probes), 100, draws)[name]
+        assert both[name].adjusted == pytest.approx(alone.adjusted, abs=1e-12)
+        assert both[name].increment_ci == pytest.approx(alone.increment_ci, abs=1e-12)
+
+
 def test_single_concept_is_chosen_on_train_patients_and_scored_on_held_out_ones() -> None:
     """300 pure-noise concepts and one that tracks the factor: the in-sample best |r| of noise alone
     is inflated by the choice; scored on held-out patients it collapses, the real concept does not."""

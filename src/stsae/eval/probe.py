@@ -510,16 +510,31 @@ def age_sex_scores(probes: ProbeSet) -> dict[str, np.ndarray]:
 
 def adjusted_phenotypes(x: np.ndarray, probes: ProbeSet, age_sex: dict[str, np.ndarray], n_boot: int,
                         generator: np.random.Generator) -> dict[str, AdjustedPhenotype]:
-    """`AdjustedPhenotype` of each phenotype in `age_sex` (from `age_sex_scores`) for features x float[n, P]."""
+    """`AdjustedPhenotype` of each phenotype in `age_sex` (from `age_sex_scores`) for features x float[n, P].
+
+    Phenotypes known on the same rows share one residualisation and ridge path (one target each, its
+    own penalty: the predictions equal separate fits to float rounding); the bootstrap draws follow the
+    phenotype order, as they did with one fit per phenotype."""
+    covariates = probes.covariates
+    assert covariates is not None
+    sides: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    sharing: dict[bytes, list[str]] = {}
+    for name in age_sex:
+        rows = phenotype_rows(probes, name)
+        assert rows is not None
+        sides[name] = rows
+        sharing.setdefault(np.concatenate(rows).tobytes(), []).append(name)
+    predictions: dict[str, np.ndarray] = {}
+    for names in sharing.values():
+        fit, score = sides[names[0]]
+        y = np.column_stack([probes.factors[name][1] for name in names])
+        pred = adjusted_predictions(x[fit], covariates[fit], y[fit], probes.groups[fit], x[score], covariates[score])
+        predictions.update({name: pred[:, j] for j, name in enumerate(names)})
     found = {}
     for name, baseline in age_sex.items():
-        rows = phenotype_rows(probes, name)
-        assert rows is not None and probes.covariates is not None
-        fit, score = rows
-        y = probes.factors[name][1]
-        pred = adjusted_predictions(x[fit], probes.covariates[fit], y[fit, None], probes.groups[fit],
-                                    x[score], probes.covariates[score])[:, 0]
-        reference, adjusted = roc_auc_score(y[score], baseline), roc_auc_score(y[score], pred)
-        ci = bootstrap_auroc_difference(y[score], pred, baseline, probes.groups[score], n_boot, generator)
+        score = sides[name][1]
+        y, pred = probes.factors[name][1][score], predictions[name]
+        reference, adjusted = roc_auc_score(y, baseline), roc_auc_score(y, pred)
+        ci = bootstrap_auroc_difference(y, pred, baseline, probes.groups[score], n_boot, generator)
         found[name] = AdjustedPhenotype(float(reference), float(adjusted), float(adjusted - reference), ci)
     return found
