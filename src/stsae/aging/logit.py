@@ -27,7 +27,7 @@ Z95 = 1.959963984540054
 OK = "ok"
 _RIDGE = 1e-10
 _PERFECT_ATOL = 1e-8
-_MAX_CELLS = 1 << 22
+_MAX_CELLS = 1 << 18  # cells per chunk: working arrays stay cache-sized (2^22 ran 2x slower at K=3745)
 
 
 class LogitBatch(NamedTuple):
@@ -87,23 +87,27 @@ def _fit_chunk(varying: np.ndarray, shared: np.ndarray, y: np.ndarray, maxiter: 
     iterations = np.zeros(n_batch, dtype=np.int64)
     status = np.full(n_batch, "no convergence", dtype=object)
     ridge = _RIDGE * np.eye(p)
-    index, beta, v, mu = np.arange(n_batch), coef.copy(), varying, np.full((n_batch, n), 0.5)
+    index, beta, v = np.arange(n_batch), coef.copy(), varying
+    mu = np.full((n_batch, n), 0.5)
+    residual = y - mu
     for _ in range(maxiter):
         if not index.size:
             break
         hessian = _gram(mu * (1.0 - mu), v, shared, shared_outer) / n + ridge
-        step = np.linalg.solve(hessian, _score(y - mu, v, shared)[:, :, None] / n)[:, :, 0]
+        step = np.linalg.solve(hessian, _score(residual, v, shared)[:, :, None] / n)[:, :, 0]
         beta += step
         iterations[index] += 1
         mu = expit(_linear(beta, v, shared))
+        residual = y - mu
         bad = ~np.isfinite(step).all(axis=1)
-        perfect = (np.abs(mu - y) <= _PERFECT_ATOL).all(axis=1) & ~bad
+        perfect = (np.abs(residual) <= _PERFECT_ATOL).all(axis=1) & ~bad
         done = (np.abs(step) <= tol).all(axis=1) & ~bad & ~perfect
         stop = bad | perfect | done
         if stop.any():
             status[index[bad]], status[index[perfect]], status[index[done]] = "singular", "separation", OK
             coef[index[stop]] = beta[stop]
-            index, beta, v, mu = index[~stop], beta[~stop], v[~stop], mu[~stop]
+            keep = ~stop
+            index, beta, v, mu, residual = index[keep], beta[keep], v[keep], mu[keep], residual[keep]
     coef[index] = beta
     return _standard_errors(coef, iterations, status, varying, shared, shared_outer)
 
