@@ -114,8 +114,8 @@ def _w_step(x: np.ndarray, h: np.ndarray, w_prev: np.ndarray, x_sq: float, sweep
 
     The sweeps run in float32: they are bound by reading W once per column, and halving that traffic
     roughly halves their time at the same objective (README, Measured). XHᵀ goes in column-major, so the
-    column each update reads is contiguous (same numbers, ~15 % less sweep time at r = 128). The objective and every Gram
-    sum stay float64, so the scores are exact for the W used.
+    column each update reads is contiguous (same numbers, ~15 % less sweep time at r = 128). The
+    objective and every Gram sum stay float64, so the scores are exact for the W used.
     """
     rank, dim = h.shape
     hht = h @ h.T
