@@ -18,6 +18,7 @@ import torch
 from run_fixture import write_fake_run, write_fake_run_with_figures
 from stsae.aging.age_pred import AgePredictor, age_model_record
 from stsae.aging.associations import logistic_association
+from stsae.aging.logit import logit_per_column
 from stsae.config import Config
 from stsae.errors import InputDataError
 from stsae.models.stsae import STSAE
@@ -188,8 +189,23 @@ def test_activation_odds_ratios_match_the_delta_age_association_fit() -> None:
     batched = stats.activation_odds_ratios(codes, patients, "htn", min_events=5)
     for column, fit in enumerate(batched):
         alone = logistic_association(patients.assign(delta_age=codes[:, column]), "htn", min_events=5)
-        assert fit["or"] == pytest.approx(alone["or_per_sd"], rel=1e-10)
-        assert fit["hi"] == pytest.approx(alone["or_per_sd_ci_high"], rel=1e-10)
+        assert fit["or"] == pytest.approx(alone["or_per_sd"], rel=1e-8)
+        assert fit["hi"] == pytest.approx(alone["or_per_sd_ci_high"], rel=1e-8)
+
+
+def test_a_rare_concept_at_a_tiny_scale_is_fitted_per_sd_where_the_raw_fit_never_converges() -> None:
+    """Firing on 3 % of patients at 1e-6: unscaled, Newton's steps on a ~1e6 coefficient never fall
+    below the absolute tolerance; per SD it converges to the OR of the same concept at unit scale."""
+    generator = np.random.default_rng(1)
+    n = 300
+    patients = pd.DataFrame({"age": generator.uniform(20, 80, n), "sex": np.where(generator.random(n) < 0.5, "M", "F"),
+                             "htn": (generator.random(n) < 0.3).astype(float)})
+    tiny = generator.gamma(0.5, size=n) * (generator.random(n) < 0.03) * 1e-6
+    adjustments = np.column_stack([patients["age"], patients["sex"] == "M"]).astype(float)
+    assert logit_per_column(tiny[:, None], adjustments, patients["htn"].to_numpy()).status[0] == "no convergence"
+    small, unit = stats.activation_odds_ratios(np.column_stack([tiny, tiny * 1e6]), patients, "htn", min_events=5)
+    for key in ("or", "lo", "hi", "p"):
+        assert small[key] == pytest.approx(unit[key], rel=1e-9)
 
 
 def test_activation_odds_ratios_report_a_separating_concept_instead_of_a_number() -> None:
