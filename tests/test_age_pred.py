@@ -253,3 +253,22 @@ def test_cross_validation_on_threads_fits_the_same_model_as_serially(monkeypatch
     assert (threaded.alpha, threaded.l1_ratio) == (serial.alpha, serial.l1_ratio)
     np.testing.assert_array_equal(threaded.coef, serial.coef)
     assert threaded.intercept == serial.intercept
+
+
+def test_gram_descent_on_more_features_than_patients_fits_the_residual_descent_model(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Collinear features outnumbering the train patients (the raw-embedding case): the Gram-matrix
+    descent picks the same penalty and support as scikit-learn's default residual descent, and
+    coefficients equal to the solver tolerance."""
+    x, patients = cohort(k=20)
+    gen = np.random.default_rng(1)
+    wide = x @ gen.normal(size=(20, 150)) + 0.01 * gen.normal(size=(len(x), 150))
+    train = (patients["split"] == "train").to_numpy()
+    args = (wide[train], patients["age"].to_numpy()[train], patients["patient_id"].to_numpy()[train], FAST, 0)
+    gram = fit_age_predictor(*args)
+    monkeypatch.setattr(age_pred, "GRAM_MAX_FEATURES", 0)
+    residual = fit_age_predictor(*args)
+    assert wide[train].shape[0] < wide.shape[1]
+    assert (gram.alpha, gram.l1_ratio) == (residual.alpha, residual.l1_ratio)
+    np.testing.assert_array_equal(gram.selected, residual.selected)
+    np.testing.assert_allclose(gram.coef, residual.coef, atol=1e-6 * np.abs(residual.coef).max())

@@ -17,6 +17,8 @@ import torch
 
 from run_fixture import write_fake_run, write_fake_run_with_figures
 from stsae.aging.age_pred import AgePredictor, age_model_record
+from stsae.aging.associations import logistic_association
+from stsae.aging.logit import logit_per_column
 from stsae.config import Config
 from stsae.errors import InputDataError
 from stsae.models.stsae import STSAE
@@ -161,7 +163,7 @@ def test_age_contributions_add_up_to_the_linear_prediction() -> None:
     assert np.all(contributions[:, [1, 3]] == 0)
 
 
-def test_activation_odds_ratio_finds_a_planted_effect_and_not_a_null_one() -> None:
+def test_activation_odds_ratios_find_a_planted_effect_and_not_a_null_one() -> None:
     generator = np.random.default_rng(0)
     n = 600
     age = generator.uniform(20, 80, n)
@@ -169,11 +171,53 @@ def test_activation_odds_ratio_finds_a_planted_effect_and_not_a_null_one() -> No
     effect, null = generator.normal(size=n), generator.normal(size=n)
     htn = (generator.random(n) < 1 / (1 + np.exp(-(effect - 0.5)))).astype(float)
     patients = pd.DataFrame({"age": age, "sex": sex, "htn": htn})
-    planted = stats.activation_odds_ratio(effect, patients, "htn", min_events=5)
+    planted, unrelated, constant = stats.activation_odds_ratios(np.column_stack([effect, null, np.zeros(n)]),
+                                                                patients, "htn", min_events=5)
     assert planted["lo"] > 1.0 and planted["or"] == pytest.approx(np.e, rel=0.3)
-    unrelated = stats.activation_odds_ratio(null, patients, "htn", min_events=5)
     assert unrelated["lo"] < 1.0 < unrelated["hi"]
-    assert "skipped" in stats.activation_odds_ratio(np.zeros(n), patients, "htn", min_events=5)
+    assert constant == {"skipped": "activation constant over patients"}
+
+
+def test_activation_odds_ratios_match_the_delta_age_association_fit() -> None:
+    """One batched fit per concept gives the per-SD OR that `logistic_association` gives for that column."""
+    generator = np.random.default_rng(2)
+    n = 400
+    patients = pd.DataFrame({"age": generator.uniform(20, 80, n),
+                             "sex": np.where(generator.random(n) < 0.5, "M", "F")})
+    codes = generator.gamma(0.5, size=(n, 3))
+    patients["htn"] = (generator.random(n) < 1 / (1 + np.exp(-(codes[:, 1] - 0.5)))).astype(float)
+    batched = stats.activation_odds_ratios(codes, patients, "htn", min_events=5)
+    for column, fit in enumerate(batched):
+        alone = logistic_association(patients.assign(delta_age=codes[:, column]), "htn", min_events=5)
+        assert fit["or"] == pytest.approx(alone["or_per_sd"], rel=1e-8)
+        assert fit["hi"] == pytest.approx(alone["or_per_sd_ci_high"], rel=1e-8)
+
+
+def test_a_rare_concept_at_a_tiny_scale_is_fitted_per_sd_where_the_raw_fit_never_converges() -> None:
+    """Firing on 3 % of patients at 1e-6: unscaled, Newton's steps on a ~1e6 coefficient never fall
+    below the absolute tolerance; per SD it converges to the OR of the same concept at unit scale."""
+    generator = np.random.default_rng(1)
+    n = 300
+    patients = pd.DataFrame({"age": generator.uniform(20, 80, n), "sex": np.where(generator.random(n) < 0.5, "M", "F"),
+                             "htn": (generator.random(n) < 0.3).astype(float)})
+    tiny = generator.gamma(0.5, size=n) * (generator.random(n) < 0.03) * 1e-6
+    adjustments = np.column_stack([patients["age"], patients["sex"] == "M"]).astype(float)
+    assert logit_per_column(tiny[:, None], adjustments, patients["htn"].to_numpy()).status[0] == "no convergence"
+    small, unit = stats.activation_odds_ratios(np.column_stack([tiny, tiny * 1e6]), patients, "htn", min_events=5)
+    for key in ("or", "lo", "hi", "p"):
+        assert small[key] == pytest.approx(unit[key], rel=1e-9)
+
+
+def test_activation_odds_ratios_report_a_separating_concept_instead_of_a_number() -> None:
+    generator = np.random.default_rng(3)
+    n = 300
+    patients = pd.DataFrame({"age": generator.uniform(20, 80, n), "sex": np.where(generator.random(n) < 0.5, "M", "F"),
+                             "htn": (generator.random(n) < 0.4).astype(float)})
+    separating = patients["htn"].to_numpy() + 0.01 * generator.random(n)
+    fits = stats.activation_odds_ratios(np.column_stack([separating, generator.normal(size=n)]), patients, "htn",
+                                        min_events=5)
+    assert fits[0] == {"skipped": "htn: logistic regression could not be fitted (separation)"}
+    assert "or" in fits[1]
 
 
 def test_activation_odds_ratio_per_sd_is_scale_free_and_silent_for_a_tiny_activation_scale() -> None:
@@ -186,8 +230,8 @@ def test_activation_odds_ratio_per_sd_is_scale_free_and_silent_for_a_tiny_activa
     patients["htn"] = (generator.random(n) < 1 / (1 + np.exp(-(effect - 0.5)))).astype(float)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
-        tiny = stats.activation_odds_ratio(effect * 1e-3, patients, "htn", min_events=5)
-    unit = stats.activation_odds_ratio(effect, patients, "htn", min_events=5)
+        tiny, unit = stats.activation_odds_ratios(np.column_stack([effect * 1e-3, effect]), patients, "htn",
+                                                  min_events=5)
     for key in ("or", "lo", "hi"):
         assert np.isfinite(tiny[key]) and tiny[key] == pytest.approx(unit[key], rel=1e-4)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 from sklearn.linear_model import Ridge, RidgeCV
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import GroupKFold, cross_val_predict
@@ -16,9 +17,9 @@ from stsae.eval.probe import (
     RidgePath,
     adjusted_phenotypes,
     age_sex_scores,
-    auroc_or_none,
     available_factors,
     binary_labels,
+    bootstrap_auroc_difference,
     classification_probe,
     grouped_folds,
     probe_all,
@@ -28,6 +29,7 @@ from stsae.eval.probe import (
     single_concept_recovery,
     single_concepts,
     single_concepts_heldout,
+    weighted_aurocs,
 )
 
 GEN = np.random.default_rng(0)
@@ -260,6 +262,24 @@ def test_concepts_carrying_a_trait_beyond_age_show_a_positive_increment() -> Non
     assert result.increment_ci[0] > 0
 
 
+def test_phenotypes_on_the_same_rows_share_a_fit_and_score_as_each_alone() -> None:
+    """HTN and T2D known on the same rows are probed by one ridge path with a penalty per phenotype:
+    the AUROCs equal separate fits (predictions to rounding) and the CI draws keep the phenotype order."""
+    gen, patient, age, sex, trait, fit = _cohort(seed=3)
+    htn = ((age - 55) / 10 + 1.5 * trait + 0.5 * gen.standard_normal(len(age)) > 0).astype(float)
+    t2d = (age + 8 * gen.standard_normal(len(age)) > 60).astype(float)
+    concepts = np.column_stack([trait + 0.2 * gen.standard_normal(len(age)), gen.standard_normal(len(age))])
+    factors = {"htn": ("auroc", htn), "t2d": ("auroc", t2d)}
+    probes = ProbeSet(fit, patient, factors, np.column_stack([age, sex]))
+    both = adjusted_phenotypes(concepts, probes, age_sex_scores(probes), 100, np.random.default_rng(0))
+    draws = np.random.default_rng(0)
+    for name in ("htn", "t2d"):
+        alone_probes = ProbeSet(fit, patient, {name: factors[name]}, probes.covariates)
+        alone = adjusted_phenotypes(concepts, alone_probes, age_sex_scores(alone_probes), 100, draws)[name]
+        assert both[name].adjusted == pytest.approx(alone.adjusted, abs=1e-12)
+        assert both[name].increment_ci == pytest.approx(alone.increment_ci, abs=1e-12)
+
+
 def test_single_concept_is_chosen_on_train_patients_and_scored_on_held_out_ones() -> None:
     """300 pure-noise concepts and one that tracks the factor: the in-sample best |r| of noise alone
     is inflated by the choice; scored on held-out patients it collapses, the real concept does not."""
@@ -285,9 +305,33 @@ def test_a_chosen_concept_silent_on_held_out_patients_scores_zero() -> None:
     assert (best.concept, best.abs_r) == (0, 0.0)
 
 
-def test_bootstrap_auroc_equals_sklearn_including_ties() -> None:
+def test_weighted_auroc_equals_sklearn_on_the_expanded_sample_including_ties() -> None:
+    """A row counted w times scores as w copies of it: each resample equals the mid-rank Mann–Whitney
+    AUROC of the rows repeated to the last bit (the per-resample form it replaced), and sklearn's to
+    rounding; a resample with one class only is NaN."""
     gen = np.random.default_rng(7)
     y = gen.integers(0, 2, 300).astype(float)
     score = np.round(y + gen.standard_normal(300), 1)  # rounding makes ties
-    assert auroc_or_none(y, score) == pytest.approx(roc_auc_score(y, score), abs=1e-12)
-    assert auroc_or_none(np.ones(5), np.arange(5.0)) is None
+    weights = gen.integers(0, 3, (4, 300))
+    weights[3] = np.where(y == 1, weights[3], 0)
+    aurocs = weighted_aurocs(y, score, weights)
+    for b in range(3):
+        rows = np.repeat(np.arange(300), weights[b])
+        positives = y[rows].sum()
+        rank_sum = stats.rankdata(score[rows])[y[rows] == 1].sum()
+        assert aurocs[b] == (rank_sum - positives * (positives + 1) / 2) / (positives * (len(rows) - positives))
+        assert aurocs[b] == pytest.approx(roc_auc_score(y[rows], score[rows]), abs=1e-12)
+    assert np.isnan(aurocs[3])
+
+
+def test_bootstrap_auroc_difference_ci_covers_a_planted_gain_and_excludes_zero() -> None:
+    gen = np.random.default_rng(8)
+    groups = np.repeat(np.arange(80), 5)
+    y = np.repeat(gen.integers(0, 2, 80), 5).astype(float)
+    weak, strong = y + 2.0 * gen.standard_normal(400), y + 0.5 * gen.standard_normal(400)
+    gain = roc_auc_score(y, strong) - roc_auc_score(y, weak)
+    low, high = bootstrap_auroc_difference(y, strong, weak, groups, 200, np.random.default_rng(0))
+    assert 0 < low < gain < high
+    assert bootstrap_auroc_difference(np.ones(400), strong, weak, groups, 50, np.random.default_rng(0)) is None
+
+

@@ -296,6 +296,23 @@ def test_each_member_of_a_fused_group_equals_the_model_trained_alone():
         assert reported == pytest.approx({k: alone_metrics["train_last"][k] for k in reported}, rel=1e-5)
 
 
+def test_members_start_as_alone_when_the_statistics_rows_are_a_seeded_subsample():
+    """stats_max_rows below the train rows: seeds 0 and 1 sample different rows, two seed-0 members share
+    one sample and one pass of input statistics; each still starts exactly as a model built alone, and
+    members of one seed and dataset share one batch permutation."""
+    z, z_aug, index, _ = planted(n_records=20)
+    train, val = datasets(z, z_aug, index)
+    cfg = small_cfg(steps=1, stats_max_rows=50)
+    members = [Member("full", 0, train, val), Member("vanilla", 0, train, val), Member("full", 1, train, val)]
+    group = FusedTrainer(members, cfg, 32)
+    for i, member in enumerate(members):
+        alone = Trainer(train, val, cfg, member.variant, 32, member.seed).model
+        for name, value in alone.tensors().items():
+            assert torch.equal(value, group.stack.member(i).tensors()[name]), (member.variant, member.seed, name)
+    assert group._epoch_perm(0, 3) is group._epoch_perm(1, 3)
+    assert not np.array_equal(group._epoch_perm(0, 3), group._epoch_perm(2, 3))
+
+
 def test_killed_and_resumed_group_gives_identical_weights(tmp_path):
     z, z_aug, index, _ = planted(n_records=20)
     train, val = datasets(z, z_aug, index)

@@ -12,22 +12,35 @@ returned as {"skipped": reason}, never as a crash or a made-up number.
 from __future__ import annotations
 
 import logging
-import warnings
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import statsmodels.api as sm
-from statsmodels.tools.sm_exceptions import (
-    ConvergenceWarning,
-    PerfectSeparationError,
-    PerfectSeparationWarning,
-)
+
+from stsae.aging.logit import OK, logit_per_column
 
 log = logging.getLogger(__name__)
 
 CONDITIONS = ("htn", "t2d")
 PER_YEARS = 5.0
+
+
+def adjusted_design(table: pd.DataFrame, label: str, *,
+                    min_events: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | str:
+    """(rows bool[P], y float64[n], adjustments float64[n, q]) of the patients a `label` model can use, or
+    why none can be fitted. Rows need age, sex ("M"/"F") and `label`; adjustments are age and male (sex
+    enters only if it varies); each class needs at least `min_events` patients.
+    """
+    rows = table[["age", "sex", label]].notna().all(axis=1).to_numpy() & table["sex"].isin(["M", "F"]).to_numpy()
+    y = table.loc[rows, label].to_numpy(dtype=np.float64)
+    n, events = len(y), int(y.sum())
+    if min(events, n - events) < min_events:
+        return (f"{label}: {events} cases and {n - events} non-cases among {n} patients; "
+                f"need at least {min_events} of each (aging.min_events)")
+    age = table.loc[rows, "age"].to_numpy(dtype=np.float64)
+    male = (table.loc[rows, "sex"] == "M").to_numpy(dtype=np.float64)
+    adjustments = np.column_stack([age, male]) if 0 < male.sum() < n else age[:, None]
+    return rows, y, adjustments
 
 
 def logistic_association(delta: pd.DataFrame, label: str, *, min_events: int) -> dict[str, Any]:
@@ -36,50 +49,32 @@ def logistic_association(delta: pd.DataFrame, label: str, *, min_events: int) ->
     delta: one row per patient with delta_age, age, sex ("M"/"F"), `label`; rows with a missing value
     are left out (sex enters only if it varies). Returns {"or_per_5y", "ci_low", "ci_high", "or_per_sd",
     "or_per_sd_ci_low", "or_per_sd_ci_high", "delta_age_sd", "p", "n"} (the SD is that of the analysed
-    patients' Δage) or {"skipped": reason}.
+    patients' Δage) or {"skipped": reason}. The fit is `logit_per_column` with one column (statsmodels'
+    Newton iteration, tests/test_logit.py).
     """
-    frame = delta[["delta_age", "age", "sex", label]].dropna()
-    frame = frame[frame["sex"].isin(["M", "F"])]
-    n = len(frame)
-    y = frame[label].to_numpy(dtype=np.float64)
-    events = int(y.sum())
-    if min(events, n - events) < min_events:
+    delta = delta[delta["delta_age"].notna()]
+    design = adjusted_design(delta, label, min_events=min_events)
+    if isinstance(design, str):
+        return {"skipped": design}
+    rows, y, adjustments = design
+    values = delta.loc[rows, "delta_age"].to_numpy(dtype=np.float64)
+    fit = logit_per_column(values[:, None], adjustments, y)
+    if fit.status[0] != OK:
+        return {"skipped": f"{label}: logistic regression could not be fitted ({fit.status[0]})"}
+    beta, low, high, p = (float(v[0]) for v in fit.wald())
+    sd = float(np.std(values, ddof=1))
+    with np.errstate(over="ignore"):
         return {
-            "skipped": f"{label}: {events} cases and {n - events} non-cases among {n} patients; "
-            f"need at least {min_events} of each (aging.min_events)"
+            "or_per_5y": float(np.exp(PER_YEARS * beta)),
+            "ci_low": float(np.exp(PER_YEARS * low)),
+            "ci_high": float(np.exp(PER_YEARS * high)),
+            "or_per_sd": float(np.exp(sd * beta)),
+            "or_per_sd_ci_low": float(np.exp(sd * low)),
+            "or_per_sd_ci_high": float(np.exp(sd * high)),
+            "delta_age_sd": sd,
+            "p": p,
+            "n": len(y),
         }
-    covariates = (
-        frame[["delta_age", "age"]].astype(np.float64).assign(male=(frame["sex"] == "M").astype(float))
-    )
-    if covariates["male"].nunique() < 2:
-        covariates = covariates.drop(columns="male")
-    design = sm.add_constant(covariates.to_numpy(), has_constant="add")
-    with warnings.catch_warnings(), np.errstate(over="ignore"):
-        warnings.simplefilter("error", PerfectSeparationWarning)
-        warnings.simplefilter("error", ConvergenceWarning)
-        try:
-            fit = sm.Logit(y, design).fit(disp=0, maxiter=200)
-        except (
-            PerfectSeparationError,
-            PerfectSeparationWarning,
-            ConvergenceWarning,
-            np.linalg.LinAlgError,
-        ) as exc:
-            return {"skipped": f"{label}: logistic regression could not be fitted ({type(exc).__name__})"}
-    beta = float(fit.params[1])
-    low, high = (float(v) for v in fit.conf_int(alpha=0.05)[1])
-    sd = float(frame["delta_age"].std())
-    return {
-        "or_per_5y": float(np.exp(PER_YEARS * beta)),
-        "ci_low": float(np.exp(PER_YEARS * low)),
-        "ci_high": float(np.exp(PER_YEARS * high)),
-        "or_per_sd": float(np.exp(sd * beta)),
-        "or_per_sd_ci_low": float(np.exp(sd * low)),
-        "or_per_sd_ci_high": float(np.exp(sd * high)),
-        "delta_age_sd": sd,
-        "p": float(fit.pvalues[1]),
-        "n": n,
-    }
 
 
 ASSOCIATION_SPLITS = ("val", "test")

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import sparse, stats
+from scipy import sparse
 from sklearn.metrics import r2_score, roc_auc_score
 from sklearn.model_selection import GroupKFold
 
@@ -346,15 +346,25 @@ def adjusted_predictions(x_fit: np.ndarray, c_fit: np.ndarray, y_fit: np.ndarray
     return design_score @ beta + x_score @ gamma
 
 
-def auroc_or_none(y: np.ndarray, score: np.ndarray) -> float | None:
-    """AUROC of 0/1 labels y, or None when one class only: the Mann–Whitney form (mean rank of the
-    positives, ties at mid-rank), equal to sklearn's roc_auc_score and cheap enough to bootstrap."""
-    positives = int(y.sum())
-    negatives = len(y) - positives
-    if positives == 0 or negatives == 0:
-        return None
-    ranks = stats.rankdata(score)
-    return float((ranks[y == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+def weighted_aurocs(y: np.ndarray, score: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """float64[B] AUROC of 0/1 labels y float[m] by `score` float[m] when row r is counted weights[b, r]
+    times (int[B, m]); NaN where one class has no weight.
+
+    The pairwise Mann–Whitney form Σ w_i w_j ([s_i > s_j] + ½[s_i = s_j]) / (W₊ W₋) over positive i and
+    negative j, summed per distinct score from one sort. With integer weights every sum is an exact
+    half-integer, so this equals the rank-sum AUROC of the expanded sample (each row repeated) bit for bit.
+    """
+    order = np.argsort(score, kind="stable")
+    sorted_score, positive = score[order], y[order] == 1
+    starts = np.flatnonzero(np.r_[True, sorted_score[1:] != sorted_score[:-1]])
+    w = weights[:, order].astype(np.float64)
+    w_pos = np.add.reduceat(np.where(positive, w, 0.0), starts, axis=1)  # [B, distinct scores]
+    w_neg = np.add.reduceat(np.where(positive, 0.0, w), starts, axis=1)
+    below = np.cumsum(w_neg, axis=1) - w_neg
+    numerator = (w_pos * (below + 0.5 * w_neg)).sum(axis=1)
+    pairs = w_pos.sum(axis=1) * w_neg.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(pairs > 0, numerator / pairs, np.nan)
 
 
 def bootstrap_auroc_difference(y: np.ndarray, score_a: np.ndarray, score_b: np.ndarray, groups: np.ndarray,
@@ -362,15 +372,14 @@ def bootstrap_auroc_difference(y: np.ndarray, score_a: np.ndarray, score_b: np.n
     """95 % percentile CI of AUROC(score_a) − AUROC(score_b) over patient-bootstrap resamples.
 
     Whole patients are resampled with replacement (windows of one patient are not independent);
-    resamples holding one class only are dropped; None when fewer than half survive."""
+    resamples holding one class only are dropped; None when fewer than half survive. A resample is a
+    row weight (how often its patient was drawn), so all resamples are scored at once (`weighted_aurocs`)."""
     ids, inverse = np.unique(groups, return_inverse=True)
-    members = [np.flatnonzero(inverse == i) for i in range(len(ids))]
-    differences = []
-    for _ in range(n_boot):
-        rows = np.concatenate([members[i] for i in generator.integers(0, len(ids), len(ids))])
-        a, b = auroc_or_none(y[rows], score_a[rows]), auroc_or_none(y[rows], score_b[rows])
-        if a is not None and b is not None:
-            differences.append(a - b)
+    drawn = np.stack([np.bincount(generator.integers(0, len(ids), len(ids)), minlength=len(ids))
+                      for _ in range(n_boot)]) if n_boot else np.zeros((0, len(ids)), dtype=np.int64)
+    weights = drawn[:, inverse]
+    differences = weighted_aurocs(y, score_a, weights) - weighted_aurocs(y, score_b, weights)
+    differences = differences[np.isfinite(differences)]
     if len(differences) < n_boot / 2:
         return None
     low, high = np.percentile(differences, [2.5, 97.5])
@@ -501,16 +510,31 @@ def age_sex_scores(probes: ProbeSet) -> dict[str, np.ndarray]:
 
 def adjusted_phenotypes(x: np.ndarray, probes: ProbeSet, age_sex: dict[str, np.ndarray], n_boot: int,
                         generator: np.random.Generator) -> dict[str, AdjustedPhenotype]:
-    """`AdjustedPhenotype` of each phenotype in `age_sex` (from `age_sex_scores`) for features x float[n, P]."""
+    """`AdjustedPhenotype` of each phenotype in `age_sex` (from `age_sex_scores`) for features x float[n, P].
+
+    Phenotypes known on the same rows share one residualisation and ridge path (one target each, its
+    own penalty: the predictions equal separate fits to float rounding); the bootstrap draws follow the
+    phenotype order, as they did with one fit per phenotype."""
+    covariates = probes.covariates
+    assert covariates is not None
+    sides: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    sharing: dict[bytes, list[str]] = {}
+    for name in age_sex:
+        rows = phenotype_rows(probes, name)
+        assert rows is not None
+        sides[name] = rows
+        sharing.setdefault(np.concatenate(rows).tobytes(), []).append(name)
+    predictions: dict[str, np.ndarray] = {}
+    for names in sharing.values():
+        fit, score = sides[names[0]]
+        y = np.column_stack([probes.factors[name][1] for name in names])
+        pred = adjusted_predictions(x[fit], covariates[fit], y[fit], probes.groups[fit], x[score], covariates[score])
+        predictions.update({name: pred[:, j] for j, name in enumerate(names)})
     found = {}
     for name, baseline in age_sex.items():
-        rows = phenotype_rows(probes, name)
-        assert rows is not None and probes.covariates is not None
-        fit, score = rows
-        y = probes.factors[name][1]
-        pred = adjusted_predictions(x[fit], probes.covariates[fit], y[fit, None], probes.groups[fit],
-                                    x[score], probes.covariates[score])[:, 0]
-        reference, adjusted = roc_auc_score(y[score], baseline), roc_auc_score(y[score], pred)
-        ci = bootstrap_auroc_difference(y[score], pred, baseline, probes.groups[score], n_boot, generator)
+        score = sides[name][1]
+        y, pred = probes.factors[name][1][score], predictions[name]
+        reference, adjusted = roc_auc_score(y, baseline), roc_auc_score(y, pred)
+        ci = bootstrap_auroc_difference(y, pred, baseline, probes.groups[score], n_boot, generator)
         found[name] = AdjustedPhenotype(float(reference), float(adjusted), float(adjusted - reference), ci)
     return found

@@ -327,7 +327,8 @@ class STSAE(nn.Module):
     # ---- initialisation -------------------------------------------------------------------------
     @torch.no_grad()
     def init_from_data(self, z: np.ndarray, generator: torch.Generator, init: str = "random",
-                       fit_scale: bool = False) -> InputStats:
+                       fit_scale: bool = False,
+                       statistics: tuple[np.ndarray, np.ndarray] | None = None) -> InputStats:
         """Set mean/scale, b_dec and the tied atoms from train rows z: float32[N, d_in]; log the stats.
 
         scale = sqrt(mean ‖z − μ‖²), so E‖x‖² = 1 and code magnitudes are O(1) whatever the encoder:
@@ -335,13 +336,14 @@ class STSAE(nn.Module):
         geometric median (dictionary_learning). init="random" keeps the random unit atoms of the
         constructor (Gao et al.); "data" puts them on random standardised train rows. fit_scale then
         scales the tied encoder so the first reconstructions have the least-squares magnitude (see
-        `_fit_encoder_scale`; data-row atoms without it overshoot many-fold).
+        `_fit_encoder_scale`; data-row atoms without it overshoot many-fold). statistics: precomputed
+        `input_statistics(z)` of these same rows (a fused group computes them once for all its members).
         """
         if init not in INITS:
             raise StsaeError(f"train.init: must be one of {INITS}, got {init!r}")
         if z.ndim != 2 or z.shape[1] != self.d_in or z.shape[0] < 2:
             raise StsaeError(f"train rows: expected float32[N>=2, {self.d_in}], got {list(z.shape)}")
-        mean, scatter = input_statistics(z)
+        mean, scatter = input_statistics(z) if statistics is None else statistics
         n = z.shape[0]
         scale = float(np.sqrt(np.trace(scatter) / n))
         if not scale > 0:

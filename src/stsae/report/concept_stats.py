@@ -22,7 +22,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from stsae.aging.associations import logistic_association
+from stsae.aging.associations import adjusted_design
+from stsae.aging.logit import OK, logit_per_column
 from stsae.eval.stability import matched_cosines
 
 # Spearman's Fisher-z standard error is sqrt(1.06 / (n − 3)) (Fieller, Hartley & Pearson 1957).
@@ -102,24 +103,36 @@ def matched_atom_cosines(dictionary: np.ndarray, others: list[np.ndarray]) -> np
     return np.mean(per_seed, axis=0).astype(np.float64)
 
 
-def activation_odds_ratio(activation: np.ndarray, patients: pd.DataFrame, label: str, *,
-                          min_events: int) -> dict[str, float | int | str]:
-    """OR of `label` per SD of a concept's patient-mean activation, adjusted for age and sex (95 % Wald CI).
+def activation_odds_ratios(activations: np.ndarray, patients: pd.DataFrame, label: str, *,
+                           min_events: int) -> list[dict[str, float | int | str]]:
+    """Per concept: OR of `label` per SD of its patient-mean activation, adjusted for age and sex (95 % Wald CI).
 
-    The same logistic model as the Δage associations (`logistic_association`), with the activation in
-    place of Δage: {"or", "lo", "hi", "p", "n"} or {"skipped": reason}.
+    activations: float[P, B], one column per concept, rows aligned with `patients`. The same logistic
+    model as the Δage associations (`adjusted_design`), on the activation divided by its SD, fitted for
+    all columns in one batched Newton (`logit_per_column`). Each entry is {"or", "lo", "hi", "p", "n"}
+    or {"skipped": reason}.
     """
-    frame = patients[["age", "sex", label]].assign(delta_age=np.asarray(activation, dtype=np.float64))
-    if frame["delta_age"].std() == 0:
-        return {"skipped": "activation constant over patients"}
-    # divide: log(0) inside statsmodels on near-separated data, handled there. over: the per-5-year OR of
-    # an activation (not in years) can overflow for a tiny activation scale; only the per-SD OR is used.
-    with np.errstate(divide="ignore", over="ignore"):
-        fit = logistic_association(frame, label, min_events=min_events)
-    if "skipped" in fit:
-        return {"skipped": str(fit["skipped"])}
-    return {"or": fit["or_per_sd"], "lo": fit["or_per_sd_ci_low"], "hi": fit["or_per_sd_ci_high"],
-            "p": fit["p"], "n": fit["n"]}
+    activations = np.asarray(activations, dtype=np.float64)
+    design = adjusted_design(patients, label, min_events=min_events)
+    if isinstance(design, str):
+        return [{"skipped": design}] * activations.shape[1]
+    rows, y, adjustments = design
+    values = activations[rows]
+    sd = values.std(axis=0, ddof=1)
+    varies = sd > 0
+    # Fitted per SD: the per-SD OR, its CI and p are scale-free, but a concept firing at 1e-3 has a
+    # coefficient ~1e3 whose Newton steps never fall below the absolute tolerance (on the demo 56 of
+    # 128 concepts were "not converged" for that reason alone).
+    fit = logit_per_column(values[:, varies] / sd[varies], adjustments, y)
+    beta, low, high, p = fit.wald()
+    out: list[dict[str, float | int | str]] = [{"skipped": "activation constant over patients"}] * len(sd)
+    for i, column in enumerate(np.flatnonzero(varies)):
+        if fit.status[i] != OK:
+            out[column] = {"skipped": f"{label}: logistic regression could not be fitted ({fit.status[i]})"}
+            continue
+        out[column] = {"or": float(np.exp(beta[i])), "lo": float(np.exp(low[i])), "hi": float(np.exp(high[i])),
+                       "p": float(p[i]), "n": len(y)}
+    return out
 
 
 def spearman_ci(rho: float, n: int) -> tuple[float, float]:

@@ -388,8 +388,10 @@ def _reliability_cells(reliability: dict[str, dict[str, Any]], concept: int) -> 
     return cells
 
 
-def _effects(concept: int, cohort: Cohort, coef: np.ndarray | None, contrib: np.ndarray | None,
-             age_reason: str | None, min_events: int) -> dict[str, Any]:
+def _effects(concept: int, position: int, coef: np.ndarray | None, contrib: np.ndarray | None,
+             age_reason: str | None, odds: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Age contribution of `concept` and its HTN/T2D odds ratios (`odds[label][position]`, position in
+    the live list)."""
     effect: dict[str, Any] = {}
     if coef is None or contrib is None:
         effect["age"] = {"na": age_reason}
@@ -397,9 +399,8 @@ def _effects(concept: int, cohort: Cohort, coef: np.ndarray | None, contrib: np.
         column = contrib[:, concept]
         effect["age"] = {"coef": _round(coef[concept]), "sd": _round(column.std()),
                          "lo": _round(column.min()), "hi": _round(column.max())}
-    for label in ("htn", "t2d"):
-        fit = stats.activation_odds_ratio(cohort.patient_codes[:, concept], cohort.patients, label,
-                                          min_events=min_events)
+    for label, fits in odds.items():
+        fit = fits[position]
         effect[label] = ({"na": fit["skipped"]} if "skipped" in fit
                          else {k: _round(v) if k != "n" else v for k, v in fit.items()})
     return effect
@@ -443,10 +444,12 @@ def build_dashboard(run_dir: RunDir, config: Config) -> dict[str, Any]:
     coef, contrib, age_reason = _age_effects(run_dir, cohort)
     morphology, morph_reason = _morphology(run_dir, cohort, live)
     counts = example_counts(len(live))
+    odds = {label: stats.activation_odds_ratios(cohort.patient_codes[:, live], cohort.patients, label,
+                                                min_events=config.aging.min_events) for label in ("htn", "t2d")}
     cards = []
-    for concept in live:
+    for position, concept in enumerate(live):
         card = _concept_card(int(concept), cohort, pool, pulses, counts, config.run.seed)
-        card["effect"] = _effects(int(concept), cohort, coef, contrib, age_reason, config.aging.min_events)
+        card["effect"] = _effects(int(concept), position, coef, contrib, age_reason, odds)
         card["morph"] = morphology.get(int(concept)) or {"na": morph_reason or "not in the grounding tables"}
         card["rel"] = _reliability_cells(reliability, int(concept))
         cards.append(card)

@@ -48,6 +48,7 @@ from stsae.models.stsae import (
     TENSOR_NAMES,
     CheckpointError,
     StackedSTSAE,
+    input_statistics,
     read_safetensors,
     safetensors_bytes,
 )
@@ -106,12 +107,12 @@ def model_recipe(cfg: TrainSection) -> dict[str, Any]:
     return cfg.model_dump(mode="json", exclude=set(SCHEDULING_KEYS))
 
 
-def train_row_sample(data: WindowTripletDataset, max_rows: int, seed: int) -> np.ndarray:
-    """float32[N, 512] distinct train rows (both ends of every pair), at most `max_rows`, seeded."""
+def train_rows(data: WindowTripletDataset, max_rows: int, seed: int) -> np.ndarray:
+    """int64[N] sorted distinct train rows (both ends of every pair), at most `max_rows`, seeded."""
     rows = np.unique(data.pairs.ravel())
     if len(rows) > max_rows:
         rows = np.sort(rng(seed, "stsae-stats").choice(rows, max_rows, replace=False))
-    return data.windows(rows)
+    return rows
 
 
 @dataclass(frozen=True)
@@ -183,7 +184,7 @@ class FusedTrainer:
         self.total_steps = steps if steps is not None else cfg.steps
         self.checkpoint, self.embeddings = checkpoint, embeddings
         specs = [variant_spec(cfg, m.variant) for m in self.members]
-        self.stack = StackedSTSAE([self._initial_model(m) for m in self.members]).to(device)
+        self.stack = StackedSTSAE(self._initial_models()).to(device)
         self.weights_MT = torch.tensor([term_weights(s.weights, cfg.activation) for s in specs])
         self._weights_on_device = self.weights_MT.to(device)
         self.renorm = torch.tensor([s.renorm for s in specs], device=device)
@@ -196,7 +197,7 @@ class FusedTrainer:
         self.since_fired = torch.zeros(len(self.members), d_dict, dtype=torch.int64, device=device)
         self.step = 0
         self.progress = [MemberProgress() for _ in self.members]
-        self._epoch_cache: dict[int, tuple[int, np.ndarray]] = {}
+        self._epoch_cache: dict[tuple[int, int], tuple[int, np.ndarray]] = {}
         self.val_ids = [self._val_subset(m) for m in self.members]
         self.parts, self.uses_div = self._plan_terms()
         if checkpoint is not None and checkpoint.is_file():
@@ -211,22 +212,41 @@ class FusedTrainer:
             parts["stab"] = 1 + len(parts)
         return parts, bool(used[LossTerms._fields.index("div")] > 0)
 
-    def _initial_model(self, member: Member) -> STSAE:
-        """Member's starting weights, exactly as a model trained alone starts."""
+    def _initial_models(self) -> list[STSAE]:
+        """Every member's starting weights. Members whose train rows are the same (one dataset, and the
+        same seeded sample when it is subsampled) share one read of the rows and one pass of input
+        statistics, released before the next such group is read, so peak memory stays one sample."""
+        groups: dict[tuple[int, bytes], tuple[np.ndarray, list[int]]] = {}
+        for i, member in enumerate(self.members):
+            rows = train_rows(member.train, self.cfg.stats_max_rows, member.seed)
+            groups.setdefault((id(member.train), rows.tobytes()), (rows, []))[1].append(i)
+        models: dict[int, STSAE] = {}
+        for rows, sharing in groups.values():
+            z = self.members[sharing[0]].train.windows(rows)
+            statistics = input_statistics(z)
+            for i in sharing:
+                models[i] = self._initial_model(self.members[i], z, statistics)
+        return [models[i] for i in range(len(self.members))]
+
+    def _initial_model(self, member: Member, z: np.ndarray, statistics: tuple[np.ndarray, np.ndarray]) -> STSAE:
+        """Member's starting weights from its train rows z (the windows of `train_rows`) and their
+        `input_statistics`, exactly as a model trained alone starts."""
         cfg = self.cfg
         init = torch.Generator().manual_seed(derive_seed(member.seed, "stsae-init", self.d_dict))
         model = STSAE(EMBEDDING_DIM, self.d_dict, cfg.activation, cfg.k, cfg.sparse_decode, generator=init)
-        model.init_from_data(train_row_sample(member.train, cfg.stats_max_rows, member.seed), init, cfg.init,
-                             cfg.init_fit_scale)
+        model.init_from_data(z, init, cfg.init, cfg.init_fit_scale, statistics=statistics)
         return model
 
     # ---- deterministic data order ---------------------------------------------------------------
     def _epoch_perm(self, i: int, epoch: int) -> np.ndarray:
-        cached = self._epoch_cache.get(i)
+        """Member i's permutation of its train pairs for `epoch`. It depends only on the seed and the
+        number of pairs, so members agreeing on both share one cached copy."""
+        member = self.members[i]
+        key = (member.seed, len(member.train))
+        cached = self._epoch_cache.get(key)
         if cached is None or cached[0] != epoch:
-            member = self.members[i]
             cached = (epoch, rng(member.seed, "stsae-batches", epoch).permutation(len(member.train)))
-            self._epoch_cache[i] = cached
+            self._epoch_cache[key] = cached
         return cached[1]
 
     def batch_ids(self, i: int, step: int) -> np.ndarray:
