@@ -219,10 +219,11 @@ class Contender(Protocol):
 
 
 class Ours:
-    """Our Trainer for one variant; its own batch order (`batch_ids`) is the one every contender uses."""
+    """Our Trainer for one variant; its own batch order (`batch_ids`) is the one every contender uses.
+    `arm` names a settings arm (`--arm`), appended to the contender's name."""
 
-    def __init__(self, data: BenchData, cfg: TrainSection, variant: str, d_dict: int, seed: int):
-        self.name, self.d_dict, self.cfg = f"stsae_{variant}", d_dict, cfg
+    def __init__(self, data: BenchData, cfg: TrainSection, variant: str, d_dict: int, seed: int, arm: str = ""):
+        self.name, self.d_dict, self.cfg = f"stsae_{variant}" + (f"@{arm}" if arm else ""), d_dict, cfg
         self.trainer = Trainer(data.train, None, cfg, variant, d_dict, seed=seed)
         self.lr = cfg.lr_for(d_dict)
 
@@ -344,11 +345,14 @@ def summarise(raw: dict[str, Any], steady_from: int) -> dict[str, Any]:
     return out
 
 
-def run_size(data: BenchData, cfg: TrainSection, d_dict: int, variants: list[str], peer: bool,
+def run_size(data: BenchData, arms: dict[str, TrainSection], d_dict: int, variants: list[str], peer: bool,
              checkpoints: list[int], seed: int, steady_from: int) -> dict[str, Any]:
-    """Build the contenders at one K, train them in lockstep, summarise."""
-    size_cfg = cfg.model_copy(update={"d_dict": d_dict, "d_dict_sweep": [d_dict], "steps": max(checkpoints)})
-    ours = [Ours(data, size_cfg, v, d_dict, seed) for v in variants]
+    """Build the contenders at one K (every variant under every settings arm), train them in lockstep,
+    summarise. The peer takes the first arm's batch order and dead window."""
+    update = {"d_dict": d_dict, "d_dict_sweep": [d_dict], "steps": max(checkpoints)}
+    ours = [Ours(data, arm_cfg.model_copy(update=update), v, d_dict, seed, arm)
+            for arm, arm_cfg in arms.items() for v in variants]
+    cfg = next(iter(arms.values()))
     contenders: list[Contender] = list(ours)
     if peer:
         contenders.append(Peer(data, ours[0], d_dict, cfg.k, max(checkpoints), cfg.warmup_steps,
@@ -365,6 +369,21 @@ def bench_config(path: Path, overrides: list[str], k: int, batch: int, warmup: i
     cfg = load_config(path, overrides).train
     return cfg.model_copy(update={"k": k, "batch_size": batch, "warmup_steps": warmup, "lr_decay_start": 1.0,
                                   "eval_every": 10**9, "checkpoint_every": 10**9, "keep_best": False})
+
+
+def parse_arm(text: str) -> tuple[str, list[str]]:
+    """`NAME:train.a=1,train.b=2` -> (NAME, [overrides]); `NAME` alone is the config as it is."""
+    name, _, overrides = text.partition(":")
+    if not name or any(c in name for c in "=,@"):
+        raise argparse.ArgumentTypeError(f"--arm {text!r}: expected NAME or NAME:train.key=value[,...]")
+    return name, [o for o in overrides.split(",") if o]
+
+
+def arm_configs(args: argparse.Namespace) -> dict[str, TrainSection]:
+    """Our settings arms by name: each `--arm`'s overrides on top of `--set` (one unnamed arm without)."""
+    arms = args.arm or [("", [])]
+    return {name: bench_config(args.config, [*args.set, *extra], args.k, args.batch, args.warmup)
+            for name, extra in arms}
 
 
 # ---- processes ------------------------------------------------------------------------------------
@@ -421,6 +440,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--config", type=Path, default=Path(__file__).resolve().parents[1] / "configs" / "default.yaml")
     parser.add_argument("--set", action="append", default=[], metavar="train.KEY=VALUE",
                         help="override our config (repeatable)")
+    parser.add_argument("--arm", action="append", type=parse_arm, default=[], metavar="NAME[:OVERRIDES]",
+                        help="a settings arm of ours: NAME:train.key=value,... on top of --set; repeat to "
+                             "train several side by side on the same batches (contender stsae_<variant>@NAME)")
     parser.add_argument("--n-train", type=int, default=65_536)
     parser.add_argument("--n-held", type=int, default=20_480)
     parser.add_argument("--run-dir", type=Path, default=None, help="train on this run's embeddings instead")
@@ -441,6 +463,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error(f"--warmup {args.warmup} must be below the last checkpoint step {max(args.steps)}")
     if min(args.sizes) < args.k:
         parser.error(f"--sizes: every dictionary size must be at least --k {args.k}")
+    names = [name for name, _ in args.arm]
+    if len(set(names)) != len(names):
+        parser.error(f"--arm: names must be unique, got {names}")
     return args
 
 
@@ -450,20 +475,22 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_peer and not args.child:
         return rerun_in_peer_env(args, argv)
     torch.set_num_threads(args.threads)
-    cfg = bench_config(args.config, args.set, args.k, args.batch, args.warmup)
+    arms = arm_configs(args)
+    cfg = next(iter(arms.values()))
     data = run_embeddings(args.run_dir) if args.run_dir else mixture_embeddings(args.n_train, args.n_held, args.seed)
     result: dict[str, Any] = {
         "machine": platform.processor() or platform.machine(), "threads": args.threads, "data": describe(data),
         "settings": {"k": args.k, "batch_size": args.batch, "warmup_steps": args.warmup, "checkpoints": args.steps,
                      "steady_from": args.steady_from, "seed": args.seed, "config": str(args.config),
                      "overrides": args.set, "train": cfg.model_dump(mode="json"),
+                     "arms": {name: extra for name, extra in args.arm},
                      "peer": None if args.no_peer else {"packages": list(PEER_REQUIREMENTS),
                                                         "version": importlib.metadata.version("dictionary-learning"),
                                                         "dead_window_tokens": cfg.dead_after_samples}},
         "stsae_source": str(Path(stsae.__file__).resolve().parent),
         "sizes": {}}
     for d_dict in args.sizes:
-        result["sizes"][f"K{d_dict}"] = run_size(data, cfg, d_dict, args.variants, not args.no_peer, args.steps,
+        result["sizes"][f"K{d_dict}"] = run_size(data, arms, d_dict, args.variants, not args.no_peer, args.steps,
                                                  args.seed, args.steady_from)
         io.write_json(args.out, result)
     print(json.dumps({k: v["speed_vs_peer"] for k, v in result["sizes"].items()}, indent=1))

@@ -325,6 +325,12 @@ class TrainSection(_Section):
         50_000, ge=1, description="A latent not fired for this many samples counts as dead (AuxK)."
     )
     aux_k: int = Field(256, ge=1, description="Dead latents used by the AuxK loss.")
+    auxk_code: Literal["relu", "straight_through", "linear"] = Field(
+        "relu", description="AuxK codes of the selected dead latents: 'relu' (post-ReLU pre-activations, "
+        "gradient only where positive: Gao et al., dictionary_learning), 'straight_through' (the same "
+        "codes, encoder gradient through the ReLU) or 'linear' (raw pre-activations as codes; "
+        "benchmarks/README.md, 'AuxK code')."
+    )
     checkpoint_every: int = Field(500, ge=1, description="Steps between resumable checkpoints.")
     eval_every: int = Field(250, ge=1, description="Steps between validation evaluations.")
     val_triplets: int = Field(1024, ge=1, description="Validation triplets (fixed subset) per evaluation.")

@@ -294,7 +294,7 @@ class FusedTrainer:
         its zero weight then gives them exactly zero gradient."""
         x_MTBD = self.stack.standardise(torch.stack(parts, 1))
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
-            out = self.stack(x_MTBD, dead_mask, self.cfg.aux_k)
+            out = self.stack(x_MTBD, dead_mask, self.cfg.aux_k, self.cfg.auxk_code)
         x_t_MBD, x_hat_MBD, f_t_MBK = x_MTBD[:, 0], out.x_hat.float(), out.f[:, 0].float()
         zero = x_t_MBD.new_zeros(len(self.members))
         rec = l_rec(x_t_MBD, x_hat_MBD, self._centred_ss(x_t_MBD, n_global))
