@@ -60,12 +60,14 @@ def _plant_negative(model: STSAE, atoms: np.ndarray, offset: np.ndarray) -> None
         model.b_dec.copy_(model.standardise(torch.from_numpy(offset).float()[None])[0])
 
 
-def _train(plant, auxk_weight: float, steps: int, lr: float, auxk_code: str = "relu") -> tuple[list[float], np.ndarray]:
+def _train(plant, auxk_weight: float, steps: int, lr: float, auxk_code: str = "relu",
+           fit_scale: bool = True) -> tuple[list[float], np.ndarray]:
     """(AuxK loss per step, firing rate float[8] per latent on all rows) after `steps` vanilla steps."""
     data, atoms, offset = _planted()
     cfg = TrainSection(d_dict=N_ATOMS, k=2, steps=steps, batch_size=128, lr=lr, warmup_steps=0,
                        dead_after_samples=256, aux_k=N_ATOMS - N_ALIVE, eval_every=10**6, auxk_code=auxk_code,
-                       checkpoint_every=10**6, d_dict_sweep=[N_ATOMS], loss_weights={"auxk": auxk_weight})
+                       auxk_fit_scale=fit_scale, checkpoint_every=10**6, d_dict_sweep=[N_ATOMS],
+                       loss_weights={"auxk": auxk_weight})
     trainer = Trainer(data, None, cfg, "vanilla", N_ATOMS, seed=0)
     plant(trainer.model, atoms, offset)
     losses = [trainer.update()["l_auxk"] for _ in range(steps)]
@@ -80,9 +82,10 @@ def test_planted_latents_that_lose_the_topk_stay_dead_without_auxk():
     assert (firing[:N_ALIVE] > 0.2).all()
 
 
-def test_auxk_revives_dead_latents_that_explain_the_residual():
-    losses, firing = _train(_plant_losing, auxk_weight=1 / 32, steps=50, lr=1e-3)
-    assert losses[3] > 0.9  # the dead latents start explaining nothing of the residual
+@pytest.mark.parametrize("fit_scale", [True, False])
+def test_auxk_revives_dead_latents_that_explain_the_residual(fit_scale):
+    losses, firing = _train(_plant_losing, auxk_weight=1 / 32, steps=50, lr=1e-3, fit_scale=fit_scale)
+    assert losses[3] > 0.5  # the dead latents start explaining little of the residual
     assert losses[-1] == 0  # no latent is dead any more, so AuxK has nothing left to train
     assert (firing[N_ALIVE:] > 0.1).all()
 
@@ -90,8 +93,10 @@ def test_auxk_revives_dead_latents_that_explain_the_residual():
 @pytest.mark.parametrize(("auxk_code", "revived"), [("relu", False), ("straight_through", True)])
 def test_only_straight_through_auxk_moves_latents_negative_on_every_row(auxk_code, revived):
     """relu AuxK (Gao et al., dictionary_learning; our default) gives such a latent no gradient;
-    straight-through does, but churned latents at scale (benchmarks/README.md, "AuxK code")."""
-    _, firing = _train(_plant_negative, auxk_weight=1 / 32, steps=150, lr=3e-3, auxk_code=auxk_code)
+    straight-through does (plain AuxK: at the fitted scale an all-zero reconstruction gets scale 0),
+    but churned latents at scale (benchmarks/README.md, "AuxK code")."""
+    _, firing = _train(_plant_negative, auxk_weight=1 / 32, steps=150, lr=3e-3, auxk_code=auxk_code,
+                       fit_scale=False)
     assert bool((firing[N_ALIVE:] > 0.05).all()) is revived
     assert revived or (firing[N_ALIVE:] == 0).all()
 

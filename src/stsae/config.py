@@ -325,6 +325,11 @@ class TrainSection(_Section):
         50_000, ge=1, description="A latent not fired for this many samples counts as dead (AuxK)."
     )
     aux_k: int = Field(256, ge=1, description="Dead latents used by the AuxK loss.")
+    auxk_fit_scale: bool = Field(
+        True, description="Compare the residual with the AuxK reconstruction at its least-squares scale "
+        "(capped at 1), so that an overshooting AuxK reconstruction does not push the dead latents' codes "
+        "below zero for good (stsae.train.losses.auxk_scale); false: plain AuxK (Gao et al.)."
+    )
     auxk_code: Literal["relu", "straight_through", "linear"] = Field(
         "relu", description="AuxK codes of the selected dead latents: 'relu' (post-ReLU pre-activations, "
         "gradient only where positive: Gao et al., dictionary_learning), 'straight_through' (the same "

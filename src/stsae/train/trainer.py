@@ -53,6 +53,7 @@ from stsae.models.stsae import (
 )
 from stsae.train.losses import (
     LossTerms,
+    auxk_scale,
     centred_sum_of_squares,
     l_auxk,
     l_div,
@@ -306,8 +307,13 @@ class FusedTrainer:
         auxk = zero
         if out.codes.aux_idx is not None and dead_mask is not None:
             residual_MBD = x_t_MBD - x_hat_MBD
-            auxk = l_auxk(residual_MBD, self.stack.aux_reconstruction(out.codes),
-                          self._centred_ss(residual_MBD, n_global)) * dead_mask.any(1)
+            aux_MBD = self.stack.aux_reconstruction(out.codes)
+            scale_M = None
+            if self.cfg.auxk_fit_scale:
+                with torch.no_grad():
+                    scale_M = auxk_scale(self._sum((residual_MBD * aux_MBD).sum((-2, -1))),
+                                         self._sum(aux_MBD.pow(2).sum((-2, -1))))
+            auxk = l_auxk(residual_MBD, aux_MBD, self._centred_ss(residual_MBD, n_global), scale_M) * dead_mask.any(1)
         return LossTerms(rec, sp, div, stab, smooth, auxk), (f_t_MBK > 0).any(1)
 
     def _div_sample(self, step: int) -> Tensor | None:
