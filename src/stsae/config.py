@@ -322,7 +322,9 @@ class TrainSection(_Section):
         "(pairs among them: O(div_sample² · d) per step)."
     )
     dead_after_samples: int = Field(
-        50_000, ge=1, description="A latent not fired for this many samples counts as dead (AuxK)."
+        20_000, ge=1, description="A latent not fired for this many samples counts as dead (AuxK). 20k "
+        "rather than 50k: with the fitted AuxK scale an earlier AuxK halved the never-firing latents after 50 "
+        "steps (benchmarks/README.md, 'AuxK code')."
     )
     aux_k: int = Field(256, ge=1, description="Dead latents used by the AuxK loss.")
     auxk_fit_scale: bool = Field(
