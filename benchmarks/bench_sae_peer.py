@@ -11,7 +11,9 @@ triplet) at the config's defaults (`--config`, `--set train.key=value`), and `pe
 same standardised rows x = (z − μ) / s (the transformation our model applies internally), the same
 batch order, the same warm-up (`--warmup`) and no lr decay. dictionary_learning's dead-latent window is
 10M tokens, which 250 steps never reach; it is set to our `train.dead_after_samples` so that AuxK is
-active in both, on the same definition.
+active in both, on the same definition. `--arm NAME:train.key=value,...` trains several settings arms of
+ours side by side (contender `stsae_<variant>@NAME`, same seed and batches); the peer then takes the
+first arm's dead window.
 
 Metrics, at every checkpoint step (`--steps`):
 - held-out EV = 1 − Σ‖x − x̂‖² / Σ‖x − x̄‖² on held-out rows (0: no better than the mean; 1: exact);
@@ -35,13 +37,14 @@ stub `nnsight` (imported only by its LM activation buffers) and reruns itself in
 
     .venv/bin/python benchmarks/bench_sae_peer.py [--quick] [--sizes 2048 8192] [--steps 50 250]
         [--batch 4096] [--n-held 20480] [--variants vanilla full] [--set train.lr=0.002]
+        [--arm relu:train.auxk_fit_scale=false --arm fit:train.auxk_fit_scale=true]
         [--threads 1] [--out benchmarks/results/sae_peer.json]
 
-Measured 2026-11-30 (batch 1024, 20 480 held-out rows, one thread on the loaded 2-core box; full table
-and the AuxK-window study in benchmarks/README.md, section "SAE vs dictionary_learning"): our EV ≥ theirs
-at K = 1024 … 8192 after 50 and 250 steps; never-firing latents 1–5 points more than theirs at 50 steps,
-at 250 steps 5.1 % vs 2.2 % (K = 1024), 3.0 % vs 4.9 % (2048), 24 % vs 53 % (4096), 70 % vs 67 % (8192);
-vanilla step 1.5–2.3× faster, 1.5–2.2× in the steady state with AuxK active.
+Measured 2026-11-30 (batch 1024, 20 480 held-out rows, one thread on the loaded 2-core box; tables in
+benchmarks/README.md, "SAE vs dictionary_learning" and "AuxK code"): with relu AuxK codes at the fitted
+scale and a 20k dead window (the defaults since), seed 0, ours vs theirs: K = 2048 EV 0.877 / 0.845 and
+never-firing 25 % / 49 % after 50 steps, 0.989 / 0.986 and 4.3 % / 4.9 % after 250; K = 8192 0.783 / 0.740
+and 58 % / 62 %, 0.969 / 0.961 and 42 % / 67 %; vanilla step 1.5–2.0× faster.
 """
 
 from __future__ import annotations
@@ -219,10 +222,11 @@ class Contender(Protocol):
 
 
 class Ours:
-    """Our Trainer for one variant; its own batch order (`batch_ids`) is the one every contender uses."""
+    """Our Trainer for one variant; its own batch order (`batch_ids`) is the one every contender uses.
+    `arm` names a settings arm (`--arm`), appended to the contender's name."""
 
-    def __init__(self, data: BenchData, cfg: TrainSection, variant: str, d_dict: int, seed: int):
-        self.name, self.d_dict, self.cfg = f"stsae_{variant}", d_dict, cfg
+    def __init__(self, data: BenchData, cfg: TrainSection, variant: str, d_dict: int, seed: int, arm: str = ""):
+        self.name, self.d_dict, self.cfg = f"stsae_{variant}" + (f"@{arm}" if arm else ""), d_dict, cfg
         self.trainer = Trainer(data.train, None, cfg, variant, d_dict, seed=seed)
         self.lr = cfg.lr_for(d_dict)
 
@@ -344,11 +348,14 @@ def summarise(raw: dict[str, Any], steady_from: int) -> dict[str, Any]:
     return out
 
 
-def run_size(data: BenchData, cfg: TrainSection, d_dict: int, variants: list[str], peer: bool,
+def run_size(data: BenchData, arms: dict[str, TrainSection], d_dict: int, variants: list[str], peer: bool,
              checkpoints: list[int], seed: int, steady_from: int) -> dict[str, Any]:
-    """Build the contenders at one K, train them in lockstep, summarise."""
-    size_cfg = cfg.model_copy(update={"d_dict": d_dict, "d_dict_sweep": [d_dict], "steps": max(checkpoints)})
-    ours = [Ours(data, size_cfg, v, d_dict, seed) for v in variants]
+    """Build the contenders at one K (every variant under every settings arm), train them in lockstep,
+    summarise. The peer takes the first arm's batch order and dead window."""
+    update = {"d_dict": d_dict, "d_dict_sweep": [d_dict], "steps": max(checkpoints)}
+    ours = [Ours(data, arm_cfg.model_copy(update=update), v, d_dict, seed, arm)
+            for arm, arm_cfg in arms.items() for v in variants]
+    cfg = next(iter(arms.values()))
     contenders: list[Contender] = list(ours)
     if peer:
         contenders.append(Peer(data, ours[0], d_dict, cfg.k, max(checkpoints), cfg.warmup_steps,
@@ -365,6 +372,21 @@ def bench_config(path: Path, overrides: list[str], k: int, batch: int, warmup: i
     cfg = load_config(path, overrides).train
     return cfg.model_copy(update={"k": k, "batch_size": batch, "warmup_steps": warmup, "lr_decay_start": 1.0,
                                   "eval_every": 10**9, "checkpoint_every": 10**9, "keep_best": False})
+
+
+def parse_arm(text: str) -> tuple[str, list[str]]:
+    """`NAME:train.a=1,train.b=2` -> (NAME, [overrides]); `NAME` alone is the config as it is."""
+    name, _, overrides = text.partition(":")
+    if not name or any(c in name for c in "=,@"):
+        raise argparse.ArgumentTypeError(f"--arm {text!r}: expected NAME or NAME:train.key=value[,...]")
+    return name, [o for o in overrides.split(",") if o]
+
+
+def arm_configs(args: argparse.Namespace) -> dict[str, TrainSection]:
+    """Our settings arms by name: each `--arm`'s overrides on top of `--set` (one unnamed arm without)."""
+    arms = args.arm or [("", [])]
+    return {name: bench_config(args.config, [*args.set, *extra], args.k, args.batch, args.warmup)
+            for name, extra in arms}
 
 
 # ---- processes ------------------------------------------------------------------------------------
@@ -421,6 +443,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--config", type=Path, default=Path(__file__).resolve().parents[1] / "configs" / "default.yaml")
     parser.add_argument("--set", action="append", default=[], metavar="train.KEY=VALUE",
                         help="override our config (repeatable)")
+    parser.add_argument("--arm", action="append", type=parse_arm, default=[], metavar="NAME[:OVERRIDES]",
+                        help="a settings arm of ours: NAME:train.key=value,... on top of --set; repeat to "
+                             "train several side by side on the same batches (contender stsae_<variant>@NAME)")
     parser.add_argument("--n-train", type=int, default=65_536)
     parser.add_argument("--n-held", type=int, default=20_480)
     parser.add_argument("--run-dir", type=Path, default=None, help="train on this run's embeddings instead")
@@ -441,6 +466,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error(f"--warmup {args.warmup} must be below the last checkpoint step {max(args.steps)}")
     if min(args.sizes) < args.k:
         parser.error(f"--sizes: every dictionary size must be at least --k {args.k}")
+    names = [name for name, _ in args.arm]
+    if len(set(names)) != len(names):
+        parser.error(f"--arm: names must be unique, got {names}")
     return args
 
 
@@ -450,20 +478,22 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_peer and not args.child:
         return rerun_in_peer_env(args, argv)
     torch.set_num_threads(args.threads)
-    cfg = bench_config(args.config, args.set, args.k, args.batch, args.warmup)
+    arms = arm_configs(args)
+    cfg = next(iter(arms.values()))
     data = run_embeddings(args.run_dir) if args.run_dir else mixture_embeddings(args.n_train, args.n_held, args.seed)
     result: dict[str, Any] = {
         "machine": platform.processor() or platform.machine(), "threads": args.threads, "data": describe(data),
         "settings": {"k": args.k, "batch_size": args.batch, "warmup_steps": args.warmup, "checkpoints": args.steps,
                      "steady_from": args.steady_from, "seed": args.seed, "config": str(args.config),
                      "overrides": args.set, "train": cfg.model_dump(mode="json"),
+                     "arms": {name: extra for name, extra in args.arm},
                      "peer": None if args.no_peer else {"packages": list(PEER_REQUIREMENTS),
                                                         "version": importlib.metadata.version("dictionary-learning"),
                                                         "dead_window_tokens": cfg.dead_after_samples}},
         "stsae_source": str(Path(stsae.__file__).resolve().parent),
         "sizes": {}}
     for d_dict in args.sizes:
-        result["sizes"][f"K{d_dict}"] = run_size(data, cfg, d_dict, args.variants, not args.no_peer, args.steps,
+        result["sizes"][f"K{d_dict}"] = run_size(data, arms, d_dict, args.variants, not args.no_peer, args.steps,
                                                  args.seed, args.steady_from)
         io.write_json(args.out, result)
     print(json.dumps({k: v["speed_vs_peer"] for k, v in result["sizes"].items()}, indent=1))

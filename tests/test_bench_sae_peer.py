@@ -149,3 +149,23 @@ def test_a_warmup_past_the_last_checkpoint_is_refused_naming_the_flag(bench: Mod
     with pytest.raises(SystemExit):
         bench.parse_args(["--steps", "6", "--warmup", "10"])
     assert "--warmup 10" in capsys.readouterr().err
+
+
+def test_arms_train_side_by_side_each_with_its_own_overrides(bench: ModuleType, tmp_path: Path) -> None:
+    out = tmp_path / "arms.json"
+    argv = ["--quick", "--no-peer", "--variants", "vanilla", "--out", str(out), "--set", "train.lr=0.002",
+            "--arm", "base", "--arm", "st:train.auxk_code=straight_through,train.lr=0.001"]
+    assert bench.main(argv) == 0
+    result = json.loads(out.read_text())
+    contenders = result["sizes"]["K256"]["contenders"]
+    assert set(contenders) == {"stsae_vanilla@base", "stsae_vanilla@st"}
+    assert contenders["stsae_vanilla@st"]["lr"] == pytest.approx(contenders["stsae_vanilla@base"]["lr"] / 2)
+    assert result["settings"]["arms"] == {"base": [], "st": ["train.auxk_code=straight_through", "train.lr=0.001"]}
+
+
+@pytest.mark.parametrize("arms", [["a=b"], ["x", "x:train.lr=0.1"]])
+def test_a_malformed_or_repeated_arm_is_refused_naming_the_flag(bench: ModuleType, arms: list[str],
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        bench.parse_args([arg for arm in arms for arg in ("--arm", arm)])
+    assert "--arm" in capsys.readouterr().err

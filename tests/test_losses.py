@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from stsae.config import LossWeights
 from stsae.train.losses import (
     LossTerms,
+    auxk_scale,
     centred_sum_of_squares,
     l_auxk,
     l_div,
@@ -95,6 +96,30 @@ def test_l_auxk_is_zero_when_dead_latents_explain_the_residual_and_ignores_its_g
     aux_recon = torch.zeros_like(residual, requires_grad=True)
     l_auxk(residual, aux_recon).backward()
     assert residual.grad is None and aux_recon.grad is not None
+
+
+def _fitted_auxk(residual: torch.Tensor, aux_recon: torch.Tensor) -> torch.Tensor:
+    scale = auxk_scale((residual * aux_recon).sum((-2, -1)), aux_recon.pow(2).sum((-2, -1)))
+    return l_auxk(residual, aux_recon, scale=scale)
+
+
+def test_auxk_scale_forgives_an_overshoot_and_caps_an_undershoot_at_one():
+    residual = _x(5) - _x(5).mean(0)  # centred, so that ‖e‖² is exactly the normaliser
+    assert _fitted_auxk(residual, 3 * residual) < 1e-6  # plain AuxK: 4 × the residual's variance
+    assert l_auxk(residual, 3 * residual) > 3
+    assert torch.allclose(_fitted_auxk(residual, 0.5 * residual), l_auxk(residual, 0.5 * residual))
+    assert torch.allclose(_fitted_auxk(residual, -residual), torch.tensor(1.0))  # scale 0: no better than nothing
+
+
+def test_fitted_auxk_gradient_turns_the_reconstruction_without_shrinking_it():
+    """At the least-squares scale the gradient on ê is orthogonal to ê: no push towards smaller codes."""
+    residual = _x(6)
+    aux_recon = (3 * residual + torch.randn_like(residual)).requires_grad_()
+    _fitted_auxk(residual, aux_recon).backward()
+    assert abs(float((aux_recon.grad * aux_recon.detach()).sum())) < 1e-4 * float(aux_recon.grad.norm())
+    aux_plain = aux_recon.detach().clone().requires_grad_()
+    l_auxk(residual, aux_plain).backward()
+    assert float((aux_plain.grad * aux_plain.detach()).sum()) > 0  # plain AuxK: descent shrinks ê
 
 
 def test_total_counts_sparsity_only_for_relu_and_auxk_only_for_topk():

@@ -112,17 +112,46 @@ def test_unknown_init_is_refused_naming_the_key():
         STSAE(D, 64, "topk", 8, generator=gen).init_from_data(_data(), gen, init="zeros")
 
 
-def test_auxk_selects_only_dead_latents_and_passes_gradient_through_non_positive_ones():
+@pytest.mark.parametrize(("aux_code", "code_is_zero", "gets_gradient"),
+                         [("relu", True, False), ("straight_through", True, True), ("linear", False, True)])
+def test_auxk_codes_of_latents_negative_on_every_row_follow_the_mode(aux_code, code_is_zero, gets_gradient):
+    """relu: code 0, no gradient (Gao et al.); straight_through: code 0, encoder gradient through the
+    ReLU; linear: the negative pre-activation itself, with gradient. Live latents never get any."""
     model = _model()
     x = model.standardise(torch.from_numpy(_data(n=50, seed=5)))
     dead = torch.zeros(64, dtype=torch.bool)
     dead[::4] = True
     with torch.no_grad():
         model.b_enc[dead] = -100.0  # dead for good: every pre-activation is negative
-    codes = model.codes(x, dead, k_aux=16)
-    assert dead[codes.aux_idx].all() and (codes.aux_vals == 0).all()
+    codes = model.codes(x, dead, k_aux=16, aux_code=aux_code)
+    assert dead[codes.aux_idx].all()
+    assert bool((codes.aux_vals == 0).all()) is code_is_zero
+    assert code_is_zero or (codes.aux_vals < 0).all()
     codes.aux_vals.sum().backward()
-    assert (model.b_enc.grad[dead] > 0).all() and (model.b_enc.grad[~dead] == 0).all()
+    assert bool((model.b_enc.grad[dead] > 0).all()) is gets_gradient
+    assert gets_gradient or (model.b_enc.grad == 0).all()
+    assert (model.b_enc.grad[~dead] == 0).all()
+
+
+def test_auxk_relu_codes_train_dead_latents_where_their_pre_activation_is_positive():
+    model = _model()
+    x = model.standardise(torch.from_numpy(_data(n=50, seed=5)))
+    dead = torch.zeros(64, dtype=torch.bool)
+    dead[::4] = True
+    codes = model.codes(x, dead, k_aux=16, aux_code="relu")
+    positive = codes.aux_vals > 0
+    assert positive.any() and not positive.all()
+    codes.aux_vals.sum().backward()
+    trained = torch.zeros(64, dtype=torch.bool)
+    trained[codes.aux_idx[positive]] = True
+    assert torch.equal(model.b_enc.grad > 0, trained)
+
+
+def test_unknown_auxk_code_is_refused_naming_the_key():
+    model = _model()
+    x = model.standardise(torch.from_numpy(_data(n=8, seed=5)))
+    with pytest.raises(StsaeError, match=r"train\.auxk_code"):
+        model.codes(x, torch.ones(64, dtype=torch.bool), k_aux=4, aux_code="identity")
 
 
 def test_topk_keeps_exactly_k_active():

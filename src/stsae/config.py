@@ -334,9 +334,22 @@ class TrainSection(_Section):
         "(pairs among them: O(div_sample² · d) per step)."
     )
     dead_after_samples: int = Field(
-        50_000, ge=1, description="A latent not fired for this many samples counts as dead (AuxK)."
+        20_000, ge=1, description="A latent not fired for this many samples counts as dead (AuxK). 20k "
+        "rather than 50k: with the fitted AuxK scale an earlier AuxK halved the never-firing latents after 50 "
+        "steps (benchmarks/README.md, 'AuxK code')."
     )
     aux_k: int = Field(256, ge=1, description="Dead latents used by the AuxK loss.")
+    auxk_fit_scale: bool = Field(
+        True, description="Compare the residual with the AuxK reconstruction at its least-squares scale "
+        "(capped at 1), so that an overshooting AuxK reconstruction does not push the dead latents' codes "
+        "below zero for good (stsae.train.losses.auxk_scale); false: plain AuxK (Gao et al.)."
+    )
+    auxk_code: Literal["relu", "straight_through", "linear"] = Field(
+        "relu", description="AuxK codes of the selected dead latents: 'relu' (post-ReLU pre-activations, "
+        "gradient only where positive: Gao et al., dictionary_learning), 'straight_through' (the same "
+        "codes, encoder gradient through the ReLU) or 'linear' (raw pre-activations as codes; "
+        "benchmarks/README.md, 'AuxK code')."
+    )
     checkpoint_every: int = Field(500, ge=1, description="Steps between resumable checkpoints.")
     eval_every: int = Field(250, ge=1, description="Steps between validation evaluations.")
     val_triplets: int = Field(1024, ge=1, description="Validation triplets (fixed subset) per evaluation.")

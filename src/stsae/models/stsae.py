@@ -17,9 +17,11 @@ Public SAE practice this follows, and where from:
   512) such atoms fire together and the first reconstructions overshoot the variance many-fold
   unless the encoder is scaled by least squares (`fit_scale`); even then more latents end dead than
   with random atoms (benchmarks/bench_sae_init.py).
-- AuxK passes gradient straight through the ReLU of the dead latents it selects: a dead latent's
-  pre-activation is typically negative on every row, where the ReLU's gradient is zero, so with a
-  plain ReLU the AuxK loss stayed at 1.000 and revived nothing (tests/test_auxk.py).
+- AuxK codes of the selected dead latents (`AUXK_CODES`, train.auxk_code): "relu", their post-ReLU
+  pre-activations with gradient only where positive (Gao et al., dictionary_learning, sparsify);
+  "straight_through", the same codes with the encoder's gradient passed through the ReLU;
+  "linear", the raw pre-activations as codes (encoder and decoder both trained, negative codes
+  included). Which revives latents best was measured (benchmarks/README.md, "AuxK code").
 
 The Top-K encoder has a sparse backward pass (only the k selected latents, plus the AuxK latents, get
 gradient), so a training step costs one dense GEMM instead of three; see `_TopKEncode`. Training runs
@@ -56,6 +58,7 @@ _INIT_NOISE = 0.1  # relative isotropic noise mixed into data-sampled atoms so d
 _INIT_ROWS = 8192  # train rows for the geometric median and the encoder-scale fit
 _STATS_CHUNK = 8192  # rows per float64 chunk of the input statistics
 INITS = ("random", "data")
+AUXK_CODES = ("relu", "straight_through", "linear")
 
 
 class CheckpointError(StsaeError, ValueError):
@@ -169,12 +172,13 @@ class _TopKEncode(torch.autograd.Function):
 
     AuxK picks the k_aux largest dead latents among the union of the models' dead latents (cost ∝ dead
     latents); a model with fewer dead latents than that gets -inf pre-activations on the others, which
-    come out as zero codes with no gradient, so each model sees exactly its own AuxK selection.
+    come out as zero codes with no gradient, so each model sees exactly its own AuxK selection. The
+    selected latents' codes and which of them pass gradient follow `aux_code` (`AUXK_CODES`).
     """
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, b_dec: Tensor, w_enc: Tensor, b_enc: Tensor, k: int,
-                dead_mask: Tensor | None, k_aux: int, aux_rows: int) -> tuple[Tensor, ...]:
+                dead_mask: Tensor | None, k_aux: int, aux_rows: int, aux_code: str) -> tuple[Tensor, ...]:
         centred = x - b_dec[:, None]
         pre = torch.baddbmm(b_enc[:, None], centred, w_enc.transpose(1, 2)).float()
         vals, idx = pre.topk(k, dim=2, sorted=False)
@@ -189,20 +193,19 @@ class _TopKEncode(torch.autograd.Function):
             # the other models' dead latents, which widen dead_pre
             aux_vals, position = dead_pre.topk(min(k_aux, dead_ids.numel()), dim=2, sorted=True)
             aux_idx = dead_ids[position]
-            aux_own = torch.isfinite(aux_vals)
-            aux_vals = aux_vals.clamp_min(0.0)
+            aux_vals, aux_pass = _aux_codes(aux_vals, aux_code)
         else:
             aux_vals = pre.new_zeros(x.shape[0], 0, 0)
             aux_idx = idx.new_zeros(x.shape[0], 0, 0)
-            aux_own = torch.zeros(x.shape[0], 0, 0, dtype=torch.bool, device=x.device)
-        ctx.save_for_backward(centred.float(), w_enc, vals, idx, aux_idx, aux_own)
+            aux_pass = torch.zeros(x.shape[0], 0, 0, dtype=torch.bool, device=x.device)
+        ctx.save_for_backward(centred.float(), w_enc, vals, idx, aux_idx, aux_pass)
         ctx.mark_non_differentiable(idx, aux_idx)
         return vals, idx, aux_vals, aux_idx
 
     @staticmethod
     def backward(ctx: Any, g_vals: Tensor, _g_idx: Tensor | None, g_aux: Tensor | None,
                  _g_aux_idx: Tensor | None) -> tuple[Tensor | None, ...]:
-        centred, w_enc, vals, idx, aux_idx, aux_own = ctx.saved_tensors
+        centred, w_enc, vals, idx, aux_idx, aux_pass = ctx.saved_tensors
         n_models, n_latents, d_in = w_enc.shape
         n_out = n_models * n_latents
         g = g_vals * (vals > 0)
@@ -210,9 +213,7 @@ class _TopKEncode(torch.autograd.Function):
         grad_w = _transposed_bag_sum(flat, g.reshape(flat.shape), centred.reshape(-1, d_in), n_out)
         grad_b_enc = torch.bincount(flat.reshape(-1), weights=g.reshape(-1), minlength=n_out)
         if g_aux is not None and aux_idx.numel() > 0:
-            # Straight-through ReLU for the AuxK latents: a latent usually dies because its
-            # pre-activation went negative on every row, exactly where the ReLU's gradient is zero.
-            g_aux = g_aux * aux_own
+            g_aux = g_aux * aux_pass
             flat_aux = _flat_ids(aux_idx, n_latents)
             rows = centred[:, : aux_idx.shape[1]].reshape(-1, d_in)
             grad_w = grad_w + _transposed_bag_sum(flat_aux, g_aux.reshape(flat_aux.shape), rows, n_out)
@@ -220,19 +221,37 @@ class _TopKEncode(torch.autograd.Function):
                                                      minlength=n_out)
         grad_b_enc = grad_b_enc.to(w_enc.dtype).reshape(n_models, n_latents)
         grad_b_dec = -torch.bmm(grad_b_enc[:, None], w_enc)[:, 0]
-        return None, grad_b_dec, grad_w.reshape(n_models, n_latents, d_in), grad_b_enc, None, None, None, None
+        return (None, grad_b_dec, grad_w.reshape(n_models, n_latents, d_in), grad_b_enc,
+                None, None, None, None, None)
+
+
+def _aux_codes(pre: Tensor, aux_code: str) -> tuple[Tensor, Tensor]:
+    """(codes, bool mask of the entries that pass gradient) of the selected dead latents' pre-activations.
+
+    pre: float32[M, R, k_aux], -inf where the latent is not the model's own (those give code 0 and no
+    gradient in every mode). "relu": relu(pre), gradient where pre > 0; "straight_through": relu(pre),
+    gradient through the ReLU as if it were the identity; "linear": pre itself (see `AUXK_CODES`)."""
+    own = torch.isfinite(pre)
+    if aux_code == "linear":
+        return torch.where(own, pre, 0.0), own
+    if aux_code == "straight_through":
+        return pre.clamp_min(0.0), own
+    if aux_code == "relu":
+        return pre.clamp_min(0.0), pre > 0
+    raise StsaeError(f"train.auxk_code: must be one of {AUXK_CODES}, got {aux_code!r}")
 
 
 def stacked_codes(x: Tensor, w_enc: Tensor, b_enc: Tensor, b_dec: Tensor, activation: str, k: int,
-                  dead_mask: Tensor | None = None, k_aux: int = 0, aux_rows: int | None = None) -> Codes:
+                  dead_mask: Tensor | None = None, k_aux: int = 0, aux_rows: int | None = None,
+                  aux_code: str = "relu") -> Codes:
     """Codes of M stacked models on standardised x: float32[M, R, D] (see `Codes`, every field with a
-    leading model axis). dead_mask: bool[M, K] enables AuxK for the first `aux_rows` rows (default all).
-    Top-K codes stay sparse (f None); ReLU codes are dense."""
+    leading model axis). dead_mask: bool[M, K] enables AuxK for the first `aux_rows` rows (default all),
+    its codes per `aux_code` (`AUXK_CODES`). Top-K codes stay sparse (f None); ReLU codes are dense."""
     if activation == "relu":
         f = F.relu(torch.baddbmm(b_enc[:, None], x - b_dec[:, None], w_enc.transpose(1, 2)).float())
         return Codes(f, None, None, None, None)
     n_aux = x.shape[1] if aux_rows is None else aux_rows
-    vals, idx, aux_vals, aux_idx = _TopKEncode.apply(x, b_dec, w_enc, b_enc, k, dead_mask, k_aux, n_aux)
+    vals, idx, aux_vals, aux_idx = _TopKEncode.apply(x, b_dec, w_enc, b_enc, k, dead_mask, k_aux, n_aux, aux_code)
     if aux_idx.numel() == 0:
         return Codes(None, idx, vals, None, None)
     return Codes(None, idx, vals, aux_idx, aux_vals)
@@ -410,14 +429,15 @@ class STSAE(nn.Module):
         return (z.float() - self.input_mean) / self.input_scale
 
     def codes(self, x: Tensor, dead_mask: Tensor | None = None, k_aux: int = 0,
-              aux_rows: int | None = None, dense: bool = True) -> Codes:
+              aux_rows: int | None = None, dense: bool = True, aux_code: str = "relu") -> Codes:
         """Codes of standardised x: float32[B, d_in]. dead_mask: bool[K] enables AuxK selection of the
-        k_aux largest dead latents for the first `aux_rows` rows (default all). dense=False skips
+        k_aux largest dead latents for the first `aux_rows` rows (default all), codes per `aux_code`
+        (`AUXK_CODES`). dense=False skips
         building the [B, K] codes for Top-K (f is then None; use `dense_codes` on row slices).
         The one-model case of `stacked_codes` (a model axis of length 1), so inference and training
         share one Top-K implementation."""
         one = stacked_codes(x[None], self.W_enc[None], self.b_enc[None], self.b_dec[None], self.activation,
-                            self.k, None if dead_mask is None else dead_mask[None], k_aux, aux_rows)
+                            self.k, None if dead_mask is None else dead_mask[None], k_aux, aux_rows, aux_code)
         codes = Codes(*(None if part is None else part[0] for part in one))
         if dense and codes.f is None and codes.idx is not None and codes.vals is not None:
             codes = codes._replace(f=self.dense_codes(codes.idx, codes.vals))
@@ -589,13 +609,15 @@ class StackedSTSAE(nn.Module):
         mean = self.input_mean.reshape(self.n_models, *extra, self.d_in)
         return (z.float() - mean) / self.input_scale.reshape(self.n_models, *extra, 1)
 
-    def forward(self, x_MTBD: Tensor, dead_mask: Tensor | None = None, k_aux: int = 0) -> ForwardOutput:
+    def forward(self, x_MTBD: Tensor, dead_mask: Tensor | None = None, k_aux: int = 0,
+                aux_code: str = "relu") -> ForwardOutput:
         """Codes of every part of a standardised stacked triplet and the reconstruction of its z_t part.
 
-        dead_mask: bool[M, K] turns on AuxK's selection among each model's dead latents on the z_t rows."""
+        dead_mask: bool[M, K] turns on AuxK's selection among each model's dead latents on the z_t rows
+        (codes per `aux_code`, `AUXK_CODES`)."""
         n_models, n_parts, b, _ = x_MTBD.shape
         codes = stacked_codes(x_MTBD.reshape(n_models, n_parts * b, self.d_in), self.W_enc, self.b_enc,
-                              self.b_dec, self.activation, self.k, dead_mask, k_aux, aux_rows=b)
+                              self.b_dec, self.activation, self.k, dead_mask, k_aux, aux_rows=b, aux_code=aux_code)
         if codes.idx is not None and codes.vals is not None:
             f_MRK = scatter_codes(codes.idx, codes.vals, self.d_dict)
             x_hat_MBD = (combine_atoms(self.W_dec, codes.idx[:, :b], codes.vals[:, :b]) if self.sparse_decode

@@ -68,16 +68,34 @@ def l_smooth(f_t: Tensor, f_t1: Tensor, n: int | None = None) -> Tensor:
     return (f_t - f_t1).abs().sum((-2, -1)) / (n or f_t.shape[-2])
 
 
-def l_auxk(residual: Tensor, aux_recon: Tensor, residual_variance: Tensor | None = None) -> Tensor:
+def l_auxk(residual: Tensor, aux_recon: Tensor, residual_variance: Tensor | None = None,
+           scale: Tensor | None = None) -> Tensor:
     """AuxK (OpenAI, Gao et al. 2024): dead latents predict the main model's residual.
 
     residual: float32[B, d] = x − x̂ (detached here), aux_recon: float32[B, d] from the top dead latents
     (no bias). Normalised by the residual's own centred variance, as in openai/sparse_autoencoder.
+    scale: float32[...] per leading index (no gradient, `auxk_scale`) multiplies aux_recon; None: 1.
     """
     residual = residual.detach()
     if residual_variance is None:
         residual_variance = centred_sum_of_squares(residual)
+    if scale is not None:
+        aux_recon = aux_recon * scale[..., None, None]
     return (residual - aux_recon).pow(2).sum((-2, -1)) / residual_variance.clamp_min(1e-12)
+
+
+def auxk_scale(dot: Tensor, power: Tensor) -> Tensor:
+    """Least-squares scale of the AuxK reconstruction, clamp(⟨e, ê⟩ / ‖ê‖², 0, 1), from the batch sums
+    dot = Σ⟨e_b, ê_b⟩ and power = Σ‖ê_b‖² (float32[...], global under DDP); no gradient.
+
+    Why: the k_aux dead latents' codes sum to an ê many times the residual's size (k_aux random atoms
+    against a small residual), and plain AuxK answers by pushing every selected code down, i.e. the dead
+    latents closest to firing below zero, where the ReLU ends their gradient for good: at K = 2048 an
+    early AuxK left more latents never firing than none (benchmarks/README.md, "AuxK code"). With ê
+    scaled to its best fit the overshoot costs nothing, and the gradient only turns the selected
+    latents towards the residual; capped at 1, an ê too small is still pushed to grow.
+    """
+    return (dot / power.clamp_min(1e-12)).clamp(0.0, 1.0).detach()
 
 
 def term_weights(weights: LossWeights, activation: str) -> tuple[float, ...]:

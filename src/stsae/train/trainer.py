@@ -54,6 +54,7 @@ from stsae.models.stsae import (
 )
 from stsae.train.losses import (
     LossTerms,
+    auxk_scale,
     centred_sum_of_squares,
     l_auxk,
     l_div,
@@ -320,7 +321,7 @@ class FusedTrainer:
         its zero weight then gives them exactly zero gradient."""
         x_MTBD = self.stack.standardise(torch.stack(parts, 1))
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
-            out = self.stack(x_MTBD, dead_mask, self.cfg.aux_k)
+            out = self.stack(x_MTBD, dead_mask, self.cfg.aux_k, self.cfg.auxk_code)
         x_t_MBD, x_hat_MBD, f_t_MBK = x_MTBD[:, 0], out.x_hat.float(), out.f[:, 0].float()
         zero = x_t_MBD.new_zeros(len(self.members))
         rec = l_rec(x_t_MBD, x_hat_MBD, self._centred_ss(x_t_MBD, n_global))
@@ -332,8 +333,13 @@ class FusedTrainer:
         auxk = zero
         if out.codes.aux_idx is not None and dead_mask is not None:
             residual_MBD = x_t_MBD - x_hat_MBD
-            auxk = l_auxk(residual_MBD, self.stack.aux_reconstruction(out.codes),
-                          self._centred_ss(residual_MBD, n_global)) * dead_mask.any(1)
+            aux_MBD = self.stack.aux_reconstruction(out.codes)
+            scale_M = None
+            if self.cfg.auxk_fit_scale:
+                with torch.no_grad():
+                    scale_M = auxk_scale(self._sum((residual_MBD * aux_MBD).sum((-2, -1))),
+                                         self._sum(aux_MBD.pow(2).sum((-2, -1))))
+            auxk = l_auxk(residual_MBD, aux_MBD, self._centred_ss(residual_MBD, n_global), scale_M) * dead_mask.any(1)
         return LossTerms(rec, sp, div, stab, smooth, auxk), (f_t_MBK > 0).any(1)
 
     def _div_sample(self, step: int) -> Tensor | None:
