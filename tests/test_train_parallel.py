@@ -18,7 +18,7 @@ from stsae.errors import StsaeError
 from stsae.pipeline.runner import StageContext, run_stages
 from stsae.rundir import RunDir
 from stsae.stages import train as train_stage
-from stsae.train.grid import GridEntry, build_grid, deal
+from stsae.train.grid import GridEntry, build_grid, deal, training_cost
 from stsae.train.trainer import FusedTrainer
 from train_runs import config, ctx, embeddings_run_dir
 
@@ -35,7 +35,7 @@ def _demo_grid() -> list[GridEntry]:
 
 
 def _load(share: list[GridEntry]) -> int:
-    return sum(entry.d_dict for entry in share)
+    return sum(training_cost(entry) for entry in share)
 
 
 def test_dealt_shares_partition_the_grid_each_in_grid_order():
@@ -46,12 +46,15 @@ def test_dealt_shares_partition_the_grid_each_in_grid_order():
         assert share == [e for e in grid if e in share]
 
 
-def test_dealing_balances_latents_where_round_robin_does_not():
-    """The demo grid puts its three large dictionaries last: r, r+2, … would give rank 0 K=256 and 1024."""
+def test_dealing_balances_cost_where_round_robin_does_not():
+    """The demo grid puts its three large dictionaries last: r, r+2, … would give rank 0 K=256 and 1024.
+    Cost = K + 256 per model: 12 x 384 + 512 + 768 + 1280 = 7168, two shares of 3584."""
     grid = _demo_grid()
     round_robin = [grid[0::2], grid[1::2]]
-    assert [_load(share) for share in round_robin] == [2048, 1280]
-    assert [_load(share) for share in deal(grid, 2)] == [1664, 1664]
+    assert [_load(share) for share in round_robin] == [4096, 3072]
+    shares = deal(grid, 2)
+    assert [_load(share) for share in shares] == [3584, 3584]
+    assert sorted(sum(e.d_dict == 128 for e in share) for share in shares) == [6, 6]
 
 
 def test_one_share_is_the_whole_grid_and_no_share_is_refused():
@@ -141,10 +144,10 @@ def test_workers_are_one_under_torchrun_or_on_a_gpu(monkeypatch):
 
 
 def test_auto_workers_stop_where_the_largest_dictionary_would_bound_the_stage(monkeypatch):
-    """The demo grid holds 3,328 latents, 1,024 of them in its K=1024 model: past 3 shares, the share
-    holding that model alone takes longer than an even split would, so more workers only idle."""
+    """The demo grid costs 7,168 (K + 256 per model), 1,280 of it its K=1024 model: past 5 shares, the
+    share holding that model alone takes longer than an even split would, so more workers only idle."""
     grid = _demo_grid()
-    for cores, expected in ((2, 2), (16, 3)):
+    for cores, expected in ((2, 2), (16, 5)):
         monkeypatch.setattr(train_stage, "usable_cores", lambda cores=cores: cores)
         assert train_stage.resolve_workers("auto", torch.device("cpu"), world=1, entries=grid) == expected
 

@@ -41,7 +41,16 @@ from stsae.errors import InputDataError
 from stsae.models.encoder_runtime import usable_cores
 from stsae.pipeline.contract import StageContext, StageContract
 from stsae.rundir import RunDir
-from stsae.train.grid import GridEntry, build_grid, deal, expected_sidecar, is_finished, main_entry, select
+from stsae.train.grid import (
+    GridEntry,
+    build_grid,
+    deal,
+    expected_sidecar,
+    is_finished,
+    main_entry,
+    select,
+    training_cost,
+)
 from stsae.train.trainer import Member, fit_group
 from stsae.utils import io
 from stsae.utils.device import device_facts, resolve_device
@@ -124,14 +133,14 @@ def resolve_workers(requested: int | Literal["auto"], device: torch.device, worl
                     entries: list[GridEntry]) -> int:
     """How many local worker processes train the grid (train.workers): 1 under torchrun (the ranks already
     split it) and on a GPU (one device, one trainer). auto: one per usable core, but no more than the
-    grid's largest dictionary lets `deal` balance (total latents / largest K), since the share holding
-    it bounds the stage's time."""
+    grid's largest model lets `deal` balance (total cost / largest cost, `training_cost`), since the share
+    holding it bounds the stage's time."""
     if world > 1 or device.type != "cpu" or not entries:
         return 1
     if requested != "auto":
         return requested
-    latents = [entry.d_dict for entry in entries]
-    return max(1, min(usable_cores(), sum(latents) // max(latents)))
+    costs = [training_cost(entry) for entry in entries]
+    return max(1, min(usable_cores(), sum(costs) // max(costs)))
 
 
 def schedule(cfg: TrainSection, entries: list[GridEntry], todo: list[GridEntry], world: int,
