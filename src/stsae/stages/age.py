@@ -178,6 +178,6 @@ def run(ctx: StageContext) -> None:
         info.name,
         concept.metrics["mae"],
         concept.metrics["r"] or float("nan"),
-        concept.metrics["delta_age_age_r"],
+        "n/a" if concept.metrics["delta_age_age_r"] is None else f"{concept.metrics['delta_age_age_r']:.3f}",
     )
     ctx.record("aging", {"model": info.name, "test_mae": concept.metrics["mae"]})
