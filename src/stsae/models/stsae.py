@@ -368,8 +368,10 @@ class STSAE(nn.Module):
         if not scale > 0:
             raise StsaeError("train embeddings are constant (zero spread); check the extract stage")
         stats = InputStats(float(np.linalg.norm(mean) / scale), effective_rank_of_scatter(scatter), n)
-        log.info("train embeddings: ‖μ‖/‖σ‖ = %.2f, effective rank = %.1f of %d (%d rows)",
-                 stats.mean_norm_over_std, stats.effective_rank, self.d_in, stats.n_rows)
+        # INFO once per statistics pass: a fused group's members share one pass, which the trainer logs
+        log.log(logging.INFO if statistics is None else logging.DEBUG,
+                "train embeddings: ‖μ‖/‖σ‖ = %.2f, effective rank = %.1f of %d (%d rows)",
+                stats.mean_norm_over_std, stats.effective_rank, self.d_in, stats.n_rows)
         self.input_mean.copy_(torch.from_numpy(mean).float())
         self.input_scale.fill_(scale)
         sample = self.standardise(torch.from_numpy(_rows(z, _INIT_ROWS, generator)))

@@ -227,6 +227,10 @@ class FusedTrainer:
             statistics = input_statistics(z)
             for i in sharing:
                 models[i] = self._initial_model(self.members[i], z, statistics)
+            stats = models[sharing[0]].stats
+            if stats is not None:
+                log.info("train embeddings: ‖μ‖/‖σ‖ = %.2f, effective rank = %.1f of %d (%d rows; %d model(s))",
+                         stats.mean_norm_over_std, stats.effective_rank, EMBEDDING_DIM, stats.n_rows, len(sharing))
         return [models[i] for i in range(len(self.members))]
 
     def _initial_model(self, member: Member, z: np.ndarray, statistics: tuple[np.ndarray, np.ndarray]) -> STSAE:
