@@ -32,7 +32,6 @@ the case M = 1 of the same functions.
 from __future__ import annotations
 
 import json
-import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,8 +46,6 @@ from torch import Tensor, nn
 
 from stsae.errors import StsaeError
 from stsae.utils import io
-
-log = logging.getLogger(__name__)
 
 ACTIVATIONS = ("topk", "relu")
 FORMAT = "stsae/1"
@@ -348,7 +345,8 @@ class STSAE(nn.Module):
     def init_from_data(self, z: np.ndarray, generator: torch.Generator, init: str = "random",
                        fit_scale: bool = False,
                        statistics: tuple[np.ndarray, np.ndarray] | None = None) -> InputStats:
-        """Set mean/scale, b_dec and the tied atoms from train rows z: float32[N, d_in]; log the stats.
+        """Set mean/scale, b_dec and the tied atoms from train rows z: float32[N, d_in]; return the stats
+        (the trainer logs them once per statistics pass, which a fused group's members share).
 
         scale = sqrt(mean ‖z − μ‖²), so E‖x‖² = 1 and code magnitudes are O(1) whatever the encoder:
         the loss weights in the config then mean the same on every dataset. b_dec starts at the
@@ -368,10 +366,6 @@ class STSAE(nn.Module):
         if not scale > 0:
             raise StsaeError("train embeddings are constant (zero spread); check the extract stage")
         stats = InputStats(float(np.linalg.norm(mean) / scale), effective_rank_of_scatter(scatter), n)
-        # INFO once per statistics pass: a fused group's members share one pass, which the trainer logs
-        log.log(logging.INFO if statistics is None else logging.DEBUG,
-                "train embeddings: ‖μ‖/‖σ‖ = %.2f, effective rank = %.1f of %d (%d rows)",
-                stats.mean_norm_over_std, stats.effective_rank, self.d_in, stats.n_rows)
         self.input_mean.copy_(torch.from_numpy(mean).float())
         self.input_scale.fill_(scale)
         sample = self.standardise(torch.from_numpy(_rows(z, _INIT_ROWS, generator)))

@@ -183,9 +183,10 @@ def _datasets(run_dir: RunDir) -> tuple[WindowTripletDataset, WindowTripletDatas
             WindowTripletDataset(emb.z, emb.z_aug, emb.index, "val"))
 
 
-def train_share(job: ShareJob) -> None:
-    """Train (or resume) every group of `job` in order."""
-    train, val = _datasets(job.run_dir)
+def train_share(job: ShareJob, data: tuple[WindowTripletDataset, WindowTripletDataset] | None = None) -> None:
+    """Train (or resume) every group of `job` in order on `data` (the run's train and val triplets; a
+    spawned worker, given none, maps them itself)."""
+    train, val = data or _datasets(job.run_dir)
     for group in job.groups:
         _train_group(job, group, train, val)
 
@@ -232,7 +233,8 @@ def _worker_setup(threads: int, verbosity: int, log_file: Path) -> None:
     setup_logging(verbosity, log_file)
 
 
-def _train_in_workers(jobs: list[ShareJob], log_file: Path) -> None:
+def _train_in_workers(jobs: list[ShareJob], log_file: Path,
+                      data: tuple[WindowTripletDataset, WindowTripletDataset]) -> None:
     """Train jobs[0] here and the others in spawned worker processes, the cores split evenly among them
     (one torch thread each on the demo's 2 cores): single-threaded trainers of independent shares beat
     one multi-threaded trainer on the grid's small GEMMs, and on a loaded machine by far (README,
@@ -249,7 +251,7 @@ def _train_in_workers(jobs: list[ShareJob], log_file: Path) -> None:
                 initargs=(threads, verbosity, log_file)))
             pending = [pool.submit(train_share, job) for job in others]
         with _threads(threads):
-            train_share(here)
+            train_share(here, data)
         for future in pending:
             future.result()
 
@@ -288,9 +290,9 @@ def _train_grid(ctx: StageContext, only: Sequence[str], device: torch.device) ->
                      plan.saves_own_models, share) for share in plan.shares]
     t0 = time.perf_counter()
     if plan.parallel == "workers":
-        _train_in_workers(jobs, ctx.run_dir.log)
+        _train_in_workers(jobs, ctx.run_dir.log, (train, val))
     else:
-        train_share(jobs[rank() if plan.parallel == "grid" else 0])
+        train_share(jobs[rank() if plan.parallel == "grid" else 0], (train, val))
     barrier()  # rank 0 records the stage only once every rank has saved its models
     if not is_main_process():
         return
