@@ -13,7 +13,9 @@ With --prepare-ranks N > 1, prepare runs under `torchrun --standalone --nproc-pe
 work unit); its peak RSS is then the sum over the launcher and every rank.
 
 The default 1M-window run (with its 100k comparison) took 1 h 45 min on the 2-core box
-(`make bench-scale`); `--windows 2000` is a quick smoke test. Not part of the test suite.
+(`make bench-scale`); `--windows 2000` is a quick smoke test. `--large-only --all-stages --work-dir DIR` runs every
+pipeline stage on the large cohort only, resuming from whatever stages DIR already holds (e.g. a
+sharded prepare). Not part of the test suite.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from stsae.utils.io import write_json
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 STAGES = ("prepare", "extract", "train", "evaluate")
+ALL_STAGES = ("prepare", "extract", "train", "baselines", "evaluate", "age", "ground", "figures", "report")
 RSS_FLAG_BYTES = 4 * 2**30
 WINDOWS_PER_PATIENT = 60  # 2 records x 5 min of 10 s windows
 
@@ -96,12 +99,15 @@ def run_stage(stage: str, run_dir: Path, sets: list[str], ranks: int = 1) -> dic
             "peak_anonymous_rss_gib": round(peak_anonymous / 2**30, 3), "rss_over_4gib": peak >= RSS_FLAG_BYTES}
 
 
-def scale_run(n_windows: int, steps: int, work: Path, prepare_ranks: int = 1) -> dict[str, Any]:
-    """Every stage at one cohort size; windows/s uses the windows prepare actually wrote."""
+def scale_run(n_windows: int, steps: int, work: Path, prepare_ranks: int = 1,
+              stage_names: tuple[str, ...] = STAGES) -> dict[str, Any]:
+    """Every stage at one cohort size; windows/s uses the windows prepare actually wrote. A stage whose
+    outputs already stand in the run directory with the same inputs is reused by the pipeline itself
+    (its time is then the provenance check), so a `--work-dir` that holds an earlier prepare resumes."""
     run_dir = work / f"n{n_windows}"
     sets = overrides(n_windows, steps)
     stages: dict[str, Any] = {}
-    for stage in STAGES:
+    for stage in stage_names:
         stages[stage] = run_stage(stage, run_dir, sets, prepare_ranks if stage == "prepare" else 1)
         print(f"  N={n_windows:>9}: {stage:<9} {stages[stage]['seconds']:>9.1f} s  "
               f"peak RSS {stages[stage]['peak_rss_gib']:.2f} GiB "
@@ -112,6 +118,10 @@ def scale_run(n_windows: int, steps: int, work: Path, prepare_ranks: int = 1) ->
     return {"windows": written, "stages": stages}
 
 
+def _machine() -> dict[str, Any]:
+    return {"cpus": psutil.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--windows", type=int, default=1_000_000, help="Windows in the large cohort.")
@@ -119,9 +129,25 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200, help="ST-SAE training steps (same at both sizes).")
     parser.add_argument("--work-dir", type=Path, default=None, help="Where run directories go (temp dir).")
     parser.add_argument("--prepare-ranks", type=int, default=1, help="torchrun ranks of the prepare stage.")
+    parser.add_argument("--large-only", action="store_true",
+                        help="Run only the large cohort (no small comparison, no scaling exponents).")
+    parser.add_argument("--all-stages", action="store_true",
+                        help="Run every pipeline stage, not only prepare/extract/train/evaluate.")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "bench_scale.json")
     args = parser.parse_args()
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="stsae-scale-"))
+    if args.large_only:
+        try:
+            large = scale_run(args.windows, args.steps, work, args.prepare_ranks,
+                              ALL_STAGES if args.all_stages else STAGES)
+        finally:
+            if args.work_dir is None:
+                shutil.rmtree(work, ignore_errors=True)
+        flagged = [stage for stage, r in large["stages"].items() if r["rss_over_4gib"]]
+        write_json(args.out, {"machine": _machine(), "steps": args.steps, "prepare_ranks": args.prepare_ranks,
+                              "d_dict": 4096, "large": large, "rss_over_4gib": flagged})
+        print(f"RSS >= 4 GiB: {flagged or 'none'}; wrote {args.out}")
+        return
     try:
         small = scale_run(max(WINDOWS_PER_PATIENT * 10, args.windows // args.small_ratio), args.steps, work,
                           args.prepare_ranks)
@@ -141,8 +167,7 @@ def main() -> None:
                        for stage in STAGES}
     flagged = [f"{size}:{stage}" for size, res in (("large", large), ("small", small))
                for stage, r in res["stages"].items() if r["rss_over_4gib"]]
-    machine = {"cpus": psutil.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1)}
-    result = {"machine": machine,
+    result = {"machine": _machine(),
               "steps": args.steps, "prepare_ranks": args.prepare_ranks, "d_dict": 4096, "small": small,
               "large": large, "size_ratio": size_ratio,
               "time_scaling_exponent": scaling, "peak_rss_ratio": rss_ratio,
