@@ -93,9 +93,12 @@ def auxk_scale(dot: Tensor, power: Tensor) -> Tensor:
     latents closest to firing below zero, where the ReLU ends their gradient for good: at K = 2048 an
     early AuxK left more latents never firing than none (benchmarks/README.md, "AuxK code"). With ê
     scaled to its best fit the overshoot costs nothing, and the gradient only turns the selected
-    latents towards the residual; capped at 1, an ê too small is still pushed to grow.
+    latents towards the residual; capped at 1, an ê too small is still pushed to grow. An ê of zeros
+    (every selected latent negative on every row) cannot overshoot and gets scale 1: scale 0 there would
+    take away the straight-through gradient that `auxk_code` relu_unstick / straight_through give them.
     """
-    return (dot / power.clamp_min(1e-12)).clamp(0.0, 1.0).detach()
+    fitted = (dot / power.clamp_min(1e-12)).clamp(0.0, 1.0)
+    return torch.where(power > 0, fitted, torch.ones_like(fitted)).detach()
 
 
 def term_weights(weights: LossWeights, activation: str) -> tuple[float, ...]:
