@@ -1,8 +1,8 @@
 """Identity of what a stage consumed and produced, so "up to date" means the bytes, not just the config.
 
 A stage's fingerprint hashes its declared config slice, the identity of its external inputs (a file:
-sha256, cached by path + size + mtime_ns; a directory: a listing of every file with size + mtime_ns)
-and its upstream stages' fingerprints. Its stage.json also records the digest of each upstream stage's
+sha256, cached by path + size + mtime_ns; a directory: a listing of every file with size + mtime_ns),
+its upstream stages' fingerprints and its code (`code_identity`). Its stage.json also records the digest of each upstream stage's
 outputs, so any rerun of an upstream stage that changes a byte or a timestamp of its outputs makes
 everything downstream stale.
 

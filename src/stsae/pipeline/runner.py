@@ -22,6 +22,7 @@ from stsae import __version__
 from stsae.config import Config, config_to_yaml
 from stsae.errors import StsaeError
 from stsae.pipeline import provenance
+from stsae.pipeline.code_identity import code_digest
 from stsae.pipeline.contract import StageContext, StageContract, config_slice, restricted
 from stsae.pipeline.lock import remove_orphaned_temp_files
 from stsae.pipeline.manifest import static_facts, update_manifest
@@ -39,6 +40,7 @@ STAGES: tuple[StageContract, ...] = tuple(module.CONTRACT for module in _MODULES
 STAGE_BY_NAME = {stage.name: stage for stage in STAGES}
 StageEntry = Callable[[StageContext], None]
 _RUN: dict[str, StageEntry] = {module.CONTRACT.name: module.run for module in _MODULES}
+_MODULE_NAME = {module.CONTRACT.name: module.__name__ for module in _MODULES}
 
 
 def _entry(stage: StageContract) -> StageEntry:
@@ -73,16 +75,18 @@ def upstream_outputs(run_dir: RunDir, stage: StageContract) -> dict[str, str | N
 
 
 def fingerprint(config: Config, run_dir: RunDir, stage: StageContract) -> str:
-    """Declared config slice + external input identities + upstream fingerprints + package version.
+    """Declared config slice + external input identities + upstream fingerprints + package version + the
+    digest of the stage's code (its module and every stsae module it imports: `code_identity`).
 
-    Reproducible: the same config and inputs give the same fingerprints in any run directory, so a model
-    can record the extract fingerprint it was trained on. Upstream *outputs* are checked separately
+    Reproducible: the same config, inputs and code give the same fingerprints in any run directory, so a
+    model can record the extract fingerprint it was trained on. Upstream *outputs* are checked separately
     (`stale_reason`), since their identity includes modification times.
     """
     inputs = {key: provenance.input_identity(config_slice(config, (key,))[key], run_dir.hash_cache)
               for key in stage.inputs}
-    return provenance.digest({"version": __version__, "reads": config_slice(config, stage.reads),
-                              "inputs": inputs, "upstream": upstream_fingerprints(run_dir, stage)})
+    return provenance.digest({"version": __version__, "code": code_digest(_MODULE_NAME[stage.name]),
+                              "reads": config_slice(config, stage.reads), "inputs": inputs,
+                              "upstream": upstream_fingerprints(run_dir, stage)})
 
 
 def output_files(run_dir: RunDir, stage: StageContract) -> list[Path]:
@@ -117,7 +121,7 @@ def stale_reason(run_dir: RunDir, stage: StageContract, fp: str) -> str | None:
     if record is None:
         return "never finished"
     if record.get("fingerprint") != fp:
-        return "config, external inputs or upstream fingerprints changed"
+        return "config, code, external inputs or upstream fingerprints changed"
     rebuilt = [name for name, digest in upstream_outputs(run_dir, stage).items()
                if record.get("upstream_outputs", {}).get(name) != digest]
     if rebuilt:
