@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -225,3 +227,56 @@ def test_force_runs_a_single_stage_on_edited_upstream_outputs_and_the_next_run_r
     forced = runner.StageContext(load_config(None), run_dir, "", force=True)
     assert runner.run_stages(forced, ["extract"]) == ["extract"]
     assert _run(run_dir) == CHAIN
+
+
+RANK_SCRIPT = """
+import json, os, sys, time
+from pathlib import Path
+from stsae.config import load_config
+from stsae.pipeline import runner
+from stsae.rundir import RunDir
+
+run_root, log = Path(sys.argv[1]), Path(sys.argv[2])
+rank = os.environ["RANK"]
+
+def file_barrier(name):
+    (log.parent / f"{name}.{rank}").touch()
+    while not all((log.parent / f"{name}.{other}").exists() for other in ("0", "1")):
+        time.sleep(0.05)
+
+def fake_entry(stage):
+    def run(ctx):
+        if stage.multi_rank:
+            file_barrier(stage.name)  # as the real stages' process group does
+        if rank == "0" and stage.name == "prepare":
+            time.sleep(2.0)  # rank 0 records prepare late, as after a long assembly
+        with log.open("a") as handle:
+            handle.write(json.dumps([rank, stage.name, ctx.fingerprint]) + "\\n")
+        out = ctx.run_dir.root / stage.out_dir
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"out{rank}.txt").write_text(stage.name)
+    return run
+
+runner._entry = fake_entry
+runner.run_stages(runner.StageContext(load_config(None), RunDir(run_root), ""),
+                  ["prepare", "extract", "train", "baselines", "evaluate"])
+"""
+
+
+def test_torchrun_ranks_share_fingerprints_and_only_rank_0_runs_single_rank_stages(tmp_path):
+    """Two ranks of `stsae run` (as torchrun starts them, without a process group: the fake stages need
+    none). Rank 1 must wait for rank 0's record of each stage before fingerprinting the next, so both
+    run extract and train under the same fingerprints, and leave baselines/evaluate to rank 0."""
+    script, log = tmp_path / "rank.py", tmp_path / "calls.jsonl"
+    script.write_text(RANK_SCRIPT)
+    (tmp_path / "run").mkdir()
+    procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path / "run"), str(log)],
+                              env={**os.environ, "RANK": str(rank), "WORLD_SIZE": "2"}) for rank in (0, 1)]
+    assert [proc.wait(timeout=300) for proc in procs] == [0, 0]
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    by_rank = {rank: {stage: fp for r, stage, fp in calls if r == rank} for rank in ("0", "1")}
+    assert list(by_rank["0"]) == ["prepare", "extract", "train", "baselines", "evaluate"]
+    assert list(by_rank["1"]) == ["prepare", "extract", "train"]
+    assert all(by_rank["1"][stage] == by_rank["0"][stage] for stage in by_rank["1"])
+    record = json.loads((tmp_path / "run" / "models" / "stage.json").read_text())
+    assert record["fingerprint"] == by_rank["1"]["train"]

@@ -36,6 +36,8 @@ class StageContract:
     out_dir: folder under the run directory holding its outputs and its `stage.json`.
     extra_outputs: `RunDir` properties of output files outside `out_dir` (e.g. `report_html`).
     scratch: sub-folders of `out_dir` that are not outputs (resumable state, set-aside files).
+    multi_rank: the stage shares its work between torchrun ranks (prepare, extract, train), so every rank
+        runs it; any other stage runs on rank 0 alone (a second rank would only repeat its work).
     """
 
     name: str
@@ -46,6 +48,7 @@ class StageContract:
     inputs: tuple[str, ...] = ()
     extra_outputs: tuple[str, ...] = ()
     scratch: tuple[str, ...] = ()
+    multi_rank: bool = False
 
     def __post_init__(self) -> None:
         undeclared = [key for key in self.inputs if not covers(self.reads, key)]

@@ -2,9 +2,9 @@
 
 A stage's fingerprint hashes its declared config slice, the identity of its external inputs (a file:
 sha256, cached by path + size + mtime_ns; a directory: a listing of every file with size + mtime_ns),
-its upstream stages' fingerprints and its code (`code_identity`). Its stage.json also records the digest of each upstream stage's
-outputs, so any rerun of an upstream stage that changes a byte or a timestamp of its outputs makes
-everything downstream stale.
+its upstream stages' fingerprints and its code (`code_identity`). Its stage.json also records the
+digest of each upstream stage's outputs, so any rerun of an upstream stage that changes a byte or a
+timestamp of its outputs makes everything downstream stale.
 
 Outputs are identified by size, mtime_ns and a sampled content hash (first and last MiB plus evenly
 spaced 64 KiB blocks): reading about 4 MiB per file keeps the freshness check of a 5 GB windows.npy in

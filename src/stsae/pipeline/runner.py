@@ -39,6 +39,7 @@ _MODULES = (prepare, extract, train, baselines, evaluate, age, ground, figures, 
 STAGES: tuple[StageContract, ...] = tuple(module.CONTRACT for module in _MODULES)
 STAGE_BY_NAME = {stage.name: stage for stage in STAGES}
 StageEntry = Callable[[StageContext], None]
+RECORD_WAIT_S = 6 * 3600.0  # longest a rank waits for rank 0's stage record (torchrun ends it if rank 0 fails)
 _RUN: dict[str, StageEntry] = {module.CONTRACT.name: module.run for module in _MODULES}
 _MODULE_NAME = {module.CONTRACT.name: module.__name__ for module in _MODULES}
 
@@ -188,11 +189,37 @@ def _record_config(config: Config, run_dir: RunDir) -> None:
     update_manifest(run_dir.manifest, static_facts(config))
 
 
-def run_stages(ctx: StageContext, names: list[str], partial: Mapping[str, StageEntry] | None = None) -> list[str]:
-    """Run the named stages in pipeline order; returns those that actually ran.
+def await_record(run_dir: RunDir, stage: StageContract, fp: str, timeout_s: float = RECORD_WAIT_S) -> None:
+    """A torchrun rank other than 0 waits until rank 0 has recorded `stage` with fingerprint `fp`.
 
-    partial: stage name -> a partial run of that stage (see `run_stage`).
+    Why: only rank 0 writes stage.json, after its own share (and, for prepare, the assembly) is done; a
+    rank that went on at once would fingerprint the next stage on a missing or old upstream record and
+    run it under another fingerprint than rank 0 (another resume key, models recorded as stale)."""
+    deadline = time.monotonic() + timeout_s
+    while (read_record(run_dir, stage) or {}).get("fingerprint") != fp:
+        if time.monotonic() > deadline:
+            raise StsaeError(f"{record_path(run_dir, stage)}: rank 0 did not record stage '{stage.name}' "
+                             f"within {timeout_s:.0f} s")
+        time.sleep(0.2)
+
+
+def run_stages(ctx: StageContext, names: list[str], partial: Mapping[str, StageEntry] | None = None) -> list[str]:
+    """Run the named stages in pipeline order; returns those that actually ran (on this rank).
+
+    partial: stage name -> a partial run of that stage (see `run_stage`). Under torchrun, ranks other
+    than 0 run only the `multi_rank` stages, each after rank 0 recorded the stages before it, and stop
+    after the last of them.
     """
     prepare_run_dir(ctx.run_dir)
     partial = partial or {}
-    return [name for name in names if run_stage(ctx, STAGE_BY_NAME[name], partial.get(name))]
+    if is_main_process():
+        return [name for name in names if run_stage(ctx, STAGE_BY_NAME[name], partial.get(name))]
+    stages = [STAGE_BY_NAME[name] for name in names]
+    last_shared = max((i for i, stage in enumerate(stages) if stage.multi_rank), default=-1)
+    ran = []
+    for stage in stages[: last_shared + 1]:
+        if stage.multi_rank and run_stage(ctx, stage, partial.get(stage.name)):
+            ran.append(stage.name)
+        if stage.name not in partial and stage is not stages[last_shared]:
+            await_record(ctx.run_dir, stage, fingerprint(ctx.config, ctx.run_dir, stage))
+    return ran

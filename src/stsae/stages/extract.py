@@ -293,7 +293,7 @@ def _encode_chunks(config: Config, paths: RunDir, outputs: list[Path], embedder:
 CONTRACT = StageContract(
     name="extract", help="Encode windows and augmented windows with PaPaGei-S into z.npy / z_aug.npy.",
     reads=("run.seed", "encoder", "extract", "data.augment", "data.windowing.fs_target"),
-    inputs=("encoder.weights",), upstream=("prepare",), out_dir="embeddings")
+    inputs=("encoder.weights",), upstream=("prepare",), out_dir="embeddings", multi_rank=True)
 
 
 def _choose_runtime(config: Config, embedder: FastEmbedder, windows: np.ndarray, window_ids: np.ndarray,

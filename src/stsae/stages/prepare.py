@@ -330,7 +330,7 @@ CONTRACT = StageContract(
     inputs=("data.pulsedb_root", "data.pulsedb_subset_info", "data.mimic_iii_root", "data.mimic_iii_clinical",
             "data.mimic_iv_root", "data.mimic_iv_clinical", "data.table_path", "data.wfdb_root", "data.npz_path",
             "data.clinical_path"),
-    upstream=(), out_dir="windows")
+    upstream=(), out_dir="windows", multi_rank=True)
 
 
 def run(ctx: StageContext) -> None:

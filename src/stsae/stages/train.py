@@ -68,7 +68,8 @@ GRID_WAIT = timedelta(hours=24)
 
 CONTRACT = StageContract(
     name="train", help="Train the ST-SAE grid: full, five ablations, K-sweep, seeds.",
-    reads=("train",), upstream=("extract",), out_dir="models", scratch=("checkpoints", "stale"))
+    reads=("train",), upstream=("extract",), out_dir="models", scratch=("checkpoints", "stale"),
+    multi_rank=True)
 
 
 def set_aside_stale(run_dir: RunDir, current: set[str]) -> list[str]:
