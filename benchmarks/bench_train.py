@@ -1,5 +1,7 @@
 """ST-SAE training throughput: triplets/s per K, GFLOP/s vs this machine's fp32 GEMM, sparse vs dense
-Top-K decode, fp32 vs bf16, and the demo grid's estimated wall time; or, with `--fused M`, the first M
+Top-K decode, fp32 vs bf16, the steady state with AuxK active (timed once the dead-latent window is
+full, so AuxK's cost, proportional to the dead latents, is in the step) and the demo grid's
+estimated wall time; or, with `--fused M`, the first M
 models of the demo grid at its K trained one by one and then as one fused group (wall time ratio, and
 whether every member's weights came out identical). All numbers come from one run, so compare the
 ratios; absolute figures depend on the machine and its load.
@@ -21,6 +23,7 @@ pairs), on the 2-core machine shared with other jobs (1-min load average 5-10, s
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import time
@@ -62,17 +65,24 @@ def gemm_gflops(repeats: int = 10) -> float:
 
 
 def step_seconds(train: WindowTripletDataset, cfg: TrainSection, variant: str, d_dict: int,
-                 steps: int) -> float:
-    """Median wall seconds of one optimizer step (after two warm-up steps)."""
-    trainer = Trainer(train, None, cfg, variant, d_dict, seed=0, steps=steps + 2)
-    trainer.update()
-    trainer.update()
+                 steps: int, warmup: int = 2) -> tuple[float, float]:
+    """(median wall seconds of one optimizer step after `warmup` steps, dead fraction by the trainer's
+    tracker when the timing starts; NaN before a dead window of samples was seen)."""
+    trainer = Trainer(train, None, cfg, variant, d_dict, seed=0, steps=steps + warmup)
+    for _ in range(warmup):
+        trainer.update()
+    dead = trainer.dead_latents()["dead_fraction_train"]
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
         trainer.update()
         times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+    return float(np.median(times)), float("nan") if dead is None else float(dead)
+
+
+def auxk_warmup(cfg: TrainSection) -> int:
+    """Steps until the dead-latent window is full, so AuxK runs on every timed step after it."""
+    return math.ceil(cfg.dead_after_samples / cfg.batch_size) + 2
 
 
 def counted_flops(cfg: TrainSection, variant: str, d_dict: int) -> float:
@@ -142,19 +152,23 @@ def main() -> None:
     for size in SIZES:
         dense_cfg = cfg.model_copy(update={"sparse_decode": False})
         bf16_cfg = cfg.model_copy(update={"bf16": True})
-        fp32 = step_seconds(train, cfg, "full", size, args.steps)
-        dense = step_seconds(train, dense_cfg, "full", size, args.steps)
-        bf16 = step_seconds(train, bf16_cfg, "full", size, args.steps)
+        fp32, _ = step_seconds(train, cfg, "full", size, args.steps)
+        dense, _ = step_seconds(train, dense_cfg, "full", size, args.steps)
+        bf16, _ = step_seconds(train, bf16_cfg, "full", size, args.steps)
+        steady, dead = step_seconds(train, cfg, "full", size, args.steps, warmup=auxk_warmup(cfg))
         gflops = counted_flops(cfg, "full", size) / fp32 / 1e9
         result["per_k"][size] = {
             "triplets_per_s": cfg.batch_size / fp32, "step_s": fp32, "achieved_gflops": gflops,
             "fraction_of_gemm": gflops / peak, "dense_decode_step_s": dense,
-            "sparse_over_dense_speedup": dense / fp32, "bf16_step_s": bf16, "bf16_speedup": fp32 / bf16}
+            "sparse_over_dense_speedup": dense / fp32, "bf16_step_s": bf16, "bf16_speedup": fp32 / bf16,
+            "auxk_active": {"after_steps": auxk_warmup(cfg), "dead_fraction": dead, "step_s": steady,
+                            "triplets_per_s": cfg.batch_size / steady, "over_first_steps": fp32 / steady}}
         print(f"K={size:5d}: {cfg.batch_size / fp32:7.0f} triplets/s, {gflops:5.1f} GFLOP/s "
               f"({gflops / peak:4.0%} of GEMM {peak:.1f}), sparse/dense decode x{dense / fp32:.2f}, "
-              f"bf16 x{fp32 / bf16:.2f}")
+              f"bf16 x{fp32 / bf16:.2f}; with AuxK active (step {auxk_warmup(cfg)}, {dead:.0%} dead) "
+              f"{cfg.batch_size / steady:7.0f} triplets/s (x{fp32 / steady:.2f} of the first steps')")
     measured = ("full", "no_smooth", "vanilla")
-    per_variant = {v: step_seconds(train, demo, v, demo.d_dict, args.steps) for v in measured}
+    per_variant = {v: step_seconds(train, demo, v, demo.d_dict, args.steps)[0] for v in measured}
     same_cost = {"no_stab": "no_smooth", "no_div": "full", "no_renorm": "full"}
     estimate = sum(per_variant[same_cost.get(e.variant, e.variant)] * e.d_dict / demo.d_dict * demo.steps
                    for e in build_grid(demo))
