@@ -7,10 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from stsae.config import load_config
 from stsae.pipeline import code_identity, runner
 from stsae.pipeline.code_identity import code_digest
-from stsae.rundir import RunDir
 
 _PACKAGE_IDS = itertools.count()
 
@@ -68,28 +66,3 @@ def test_stage_digests_differ_and_are_stable_across_calls():
     assert len(set(digests.values())) == len(digests)
     code_identity.code_digest.cache_clear()
     assert digests == {stage.name: code_digest(runner._MODULE_NAME[stage.name]) for stage in runner.STAGES}
-
-
-def test_a_code_change_reruns_the_stage_and_its_downstream(tmp_path, monkeypatch):
-    calls: list[str] = []
-
-    def fake_entry(stage):
-        def run(ctx):
-            calls.append(stage.name)
-            out = ctx.run_dir.root / stage.out_dir
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "out.txt").write_text(stage.name)
-        return run
-
-    monkeypatch.setattr(runner, "_entry", fake_entry)
-    run_dir, chain = RunDir(tmp_path / "run"), ["prepare", "extract", "train"]
-
-    def run() -> list[str]:
-        return runner.run_stages(runner.StageContext(load_config(None), run_dir, ""), chain)
-
-    assert run() == chain and run() == []
-    real = runner.code_digest
-    edited = lambda module: real(module) + ("x" if module.endswith("extract") else "")  # noqa: E731
-    monkeypatch.setattr(runner, "code_digest", edited)
-    assert run() == ["extract", "train"]
-    assert "code" in runner.stale_reason(run_dir, runner.STAGE_BY_NAME["train"], "other")

@@ -72,6 +72,16 @@ def test_fresh_stages_are_skipped_and_a_config_change_reruns_it_and_its_downstre
     assert _run(run_dir, load_config(None, ["extract.batch_size=7"])) == ["extract", "train"]
 
 
+def test_a_code_change_reruns_the_stage_and_its_downstream(tmp_path, fake_stages, monkeypatch):
+    run_dir = RunDir(tmp_path / "run")
+    assert _run(run_dir) == CHAIN and _run(run_dir) == []
+    real = runner.code_digest
+    edited = lambda module: real(module) + ("x" if module.endswith("extract") else "")  # noqa: E731
+    monkeypatch.setattr(runner, "code_digest", edited)
+    assert _run(run_dir) == ["extract", "train"]
+    assert "code" in runner.stale_reason(run_dir, runner.STAGE_BY_NAME["train"], "other")
+
+
 def test_force_reruns_a_fresh_stage_and_makes_its_downstream_stale(tmp_path, fake_stages):
     run_dir = RunDir(tmp_path / "run")
     _run(run_dir)
