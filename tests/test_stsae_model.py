@@ -113,8 +113,7 @@ def test_unknown_init_is_refused_naming_the_key():
 
 
 @pytest.mark.parametrize(("aux_code", "code_is_zero", "gets_gradient"),
-                         [("relu", True, False), ("straight_through", True, True), ("linear", False, True),
-                          ("relu_unstick", True, True)])
+                         [("relu", True, False), ("straight_through", True, True), ("linear", False, True)])
 def test_auxk_codes_of_latents_negative_on_every_row_follow_the_mode(aux_code, code_is_zero, gets_gradient):
     """relu: code 0, no gradient (Gao et al.); straight_through: code 0, encoder gradient through the
     ReLU; linear: the negative pre-activation itself, with gradient. Live latents never get any."""
@@ -146,34 +145,6 @@ def test_auxk_relu_codes_train_dead_latents_where_their_pre_activation_is_positi
     trained = torch.zeros(64, dtype=torch.bool)
     trained[codes.aux_idx[positive]] = True
     assert torch.equal(model.b_enc.grad > 0, trained)
-
-
-def test_relu_unstick_passes_straight_through_only_for_latents_negative_on_every_row():
-    """A dead latent positive on some rows is trained as relu trains it (only where positive); one
-    negative on every row gets the straight-through encoder gradient on every row it was selected."""
-    model = _model()
-    x = model.standardise(torch.from_numpy(_data(n=50, seed=5)))
-    dead = torch.zeros(64, dtype=torch.bool)
-    dead[::4] = True
-    stuck = torch.zeros(64, dtype=torch.bool)
-    stuck[::8] = True  # half of the dead latents
-    with torch.no_grad():
-        model.b_enc[stuck] = -100.0
-    codes = model.codes(x, dead, k_aux=16, aux_code="relu_unstick")  # k_aux = all 16 dead, every row
-    positive = codes.aux_vals > 0
-    ever_positive = torch.zeros(64, dtype=torch.bool)
-    ever_positive[codes.aux_idx[positive]] = True
-    assert ever_positive.any() and not ever_positive[stuck].any()
-    codes.aux_vals.sum().backward()
-    assert torch.equal(model.b_enc.grad != 0, dead)  # the stuck ones included
-    reference = _model()
-    with torch.no_grad():
-        reference.b_enc[stuck] = -100.0
-    relu = reference.codes(x, dead, k_aux=16, aux_code="relu")
-    assert torch.equal(relu.aux_idx, codes.aux_idx) and torch.equal(relu.aux_vals, codes.aux_vals.detach())
-    relu.aux_vals.sum().backward()
-    assert torch.equal(reference.b_enc.grad[ever_positive], model.b_enc.grad[ever_positive])
-    assert (reference.b_enc.grad[dead & ~ever_positive] == 0).all()
 
 
 def test_unknown_auxk_code_is_refused_naming_the_key():

@@ -344,12 +344,11 @@ class TrainSection(_Section):
         "(capped at 1), so that an overshooting AuxK reconstruction does not push the dead latents' codes "
         "below zero for good (stsae.train.losses.auxk_scale); false: plain AuxK (Gao et al.)."
     )
-    auxk_code: Literal["relu", "straight_through", "linear", "relu_unstick"] = Field(
+    auxk_code: Literal["relu", "straight_through", "linear"] = Field(
         "relu", description="AuxK codes of the selected dead latents: 'relu' (post-ReLU pre-activations, "
         "gradient only where positive: Gao et al., dictionary_learning), 'straight_through' (the same "
-        "codes, encoder gradient through the ReLU), 'linear' (raw pre-activations as codes) or "
-        "'relu_unstick' (relu, but a latent negative on every row of the batch gets the straight-through "
-        "encoder gradient; benchmarks/README.md, 'AuxK code')."
+        "codes, encoder gradient through the ReLU) or 'linear' (raw pre-activations as codes; "
+        "benchmarks/README.md, 'AuxK code')."
     )
     checkpoint_every: int = Field(500, ge=1, description="Steps between resumable checkpoints.")
     eval_every: int = Field(250, ge=1, description="Steps between validation evaluations.")

@@ -21,9 +21,7 @@ Public SAE practice this follows, and where from:
   pre-activations with gradient only where positive (Gao et al., dictionary_learning, sparsify);
   "straight_through", the same codes with the encoder's gradient passed through the ReLU;
   "linear", the raw pre-activations as codes (encoder and decoder both trained, negative codes
-  included); "relu_unstick", relu codes except for a latent negative on every row of the batch, whose
-  encoder gradient passes straight through (relu alone never moves it, straight-through on every
-  latent churns at K >= 2048). Which revives latents best was measured (benchmarks/README.md, "AuxK code").
+  included). Which revives latents best was measured (benchmarks/README.md, "AuxK code").
 
 The Top-K encoder has a sparse backward pass (only the k selected latents, plus the AuxK latents, get
 gradient), so a training step costs one dense GEMM instead of three; see `_TopKEncode`. Training runs
@@ -57,7 +55,7 @@ _INIT_NOISE = 0.1  # relative isotropic noise mixed into data-sampled atoms so d
 _INIT_ROWS = 8192  # train rows for the geometric median and the encoder-scale fit
 _STATS_CHUNK = 8192  # rows per float64 chunk of the input statistics
 INITS = ("random", "data")
-AUXK_CODES = ("relu", "straight_through", "linear", "relu_unstick")
+AUXK_CODES = ("relu", "straight_through", "linear")
 
 
 class CheckpointError(StsaeError, ValueError):
@@ -192,11 +190,7 @@ class _TopKEncode(torch.autograd.Function):
             # the other models' dead latents, which widen dead_pre
             aux_vals, position = dead_pre.topk(min(k_aux, dead_ids.numel()), dim=2, sorted=True)
             aux_idx = dead_ids[position]
-            stuck = None
-            if aux_code == "relu_unstick":  # negative on every AuxK row of this batch: relu gives no gradient
-                stuck_dead = ~(dead_pre > 0).any(1)  # [M, n_dead]
-                stuck = stuck_dead.gather(1, position.reshape(position.shape[0], -1)).reshape(position.shape)
-            aux_vals, aux_pass = _aux_codes(aux_vals, aux_code, stuck)
+            aux_vals, aux_pass = _aux_codes(aux_vals, aux_code)
         else:
             aux_vals = pre.new_zeros(x.shape[0], 0, 0)
             aux_idx = idx.new_zeros(x.shape[0], 0, 0)
@@ -228,14 +222,12 @@ class _TopKEncode(torch.autograd.Function):
                 None, None, None, None, None)
 
 
-def _aux_codes(pre: Tensor, aux_code: str, stuck: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def _aux_codes(pre: Tensor, aux_code: str) -> tuple[Tensor, Tensor]:
     """(codes, bool mask of the entries that pass gradient) of the selected dead latents' pre-activations.
 
     pre: float32[M, R, k_aux], -inf where the latent is not the model's own (those give code 0 and no
     gradient in every mode). "relu": relu(pre), gradient where pre > 0; "straight_through": relu(pre),
-    gradient through the ReLU as if it were the identity; "linear": pre itself; "relu_unstick": relu's
-    codes and gradient, plus straight-through gradient on the entries of latents `stuck` (bool, shaped
-    like pre: no positive pre-activation on any AuxK row) (see `AUXK_CODES`)."""
+    gradient through the ReLU as if it were the identity; "linear": pre itself (see `AUXK_CODES`)."""
     own = torch.isfinite(pre)
     if aux_code == "linear":
         return torch.where(own, pre, 0.0), own
@@ -243,8 +235,6 @@ def _aux_codes(pre: Tensor, aux_code: str, stuck: Tensor | None = None) -> tuple
         return pre.clamp_min(0.0), own
     if aux_code == "relu":
         return pre.clamp_min(0.0), pre > 0
-    if aux_code == "relu_unstick" and stuck is not None:
-        return pre.clamp_min(0.0), (pre > 0) | (stuck & own)
     raise StsaeError(f"train.auxk_code: must be one of {AUXK_CODES}, got {aux_code!r}")
 
 

@@ -95,7 +95,7 @@ def auxk_scale(dot: Tensor, power: Tensor) -> Tensor:
     scaled to its best fit the overshoot costs nothing, and the gradient only turns the selected
     latents towards the residual; capped at 1, an ê too small is still pushed to grow. An ê of zeros
     (every selected latent negative on every row) cannot overshoot and gets scale 1: scale 0 there would
-    take away the straight-through gradient that `auxk_code` relu_unstick / straight_through give them.
+    take away the gradient that `auxk_code: straight_through` gives them.
     """
     fitted = (dot / power.clamp_min(1e-12)).clamp(0.0, 1.0)
     return torch.where(power > 0, fitted, torch.ones_like(fitted)).detach()
