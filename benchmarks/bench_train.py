@@ -18,6 +18,13 @@ pairs), on the 2-core machine shared with other jobs (1-min load average 5-10, s
   x2.2-3.6 at 2 threads. At one thread a K=128 step is mostly compute (top-k, the encoder GEMM, gathers,
   elementwise loss terms, all x12 in a fused step), so fusing mostly saves per-op and thread-pool
   overhead: the gain grows with threads and shrinks with K. Not yet measured on an idle machine.
+
+Measured 2026-11-30, `--threads 1 --steps 3` (demo config, `full` variant, batch 256, dead window 10 000
+samples; machine shared with a 1M-window extraction and a benchmark, load 4.4-4.9): with AuxK active
+(timed from step 42, dead window full) the step runs at 0.86x (K=1024, 1 % dead), 0.81x (2048, 2 %),
+0.91x (4096, 4 %) and 0.65x (8192, 7 % dead) of the first steps' rate. AuxK decodes k_aux = 256 atoms
+per AuxK row against k = 32 for the main code, so its decode costs several times the main decode
+whatever the number of dead latents; only the selection among dead latents scales with them.
 """
 
 from __future__ import annotations
