@@ -22,9 +22,10 @@ pairs), on the 2-core machine shared with other jobs (1-min load average 5-10, s
 Measured 2026-11-30, `--threads 1 --steps 3` (demo config, `full` variant, batch 256, dead window 10 000
 samples; machine shared with a 1M-window extraction and a benchmark, load 4.4-4.9): with AuxK active
 (timed from step 42, dead window full) the step runs at 0.86x (K=1024, 1 % dead), 0.81x (2048, 2 %),
-0.91x (4096, 4 %) and 0.65x (8192, 7 % dead) of the first steps' rate. AuxK decodes k_aux = 256 atoms
-per AuxK row against k = 32 for the main code, so its decode costs several times the main decode
-whatever the number of dead latents; only the selection among dead latents scales with them.
+0.91x (4096, 4 %) and 0.65x (8192, 7 % dead) of the first steps' rate. At K=8192 the 7 % dead are 573
+latents, so AuxK decodes the full k_aux = 256 atoms per row against k = 32 for the main code; at smaller
+K it decodes min(256, dead) atoms, and three timed steps on a loaded machine do not separate that cost
+from noise. Rerun idle with more --steps before quoting a ratio.
 """
 
 from __future__ import annotations
