@@ -111,17 +111,6 @@ def test_auxk_scale_forgives_an_overshoot_and_caps_an_undershoot_at_one():
     assert torch.allclose(_fitted_auxk(residual, -residual), torch.tensor(1.0))  # scale 0: no better than nothing
 
 
-def test_auxk_scale_of_an_all_zero_reconstruction_is_one_so_its_gradient_survives():
-    """Every selected latent negative on every row gives ê = 0: there is no overshoot to forgive, and
-    scale 0 would zero the gradient that straight-through codes need to move those latents."""
-    residual = _x(7)
-    aux_recon = torch.zeros_like(residual, requires_grad=True)
-    scale = auxk_scale((residual * aux_recon).sum((-2, -1)), aux_recon.pow(2).sum((-2, -1)))
-    assert scale == 1
-    l_auxk(residual, aux_recon, scale=scale).backward()
-    assert torch.allclose(aux_recon.grad, -2 * residual / centred_sum_of_squares(residual))
-
-
 def test_fitted_auxk_gradient_turns_the_reconstruction_without_shrinking_it():
     """At the least-squares scale the gradient on ê is orthogonal to ê: no push towards smaller codes."""
     residual = _x(6)

@@ -94,11 +94,11 @@ def auxk_scale(dot: Tensor, power: Tensor) -> Tensor:
     early AuxK left more latents never firing than none (benchmarks/README.md, "AuxK code"). With ê
     scaled to its best fit the overshoot costs nothing, and the gradient only turns the selected
     latents towards the residual; capped at 1, an ê too small is still pushed to grow. An ê of zeros
-    (every selected latent negative on every row) cannot overshoot and gets scale 1: scale 0 there would
-    take away the gradient that `auxk_code: straight_through` gives them.
+    (every selected latent negative on every row) gets scale 0, hence no AuxK gradient even for
+    straight-through codes; scale 1 there was tried and left more of the demo's latents dead
+    (benchmarks/README.md, "AuxK code").
     """
-    fitted = (dot / power.clamp_min(1e-12)).clamp(0.0, 1.0)
-    return torch.where(power > 0, fitted, torch.ones_like(fitted)).detach()
+    return (dot / power.clamp_min(1e-12)).clamp(0.0, 1.0).detach()
 
 
 def term_weights(weights: LossWeights, activation: str) -> tuple[float, ...]:
