@@ -90,6 +90,24 @@ def test_models_trained_on_other_embeddings_are_retrained_not_skipped(tmp_path):
     assert json.loads(path.with_suffix(".json").read_text())["embeddings"] == "emb-B"
 
 
+def test_models_trained_by_other_code_are_retrained_not_skipped(tmp_path, monkeypatch):
+    """An edit of the training code reruns the stage (its fingerprint holds the code digest); the
+    per-model check must then retrain the models the old code made, not keep them as finished."""
+    from stsae.train import grid
+
+    run_dir = embeddings_run_dir(tmp_path)
+    run(ctx(run_dir, config()), only=["full", "K=8"])
+    path = run_dir.stsae_checkpoint("full", 8, 0)
+    first = path.stat().st_mtime_ns
+    assert json.loads(path.with_suffix(".json").read_text())["code"] == grid.training_code()
+    run(ctx(run_dir, config()), only=["full", "K=8"])
+    assert path.stat().st_mtime_ns == first
+    monkeypatch.setattr(grid, "training_code", lambda: "edited")
+    run(ctx(run_dir, config()), only=["full", "K=8"])
+    assert path.stat().st_mtime_ns != first
+    assert json.loads(path.with_suffix(".json").read_text())["code"] == "edited"
+
+
 def test_models_outside_the_current_grid_or_embeddings_are_moved_to_stale(tmp_path):
     run_dir = embeddings_run_dir(tmp_path)
     run(ctx(run_dir, config()), only=["full", "K=8"])

@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 from stsae.config import TrainSection
 from stsae.errors import StsaeError
-from stsae.train.trainer import VARIANTS, model_recipe
+from stsae.train.trainer import VARIANTS, model_recipe, training_code
 from stsae.utils import io
 
 
@@ -84,11 +84,12 @@ def expected_sidecar(entry: GridEntry, cfg: TrainSection, embeddings: str | None
     """The sidecar fields a finished model must carry to count as done under this config.
 
     embeddings: the extract stage's fingerprint; a model trained on other embeddings (other weights,
-    seed, augmentation, windowing or raw data) is stale even if `train` is unchanged.
+    seed, augmentation, windowing or raw data) is stale even if `train` is unchanged, and so is one
+    trained by other code (`training_code`).
     """
     return {"variant": entry.variant, "d_dict": entry.d_dict, "seed": entry.seed,
             "activation": cfg.activation, "k": cfg.k, "steps": cfg.steps, "complete": True,
-            "train_config": model_recipe(cfg), "embeddings": embeddings}
+            "train_config": model_recipe(cfg), "embeddings": embeddings, "code": training_code()}
 
 
 def is_finished(weights: Path, entry: GridEntry, cfg: TrainSection, embeddings: str | None) -> bool:

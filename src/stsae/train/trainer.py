@@ -52,6 +52,7 @@ from stsae.models.stsae import (
     read_safetensors,
     safetensors_bytes,
 )
+from stsae.pipeline.code_identity import code_digest
 from stsae.train.losses import (
     LossTerms,
     auxk_scale,
@@ -106,6 +107,17 @@ def model_recipe(cfg: TrainSection) -> dict[str, Any]:
     models train together or where (a member of a group trains exactly as it would alone, a grid share
     on its rank as in one process), so switching them retrains nothing."""
     return cfg.model_dump(mode="json", exclude=set(SCHEDULING_KEYS))
+
+
+TRAINING_CODE_MODULE = "stsae.stages.train"
+
+
+def training_code() -> str:
+    """Digest of the code that trains a model: the train stage and every stsae module it imports
+    (`stsae.pipeline.code_identity`). Part of a finished model's sidecar and of a checkpoint's settings:
+    the stage fingerprint alone reruns the stage after a code edit, but its per-model check would then
+    keep every model the old code trained."""
+    return code_digest(TRAINING_CODE_MODULE)
 
 
 def train_rows(data: WindowTripletDataset, max_rows: int, seed: int) -> np.ndarray:
@@ -556,7 +568,7 @@ class FusedTrainer:
     def settings(self) -> dict[str, Any]:
         """What a checkpoint must match to be resumed (else it is stale and ignored)."""
         return {"d_dict": self.d_dict, "steps": self.total_steps, "train_config": model_recipe(self.cfg),
-                "embeddings": self.embeddings, "world_size": self.world,
+                "embeddings": self.embeddings, "code": training_code(), "world_size": self.world,
                 "members": [{"variant": m.variant, "seed": m.seed, "n_train_pairs": len(m.train),
                              "n_val_pairs": 0 if m.val is None else len(m.val)} for m in self.members]}
 
