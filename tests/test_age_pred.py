@@ -204,6 +204,23 @@ def test_patient_mean_codes_average_each_patients_windows_across_batches() -> No
     assert np.allclose(means, [[8, 10], [28 / 3, 34 / 3], [16, 18]])
 
 
+def test_patient_mean_codes_of_a_memmap_equal_those_of_the_array_bit_for_bit(tmp_path) -> None:
+    """A memmapped z (read with positioned reads, as the age stage does) gives exactly the means of the
+    same rows in memory, with patients spread over batches in any order."""
+    rs = np.random.default_rng(3)
+    z = rs.normal(size=(500, 8)).astype(np.float32)
+    patients = rs.choice([f"p{i}" for i in range(37)], size=500)
+    np.save(tmp_path / "z.npy", z)
+    mapped = np.load(tmp_path / "z.npy", mmap_mode="r")
+    encode = lambda batch: np.maximum(batch @ np.ones((8, 5), np.float32), 0)  # noqa: E731
+    ids, means = patient_mean_codes(encode, z, patients, batch_rows=64)
+    ids_mapped, means_mapped = patient_mean_codes(encode, mapped, patients, batch_rows=64)
+    assert list(ids) == list(ids_mapped) and np.array_equal(means, means_mapped)
+    codes = encode(z).astype(np.float64)
+    expected = np.stack([codes[patients == pid].mean(0) for pid in ids])
+    assert np.allclose(means, expected, rtol=1e-12, atol=1e-12)
+
+
 def test_patient_table_rejects_a_patient_in_two_splits() -> None:
     meta = pd.DataFrame(
         {

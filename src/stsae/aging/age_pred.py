@@ -26,6 +26,7 @@ from sklearn.model_selection import GroupKFold
 
 from stsae.aging.stability_selection import StabilityResult, stability_selection
 from stsae.config import AgingSection
+from stsae.data.dataset import row_gatherer
 from stsae.errors import InputDataError, StsaeError
 from stsae.utils.seeding import derive_seed, rng
 
@@ -139,24 +140,29 @@ def patient_mean_codes(
 
     encode: float32[B, 512] -> float[B, K]; z: float32[M, 512]; patient_ids: [M].
     Returns (ids: str[P] sorted, means: float64[P, K]).
+
+    Memory: the [P, K] sums plus one batch. Each batch adds only into the rows of its own patients (a
+    dense [P, K] block per batch cost 3 × 0.5 GiB and P·K work per batch at 1M windows, K = 4096), and z
+    is read with positioned reads (`row_gatherer`), so its pages do not stay in this process.
     """
     if z.ndim != 2 or len(patient_ids) != z.shape[0]:
         raise ValueError(f"z {list(z.shape)} and patient_ids ({len(patient_ids)}) must share rows")
+    if z.shape[0] == 0:
+        raise ValueError("patient_mean_codes: z has no rows")
     inverse, ids = pd.factorize(np.asarray(patient_ids).astype(str), sort=True)
+    gather = row_gatherer(z)
     sums: np.ndarray | None = None
     for start in range(0, z.shape[0], batch_rows):
         stop = min(start + batch_rows, z.shape[0])
-        codes = np.asarray(encode(np.array(z[start:stop], dtype=np.float32)), dtype=np.float64)
+        codes = np.asarray(encode(np.asarray(gather(np.arange(start, stop)), dtype=np.float32)), dtype=np.float64)
         if codes.ndim != 2 or codes.shape[0] != stop - start:
             raise ValueError(f"encode returned {list(codes.shape)} for {stop - start} rows")
-        one_hot = sp.csr_matrix(
-            (np.ones(stop - start), (inverse[start:stop], np.arange(stop - start))),
-            shape=(len(ids), stop - start),
-        )
-        block = one_hot @ codes
-        sums = block if sums is None else sums + block
-    if sums is None:
-        raise ValueError("patient_mean_codes: z has no rows")
+        present, local = np.unique(inverse[start:stop], return_inverse=True)
+        one_hot = sp.csr_matrix((np.ones(stop - start), (local, np.arange(stop - start))),
+                                shape=(len(present), stop - start))
+        if sums is None:
+            sums = np.zeros((len(ids), codes.shape[1]))
+        sums[present] += one_hot @ codes
     counts = np.bincount(inverse, minlength=len(ids)).astype(np.float64)
     return np.asarray(ids, dtype=str), sums / counts[:, None]
 
