@@ -15,6 +15,7 @@ import logging
 
 import numpy as np
 
+from stsae.data.dataset import row_gatherer
 from stsae.data.store import load_embeddings
 from stsae.errors import InputDataError
 from stsae.grounding.beats import average_pulses
@@ -86,9 +87,11 @@ def run(ctx: StageContext) -> None:
             f"{run_dir.index}: window_id {window_ids.max()} beyond {run_dir.windows.name} rows"
         )
     fs = config.data.windowing.fs_target
-    pulses = average_pulses(windows[window_ids], fs, grounding.beat_samples)
+    # positioned reads, not the mappings: a few thousand random rows through the memmap kept 4.5 GiB of
+    # windows.npy's pages resident at 1M windows (read-around), past the 4 GiB bound
+    pulses = average_pulses(row_gatherer(windows)(window_ids), fs, grounding.beat_samples)
     morphology = morphology_table(pulses.pulses, pulses.period_s, pulses.reason)
-    activations = model.encode(np.asarray(embeddings.z[rows], dtype=np.float32))[:, concepts]
+    activations = model.encode(np.asarray(row_gatherer(embeddings.z)(rows), dtype=np.float32))[:, concepts]
 
     patients = embeddings.index["patient_id"].astype(str).to_numpy()[rows]
     groundings = [
