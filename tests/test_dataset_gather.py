@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stsae.data.dataset import MemmapRows, WindowTripletDataset
+from stsae.data.dataset import MemmapRows, WindowTripletDataset, read_rows
 from stsae.errors import InputDataError
 
 D = 512
@@ -65,6 +65,21 @@ def test_random_batches_leave_no_page_of_the_file_resident(tmp_path):
     assert _mapped_rss_kib(paths[0]) + _mapped_rss_kib(paths[1]) == 0
     np.asarray(dataset.z[rng.integers(0, 4000, 256)])  # the old gather: fancy indexing through the mapping
     assert _mapped_rss_kib(paths[0]) > 256 * 2  # so the measurement above can see mapped pages
+
+
+def test_read_rows_of_a_small_memmap_reads_only_those_rows_with_the_same_bytes(tmp_path, monkeypatch):
+    """A one-off subsample (baselines, ground) of a file under the in-memory limit: the rows' bytes, via
+    positioned reads, so neither the mapping's pages nor a whole-file copy stay in the process."""
+    if not Path("/proc/self/smaps").is_file():
+        pytest.skip("needs Linux /proc/self/smaps")
+    z, _ = _arrays(4000)  # 8 MiB, far under IN_MEMORY_MAX_BYTES
+    mapped = _npy(tmp_path / "z.npy", z)
+    rows = np.random.default_rng(3).integers(0, 4000, 300)
+    monkeypatch.setattr(MemmapRows, "read_all", lambda self: pytest.fail("read the whole file"))
+    got = read_rows(mapped, rows)
+    assert got.tobytes() == z[rows].tobytes()
+    assert _mapped_rss_kib(tmp_path / "z.npy") == 0
+    assert read_rows(z, rows).tobytes() == z[rows].tobytes()  # an in-memory array: plain indexing
 
 
 def test_a_slice_of_a_memmap_is_gathered_by_indexing(tmp_path):

@@ -110,6 +110,13 @@ def row_gatherer(array: np.ndarray, in_memory_max_bytes: int = IN_MEMORY_MAX_BYT
     return reader.read
 
 
+def read_rows(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """array[rows] read once: positioned reads for a whole `.npy` memmap, whatever its size (its pages
+    do not stay in this process), plain indexing for anything else. Unlike `row_gatherer`, never reads
+    a small file whole: a one-off subsample needs only its rows."""
+    return row_gatherer(array, in_memory_max_bytes=0)(rows)
+
+
 class WindowTripletDataset(Dataset):
     """Triplets (z_t, z_{t+1}, z_aug_t) over memmapped embeddings, restricted to one split.
 

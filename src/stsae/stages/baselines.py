@@ -11,7 +11,7 @@ import logging
 
 import numpy as np
 
-from stsae.data.dataset import row_gatherer
+from stsae.data.dataset import read_rows
 from stsae.data.store import load_embeddings
 from stsae.errors import InputDataError
 from stsae.models.baselines import make_baseline
@@ -35,7 +35,7 @@ def run(ctx: StageContext) -> None:
         raise InputDataError(f"{ctx.run_dir.index}: no rows with split == 'train'")
     if len(rows) > cfg.max_train_rows:
         rows = np.sort(rng(seed, "baselines", "subsample").choice(rows, cfg.max_train_rows, replace=False))
-    z_train = np.asarray(row_gatherer(emb.z)(rows), dtype=np.float32)  # not through the mapping: see row_gatherer
+    z_train = np.asarray(read_rows(emb.z, rows), dtype=np.float32)  # not through the mapping: see read_rows
     log.info("fitting baselines on %d train rows", len(rows))
     for method in cfg.methods:
         for n in cfg.n_components:

@@ -15,7 +15,7 @@ import logging
 
 import numpy as np
 
-from stsae.data.dataset import row_gatherer
+from stsae.data.dataset import read_rows
 from stsae.data.store import load_embeddings
 from stsae.errors import InputDataError
 from stsae.grounding.beats import average_pulses
@@ -89,9 +89,9 @@ def run(ctx: StageContext) -> None:
     fs = config.data.windowing.fs_target
     # positioned reads, not the mappings: a few thousand random rows through the memmap kept 4.5 GiB of
     # windows.npy's pages resident at 1M windows (read-around), past the 4 GiB bound
-    pulses = average_pulses(row_gatherer(windows)(window_ids), fs, grounding.beat_samples)
+    pulses = average_pulses(read_rows(windows, window_ids), fs, grounding.beat_samples)
     morphology = morphology_table(pulses.pulses, pulses.period_s, pulses.reason)
-    activations = model.encode(np.asarray(row_gatherer(embeddings.z)(rows), dtype=np.float32))[:, concepts]
+    activations = model.encode(np.asarray(read_rows(embeddings.z, rows), dtype=np.float32))[:, concepts]
 
     patients = embeddings.index["patient_id"].astype(str).to_numpy()[rows]
     groundings = [
