@@ -289,3 +289,14 @@ def test_gram_descent_on_more_features_than_patients_fits_the_residual_descent_m
     assert (gram.alpha, gram.l1_ratio) == (residual.alpha, residual.l1_ratio)
     np.testing.assert_array_equal(gram.selected, residual.selected)
     np.testing.assert_allclose(gram.coef, residual.coef, atol=1e-6 * np.abs(residual.coef).max())
+
+
+def test_cross_validation_threads_are_bounded_by_the_memory_of_their_fold_copies(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """At 1M windows (11,667 train patients x 4,096 concepts) one path holds ~0.8 GB, so the paths run one
+    at a time; the demo's small designs keep every core; a tighter budget never goes below one thread."""
+    monkeypatch.setattr(age_pred, "_cv_threads", lambda: 2)
+    assert age_pred._cv_jobs(11_667, 4096, 5) == 1
+    assert age_pred._cv_jobs(200, 512, 5) == 2
+    monkeypatch.setattr(age_pred, "CV_PATHS_MEMORY_BYTES", 1)
+    assert age_pred._cv_jobs(200, 512, 5) == 1

@@ -185,6 +185,21 @@ def _cv_threads() -> int:
     return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
 
+CV_PATHS_MEMORY_BYTES = 2**30
+"""What the concurrently running ElasticNetCV paths may hold together: each path copies its fold's rows
+(twice while scikit-learn reorders them to Fortran order) and holds a features x features Gram matrix, so at
+1M windows (11,667 train patients x 4,096 concepts) one path holds ~0.8 GB and two threads took the age stage
+to a 3.99 GiB anonymous peak."""
+
+
+def _cv_jobs(n_rows: int, n_features: int, n_folds: int) -> int:
+    """Threads for the (l1_ratio, fold) paths: the usable cores, fewer where their copies would exceed
+    CV_PATHS_MEMORY_BYTES. The paths are independent, so the fit does not depend on this number."""
+    fold_train = n_rows - n_rows // n_folds
+    per_path = 8 * (n_features * (2 * fold_train + (n_rows - fold_train)) + n_features**2)
+    return max(1, min(_cv_threads(), CV_PATHS_MEMORY_BYTES // per_path))
+
+
 def _elastic_net_cv(
     x: np.ndarray, y: np.ndarray, groups: np.ndarray, config: AgingSection, seed: int
 ) -> ElasticNetCV:
@@ -201,7 +216,8 @@ def _elastic_net_cv(
     """
     folds = list(_group_folds(config.cv_folds, seed).split(x, y, groups))
     model = ElasticNetCV(l1_ratio=config.l1_ratios, alphas=config.n_alphas, cv=folds, max_iter=5000,
-                         n_jobs=_cv_threads(), precompute=True if x.shape[1] <= GRAM_MAX_FEATURES else "auto")
+                         n_jobs=_cv_jobs(*x.shape, config.cv_folds),
+                         precompute=True if x.shape[1] <= GRAM_MAX_FEATURES else "auto")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         model.fit(x, y)
@@ -223,7 +239,8 @@ def fit_age_predictor(
             f"aging.cv_folds={config.cv_folds} exceeds the {n_groups} train patients with a known age"
         )
     mean, scale = _standardise(x)
-    xs = (x - mean) / scale
+    xs = x - mean
+    xs /= scale
     model = _elastic_net_cv(xs, age, groups, config, seed)
     coef = np.asarray(model.coef_, dtype=np.float64)
     intercept, alpha, l1_ratio = float(model.intercept_), float(model.alpha_), float(model.l1_ratio_)
@@ -352,7 +369,9 @@ def aging_pipeline(x: np.ndarray, patients: pd.DataFrame, config: AgingSection, 
     known = patients["age"].notna().to_numpy()
     if (~known).any():
         log.warning("aging: %d patients without an age are left out", int((~known).sum()))
-    x, patients = x[known], patients[known].reset_index(drop=True)
+    if not known.all():  # a boolean index copies x: at 1M windows x 4,096 concepts that is 0.5 GB
+        x = x[known]
+    patients = patients[known].reset_index(drop=True)
     split = patients["split"].to_numpy()
     age = patients["age"].to_numpy(dtype=np.float64)
     ids = patients["patient_id"].to_numpy()
