@@ -254,7 +254,7 @@ class Peer:
     """dictionary_learning's TopKTrainer at its defaults, fed the same standardised batches as ours."""
 
     def __init__(self, data: BenchData, reference: Ours, d_dict: int, k: int, steps: int, warmup: int,
-                 dead_window: int, seed: int):
+                 dead_window: int, seed: int, decay_start: float = 1.0):
         from dictionary_learning.trainers.top_k import TopKTrainer
 
         self.name, self.d_dict, self.data = "peer_topk", d_dict, data
@@ -262,7 +262,8 @@ class Peer:
         model = reference.trainer.model
         self.mean, self.scale = model.input_mean.clone(), model.input_scale.clone()
         self.trainer = TopKTrainer(steps=steps, activation_dim=D, dict_size=d_dict, k=k, layer=0,
-                                   lm_name="bench_sae_peer", warmup_steps=warmup, seed=seed, device="cpu")
+                                   lm_name="bench_sae_peer", warmup_steps=warmup, seed=seed, device="cpu",
+                                   decay_start=int(decay_start * steps) if decay_start < 1 else None)
         self.trainer.dead_feature_threshold = dead_window
         self.lr = float(self.trainer.lr)
 
@@ -359,7 +360,7 @@ def run_size(data: BenchData, arms: dict[str, TrainSection], d_dict: int, varian
     contenders: list[Contender] = list(ours)
     if peer:
         contenders.append(Peer(data, ours[0], d_dict, cfg.k, max(checkpoints), cfg.warmup_steps,
-                               cfg.dead_after_samples, seed))
+                               cfg.dead_after_samples, seed, cfg.lr_decay_start))
     raw = lockstep(contenders, data.held_out, checkpoints, log=lambda m: print(f"K={d_dict} {m}", flush=True))
     result = summarise(raw, steady_from)
     for c in contenders:
@@ -367,10 +368,11 @@ def run_size(data: BenchData, arms: dict[str, TrainSection], d_dict: int, varian
     return result
 
 
-def bench_config(path: Path, overrides: list[str], k: int, batch: int, warmup: int) -> TrainSection:
-    """The config's train section with the benchmark's k, batch and warm-up, no lr decay, no validation."""
+def bench_config(path: Path, overrides: list[str], k: int, batch: int, warmup: int,
+                 decay_start: float = 1.0) -> TrainSection:
+    """The config's train section with the benchmark's k, batch, warm-up and lr decay, no validation."""
     cfg = load_config(path, overrides).train
-    return cfg.model_copy(update={"k": k, "batch_size": batch, "warmup_steps": warmup, "lr_decay_start": 1.0,
+    return cfg.model_copy(update={"k": k, "batch_size": batch, "warmup_steps": warmup, "lr_decay_start": decay_start,
                                   "eval_every": 10**9, "checkpoint_every": 10**9, "keep_best": False})
 
 
@@ -385,7 +387,7 @@ def parse_arm(text: str) -> tuple[str, list[str]]:
 def arm_configs(args: argparse.Namespace) -> dict[str, TrainSection]:
     """Our settings arms by name: each `--arm`'s overrides on top of `--set` (one unnamed arm without)."""
     arms = args.arm or [("", [])]
-    return {name: bench_config(args.config, [*args.set, *extra], args.k, args.batch, args.warmup)
+    return {name: bench_config(args.config, [*args.set, *extra], args.k, args.batch, args.warmup, args.decay_start)
             for name, extra in arms}
 
 
@@ -437,6 +439,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=4096)
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--warmup", type=int, default=10, help="linear lr warm-up steps (both trainers)")
+    parser.add_argument("--decay-start", type=float, default=1.0,
+                        help="fraction of the steps after which both trainers' lr decays linearly to 0 (1: never)")
     parser.add_argument("--steady-from", type=int, default=100)
     parser.add_argument("--variants", nargs="+", default=["vanilla", "full"], choices=["vanilla", "full"])
     parser.add_argument("--no-peer", action="store_true", help="ours only, in this process")
@@ -462,6 +466,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             setattr(args, key, value if key != "set" else [*value, *args.set])
         if args.out == DEFAULT_OUT:
             args.out = DEFAULT_OUT.with_name("sae_peer_quick.json")
+    if not 0 < args.decay_start <= 1:
+        parser.error(f"--decay-start {args.decay_start} must be in (0, 1]")
     if not 0 <= args.warmup < max(args.steps):
         parser.error(f"--warmup {args.warmup} must be below the last checkpoint step {max(args.steps)}")
     if min(args.sizes) < args.k:
@@ -483,7 +489,8 @@ def main(argv: list[str] | None = None) -> int:
     data = run_embeddings(args.run_dir) if args.run_dir else mixture_embeddings(args.n_train, args.n_held, args.seed)
     result: dict[str, Any] = {
         "machine": platform.processor() or platform.machine(), "threads": args.threads, "data": describe(data),
-        "settings": {"k": args.k, "batch_size": args.batch, "warmup_steps": args.warmup, "checkpoints": args.steps,
+        "settings": {"k": args.k, "batch_size": args.batch, "warmup_steps": args.warmup,
+                     "decay_start": args.decay_start, "checkpoints": args.steps,
                      "steady_from": args.steady_from, "seed": args.seed, "config": str(args.config),
                      "overrides": args.set, "train": cfg.model_dump(mode="json"),
                      "arms": {name: extra for name, extra in args.arm},

@@ -169,3 +169,14 @@ def test_a_malformed_or_repeated_arm_is_refused_naming_the_flag(bench: ModuleTyp
     with pytest.raises(SystemExit):
         bench.parse_args([arg for arm in arms for arg in ("--arm", arm)])
     assert "--arm" in capsys.readouterr().err
+
+
+def test_decay_start_sets_our_schedule_and_an_out_of_range_one_is_refused(bench: ModuleType,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    args = bench.parse_args(["--decay-start", "0.8"])
+    cfg = next(iter(bench.arm_configs(args).values()))
+    assert cfg.lr_decay_start == 0.8
+    assert next(iter(bench.arm_configs(bench.parse_args([])).values())).lr_decay_start == 1.0
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--decay-start", "0"])
+    assert "--decay-start 0.0" in capsys.readouterr().err
