@@ -300,3 +300,15 @@ def test_cross_validation_threads_are_bounded_by_the_memory_of_their_fold_copies
     assert age_pred._cv_jobs(200, 512, 5) == 2
     monkeypatch.setattr(age_pred, "CV_PATHS_MEMORY_BYTES", 1)
     assert age_pred._cv_jobs(200, 512, 5) == 1
+
+
+def test_patients_without_an_age_are_left_out_as_if_never_given() -> None:
+    x, patients = cohort()
+    unknown = np.zeros(len(patients), dtype=bool)
+    unknown[[3, 150, 190]] = True  # one train, one val, one test patient
+    with_gaps = patients.assign(age=patients["age"].where(~unknown))
+    gapped = aging_pipeline(x, with_gaps, FAST, seed=0)
+    known = aging_pipeline(x[~unknown], patients[~unknown].reset_index(drop=True), FAST, seed=0)
+    assert gapped.metrics == known.metrics
+    np.testing.assert_array_equal(gapped.predictor.coef, known.predictor.coef)
+    assert len(gapped.delta) == len(known.delta)
