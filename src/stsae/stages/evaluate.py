@@ -38,7 +38,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from stsae.config import EvalSection, TrainSection
-from stsae.data.dataset import WindowTripletDataset, temporal_pairs
+from stsae.data.dataset import WindowTripletDataset, read_rows, temporal_pairs
 from stsae.data.store import EMBEDDING_DIM, Embeddings, load_embeddings, load_heldout_augmented
 from stsae.errors import InputDataError, StsaeError
 from stsae.eval import leaderboard as lb
@@ -108,6 +108,7 @@ class EvalData:
     rows: np.ndarray  # int64[N] sorted test rows evaluated
     pairs: np.ndarray  # int64[P, 2] temporal pairs within `rows`
     probe_rows: np.ndarray  # int64[n] sorted rows of train patients and held-out patients
+    probe_z: np.ndarray  # float32[n, 512] their embeddings, read once: every model and the raw reference use them
     probes: ProbeSet
 
 
@@ -160,7 +161,7 @@ def _prepare(ctx: StageContext, emb: Embeddings, cfg: EvalSection, seed: int) ->
              "held-out windows, for %s", len(rows), len(pairs), int(probes.fit.sum()),
              int((~probes.fit).sum()), sorted(probes.factors))
     data = EvalData(emb, load_heldout_augmented(ctx.run_dir, len(emb.index)), streamed_mean(emb.z, train_rows),
-                    rows, pairs, probe_rows, probes)
+                    rows, pairs, probe_rows, np.asarray(read_rows(emb.z, probe_rows), dtype=np.float32), probes)
     return data, meta
 
 
@@ -253,8 +254,7 @@ def _score(row: LeaderboardRow, model: ConceptModel, data: EvalData, cfg: EvalSe
                               data.rows, data.pairs, data.train_mean, cfg.chunk_rows,
                               z_aug_heldout=data.z_aug_heldout)
     _fill_streamed(row, streamed)
-    _fill_probes(row, model.encode(np.asarray(data.emb.z[data.probe_rows], dtype=np.float32)), data, cfg,
-                 references, seed)
+    _fill_probes(row, model.encode(data.probe_z), data, cfg, references, seed)
     return streamed.live
 
 
@@ -349,7 +349,7 @@ class StabilityNulls:
         train = emb.rows("train")
         sample = np.sort(rng(seed, "eval", "covariance").choice(train, min(len(train), COVARIANCE_MAX_ROWS),
                                                                 replace=False))
-        self.covariance = np.cov(np.asarray(emb.z[sample], dtype=np.float64), rowvar=False)
+        self.covariance = np.cov(np.asarray(read_rows(emb.z, sample), dtype=np.float64), rowvar=False)
 
     def for_row(self, d_dict: int, sizes: tuple[int, int]) -> tuple[StabilityResult | None, StabilityResult]:
         """(data-init null or None without a main model to take the training config from, isotropic null)
@@ -414,13 +414,12 @@ def _stability(rows: list[LeaderboardRow], live: dict[str, np.ndarray], infos: l
 
 
 def _references(data: EvalData, cfg: EvalSection, seed: int) -> References:
-    raw = np.asarray(data.emb.z[data.probe_rows], dtype=np.float32)
     age_sex = age_sex_scores(data.probes)
     missing = sorted(set(PHENOTYPES) & data.probes.factors.keys() - age_sex.keys())
     if missing:
         log.info("no age+sex-adjusted probe for %s (age, sex or one class missing on a side)", missing)
-    return References(probe_heldout(raw, data.probes), age_sex, adjusted_phenotypes(
-        raw, data.probes, age_sex, cfg.n_bootstrap, rng(seed, "eval", "bootstrap", "raw")))
+    return References(probe_heldout(data.probe_z, data.probes), age_sex, adjusted_phenotypes(
+        data.probe_z, data.probes, age_sex, cfg.n_bootstrap, rng(seed, "eval", "bootstrap", "raw")))
 
 
 def _score_all(infos: list[ModelInfo], main: ModelInfo | None, data: EvalData, cfg: EvalSection,
