@@ -28,19 +28,30 @@ TINY = REPO / "tests" / "configs" / "tiny.yaml"
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
+DEMO = load_config(REPO / "configs" / "demo.yaml").train
+
+
 def _demo_grid() -> list[GridEntry]:
     """configs/demo.yaml's grid: 12 models at K=128 (6 variants x 2 seeds), then K=256, 512, 1024."""
-    cfg = load_config(REPO / "configs" / "demo.yaml").train
-    return build_grid(cfg)
+    return build_grid(DEMO)
 
 
 def _load(share: list[GridEntry]) -> int:
-    return sum(training_cost(entry) for entry in share)
+    return sum(training_cost(entry, DEMO) for entry in share)
+
+
+def test_training_cost_counts_the_encoded_triplet_parts():
+    """(K + 256) per encoded part plus one per model: vanilla encodes z_t only, no_smooth / no_stab two
+    parts, full all three."""
+    costs = {variant: training_cost(GridEntry(variant, 128, 0), DEMO)
+             for variant in ("vanilla", "no_smooth", "no_stab", "full", "no_div", "no_renorm")}
+    assert costs == {"vanilla": 768, "no_smooth": 1152, "no_stab": 1152, "full": 1536, "no_div": 1536,
+                     "no_renorm": 1536}
 
 
 def test_dealt_shares_partition_the_grid_each_in_grid_order():
     grid = _demo_grid()
-    shares = deal(grid, 3)
+    shares = deal(grid, 3, DEMO)
     assert sorted(e for share in shares for e in share) == sorted(grid)
     for share in shares:
         assert share == [e for e in grid if e in share]
@@ -48,20 +59,21 @@ def test_dealt_shares_partition_the_grid_each_in_grid_order():
 
 def test_dealing_balances_cost_where_round_robin_does_not():
     """The demo grid puts its three large dictionaries last: r, r+2, … would give rank 0 K=256 and 1024.
-    Cost = K + 256 per model: 12 x 384 + 512 + 768 + 1280 = 7168, two shares of 3584."""
+    Costs (`training_cost`): 2 x (3 x 1536 + 2 x 1152 + 768) at K=128, then 4 x (512 + 768 + 1280):
+    25,600, two shares of 12,800."""
     grid = _demo_grid()
     round_robin = [grid[0::2], grid[1::2]]
-    assert [_load(share) for share in round_robin] == [4096, 3072]
-    shares = deal(grid, 2)
-    assert [_load(share) for share in shares] == [3584, 3584]
+    assert [_load(share) for share in round_robin] == [15616, 9984]
+    shares = deal(grid, 2, DEMO)
+    assert [_load(share) for share in shares] == [12800, 12800]
     assert sorted(sum(e.d_dict == 128 for e in share) for share in shares) == [6, 6]
 
 
 def test_one_share_is_the_whole_grid_and_no_share_is_refused():
     grid = _demo_grid()
-    assert deal(grid, 1) == [grid]
+    assert deal(grid, 1, DEMO) == [grid]
     with pytest.raises(StsaeError, match="0 shares"):
-        deal(grid, 0)
+        deal(grid, 0, DEMO)
 
 
 def test_finished_models_leave_their_share_without_moving_the_others():
@@ -72,8 +84,8 @@ def test_finished_models_leave_their_share_without_moving_the_others():
     todo = grid[1:]
     plan = train_stage.schedule(cfg, grid, todo, world=2)
     assert plan.parallel == "grid"
-    expected = [[e for e in share if e in todo] for share in deal(grid, 2)]
-    assert [[e for group in share for e in group] for share in plan.shares] == expected
+    expected = [sorted(e for e in share if e in todo) for share in deal(grid, 2, cfg)]
+    assert [sorted(e for group in share for e in group) for share in plan.shares] == expected
 
 
 def test_ddp_and_one_process_train_one_share_on_every_rank():
@@ -105,7 +117,7 @@ def test_each_rank_saves_its_share_and_together_they_write_the_one_process_bytes
     _as_rank(monkeypatch, 0)
     train_stage.run(ctx(shared, config()))
     assert _weights(shared) == _weights(single)
-    dealt = deal(build_grid(config().train), 2)[1]
+    dealt = deal(build_grid(config().train), 2, config().train)[1]
     assert rank1 == {shared.stsae_checkpoint(e.variant, e.d_dict, e.seed).name for e in dealt}
     assert json.loads(shared.manifest.read_text())["train"]["parallel"] == "grid"
 
@@ -138,18 +150,18 @@ def test_a_rank_killed_mid_share_resumes_its_checkpoint_to_the_same_bytes(tmp_pa
 def test_workers_are_one_under_torchrun_or_on_a_gpu(monkeypatch):
     monkeypatch.setattr(train_stage, "usable_cores", lambda: 4)
     grid = _demo_grid()
-    assert train_stage.resolve_workers(2, torch.device("cpu"), world=1, entries=grid) == 2
-    assert train_stage.resolve_workers(2, torch.device("cpu"), world=2, entries=grid) == 1
-    assert train_stage.resolve_workers("auto", torch.device("cuda", 0), world=1, entries=grid) == 1
+    assert train_stage.resolve_workers(2, torch.device("cpu"), world=1, entries=grid, cfg=DEMO) == 2
+    assert train_stage.resolve_workers(2, torch.device("cpu"), world=2, entries=grid, cfg=DEMO) == 1
+    assert train_stage.resolve_workers("auto", torch.device("cuda", 0), world=1, entries=grid, cfg=DEMO) == 1
 
 
 def test_auto_workers_stop_where_the_largest_dictionary_would_bound_the_stage(monkeypatch):
-    """The demo grid costs 7,168 (K + 256 per model), 1,280 of it its K=1024 model: past 5 shares, the
+    """The demo grid costs 25,600 (`training_cost`), 5,120 of it its K=1024 model: past 5 shares, the
     share holding that model alone takes longer than an even split would, so more workers only idle."""
     grid = _demo_grid()
     for cores, expected in ((2, 2), (16, 5)):
         monkeypatch.setattr(train_stage, "usable_cores", lambda cores=cores: cores)
-        assert train_stage.resolve_workers("auto", torch.device("cpu"), world=1, entries=grid) == expected
+        assert train_stage.resolve_workers("auto", torch.device("cpu"), world=1, entries=grid, cfg=DEMO) == expected
 
 
 def test_local_workers_deal_the_grid_like_ranks():
@@ -157,13 +169,14 @@ def test_local_workers_deal_the_grid_like_ranks():
     grid = build_grid(cfg)
     plan = train_stage.schedule(cfg, grid, grid, world=1, workers=2)
     assert plan.parallel == "workers" and plan.saves_own_models
-    assert [[e for group in share for e in group] for share in plan.shares] == deal(grid, 2)
+    trained = [sorted(e for group in share for e in group) for share in plan.shares]
+    assert trained == [sorted(share) for share in deal(grid, 2, cfg)]
 
 
 def test_a_rerun_spawns_no_worker_for_a_share_with_nothing_left(tmp_path, monkeypatch):
     run_dir = embeddings_run_dir(tmp_path)
     train_stage.run(ctx(run_dir, config()))
-    lost = deal(build_grid(config().train), 2)[0][0]
+    lost = deal(build_grid(config().train), 2, config().train)[0][0]
     weights = run_dir.stsae_checkpoint(lost.variant, lost.d_dict, lost.seed)
     weights.unlink()
     monkeypatch.setattr(train_stage, "ProcessPoolExecutor", None)  # calling it would fail the test

@@ -153,7 +153,7 @@ def test_fused_and_one_by_one_training_write_byte_identical_models(tmp_path):
     run(ctx(fused, config(fused_grid=True)))
     run(ctx(single, config(fused_grid=False)))
     facts = json.loads(fused.manifest.read_text())["train"]
-    assert facts["fused_groups"] == [4, 1]
+    assert facts["fused_groups"] == [2, 2, 1]  # full (three parts) and vanilla (z_t only) apart
     assert json.loads(single.manifest.read_text())["train"]["fused_groups"] == [1] * 5
     for entry in build_grid(config().train):
         a, b = (d.stsae_checkpoint(entry.variant, entry.d_dict, entry.seed) for d in (fused, single))
@@ -180,8 +180,18 @@ def test_fused_groups_split_large_dictionaries_by_their_latent_budget(monkeypatc
     from stsae.stages import train as train_stage
 
     monkeypatch.setattr(train_stage, "FUSED_LATENTS", 32)
-    entries = [GridEntry("full", 16, 0), GridEntry("vanilla", 16, 0), GridEntry("full", 16, 1),
+    entries = [GridEntry("full", 16, 0), GridEntry("full", 16, 1), GridEntry("full", 16, 2),
                GridEntry("full", 8, 0), GridEntry("full", 64, 0)]
-    groups = train_stage._groups(entries, fused=True)
-    assert [len(g) for g in groups] == [2, 1, 1, 1]
-    assert train_stage._groups(entries, fused=False) == [[e] for e in entries]
+    groups = train_stage._groups(entries, config().train)
+    assert groups == [entries[:2], [entries[2]], [entries[3]], [entries[4]]]
+    assert train_stage._groups(entries, config(fused_grid=False).train) == [[e] for e in entries]
+
+
+def test_only_models_reading_the_same_triplet_parts_are_fused():
+    """A group encodes every part any member reads, so vanilla (z_t) and no_smooth (z_t, z_aug_t) train
+    apart from full (z_t, z_t+1, z_aug_t) rather than paying for its encodes."""
+    from stsae.stages import train as train_stage
+
+    full, vanilla, no_smooth, no_div = (GridEntry(v, 16, 0) for v in ("full", "vanilla", "no_smooth", "no_div"))
+    groups = train_stage._groups([full, vanilla, no_smooth, no_div, GridEntry("vanilla", 16, 1)], config().train)
+    assert groups == [[full, no_div], [vanilla, GridEntry("vanilla", 16, 1)], [no_smooth]]

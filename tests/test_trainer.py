@@ -296,6 +296,19 @@ def test_each_member_of_a_fused_group_equals_the_model_trained_alone():
         assert reported == pytest.approx({k: alone_metrics["train_last"][k] for k in reported}, rel=1e-5)
 
 
+@pytest.mark.parametrize(("variants", "parts"), [
+    (["vanilla"], {}), (["no_smooth"], {"stab": 1}), (["no_stab", "vanilla"], {"smooth": 1}),
+    (["vanilla", "no_smooth", "no_stab"], {"smooth": 1, "stab": 2}), (["full"], {"smooth": 1, "stab": 2})])
+def test_a_group_encodes_only_the_triplet_parts_its_members_read(variants, parts):
+    """z_t+1 only if some member weighs L_smooth, z_aug_t only if some member weighs L_stab
+    (`encoded_parts`): a vanilla group encodes z_t alone."""
+    z, z_aug, index, _ = planted(n_records=20)
+    train, val = datasets(z, z_aug, index)
+    group = FusedTrainer([Member(v, 0, train, val) for v in variants], small_cfg(steps=1), 32)
+    assert group.parts == parts
+    assert len(group._batch(0)) == 1 + len(parts)
+
+
 def test_members_start_as_alone_when_the_statistics_rows_are_a_seeded_subsample():
     """stats_max_rows below the train rows: seeds 0 and 1 sample different rows, two seed-0 members share
     one sample and one pass of input statistics; each still starts exactly as a model built alone, and

@@ -364,8 +364,8 @@ class TrainSection(_Section):
         True, description="Top-K: decode by gathering the k active atoms instead of a dense matmul."
     )
     fused_grid: bool = Field(
-        True, description="Train the grid models of one K together as one batched model (same weights "
-        "as one by one, far less per-step overhead at small K); false: one model at a time."
+        True, description="Train the grid models of one K that read the same triplet parts together as one "
+        "batched model (same weights as one by one, less per-step overhead at small K); false: one model at a time."
     )
     parallel: Literal["grid", "ddp"] = Field(
         "grid", description="Under torchrun with W ranks: 'grid' deals the grid's models into W shares of "

@@ -7,15 +7,15 @@ written on the same embeddings with the same settings. Every other model file in
 config or embeddings) is moved into models/stale/ first, so models/ holds only the current grid and every
 reader (registry, evaluate, age, ground, report) sees nothing else.
 
-The models of one K train together as one batched model (train.fused_grid; each gets exactly the weights
-it would get alone), with one training-state checkpoint per group. Under torchrun (W ranks, NCCL on CUDA,
-gloo on CPU) train.parallel decides the split: `grid` (default) deals the models into W shares of about
-equal work, each rank trains and saves its own share alone (the models are independent, so no step
-waits on another rank and every file is byte-identical to a one-process run) and rank 0 records the
-stage once all are saved; `ddp` trains each group on all ranks, each taking a slice of every batch
-(useful only when there are fewer models than ranks), rank 0 writing the files. One process on the CPU
-deals the grid the same way over train.workers local worker processes.
-"""
+The models of one K that read the same triplet parts train together as one batched model
+(train.fused_grid; each gets exactly the weights it would get alone), with one training-state checkpoint
+per group. Under torchrun (W ranks, NCCL on CUDA, gloo on CPU) train.parallel decides the split: `grid`
+(default) deals the models into W shares of about equal work, each rank trains and saves its own share
+alone (the models are independent, so no step waits on another rank and every file is byte-identical to
+a one-process run) and rank 0 records the stage once all are saved; `ddp` trains each group on all
+ranks, each taking a slice of every batch (useful only when there are fewer models than ranks), rank 0
+writing the files. One process on the CPU deals the grid the same way over train.workers local worker
+processes."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ from stsae.train.grid import (
     select,
     training_cost,
 )
-from stsae.train.trainer import Member, fit_group
+from stsae.train.trainer import Member, encoded_parts, fit_group
 from stsae.utils import io
 from stsae.utils.device import device_facts, resolve_device
 from stsae.utils.dist import barrier, is_main_process, process_group, rank, world_size
@@ -93,19 +93,21 @@ def set_aside_stale(run_dir: RunDir, current: set[str]) -> list[str]:
     return moved
 
 
-def _groups(entries: list[GridEntry], fused: bool) -> list[list[GridEntry]]:
-    """Entries to train together: those of one K (train.fused_grid), at most FUSED_LATENTS // K per group,
-    else one per group. Fusing shares per-op overhead among small models (how much that saves depends on
-    the machine: README, Performance); at large K a step is GEMM-bound and a group's memory (weights, Adam
-    moments, [M, 3B, K] codes) grows with M·K, so large dictionaries train in small groups or alone.
-    Grouping never changes a model's weights."""
-    if not fused:
+def _groups(entries: list[GridEntry], cfg: TrainSection) -> list[list[GridEntry]]:
+    """Entries to train together: those of one K reading the same triplet parts (train.fused_grid), at most
+    FUSED_LATENTS // K per group, else one per group. Fusing shares per-op overhead among small models
+    (how much that saves depends on the machine: README, Performance), but a group encodes every part any
+    member reads for all its members (`encoded_parts`), so a vanilla model (z_t only) is not fused with
+    `full` ones (three parts). At large K a step is GEMM-bound and a group's memory (weights, Adam moments,
+    [M, 3B, K] codes) grows with M·K, so large dictionaries train in small groups or alone. Grouping never
+    changes a model's weights."""
+    if not cfg.fused_grid:
         return [[entry] for entry in entries]
-    by_size: dict[int, list[GridEntry]] = {}
+    fusable: dict[tuple[int, tuple[str, ...]], list[GridEntry]] = {}
     for entry in entries:
-        by_size.setdefault(entry.d_dict, []).append(entry)
+        fusable.setdefault((entry.d_dict, encoded_parts(cfg, entry.variant)), []).append(entry)
     groups = []
-    for size, members in by_size.items():
+    for (size, _), members in fusable.items():
         per_group = max(1, FUSED_LATENTS // size)
         groups += [members[start:start + per_group] for start in range(0, len(members), per_group)]
     return groups
@@ -131,7 +133,7 @@ class Schedule:
 
 
 def resolve_workers(requested: int | Literal["auto"], device: torch.device, world: int,
-                    entries: list[GridEntry]) -> int:
+                    entries: list[GridEntry], cfg: TrainSection) -> int:
     """How many local worker processes train the grid (train.workers): 1 under torchrun (the ranks already
     split it) and on a GPU (one device, one trainer). auto: one per usable core, but no more than the
     grid's largest model lets `deal` balance (total cost / largest cost, `training_cost`), since the share
@@ -140,7 +142,7 @@ def resolve_workers(requested: int | Literal["auto"], device: torch.device, worl
         return 1
     if requested != "auto":
         return requested
-    costs = [training_cost(entry) for entry in entries]
+    costs = [training_cost(entry, cfg) for entry in entries]
     return max(1, min(usable_cores(), sum(costs) // max(costs)))
 
 
@@ -150,12 +152,12 @@ def schedule(cfg: TrainSection, entries: list[GridEntry], todo: list[GridEntry],
     worker, so a rerun after a crash gives each the same groups and their checkpoints resume; finished
     models are then left out."""
     if world > 1 and cfg.parallel == "ddp":
-        return Schedule("ddp", [_groups(todo, cfg.fused_grid)])
+        return Schedule("ddp", [_groups(todo, cfg)])
     n_shares = world if world > 1 else workers
     if n_shares == 1:
-        return Schedule("none", [_groups(todo, cfg.fused_grid)])
+        return Schedule("none", [_groups(todo, cfg)])
     owed = set(todo)
-    shares = [_groups([entry for entry in share if entry in owed], cfg.fused_grid) for share in deal(entries, n_shares)]
+    shares = [_groups([entry for entry in share if entry in owed], cfg) for share in deal(entries, n_shares, cfg)]
     if world > 1 and todo and not all(shares):
         log.warning("train: %d model(s) to train on %d ranks under train.parallel=grid, so some ranks idle; "
                     "train.parallel=ddp shares every model's batches instead", len(todo), world)
@@ -286,7 +288,7 @@ def _train_grid(ctx: StageContext, only: Sequence[str], device: torch.device) ->
     skipped = [paths[entry].stem for entry in entries if entry not in todo]
     for stem in skipped:
         log.info("%s: finished on these embeddings with matching settings, skipped", stem)
-    plan = schedule(cfg, entries, todo, world, resolve_workers(cfg.workers, device, world, entries))
+    plan = schedule(cfg, entries, todo, world, resolve_workers(cfg.workers, device, world, entries, cfg))
     jobs = [ShareJob(ctx.run_dir, cfg, embeddings, device, ctx.force, plan.parallel == "ddp",
                      plan.saves_own_models, share) for share in plan.shares]
     t0 = time.perf_counter()

@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 from stsae.config import TrainSection
 from stsae.errors import StsaeError
-from stsae.train.trainer import VARIANTS, model_recipe, training_code
+from stsae.train.trainer import VARIANTS, encoded_parts, model_recipe, training_code
 from stsae.utils import io
 
 
@@ -107,19 +107,21 @@ def is_finished(weights: Path, entry: GridEntry, cfg: TrainSection, embeddings: 
         and info.get("weights_sha256") == io.file_sha256(weights)
 
 
-# A model's training time is about (K + this) latent-steps: the per-model work that does not grow with K
-# (input gathers, losses, optimiser, top-k over the batch). Measured on the demo (2 cores, one thread per
-# worker, 600 steps): K=128 8.4–8.9 s per model in a fused group, K=256 13.9 s, K=512 21.2 s, K=1024
-# 32.4 s, i.e. about 6.5 s + 0.025 s·K, an overhead worth 260 latents.
+# A model's training time is about (K + this) latent-steps per encoded part: the per-model work that does
+# not grow with K (input gathers, losses, optimiser, top-k over the batch). Measured on the demo (2 cores,
+# one thread per worker, 600 steps, three encoded parts): K=128 8.4–8.9 s per model in a fused group, K=256
+# 13.9 s, K=512 21.2 s, K=1024 32.4 s, i.e. about 6.5 s + 0.025 s·K, an overhead worth 260 latents.
 MODEL_OVERHEAD_LATENTS = 256
 
 
-def training_cost(entry: GridEntry) -> int:
-    """`deal`'s estimate of one model's training time, in latent-steps (see MODEL_OVERHEAD_LATENTS)."""
-    return entry.d_dict + MODEL_OVERHEAD_LATENTS
+def training_cost(entry: GridEntry, cfg: TrainSection) -> int:
+    """`deal`'s estimate of one model's training time: (K + MODEL_OVERHEAD_LATENTS) per encoded triplet
+    part, plus one more for what a step does once per model (decode, AuxK, optimiser). A vanilla model
+    encodes z_t alone, `full` z_t, z_t+1 and z_aug_t (`encoded_parts`)."""
+    return (entry.d_dict + MODEL_OVERHEAD_LATENTS) * (2 + len(encoded_parts(cfg, entry.variant)))
 
 
-def deal(entries: list[GridEntry], shares: int) -> list[list[GridEntry]]:
+def deal(entries: list[GridEntry], shares: int, cfg: TrainSection) -> list[list[GridEntry]]:
     """Split `entries` into `shares` disjoint shares of about equal work, each in grid order.
 
     Why not plainly r, r+W, …: a step's cost grows with K, and the grid puts its largest dictionaries
@@ -135,9 +137,9 @@ def deal(entries: list[GridEntry], shares: int) -> list[list[GridEntry]]:
         raise StsaeError(f"cannot deal the grid into {shares} shares")
     dealt: list[list[GridEntry]] = [[] for _ in range(shares)]
     load = [0] * shares
-    for entry in sorted(entries, key=lambda e: -training_cost(e)):
+    for entry in sorted(entries, key=lambda e: -training_cost(e, cfg)):
         target = load.index(min(load))
         dealt[target].append(entry)
-        load[target] += training_cost(entry)
+        load[target] += training_cost(entry, cfg)
     order = {entry: i for i, entry in enumerate(entries)}
     return [sorted(share, key=order.__getitem__) for share in dealt]

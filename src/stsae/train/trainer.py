@@ -99,6 +99,17 @@ def variant_spec(cfg: TrainSection, variant: str) -> VariantSpec:
     return VariantSpec(weights.model_copy(update=dict.fromkeys(zeroed, 0.0)), variant != "no_renorm")
 
 
+def encoded_parts(cfg: TrainSection, variant: str) -> tuple[str, ...]:
+    """The triplet parts besides z_t that `variant`'s loss reads: "smooth" (z_t+1) and/or "stab" (z_aug_t).
+
+    Why it matters: a fused group encodes every part that any member reads, for every member, so a
+    vanilla model fused with `full` ones would pay for three encodes per triplet instead of one;
+    `stsae.stages.train` fuses only models reading the same parts, and `stsae.train.grid.training_cost`
+    counts the encodes."""
+    weights = variant_spec(cfg, variant).weights
+    return tuple(name for name in ("smooth", "stab") if getattr(weights, name) > 0)
+
+
 SCHEDULING_KEYS = frozenset({"fused_grid", "parallel", "workers"})
 
 
@@ -219,11 +230,12 @@ class FusedTrainer:
     def _plan_terms(self) -> tuple[dict[str, int], bool]:
         """Which triplet parts the group encodes ({"smooth": index of z_t+1, "stab": index of z_aug_t},
         z_t being part 0) and whether it computes L_div: whatever some member weighs."""
-        used = self.weights_MT.amax(0)
-        parts = {"smooth": 1} if used[LossTerms._fields.index("smooth")] > 0 else {}
-        if used[LossTerms._fields.index("stab")] > 0:
-            parts["stab"] = 1 + len(parts)
-        return parts, bool(used[LossTerms._fields.index("div")] > 0)
+        read = {part for member in self.members for part in encoded_parts(self.cfg, member.variant)}
+        parts: dict[str, int] = {}
+        for name in ("smooth", "stab"):
+            if name in read:
+                parts[name] = 1 + len(parts)
+        return parts, bool(self.weights_MT[:, LossTerms._fields.index("div")].amax() > 0)
 
     def _initial_models(self) -> list[STSAE]:
         """Every member's starting weights. Members whose train rows are the same (one dataset, and the
