@@ -168,9 +168,12 @@ def test_lr_warms_up_then_decays_to_zero():
     assert lrs[99] == pytest.approx(0.02) and all(a >= b for a, b in itertools.pairwise(lrs[50:]))
 
 
-def test_lr_scales_with_inverse_sqrt_of_dictionary_size_when_a_reference_is_set():
+def test_lr_falls_with_dictionary_size_by_the_exponent_when_a_reference_is_set():
     assert small_cfg(lr=1e-3).lr_for(4096) == 1e-3
     assert small_cfg(lr=1e-3, lr_reference_d_dict=1024).lr_for(4096) == pytest.approx(5e-4)
+    assert small_cfg(lr=5e-4, lr_reference_d_dict=1024, lr_scale_exponent=0.25).lr_for(4096) == pytest.approx(
+        5e-4 / 2 ** 0.5)
+    assert small_cfg(lr=5e-4, lr_reference_d_dict=1024, lr_scale_exponent=0.0).lr_for(8192) == 5e-4
     z, z_aug, index, _ = planted(n_records=10)
     trainer = Trainer(*datasets(z, z_aug, index), small_cfg(warmup_steps=0, lr=1.0, lr_reference_d_dict=8),
                       "full", 32, seed=0, steps=100)

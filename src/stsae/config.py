@@ -307,8 +307,12 @@ class TrainSection(_Section):
     k: int = Field(16, ge=1, description="Active concepts per window for Top-K.")
     lr: float = Field(1e-3, gt=0, description="Adam learning rate after warm-up.")
     lr_reference_d_dict: int | None = Field(
-        None, ge=1, description="If set, train.lr holds at this K and K atoms train at lr·√(ref/K) "
-        "(dictionary_learning's 1/√K scaling); null: the same lr for every K."
+        None, ge=1, description="If set, train.lr holds at this K and K atoms train at "
+        "lr·(ref/K)^lr_scale_exponent; null: the same lr for every K."
+    )
+    lr_scale_exponent: float = Field(
+        0.5, ge=0, le=1, description="How steeply the lr falls with K above lr_reference_d_dict: 0.5 is "
+        "dictionary_learning's 1/√K; 0 the same lr for every K."
     )
     init: Literal["random", "data"] = Field(
         "random", description="Initial atoms: random unit directions (Gao et al.) or random standardised "
@@ -387,10 +391,10 @@ class TrainSection(_Section):
     )
 
     def lr_for(self, d_dict: int) -> float:
-        """Peak learning rate of a dictionary of `d_dict` atoms (see lr_reference_d_dict)."""
+        """Peak learning rate of a dictionary of `d_dict` atoms (see lr_reference_d_dict, lr_scale_exponent)."""
         if self.lr_reference_d_dict is None:
             return self.lr
-        return self.lr * (self.lr_reference_d_dict / d_dict) ** 0.5
+        return self.lr * (self.lr_reference_d_dict / d_dict) ** self.lr_scale_exponent
 
     @model_validator(mode="after")
     def _k_within_dictionary(self) -> TrainSection:
