@@ -137,9 +137,10 @@ def deal(entries: list[GridEntry], shares: int, cfg: TrainSection) -> list[list[
         raise StsaeError(f"cannot deal the grid into {shares} shares")
     dealt: list[list[GridEntry]] = [[] for _ in range(shares)]
     load = [0] * shares
-    for entry in sorted(entries, key=lambda e: -training_cost(e, cfg)):
+    cost = {entry: training_cost(entry, cfg) for entry in entries}
+    for entry in sorted(entries, key=lambda e: -cost[e]):
         target = load.index(min(load))
         dealt[target].append(entry)
-        load[target] += training_cost(entry, cfg)
+        load[target] += cost[entry]
     order = {entry: i for i, entry in enumerate(entries)}
     return [sorted(share, key=order.__getitem__) for share in dealt]
