@@ -3,6 +3,7 @@ re-encoding, safetensors + JSON files (never pickle), parameter validation."""
 
 from __future__ import annotations
 
+import itertools
 import pickle
 
 import numpy as np
@@ -107,10 +108,22 @@ def test_nmf_codes_are_non_negative_even_below_train_minimum() -> None:
     assert (model.encode(_low_rank_z() - 100.0) >= 0).all()
 
 
-def test_k_sparse_pca_equals_truncation() -> None:
-    z = _low_rank_z()
+def test_k_sparse_pca_is_the_best_k_sparse_code_and_matches_the_pursuit() -> None:
+    """PCA's k-sparse codes (truncation) reach the lowest error over every 3-atom support (brute force)
+    and equal the general pursuit-and-refit path of the base class."""
+    z = _low_rank_z(rank=12)
     model = PCABaseline(8).fit(z)
-    np.testing.assert_allclose(model.encode_k_sparse(z, 3), top_k_codes(model.encode(z), 3), atol=1e-4)
+    sparse = model.encode_k_sparse(z[:40], 3)
+    np.testing.assert_allclose(sparse, AffineDictionary._k_sparse_codes(model, z[:40], 3), atol=1e-4)
+    atoms, target = model.components_.astype(np.float64), z[:40].astype(np.float64) - model.mean_
+    best = np.full(40, np.inf)
+    for support in itertools.combinations(range(8), 3):
+        sub = atoms[list(support)]
+        coef = np.linalg.lstsq(sub.T, target.T, rcond=None)[0].T
+        best = np.minimum(best, ((target - coef @ sub) ** 2).sum(1))
+    err = ((z[:40] - model.decode(sparse)) ** 2).sum(1)
+    assert (np.count_nonzero(sparse, axis=1) == 3).all()
+    np.testing.assert_allclose(err, best, rtol=1e-4, atol=1e-3)
 
 
 def _planted_model(cls: type[AffineDictionary], seed: int = 0) -> tuple[AffineDictionary, np.ndarray, np.ndarray]:

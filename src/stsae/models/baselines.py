@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from sklearn.decomposition import PCA, FastICA
 from sklearn.exceptions import ConvergenceWarning
+from threadpoolctl import threadpool_limits
 
 from stsae.errors import InputDataError, StsaeError
 from stsae.models.nmf import DEFAULT_TOL as NMF_TOL
@@ -176,13 +177,16 @@ class AffineDictionary(ABC):
         Here each row takes the better (lower squared error) of two k-atom supports, each refit by
         least squares on the model's own atoms (non-negative for NMF): the greedy pursuit's support
         (orthogonal matching pursuit; for NMF the Lawson–Hanson active set stopped at k atoms) and
-        the top-k support of the dense codes. So the result is never worse than truncation, and for
-        PCA (orthonormal atoms) it equals truncation.
+        the top-k support of the dense codes. So the result is never worse than truncation; for PCA
+        (orthonormal atoms) it equals truncation, which `PCABaseline` therefore computes directly.
         """
         self._require_fitted()
         if not isinstance(k, int) or k < 1:
             raise BaselineError(f"k: must be a positive int, got {k!r}")
-        z = _check_z(z)
+        return self._k_sparse_codes(_check_z(z), k)
+
+    def _k_sparse_codes(self, z: np.ndarray, k: int) -> np.ndarray:
+        """`encode_k_sparse` on checked z: float32[N, 512], k ≥ 1 -> float32[N, n]."""
         atoms = self.components_.astype(np.float64)
         gram, b = atoms @ atoms.T, self._target(z) @ atoms.T
         greedy = greedy_pursuit(gram, b, k, non_negative=self.non_negative)
@@ -235,6 +239,13 @@ class PCABaseline(AffineDictionary):
     def _dense_codes(self, z: np.ndarray) -> np.ndarray:
         return (z - self.mean_) @ self.components_.T
 
+    def _k_sparse_codes(self, z: np.ndarray, k: int) -> np.ndarray:
+        """Truncation, exactly: with orthonormal atoms ‖y − xD‖² = ‖y − cD‖² + ‖c − x‖² (c the dense
+        projections), so the best k-sparse x keeps the k largest |c|. The pursuit of the base class
+        finds the same codes at ~40× the cost (1 s vs 25 ms for 6,000 rows at n = 128)."""
+        codes = self._dense_codes(z)
+        return np.where(top_k_support(codes, k), codes, 0.0).astype(np.float32)
+
 
 class ICABaseline(AffineDictionary):
     """FastICA: codes are the independent sources, scaled so the atoms (mixing columns) have unit norm."""
@@ -246,8 +257,12 @@ class ICABaseline(AffineDictionary):
     unmixing_: np.ndarray  # float32[n, 512]: codes = (z − mean_) @ unmixing_ᵀ
 
     def _fit(self, z: np.ndarray) -> None:
-        est = FastICA(n_components=self.n_components, whiten="unit-variance", max_iter=self.max_iter,
-                      random_state=self.seed % 2**32).fit(z)
+        # One BLAS thread: FastICA's iterations then do not depend on the machine's core count (2 threads
+        # took 184 iterations where 1 took 138 on the same demo rows) and, on its small products, run
+        # faster (demo n = 128: 2.1 s vs 7.5 s; at 60k rows 1.3× slower for n = 32, faster for n = 128).
+        with threadpool_limits(limits=1, user_api="blas"):
+            est = FastICA(n_components=self.n_components, whiten="unit-variance", max_iter=self.max_iter,
+                          random_state=self.seed % 2**32).fit(z)
         self.components_, norms = _unit_rows(est.mixing_.T)
         self.mean_ = est.mean_.astype(np.float32)
         self.unmixing_ = (est.components_ * norms[:, None]).astype(np.float32)
