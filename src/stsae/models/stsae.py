@@ -56,6 +56,7 @@ _INIT_ROWS = 8192  # train rows for the geometric median and the encoder-scale f
 _STATS_CHUNK = 8192  # rows per float64 chunk of the input statistics
 INITS = ("random", "data")
 AUXK_CODES = ("relu", "straight_through", "linear")
+ARGPARTITION_MAX_K = 4096  # `top_k`: numpy's selection up to this many latents, torch.topk above
 
 
 class CheckpointError(StsaeError, ValueError):
@@ -100,6 +101,15 @@ class ForwardOutput(NamedTuple):
     codes: Codes
 
 
+def _stable_argsort(ids: Tensor, n_ids: int) -> Tensor:
+    """torch.argsort(ids, stable=True) of int64[n] ids in [0, n_ids). A stable order is unique, so on the
+    CPU, for ids that fit int16, numpy's radix sort gives the same permutation 7–10× faster (0.43 vs
+    3.0 ms for the demo's 73,728 encoder selections of six K = 128 models)."""
+    if ids.device.type != "cpu" or n_ids > np.iinfo(np.int16).max + 1:
+        return torch.argsort(ids, stable=True)
+    return torch.from_numpy(np.argsort(ids.numpy().astype(np.int16), kind="stable"))
+
+
 def _transposed_bag_sum(idx: Tensor, weights: Tensor, rows: Tensor, n_out: int) -> Tensor:
     """out[j] = Σ_{(b,i): idx[b,i]=j} weights[b,i] · rows[b], as one `embedding_bag` with atoms as bags.
 
@@ -107,7 +117,7 @@ def _transposed_bag_sum(idx: Tensor, weights: Tensor, rows: Tensor, n_out: int) 
     materialises the [B·m, d] products (sorting the B·m selections by atom is all it needs).
     """
     flat = idx.reshape(-1)
-    order = torch.argsort(flat, stable=True)
+    order = _stable_argsort(flat, n_out)
     row_of = torch.arange(idx.shape[0], device=idx.device).repeat_interleave(idx.shape[1])[order]
     counts = torch.bincount(flat, minlength=n_out)
     offsets = torch.cumsum(counts, 0) - counts
@@ -178,7 +188,7 @@ class _TopKEncode(torch.autograd.Function):
                 dead_mask: Tensor | None, k_aux: int, aux_rows: int, aux_code: str) -> tuple[Tensor, ...]:
         centred = x - b_dec[:, None]
         pre = torch.baddbmm(b_enc[:, None], centred, w_enc.transpose(1, 2)).float()
-        vals, idx = pre.topk(k, dim=2, sorted=False)
+        vals, idx = top_k(pre, k)
         vals = vals.clamp_min(0.0)  # ReLU after the selection: same result, one pass over [R, K] less
         dead_ids = None if dead_mask is None else torch.nonzero(dead_mask.any(0)).squeeze(1)
         if dead_ids is not None and dead_ids.numel() > 0 and k_aux > 0:
@@ -220,6 +230,23 @@ class _TopKEncode(torch.autograd.Function):
         grad_b_dec = -torch.bmm(grad_b_enc[:, None], w_enc)[:, 0]
         return (None, grad_b_dec, grad_w.reshape(n_models, n_latents, d_in), grad_b_enc,
                 None, None, None, None, None)
+
+
+def top_k(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """(values, indices) of the k largest entries along the last axis of pre: float32[..., K], unordered.
+
+    On the CPU up to `ARGPARTITION_MAX_K` latents through numpy's introselect (`argpartition`), which
+    beat torch.topk on one thread: 6.0 vs 10.5 ms for the demo's [6, 768, 128] pre-activations, 5.2 vs
+    7.1 ms at [768, 1024], 17.6 vs 19.7 ms at [768, 4096] (but 40 vs 31 ms at 8192). Rows are
+    independent either way, so a fused model still selects exactly what it selects alone."""
+    n_latents = pre.shape[-1]
+    if pre.device.type != "cpu" or pre.dtype != torch.float32 or not 0 < k < n_latents \
+            or n_latents > ARGPARTITION_MAX_K:
+        return pre.topk(k, dim=-1, sorted=False)
+    flat = pre.detach().reshape(-1, n_latents).numpy()
+    idx = torch.from_numpy(np.argpartition(flat, n_latents - k, axis=1)[:, n_latents - k:])
+    idx = idx.reshape(*pre.shape[:-1], k)
+    return pre.gather(-1, idx), idx
 
 
 def _aux_codes(pre: Tensor, aux_code: str) -> tuple[Tensor, Tensor]:
