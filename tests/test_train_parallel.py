@@ -20,6 +20,7 @@ from stsae.rundir import RunDir
 from stsae.stages import train as train_stage
 from stsae.train.grid import GridEntry, build_grid, deal, training_cost
 from stsae.train.trainer import FusedTrainer
+from stsae.utils.threads import limited_threads
 from train_runs import config, ctx, embeddings_run_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -190,7 +191,7 @@ def test_two_local_workers_write_the_bytes_of_one(tmp_path):
     """The reference process gets a worker's share of the cores: float sums (GEMMs, numpy's BLAS) depend on
     the thread count, so a 2-thread reference differs from 1-thread workers in the last bits."""
     one, two = embeddings_run_dir(tmp_path / "one"), embeddings_run_dir(tmp_path / "two")
-    with train_stage._threads(max(1, train_stage.usable_cores() // 2)):
+    with limited_threads(max(1, train_stage.usable_cores() // 2)):
         train_stage.run(ctx(one, config(workers=1)))
     train_stage.run(ctx(two, config(workers=2)))
     assert _weights(two) == _weights(one) and _sidecars(two) == _sidecars(one)

@@ -24,7 +24,7 @@ import logging
 import multiprocessing
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
@@ -56,6 +56,7 @@ from stsae.utils import io
 from stsae.utils.device import device_facts, resolve_device
 from stsae.utils.dist import barrier, is_main_process, process_group, rank, world_size
 from stsae.utils.logs import setup_logging
+from stsae.utils.threads import limited_threads
 
 log = logging.getLogger(__name__)
 
@@ -216,19 +217,6 @@ def _train_group(job: ShareJob, group: list[GridEntry], train: WindowTripletData
     state.unlink(missing_ok=True)
 
 
-@contextlib.contextmanager
-def _threads(n: int) -> Iterator[None]:
-    """At most `n` threads for torch and for numpy's BLAS (the input statistics), restored on exit: a
-    worker's share of the cores, and the same arithmetic in every process with the same share."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        with threadpool_limits(limits=n, user_api="blas"):
-            yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _worker_setup(threads: int, verbosity: int, log_file: Path) -> None:
     """A spawned worker starts bare: its share of the cores, and the parent's logging (console, run.log)."""
     torch.set_num_threads(threads)
@@ -253,7 +241,7 @@ def _train_in_workers(jobs: list[ShareJob], log_file: Path,
                 len(others), mp_context=multiprocessing.get_context("spawn"), initializer=_worker_setup,
                 initargs=(threads, verbosity, log_file)))
             pending = [pool.submit(train_share, job) for job in others]
-        with _threads(threads):
+        with limited_threads(threads):
             train_share(here, data)
         for future in pending:
             future.result()
