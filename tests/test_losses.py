@@ -146,3 +146,14 @@ def test_every_term_reduces_per_model_over_a_leading_model_axis():
         assert torch.allclose(l_auxk(x, x_hat)[m], l_auxk(x[m], x_hat[m]))
         assert torch.allclose(l_div(w_dec)[m], l_div(w_dec[m]))
         assert torch.allclose(l_div(w_dec, sample)[m], l_div(w_dec[m], sample[m]))
+
+
+@settings(max_examples=25, deadline=None)
+@given(shift=st.floats(-100, 100), scale=st.floats(0.1, 100), seed=st.integers(0, 1000))
+def test_centred_sum_of_squares_matches_float64_per_leading_index(shift, scale, seed):
+    x = torch.randn(3, 2, 64, 16, generator=torch.Generator().manual_seed(seed)) * scale + shift
+    reference = ((x.double() - x.double().mean(-2, keepdim=True)) ** 2).sum((-2, -1))
+    got = centred_sum_of_squares(x)
+    assert got.shape == (3, 2) and got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), reference, rtol=1e-5, atol=0.0)
+    assert centred_sum_of_squares(x[0, 0]).shape == ()

@@ -12,7 +12,15 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from stsae.errors import StsaeError
-from stsae.models.stsae import STSAE, StackedSTSAE, effective_rank, input_statistics
+from stsae.models.stsae import (
+    ARGPARTITION_MAX_K,
+    STSAE,
+    StackedSTSAE,
+    _stable_argsort,
+    effective_rank,
+    input_statistics,
+    top_k,
+)
 
 D = 512
 
@@ -332,3 +340,27 @@ def test_a_group_of_different_architectures_is_refused():
     gen = torch.Generator().manual_seed(0)
     with pytest.raises(StsaeError, match="one architecture"):
         StackedSTSAE([STSAE(D, 64, "topk", 8, generator=gen), STSAE(D, 32, "topk", 8, generator=gen)])
+
+
+@pytest.mark.parametrize("n_latents", [64, 128, ARGPARTITION_MAX_K + 8])
+def test_top_k_selects_the_k_largest_entries_of_every_row(n_latents):
+    """Both selection paths (numpy's below ARGPARTITION_MAX_K, torch's above): the k largest per row,
+    the values at the indices, torch.topk's index set where a row has no ties, and rows of ties too."""
+    pre = torch.randn(2, 50, n_latents, generator=torch.Generator().manual_seed(n_latents))
+    pre[0, 0] = 0.0  # every entry tied
+    pre[1, :, :10] = 5.0  # ten tied maxima for seven places
+    vals, idx = top_k(pre, 7)
+    assert idx.shape == vals.shape == (2, 50, 7)
+    torch.testing.assert_close(vals, pre.gather(-1, idx))
+    assert (idx.sort(-1).values.diff(dim=-1) > 0).all()  # distinct latents
+    unselected = pre.scatter(-1, idx, -torch.inf).amax(-1)
+    assert (vals.amin(-1) >= unselected).all()
+    reference = pre.topk(7, dim=-1).indices.sort(-1).values
+    assert torch.equal(idx[0, 1:].sort(-1).values, reference[0, 1:])
+
+
+@pytest.mark.parametrize("n_ids", [768, 32768, 40000])
+def test_stable_argsort_is_torchs_stable_order(n_ids):
+    ids = torch.randint(n_ids, (5000,), generator=torch.Generator().manual_seed(n_ids))
+    ids[:100] = ids[0]  # runs of equal ids keep their order
+    assert torch.equal(_stable_argsort(ids, n_ids), torch.argsort(ids, stable=True))
