@@ -225,3 +225,22 @@ def test_invalid_parameters_fail_at_fit_naming_the_config_key(method: str, kwarg
 def test_wrong_embedding_width_is_rejected() -> None:
     with pytest.raises(BaselineError, match=r"float32\[N, 512\]"):
         PCABaseline(2).fit(np.zeros((10, 100), dtype=np.float32))
+
+
+@pytest.mark.parametrize(("budget", "computed"), [(1 << 20, 1), (10, 2)])
+def test_remembered_dense_codes_serve_the_k_sparse_pass_unchanged(monkeypatch: pytest.MonkeyPatch, budget: int,
+                                                                 computed: int) -> None:
+    """The evaluate stage's reuse of NMF's dense codes: same codes, one NNLS per batch while the budget
+    lasts, recomputed beyond it."""
+    z = _low_rank_z(rank=12)
+    model = NMFBaseline(10, max_iter=200).fit(z)
+    dense, sparse = model.transform(z), model.encode_k_sparse(z, 3)
+    calls: list[int] = []
+    original = model._dense_codes
+    monkeypatch.setattr(model, "_dense_codes", lambda x: calls.append(len(x)) or original(x))
+    model.remember_dense_codes(budget)
+    np.testing.assert_array_equal(model.transform(z), dense)
+    np.testing.assert_array_equal(model.encode_k_sparse(z, 3), sparse)
+    assert calls == [len(z)] * computed
+    model.encode_k_sparse(z[:50], 3)
+    assert calls[-1] == 50

@@ -11,8 +11,14 @@ import torch
 
 from stsae.config import BaselinesSection
 from stsae.errors import InputDataError
-from stsae.models.baselines import ICABaseline, PCABaseline
-from stsae.models.registry import list_models, load_concept_model, load_k_sparse_model
+from stsae.models.baselines import ICABaseline, NMFBaseline, PCABaseline
+from stsae.models.registry import (
+    BaselineConceptModel,
+    k_sparse_view,
+    list_models,
+    load_concept_model,
+    load_k_sparse_model,
+)
 from stsae.models.stsae import STSAE
 from stsae.rundir import RunDir
 from stsae.train.grid import GridEntry
@@ -118,6 +124,16 @@ def test_k_sparse_model_encodes_at_most_k_codes_per_row(tmp_path, z) -> None:
     codes = model.encode(z)
     assert codes.shape == (200, 6) and (np.count_nonzero(codes, axis=1) <= 2).all()
     assert model.name == "ica-n6"
+
+
+def test_k_sparse_view_of_a_loaded_baseline_encodes_as_the_loaded_k_sparse_model(tmp_path, z) -> None:
+    path = RunDir(tmp_path).baseline("nmf", 6)
+    NMFBaseline(6, max_iter=100).fit(z).save(path)
+    dense = load_concept_model(path, batch_size=64)
+    assert isinstance(dense, BaselineConceptModel)
+    view = k_sparse_view(dense, 2)
+    assert view.baseline is dense.baseline and view.name == "nmf-n6"
+    np.testing.assert_array_equal(view.encode(z), load_k_sparse_model(path, 2, batch_size=64).encode(z))
 
 
 def test_k_sparse_model_of_an_stsae_is_refused(tmp_path, z) -> None:

@@ -30,6 +30,7 @@ Nothing is unpickled, so a run directory copied from elsewhere cannot run code t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import warnings
@@ -96,6 +97,8 @@ class AffineDictionary(ABC):
         self.n_components = n_components
         self.seed = seed
         self.max_iter = max_iter
+        self._memo: dict[bytes, np.ndarray] | None = None  # dense codes by input bytes (`remember_dense_codes`)
+        self._memo_budget = 0
 
     @property
     def name(self) -> str:
@@ -154,7 +157,27 @@ class AffineDictionary(ABC):
     def transform(self, z: np.ndarray) -> np.ndarray:
         """z: float32[N, 512] -> dense codes float32[N, n] (in units of the unit-norm atoms)."""
         self._require_fitted()
-        return self._dense_codes(_check_z(z)).astype(np.float32)
+        return self._remembered_dense_codes(_check_z(z)).astype(np.float32)
+
+    def remember_dense_codes(self, max_bytes: int) -> None:
+        """From now on keep the dense codes of each input batch (keyed by its bytes), up to `max_bytes` in
+        all, so that `encode_k_sparse` of the same batches reuses them for its top-k support. Why: NMF's
+        dense codes are an exact NNLS per row, and the evaluate stage encodes every row densely and then
+        k-sparse (nmf-n128: 1.6 s per 6,000 rows, a quarter of its k-sparse re-encoding)."""
+        self._memo, self._memo_budget = {}, max_bytes
+
+    def _remembered_dense_codes(self, z: np.ndarray) -> np.ndarray:
+        """`_dense_codes(z)`, from the memo when this batch was seen (read-only: callers never write it)."""
+        if self._memo is None:
+            return self._dense_codes(z)
+        z = np.ascontiguousarray(z)
+        key = hashlib.blake2b(z.data, digest_size=16).digest() + str(z.shape).encode()
+        if key not in self._memo:
+            codes = self._dense_codes(z)
+            if codes.nbytes > self._memo_budget:
+                return codes
+            self._memo[key], self._memo_budget = codes, self._memo_budget - codes.nbytes
+        return self._memo[key]
 
     def inverse_transform(self, codes: np.ndarray) -> np.ndarray:
         """codes: float32[N, n] -> ẑ float32[N, 512] = codes @ components_ + offset_."""
@@ -190,7 +213,7 @@ class AffineDictionary(ABC):
         atoms = self.components_.astype(np.float64)
         gram, b = atoms @ atoms.T, self._target(z) @ atoms.T
         greedy = greedy_pursuit(gram, b, k, non_negative=self.non_negative)
-        support = top_k_support(self._dense_codes(z), k)
+        support = top_k_support(self._remembered_dense_codes(z), k)
         refit = nnls_gram(gram, b, allowed=support) if self.non_negative else least_squares_on_support(
             gram, b, support)
         better = objective(gram, b, refit) < objective(gram, b, greedy)

@@ -251,3 +251,9 @@ def load_k_sparse_model(path: Path | str, k: int, batch_size: int = 4096) -> Con
     if not _is_baseline(path):
         raise InputDataError(f"{path}: k-sparse re-encoding is defined for baselines only")
     return BaselineConceptModel(load_baseline(path), _baseline_info(path), batch_size, k_sparse=k)
+
+
+def k_sparse_view(model: BaselineConceptModel, k: int) -> BaselineConceptModel:
+    """`load_k_sparse_model` of an already loaded baseline, sharing its fitted arrays (and the dense codes
+    it remembers, `AffineDictionary.remember_dense_codes`)."""
+    return BaselineConceptModel(model.baseline, model.info, model.batch_size, k_sparse=k)

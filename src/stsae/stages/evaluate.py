@@ -63,12 +63,13 @@ from stsae.eval.stability import (
 )
 from stsae.eval.temporal import lag1_within_record, record_runs
 from stsae.models.registry import (
+    BaselineConceptModel,
     ConceptModel,
     ModelInfo,
     StsaeConceptModel,
+    k_sparse_view,
     list_models,
     load_concept_model,
-    load_k_sparse_model,
 )
 from stsae.pipeline.contract import StageContext, StageContract
 from stsae.train.grid import main_entry
@@ -86,6 +87,8 @@ NULL_KEYS = ("stability_live_atoms", "stability_null_data_mean_cos", "stability_
 DEAD_TRAIN_KEYS = ("dead_fraction_train", "dead_window_samples")
 # Train rows the data-aware nulls are built from (the trainer's own cap is train.stats_max_rows).
 COVARIANCE_MAX_ROWS = 20_000
+# Dense codes a baseline keeps for its matched-sparsity pass (the demo's nmf-n128 needs ~15 MB).
+DENSE_CODES_MEMO_BYTES = 64 << 20
 
 
 @dataclass
@@ -433,13 +436,15 @@ def _score_all(infos: list[ModelInfo], main: ModelInfo | None, data: EvalData, c
     k_active: int | None = None
     for info in ordered:
         model = load_concept_model(info.path, batch_size=cfg.chunk_rows, device=device)
+        matched = _matched_row(info, k_active) if info.family != "stsae" else None
+        if matched is not None and isinstance(model, BaselineConceptModel):
+            model.baseline.remember_dense_codes(DENSE_CODES_MEMO_BYTES)  # the k-sparse pass reads the same rows
         row = _identity(info, is_main=info is main)
         live[info.name] = model.dictionary[_score(row, model, data, cfg, references, seed)]
         _fill_dead_train(row, info)
         rows.append(row)
-        matched = _matched_row(info, k_active) if info.family != "stsae" else None
-        if matched is not None and k_active is not None:
-            k_sparse = load_k_sparse_model(info.path, k_active, batch_size=cfg.chunk_rows)
+        if matched is not None and k_active is not None and isinstance(model, BaselineConceptModel):
+            k_sparse = k_sparse_view(model, k_active)
             _score(matched, k_sparse, data, cfg, references, seed)
             _fill_dead_train(matched, info)
             rows.append(matched)
