@@ -266,7 +266,7 @@ class PCABaseline(AffineDictionary):
         """Truncation, exactly: with orthonormal atoms ‖y − xD‖² = ‖y − cD‖² + ‖c − x‖² (c the dense
         projections), so the best k-sparse x keeps the k largest |c|. The pursuit of the base class
         finds the same codes at ~40× the cost (1 s vs 25 ms for 6,000 rows at n = 128)."""
-        codes = self._dense_codes(z)
+        codes = self._remembered_dense_codes(z)
         return np.where(top_k_support(codes, k), codes, 0.0).astype(np.float32)
 
 
