@@ -17,7 +17,6 @@ from stsae.models.registry import (
     k_sparse_view,
     list_models,
     load_concept_model,
-    load_k_sparse_model,
 )
 from stsae.models.stsae import STSAE
 from stsae.rundir import RunDir
@@ -117,29 +116,29 @@ def test_a_renamed_baseline_file_is_refused(tmp_path, z) -> None:
         list_models(run_dir, BaselinesSection(methods=["pca"], n_components=[6]))
 
 
-def test_k_sparse_model_encodes_at_most_k_codes_per_row(tmp_path, z) -> None:
+def test_k_sparse_view_encodes_at_most_k_codes_per_row(tmp_path, z) -> None:
     path = RunDir(tmp_path).baseline("ica", 6)
     ICABaseline(6).fit(z).save(path)
-    model = load_k_sparse_model(path, 2, batch_size=64)
+    model = k_sparse_view(load_concept_model(path, batch_size=64), 2)
     codes = model.encode(z)
     assert codes.shape == (200, 6) and (np.count_nonzero(codes, axis=1) <= 2).all()
     assert model.name == "ica-n6"
 
 
-def test_k_sparse_view_of_a_loaded_baseline_encodes_as_the_loaded_k_sparse_model(tmp_path, z) -> None:
+def test_k_sparse_view_shares_the_loaded_baseline_and_encodes_its_k_sparse_codes(tmp_path, z) -> None:
     path = RunDir(tmp_path).baseline("nmf", 6)
     NMFBaseline(6, max_iter=100).fit(z).save(path)
     dense = load_concept_model(path, batch_size=64)
     assert isinstance(dense, BaselineConceptModel)
     view = k_sparse_view(dense, 2)
     assert view.baseline is dense.baseline and view.name == "nmf-n6"
-    np.testing.assert_array_equal(view.encode(z), load_k_sparse_model(path, 2, batch_size=64).encode(z))
+    np.testing.assert_array_equal(view.encode(z[:64]), dense.baseline.encode_k_sparse(z[:64], 2))
 
 
-def test_k_sparse_model_of_an_stsae_is_refused(tmp_path, z) -> None:
+def test_k_sparse_view_of_an_stsae_is_refused(tmp_path, z) -> None:
     path = write_stsae(RunDir(tmp_path), z, "full", 32, 0)
     with pytest.raises(InputDataError, match="baselines only"):
-        load_k_sparse_model(path, 2)
+        k_sparse_view(load_concept_model(path), 2)
 
 
 def test_list_models_with_a_grid_lists_only_its_stsae_models_and_never_stale_ones(tmp_path, z) -> None:

@@ -244,16 +244,10 @@ def load_concept_model(path: Path | str, batch_size: int = 4096, device: torch.d
     return StsaeConceptModel(_load_stsae_module(path), info, batch_size, device)
 
 
-def load_k_sparse_model(path: Path | str, k: int, batch_size: int = 4096) -> ConceptModel:
-    """A baseline that encodes at most k nonzero codes per row on its own dictionary (refit, offset kept):
-    the matched-sparsity comparison with an ST-SAE whose L0 is k."""
-    path = Path(path)
-    if not _is_baseline(path):
-        raise InputDataError(f"{path}: k-sparse re-encoding is defined for baselines only")
-    return BaselineConceptModel(load_baseline(path), _baseline_info(path), batch_size, k_sparse=k)
-
-
-def k_sparse_view(model: BaselineConceptModel, k: int) -> BaselineConceptModel:
-    """`load_k_sparse_model` of an already loaded baseline, sharing its fitted arrays (and the dense codes
-    it remembers, `AffineDictionary.remember_dense_codes`)."""
+def k_sparse_view(model: ConceptModel, k: int) -> BaselineConceptModel:
+    """The loaded baseline `model` encoding at most k nonzero codes per row on its own dictionary (refit,
+    offset kept): the matched-sparsity comparison with an ST-SAE whose L0 is k. It shares the baseline's
+    fitted arrays and the dense codes it remembers (`AffineDictionary.remember_dense_codes`)."""
+    if not isinstance(model, BaselineConceptModel):
+        raise InputDataError(f"{model.info.path}: k-sparse re-encoding is defined for baselines only")
     return BaselineConceptModel(model.baseline, model.info, model.batch_size, k_sparse=k)

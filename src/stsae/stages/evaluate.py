@@ -443,7 +443,7 @@ def _score_all(infos: list[ModelInfo], main: ModelInfo | None, data: EvalData, c
         live[info.name] = model.dictionary[_score(row, model, data, cfg, references, seed)]
         _fill_dead_train(row, info)
         rows.append(row)
-        if matched is not None and k_active is not None and isinstance(model, BaselineConceptModel):
+        if matched is not None and k_active is not None:
             k_sparse = k_sparse_view(model, k_active)
             _score(matched, k_sparse, data, cfg, references, seed)
             _fill_dead_train(matched, info)
