@@ -370,9 +370,11 @@ def run_size(data: BenchData, arms: dict[str, TrainSection], d_dict: int, varian
 
 def bench_config(path: Path, overrides: list[str], k: int, batch: int, warmup: int,
                  decay_start: float = 1.0) -> TrainSection:
-    """The config's train section with the benchmark's k, batch, warm-up and lr decay, no validation."""
-    cfg = load_config(path, overrides).train
-    return cfg.model_copy(update={"k": k, "batch_size": batch, "warmup_steps": warmup, "lr_decay_start": decay_start,
+    """The config's train section with the benchmark's k, batch, warm-up and lr decay, no validation.
+    The warm-up and decay come before `overrides`, so that an arm can set its own schedule."""
+    schedule = [f"train.warmup_steps={warmup}", f"train.lr_decay_start={decay_start}"]
+    cfg = load_config(path, [*schedule, *overrides]).train
+    return cfg.model_copy(update={"k": k, "batch_size": batch,
                                   "eval_every": 10**9, "checkpoint_every": 10**9, "keep_best": False})
 
 

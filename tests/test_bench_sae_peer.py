@@ -180,3 +180,12 @@ def test_decay_start_sets_our_schedule_and_an_out_of_range_one_is_refused(bench:
     with pytest.raises(SystemExit):
         bench.parse_args(["--decay-start", "0"])
     assert "--decay-start 0.0" in capsys.readouterr().err
+
+
+def test_an_arm_sets_its_own_schedule_over_the_benchmark_s(bench: ModuleType) -> None:
+    """The lr-schedule study trains arms with different decay starts side by side in one process."""
+    args = bench.parse_args(["--decay-start", "0.8", "--warmup", "20", "--arm", "base",
+                             "--arm", "early:train.lr_decay_start=0.1,train.warmup_steps=5"])
+    arms = bench.arm_configs(args)
+    assert (arms["base"].lr_decay_start, arms["base"].warmup_steps) == (0.8, 20)
+    assert (arms["early"].lr_decay_start, arms["early"].warmup_steps) == (0.1, 5)
