@@ -9,11 +9,12 @@ Contenders: `stsae_vanilla` (L_rec + AuxK) and `stsae_full` (all ST-SAE losses, 
 triplet) at the config's defaults (`--config`, `--set train.key=value`), and `peer_topk`
 (dictionary_learning at its own defaults: lr 2e-4/√(K/2¹⁴), k_aux = d/2, AuxK weight 1/32), on the
 same standardised rows x = (z − μ) / s (the transformation our model applies internally), the same
-batch order, the same warm-up (`--warmup`) and no lr decay. dictionary_learning's dead-latent window is
-10M tokens, which 250 steps never reach; it is set to our `train.dead_after_samples` so that AuxK is
-active in both, on the same definition. `--arm NAME:train.key=value,...` trains several settings arms of
-ours side by side (contender `stsae_<variant>@NAME`, same seed and batches); the peer then takes the
-first arm's dead window.
+batch order, the same warm-up (`--warmup`) and lr decay (`--decay-start`, none by default).
+dictionary_learning's dead-latent window is 10M tokens,
+which 250 steps never reach; it is set to our `train.dead_after_samples` so that AuxK is active in both,
+on the same definition. `--arm NAME:train.key=value,...` trains several settings arms of
+ours side by side (contender `stsae_<variant>@NAME`, same seed and batches; an arm may set its own
+warm-up and decay); the peer then takes the first arm's dead window and lr schedule.
 
 Metrics, at every checkpoint step (`--steps`):
 - held-out EV = 1 − Σ‖x − x̂‖² / Σ‖x − x̄‖² on held-out rows (0: no better than the mean; 1: exact);
@@ -261,9 +262,12 @@ class Peer:
         self.batch_ids = reference.trainer.batch_ids
         model = reference.trainer.model
         self.mean, self.scale = model.input_mean.clone(), model.input_scale.clone()
+        # Their scheduler refuses a decay that starts at the end of warm-up (ours decays from there when
+        # lr_decay_start = warm-up fraction): theirs then starts one step later.
+        decay_step = max(int(decay_start * steps), warmup + 1) if decay_start < 1 else None
         self.trainer = TopKTrainer(steps=steps, activation_dim=D, dict_size=d_dict, k=k, layer=0,
                                    lm_name="bench_sae_peer", warmup_steps=warmup, seed=seed, device="cpu",
-                                   decay_start=int(decay_start * steps) if decay_start < 1 else None)
+                                   decay_start=decay_step)
         self.trainer.dead_feature_threshold = dead_window
         self.lr = float(self.trainer.lr)
 
@@ -352,7 +356,7 @@ def summarise(raw: dict[str, Any], steady_from: int) -> dict[str, Any]:
 def run_size(data: BenchData, arms: dict[str, TrainSection], d_dict: int, variants: list[str], peer: bool,
              checkpoints: list[int], seed: int, steady_from: int) -> dict[str, Any]:
     """Build the contenders at one K (every variant under every settings arm), train them in lockstep,
-    summarise. The peer takes the first arm's batch order and dead window."""
+    summarise. The peer takes the first arm's batch order, dead window and lr schedule."""
     update = {"d_dict": d_dict, "d_dict_sweep": [d_dict], "steps": max(checkpoints)}
     ours = [Ours(data, arm_cfg.model_copy(update=update), v, d_dict, seed, arm)
             for arm, arm_cfg in arms.items() for v in variants]
