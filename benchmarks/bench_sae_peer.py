@@ -41,11 +41,12 @@ stub `nnsight` (imported only by its LM activation buffers) and reruns itself in
         [--arm relu:train.auxk_fit_scale=false --arm fit:train.auxk_fit_scale=true]
         [--threads 1] [--out benchmarks/results/sae_peer.json]
 
-Measured 2026-11-30 (batch 1024, 20 480 held-out rows, one thread on the loaded 2-core box; tables in
-benchmarks/README.md, "SAE vs dictionary_learning" and "AuxK code"): with relu AuxK codes at the fitted
-scale and a 20k dead window (the defaults since), seed 0, ours vs theirs: K = 2048 EV 0.877 / 0.845 and
-never-firing 25 % / 49 % after 50 steps, 0.989 / 0.986 and 4.3 % / 4.9 % after 250; K = 8192 0.783 / 0.740
-and 58 % / 62 %, 0.969 / 0.961 and 42 % / 67 %; vanilla step 1.5–2.0× faster.
+Measured 2026-11-30, session 10 (batch 1024, 20 480 held-out rows, one thread, seed 0, constant lr
+after a 10-step warm-up; benchmarks/README.md, "The issue's cells with the new default"), ours vs theirs:
+K = 2048 EV 0.877 / 0.845 and never-firing 25 % / 53 % after 50 steps, 0.989 / 0.986 and 4.0 % / 7.9 %
+after 250; K = 8192 0.783 / 0.740 and 58 % / 64 %, 0.969 / 0.961 and 42 % / 79 %; vanilla step 1.8–2.2×
+faster. The lr choice behind it, and what it costs at the end of a schedule: "Peak lr and decay from the
+end of warm-up".
 """
 
 from __future__ import annotations
