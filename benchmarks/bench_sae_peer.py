@@ -10,11 +10,11 @@ triplet) at the config's defaults (`--config`, `--set train.key=value`), and `pe
 (dictionary_learning at its own defaults: lr 2e-4/√(K/2¹⁴), k_aux = d/2, AuxK weight 1/32), on the
 same standardised rows x = (z − μ) / s (the transformation our model applies internally), the same
 batch order, the same warm-up (`--warmup`) and lr decay (`--decay-start`, none by default).
-dictionary_learning's dead-latent window is 10M tokens,
-which 250 steps never reach; it is set to our `train.dead_after_samples` so that AuxK is active in both,
-on the same definition. `--arm NAME:train.key=value,...` trains several settings arms of
-ours side by side (contender `stsae_<variant>@NAME`, same seed and batches; an arm may set its own
-warm-up and decay); the peer then takes the first arm's dead window and lr schedule.
+dictionary_learning's dead-latent window is 10M tokens, which 250 steps never reach; it is set to our
+`train.dead_after_samples` so that AuxK is active in both, on the same definition.
+`--arm NAME:train.key=value,...` trains several settings arms of ours side by side (contender
+`stsae_<variant>@NAME`, same seed and batches; an arm may set its own warm-up and decay); the peer then
+takes the first arm's dead window and lr schedule.
 
 Metrics, at every checkpoint step (`--steps`):
 - held-out EV = 1 − Σ‖x − x̂‖² / Σ‖x − x̄‖² on held-out rows (0: no better than the mean; 1: exact);
