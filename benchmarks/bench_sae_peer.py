@@ -263,8 +263,9 @@ class Peer:
         self.batch_ids = reference.trainer.batch_ids
         model = reference.trainer.model
         self.mean, self.scale = model.input_mean.clone(), model.input_scale.clone()
-        # Their scheduler refuses a decay that starts at the end of warm-up (ours decays from there when
-        # lr_decay_start = warm-up fraction): theirs then starts one step later.
+        # Ours never decays inside the warm-up (from its end when lr_decay_start is at or below the
+        # warm-up fraction); their scheduler refuses a decay that starts at the end of warm-up, so theirs
+        # starts one step later.
         decay_step = max(int(decay_start * steps), warmup + 1) if decay_start < 1 else None
         self.trainer = TopKTrainer(steps=steps, activation_dim=D, dict_size=d_dict, k=k, layer=0,
                                    lm_name="bench_sae_peer", warmup_steps=warmup, seed=seed, device="cpu",
@@ -447,7 +448,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--warmup", type=int, default=10, help="linear lr warm-up steps (both trainers)")
     parser.add_argument("--decay-start", type=float, default=1.0,
-                        help="fraction of the steps after which both trainers' lr decays linearly to 0 (1: never)")
+                        help="fraction of the steps after which both trainers' lr decays linearly to 0 "
+                        "(1: never; 0: from the end of warm-up)")
     parser.add_argument("--steady-from", type=int, default=100)
     parser.add_argument("--variants", nargs="+", default=["vanilla", "full"], choices=["vanilla", "full"])
     parser.add_argument("--no-peer", action="store_true", help="ours only, in this process")
@@ -473,8 +475,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             setattr(args, key, value if key != "set" else [*value, *args.set])
         if args.out == DEFAULT_OUT:
             args.out = DEFAULT_OUT.with_name("sae_peer_quick.json")
-    if not 0 < args.decay_start <= 1:
-        parser.error(f"--decay-start {args.decay_start} must be in (0, 1]")
+    if not 0 <= args.decay_start <= 1:
+        parser.error(f"--decay-start {args.decay_start} must be in [0, 1] (0: from the end of warm-up)")
     if not 0 <= args.warmup < max(args.steps):
         parser.error(f"--warmup {args.warmup} must be below the last checkpoint step {max(args.steps)}")
     if min(args.sizes) < args.k:

@@ -168,6 +168,17 @@ def test_lr_warms_up_then_decays_to_zero():
     assert lrs[99] == pytest.approx(0.02) and all(a >= b for a, b in itertools.pairwise(lrs[50:]))
 
 
+@pytest.mark.parametrize("decay_start", [0.0, 0.05, 0.1])
+def test_lr_decay_never_starts_inside_the_warm_up(decay_start: float):
+    """configs/default.yaml decays from the end of warm-up (0): the peak is reached whatever the step counts."""
+    z, z_aug, index, _ = planted(n_records=10)
+    trainer = Trainer(*datasets(z, z_aug, index),
+                      small_cfg(warmup_steps=10, lr=1.0, lr_decay_start=decay_start), "full", 32, seed=0, steps=100)
+    lrs = [trainer.lr_at(s) for s in range(100)]
+    assert lrs[:10] == pytest.approx([(s + 1) / 10 for s in range(10)])
+    assert lrs[10:] == pytest.approx([(100 - s) / 90 for s in range(10, 100)])
+
+
 def test_lr_falls_with_dictionary_size_by_the_exponent_when_a_reference_is_set():
     assert small_cfg(lr=1e-3).lr_for(4096) == 1e-3
     assert small_cfg(lr=1e-3, lr_reference_d_dict=1024).lr_for(4096) == pytest.approx(5e-4)

@@ -328,7 +328,8 @@ class TrainSection(_Section):
     steps: int = Field(2000, ge=1, description="Optimizer steps per model.")
     warmup_steps: int = Field(100, ge=0, description="Linear learning-rate warm-up steps.")
     lr_decay_start: float = Field(
-        0.8, ge=0, le=1, description="Fraction of steps after which the lr decays linearly to 0."
+        0.8, ge=0, le=1, description="Fraction of steps after which the lr decays linearly to 0, never "
+        "before the end of warm-up (0: straight from the end of warm-up)."
     )
     grad_clip: float = Field(1.0, gt=0, description="Global gradient-norm clip.")
     bf16: bool = Field(False, description="bf16 autocast in the forward pass.")

@@ -8,7 +8,8 @@ recipe (see the class). `Trainer` is the one-model case of the same code.
 One `update` per step in the order of dictionary_learning's trainers: forward on the triplet batch →
 backward → (DDP) sum gradients → remove the decoder-gradient component parallel to each atom →
 clip → Adam step → renormalise the decoder. Learning rate: linear warm-up, constant, then linear
-decay to 0 from `train.lr_decay_start` (dictionary_learning's schedule).
+decay to 0 from `train.lr_decay_start` (dictionary_learning's schedule), never before the end of the
+warm-up, so that 0 means "decay straight from the peak" whatever the step counts.
 
 Exact resume: every random choice is derived from (seed, name, step) rather than drawn from a running
 generator (batches: one permutation per epoch; L_div atom subset: one draw per step), so a checkpoint
@@ -319,7 +320,7 @@ class FusedTrainer:
     def _lr_factor(self, step: int) -> float:
         cfg = self.cfg
         factor = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
-        decay_start = int(cfg.lr_decay_start * self.total_steps)
+        decay_start = max(int(cfg.lr_decay_start * self.total_steps), cfg.warmup_steps)
         if step >= decay_start and self.total_steps > decay_start:
             factor = min(factor, (self.total_steps - step) / (self.total_steps - decay_start))
         return factor
