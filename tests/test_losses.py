@@ -8,8 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stsae.config import LossWeights
+from stsae.models.stsae import fired_latents, scatter_codes
 from stsae.train.losses import (
     LossTerms,
+    SparseCodes,
     auxk_scale,
     centred_sum_of_squares,
     l_auxk,
@@ -157,3 +159,64 @@ def test_centred_sum_of_squares_matches_float64_per_leading_index(shift, scale, 
     assert got.shape == (3, 2) and got.dtype == torch.float32
     torch.testing.assert_close(got.double(), reference, rtol=1e-5, atol=0.0)
     assert centred_sum_of_squares(x[0, 0]).shape == ()
+
+
+def _top_k_codes(gen: torch.Generator, rows: int, n_latents: int, k: int) -> SparseCodes:
+    """Top-K codes with some exact zeros among the values (a ReLU after the selection)."""
+    ids = torch.stack([torch.randperm(n_latents, generator=gen)[:k] for _ in range(rows)])
+    return SparseCodes(ids, torch.rand(rows, k, generator=gen).clamp_min(0.2) - 0.2)
+
+
+def _partner(codes: SparseCodes, gen: torch.Generator, n_latents: int, overlap: float) -> SparseCodes:
+    """Codes of the same rows sharing about `overlap` of their active latents with `codes`, in another
+    slot order, one shared latent per row tied in value."""
+    rows, k = codes.idx.shape
+    other = _top_k_codes(gen, rows, n_latents, k)
+    keep = torch.rand(rows, k, generator=gen) < overlap
+    ids = [torch.where(keep[r], codes.idx[r], other.idx[r]) for r in range(rows)]
+    ids = torch.stack([row if row.unique().numel() == k else codes.idx[r] for r, row in enumerate(ids)])
+    vals = other.vals.clone()
+    vals[ids == codes.idx] = codes.vals[ids == codes.idx]
+    slots = torch.stack([torch.randperm(k, generator=gen) for _ in range(rows)])
+    return SparseCodes(ids.gather(1, slots), vals.gather(1, slots))
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), k=st.integers(1, 12), overlap=st.floats(0.0, 1.0),
+       sp_weight=st.sampled_from([0.0, 0.001]))
+def test_sparse_code_losses_and_their_gradients_equal_the_dense_codes(seed, k, overlap, sp_weight):
+    """The Top-K training step never scatters codes into [B, K]: L_smooth(f_t, f_t+1), L_stab(f_t, f_aug)
+    and L_sp(f_t) of the sparse codes equal the dense ones, and with L_sp's Top-K weight (0) every active
+    entry gets bit for bit the dense gradient, which keeps the trained weights identical."""
+    gen = torch.Generator().manual_seed(seed)
+    f_t = _top_k_codes(gen, rows=9, n_latents=16, k=k)
+    f_t1, f_aug = _partner(f_t, gen, 16, overlap), _partner(f_t, gen, 16, 1.0 - overlap)
+    results = []
+    for dense in (False, True):
+        vals = [part.vals.clone().requires_grad_() for part in (f_t, f_t1, f_aug)]
+        parts = [scatter_codes(part.idx, v, 16) if dense else SparseCodes(part.idx, v)
+                 for part, v in zip((f_t, f_t1, f_aug), vals, strict=True)]
+        terms = torch.stack([l_smooth(parts[0], parts[1]), l_stab(parts[0], parts[2], n=4), l_sp(parts[0])])
+        (terms * torch.tensor([0.05, 0.03, sp_weight])).sum().backward()
+        results.append((terms.detach(), [v.grad for v in vals]))
+    (sparse_terms, sparse_grads), (dense_terms, dense_grads) = results
+    torch.testing.assert_close(sparse_terms, dense_terms, rtol=1e-6, atol=1e-6)  # sums in another order
+    for sparse_grad, dense_grad in zip(sparse_grads, dense_grads, strict=True):
+        if sp_weight == 0.0:
+            assert torch.equal(sparse_grad, dense_grad)
+        torch.testing.assert_close(sparse_grad, dense_grad, rtol=1e-5, atol=1e-9)
+
+
+def test_sparse_l1_distance_counts_shared_latents_once_per_leading_index():
+    a = SparseCodes(torch.tensor([[[0, 3]], [[1, 2]]]), torch.tensor([[[1.0, 2.0]], [[0.5, 0.0]]]))
+    b = SparseCodes(torch.tensor([[[3, 5]], [[2, 1]]]), torch.tensor([[[0.5, 4.0]], [[0.5, 1.0]]]))
+    # model 0: |1 - 0| + |2 - 0.5| + |0 - 4| = 6.5; model 1: |0.5 - 1| + |0 - 0.5| = 1.0
+    torch.testing.assert_close(l_smooth(a, b), torch.tensor([6.5, 1.0]))
+
+
+def test_fired_latents_are_those_with_a_positive_code_on_some_row():
+    a = _top_k_codes(torch.Generator().manual_seed(3), rows=6, n_latents=16, k=5)
+    idx, vals = torch.stack([a.idx, a.idx.flip(0)]), torch.stack([a.vals, torch.zeros_like(a.vals)])
+    expected = (scatter_codes(idx, vals, 16) > 0).any(1)
+    assert torch.equal(fired_latents(idx, vals, 16), expected)
+    assert expected[0].any() and not expected[1].any()

@@ -93,12 +93,16 @@ class ForwardOutput(NamedTuple):
     """Output of `StackedSTSAE.forward` on a stacked triplet batch x_MTBD (M models, T triplet parts
     z_t, z_t+1, z_aug_t in that order, B rows, D inputs; standardised space, where the losses live).
 
-    x_hat: float32[M, B, D], the reconstruction of the first part (z_t) only; f: float32[M, T, B, K]
-    dense codes of every part (differentiable); codes: the stacked `Codes` (AuxK selection included)."""
+    x_hat: float32[M, B, D], the reconstruction of the first part (z_t) only; codes: the stacked `Codes`
+    (AuxK selection included). Every part's codes, differentiable: ReLU: f float32[M, T, B, K] (dense);
+    Top-K: idx int64[M, T, B, k] and vals float32[M, T, B, k] (f None: a training step never builds
+    the dense [M, T, B, K] codes)."""
 
     x_hat: Tensor
-    f: Tensor
+    f: Tensor | None
     codes: Codes
+    idx: Tensor | None = None
+    vals: Tensor | None = None
 
 
 def _stable_argsort(ids: Tensor, n_ids: int) -> Tensor:
@@ -285,6 +289,14 @@ def scatter_codes(idx: Tensor, vals: Tensor, n_latents: int) -> Tensor:
     """Top-K codes int64[..., k], float32[..., k] scattered into dense float32[..., K] (differentiable)."""
     out = torch.zeros(*idx.shape[:-1], n_latents, dtype=vals.dtype, device=vals.device)
     return out.scatter(-1, idx, vals)
+
+
+@torch.no_grad()
+def fired_latents(idx_MBk: Tensor, vals_MBk: Tensor, n_latents: int) -> Tensor:
+    """bool[M, K]: the latents of each model with a positive Top-K code on some row (idx, vals [M, B, k])."""
+    fired = torch.zeros(idx_MBk.shape[0] * n_latents, dtype=torch.bool, device=idx_MBk.device)
+    fired[_flat_ids(idx_MBk, n_latents)[vals_MBk.reshape(-1, idx_MBk.shape[-1]) > 0]] = True
+    return fired.view(idx_MBk.shape[0], n_latents)
 
 
 @torch.no_grad()
@@ -641,15 +653,17 @@ class StackedSTSAE(nn.Module):
         n_models, n_parts, b, _ = x_MTBD.shape
         codes = stacked_codes(x_MTBD.reshape(n_models, n_parts * b, self.d_in), self.W_enc, self.b_enc,
                               self.b_dec, self.activation, self.k, dead_mask, k_aux, aux_rows=b, aux_code=aux_code)
-        if codes.idx is not None and codes.vals is not None:
-            f_MRK = scatter_codes(codes.idx, codes.vals, self.d_dict)
-            x_hat_MBD = (combine_atoms(self.W_dec, codes.idx[:, :b], codes.vals[:, :b]) if self.sparse_decode
-                         else torch.bmm(f_MRK[:, :b], self.W_dec)) + self.b_dec[:, None]
-        else:
+        if codes.idx is None or codes.vals is None:
             assert codes.f is not None
-            f_MRK = codes.f
-            x_hat_MBD = torch.bmm(f_MRK[:, :b], self.W_dec) + self.b_dec[:, None]
-        return ForwardOutput(x_hat_MBD, f_MRK.reshape(n_models, n_parts, b, self.d_dict), codes)
+            x_hat_MBD = torch.bmm(codes.f[:, :b], self.W_dec) + self.b_dec[:, None]
+            return ForwardOutput(x_hat_MBD, codes.f.reshape(n_models, n_parts, b, self.d_dict), codes)
+        if self.sparse_decode:
+            x_hat_MBD = combine_atoms(self.W_dec, codes.idx[:, :b], codes.vals[:, :b])
+        else:
+            x_hat_MBD = torch.bmm(scatter_codes(codes.idx[:, :b], codes.vals[:, :b], self.d_dict), self.W_dec)
+        shape = (n_models, n_parts, b, self.k)
+        return ForwardOutput(x_hat_MBD + self.b_dec[:, None], None, codes, codes.idx.view(shape),
+                             codes.vals.view(shape))
 
     def aux_reconstruction(self, codes: Codes) -> Tensor:
         """float32[M, R_aux, d_in]: what each model's selected dead latents reconstruct (AuxK, no bias)."""

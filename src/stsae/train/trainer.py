@@ -48,7 +48,9 @@ from stsae.models.stsae import (
     STSAE,
     TENSOR_NAMES,
     CheckpointError,
+    ForwardOutput,
     StackedSTSAE,
+    fired_latents,
     input_statistics,
     read_safetensors,
     safetensors_bytes,
@@ -56,6 +58,8 @@ from stsae.models.stsae import (
 from stsae.pipeline.code_identity import code_digest
 from stsae.train.losses import (
     LossTerms,
+    PartCodes,
+    SparseCodes,
     auxk_scale,
     centred_sum_of_squares,
     l_auxk,
@@ -130,6 +134,14 @@ def training_code() -> str:
     the stage fingerprint alone reruns the stage after a code edit, but its per-model check would then
     keep every model the old code trained."""
     return code_digest(TRAINING_CODE_MODULE)
+
+
+def _part_codes(out: ForwardOutput, part: int) -> PartCodes:
+    """The codes of one triplet part of a stacked forward pass: dense [M, B, K] (ReLU) or sparse (Top-K)."""
+    if out.idx is None or out.vals is None:
+        assert out.f is not None
+        return out.f[:, part].float()
+    return SparseCodes(out.idx[:, part], out.vals[:, part])
 
 
 def train_rows(data: WindowTripletDataset, max_rows: int, seed: int) -> np.ndarray:
@@ -351,14 +363,13 @@ class FusedTrainer:
         x_MTBD = self.stack.standardise(torch.stack(parts, 1))
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
             out = self.stack(x_MTBD, dead_mask, self.cfg.aux_k, self.cfg.auxk_code)
-        x_t_MBD, x_hat_MBD, f_t_MBK = x_MTBD[:, 0], out.x_hat.float(), out.f[:, 0].float()
+        x_t_MBD, x_hat_MBD, f_t = x_MTBD[:, 0], out.x_hat.float(), _part_codes(out, 0)
         zero = x_t_MBD.new_zeros(len(self.members))
         rec = l_rec(x_t_MBD, x_hat_MBD, self._centred_ss(x_t_MBD, n_global))
-        sp = l_sp(f_t_MBK, n_global)
+        sp = l_sp(f_t, n_global)
         div = l_div(self.stack.W_dec, div_sample) / self.world if self.uses_div else zero
-        smooth = l_smooth(f_t_MBK, out.f[:, self.parts["smooth"]].float(), n_global) \
-            if "smooth" in self.parts else zero
-        stab = l_stab(f_t_MBK, out.f[:, self.parts["stab"]].float(), n_global) if "stab" in self.parts else zero
+        smooth = l_smooth(f_t, _part_codes(out, self.parts["smooth"]), n_global) if "smooth" in self.parts else zero
+        stab = l_stab(f_t, _part_codes(out, self.parts["stab"]), n_global) if "stab" in self.parts else zero
         auxk = zero
         if out.codes.aux_idx is not None and dead_mask is not None:
             residual_MBD = x_t_MBD - x_hat_MBD
@@ -369,7 +380,8 @@ class FusedTrainer:
                     scale_M = auxk_scale(self._sum((residual_MBD * aux_MBD).sum((-2, -1))),
                                          self._sum(aux_MBD.pow(2).sum((-2, -1))))
             auxk = l_auxk(residual_MBD, aux_MBD, self._centred_ss(residual_MBD, n_global), scale_M) * dead_mask.any(1)
-        return LossTerms(rec, sp, div, stab, smooth, auxk), (f_t_MBK > 0).any(1)
+        fired = fired_latents(f_t.idx, f_t.vals, self.d_dict) if isinstance(f_t, SparseCodes) else (f_t > 0).any(1)
+        return LossTerms(rec, sp, div, stab, smooth, auxk), fired
 
     def _div_sample(self, step: int) -> Tensor | None:
         """int64[M, div_sample]: each member's L_div atom subset of `step` (None: all pairs)."""
