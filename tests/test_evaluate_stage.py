@@ -108,6 +108,23 @@ def test_evaluate_writes_complete_rows_and_pareto(run_dir_with_models: StageCont
     assert pareto["front"] and set(pareto["front"]) <= {p["model"] for p in pareto["points"]}
 
 
+@pytest.mark.slow
+def test_models_scored_on_two_threads_write_the_leaderboard_of_one(run_dir_with_models: StageContext,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The models after the main one are scored on a thread pool beside the stability refits; the rows,
+    their order and every number are those of scoring one model after another."""
+    ctx = run_dir_with_models
+    ctx.config.eval.stability_subsamples = 1
+    written = {}
+    for threads in (1, 2):
+        monkeypatch.setattr(evaluate_stage, "SCORING_THREADS", threads)
+        evaluate_stage.run(ctx)
+        written[threads] = (ctx.run_dir.leaderboard.read_bytes(), ctx.run_dir.pareto.read_bytes())
+    assert written[1] == written[2]
+    rows = io.read_json(ctx.run_dir.leaderboard)["rows"]
+    assert rows[0]["is_main"] and rows[0]["subsample_stability_mean_cos"] is not None
+
+
 def test_whole_patient_subset_respects_the_cap_and_keeps_patients_whole() -> None:
     rows = np.arange(100)
     patients = np.repeat(np.arange(10), 10)

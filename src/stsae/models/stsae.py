@@ -644,6 +644,13 @@ class StackedSTSAE(nn.Module):
         mean = self.input_mean.reshape(self.n_models, *extra, self.d_in)
         return (z.float() - mean) / self.input_scale.reshape(self.n_models, *extra, 1)
 
+    def standardise_(self, z: Tensor) -> Tensor:
+        """`standardise` in place on a float32 z the caller owns (a training batch): the same numbers
+        without two more [M, T, B, D] tensors per step."""
+        extra = (1,) * (z.ndim - 2)
+        return z.sub_(self.input_mean.reshape(self.n_models, *extra, self.d_in)).div_(
+            self.input_scale.reshape(self.n_models, *extra, 1))
+
     def forward(self, x_MTBD: Tensor, dead_mask: Tensor | None = None, k_aux: int = 0,
                 aux_code: str = "relu") -> ForwardOutput:
         """Codes of every part of a standardised stacked triplet and the reconstruction of its z_t part.

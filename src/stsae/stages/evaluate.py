@@ -425,34 +425,47 @@ def _references(data: EvalData, cfg: EvalSection, seed: int) -> References:
         data.probe_z, data.probes, age_sex, cfg.n_bootstrap, rng(seed, "eval", "bootstrap", "raw")))
 
 
+def _score_model(info: ModelInfo, main: ModelInfo | None, k_active: int | None, data: EvalData, cfg: EvalSection,
+                 references: References, seed: int, device: torch.device) -> tuple[list[LeaderboardRow], np.ndarray]:
+    """The leaderboard rows of one model (its own and, for a dense baseline given the main model's k, its
+    matched-sparsity row) and its live atoms."""
+    model = load_concept_model(info.path, batch_size=cfg.chunk_rows, device=device)
+    matched = _matched_row(info, k_active) if info.family != "stsae" else None
+    if matched is not None and isinstance(model, BaselineConceptModel):
+        model.baseline.remember_dense_codes(DENSE_CODES_MEMO_BYTES)  # the k-sparse pass reads the same rows
+    row = _identity(info, is_main=info is main)
+    live = model.dictionary[_score(row, model, data, cfg, references, seed)]
+    _fill_dead_train(row, info)
+    rows = [row]
+    if matched is not None and k_active is not None:
+        _score(matched, k_sparse_view(model, k_active), data, cfg, references, seed)
+        _fill_dead_train(matched, info)
+        rows.append(matched)
+    log.info("scored %s: EV %.3f, L0 %.1f", info.name, row.ev, row.l0)
+    return rows, live
+
+
 def _score_all(infos: list[ModelInfo], main: ModelInfo | None, data: EvalData, cfg: EvalSection,
-               references: References, seed: int, device: torch.device = CPU
+               references: References, seed: int, pool: ThreadPoolExecutor, device: torch.device = CPU
                ) -> tuple[list[LeaderboardRow], dict[str, np.ndarray], int | None]:
-    """Score every model (main first: its L0 is the k of the matched-sparsity rows); returns the rows,
-    each ST-SAE's live atoms and k."""
+    """Score every model: the main one first, here (its L0 is the k of the matched-sparsity rows), then
+    the others on `pool`'s threads. Each model's numbers depend on nothing else scored, so the rows (in
+    one fixed order) are those of scoring one by one; returns the rows, each model's live atoms and k."""
     ordered = sorted(infos, key=lambda info: (info is not main, info.family != "stsae", info.name))
-    rows: list[LeaderboardRow] = []
-    live: dict[str, np.ndarray] = {}
-    k_active: int | None = None
-    for info in ordered:
-        model = load_concept_model(info.path, batch_size=cfg.chunk_rows, device=device)
-        matched = _matched_row(info, k_active) if info.family != "stsae" else None
-        if matched is not None and isinstance(model, BaselineConceptModel):
-            model.baseline.remember_dense_codes(DENSE_CODES_MEMO_BYTES)  # the k-sparse pass reads the same rows
-        row = _identity(info, is_main=info is main)
-        live[info.name] = model.dictionary[_score(row, model, data, cfg, references, seed)]
-        _fill_dead_train(row, info)
-        rows.append(row)
-        if matched is not None and k_active is not None:
-            k_sparse = k_sparse_view(model, k_active)
-            _score(matched, k_sparse, data, cfg, references, seed)
-            _fill_dead_train(matched, info)
-            rows.append(matched)
-        log.info("scored %s: EV %.3f, L0 %.1f", info.name, row.ev, row.l0)
-        if info is main and row.l0 is not None:
-            k_active = max(1, round(row.l0))
+    head = ordered[:1] if main is not None else []
+    scored = [_score_model(info, main, None, data, cfg, references, seed, device) for info in head]
+    main_l0 = scored[0][0][0].l0 if scored else None
+    k_active = None if main_l0 is None else max(1, round(main_l0))
+    pending = [pool.submit(_score_model, info, main, k_active, data, cfg, references, seed, device)
+               for info in ordered[len(head):]]
+    scored += [future.result() for future in pending]
+    rows = [row for model_rows, _ in scored for row in model_rows]
+    live = {info.name: atoms for info, (_, atoms) in zip(ordered, scored, strict=True)}
     return rows, live, k_active
 
+
+# Threads sharing the stability refits and the scoring of every model but the main one (see `run`).
+SCORING_THREADS = 2
 
 CONTRACT = StageContract(
     name="evaluate", help="Score every model on the test split; write leaderboard and Pareto front.",
@@ -471,14 +484,15 @@ def run(ctx: StageContext) -> None:
     references = _references(data, cfg, seed)
     main = main_stsae(infos, ctx.config.train)
     device = resolve_device(cfg.device, "eval.device")  # ST-SAE encode/decode; metrics and probes: numpy
-    # The refits are torch training (GIL released in its kernels): they run beside the scoring, which
-    # is numpy/LAPACK; torch and BLAS both get half the cores so the two do not oversubscribe the
-    # machine (demo: 27.3 vs 28.3 s with torch's threads uncapped). Results depend on neither.
+    # The refits (torch training) and the scoring of every model but the main one (numpy/LAPACK and torch
+    # encodes) share two threads, torch and BLAS each given half the cores so the two do not oversubscribe
+    # the machine: both release the GIL in their kernels, and once the refits end their thread scores too
+    # (on the demo's 2 cores a core sat idle for the last ~10 s of scoring). Results depend on neither.
     half = max(1, (os.cpu_count() or 2) // 2)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="stability-refits") as pool, limited_threads(half):
+    with ThreadPoolExecutor(SCORING_THREADS, thread_name_prefix="evaluate") as pool, limited_threads(half):
         refits = (pool.submit(subsample_dictionaries, data, main, cfg, seed, device)
                   if main is not None and cfg.stability_subsamples > 0 else None)
-        rows, live, k_active = _score_all(infos, main, data, cfg, references, seed, device)
+        rows, live, k_active = _score_all(infos, main, data, cfg, references, seed, pool, device)
         nulls = StabilityNulls(emb, main, seed)
         _stability(rows, live, infos, main, [] if refits is None else refits.result(), nulls)
     age_sex = {name: result.age_sex for name, result in references.raw_adjusted.items()}

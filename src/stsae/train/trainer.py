@@ -302,21 +302,22 @@ class FusedTrainer:
             out[mask] = self._epoch_perm(i, int(epoch))[positions[mask] % n]
         return out
 
-    def _batch(self, step: int) -> list[Tensor]:
-        """This rank's share of every member's batch: the triplet parts the group uses (z_t, then z_t+1
-        and z_aug_t if some member's loss needs them), each float32[M, B, D], on the device. Members of
-        one seed and dataset share a batch, gathered once."""
+    def _batch(self, step: int) -> Tensor:
+        """This rank's share of every member's batch, float32[M, T, B, D] on the device: the triplet parts
+        the group uses (z_t, then z_t+1 and z_aug_t if some member's loss needs them). Members of one seed
+        and dataset share a batch, gathered once; each part is copied once, straight into its slot."""
         share = self.cfg.batch_size // self.world
         gathered: dict[tuple[int, int], tuple[Tensor, Tensor, Tensor]] = {}
-        triplets = []
+        used = (0, *(1 if name == "smooth" else 2 for name in self.parts))
+        out = torch.empty(len(self.members), len(used), share, EMBEDDING_DIM)
         for i, member in enumerate(self.members):
             key = (id(member.train), member.seed)
             if key not in gathered:
                 ids = self.batch_ids(i, step)[self.rank * share:(self.rank + 1) * share]
                 gathered[key] = member.train.batch(ids)
-            triplets.append(gathered[key])
-        used = (0, *(1 if name == "smooth" else 2 for name in self.parts))
-        return [torch.stack([t[part] for t in triplets]).to(self.device, non_blocking=True) for part in used]
+            for slot, part in enumerate(used):
+                out[i, slot] = gathered[key][part]
+        return out.to(self.device, non_blocking=True)
 
     def _val_subset(self, member: Member) -> np.ndarray:
         if member.val is None or len(member.val) == 0:
@@ -355,12 +356,12 @@ class FusedTrainer:
         return (s2 - s1.pow(2).sum(-1) / n_global).float()
 
     # ---- one step -------------------------------------------------------------------------------
-    def _loss_terms(self, parts: list[Tensor], n_global: int, dead_mask: Tensor | None,
+    def _loss_terms(self, z_MTBD: Tensor, n_global: int, dead_mask: Tensor | None,
                     div_sample: Tensor | None) -> tuple[LossTerms, Tensor]:
         """This rank's share of every member's loss terms ([M] each) and the bool[M, K] latents that
         fired on z_t. Terms a member does not weigh are still computed when another member needs them;
         its zero weight then gives them exactly zero gradient."""
-        x_MTBD = self.stack.standardise(torch.stack(parts, 1))
+        x_MTBD = self.stack.standardise_(z_MTBD)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
             out = self.stack(x_MTBD, dead_mask, self.cfg.aux_k, self.cfg.auxk_code)
         x_t_MBD, x_hat_MBD, f_t = x_MTBD[:, 0], out.x_hat.float(), _part_codes(out, 0)
@@ -429,12 +430,12 @@ class FusedTrainer:
         global loss terms (a stopped member's last ones)."""
         cfg = self.cfg
         active = self.active()
-        parts = self._batch(self.step)
+        z_MTBD = self._batch(self.step)
         dead_mask = None
         if cfg.activation == "topk" and bool(self.use_auxk.any()):
             dead_mask = (self.since_fired >= cfg.dead_after_samples) & self.use_auxk[:, None]
         self.stack.train()
-        terms, fired = self._loss_terms(parts, cfg.batch_size, dead_mask, self._div_sample(self.step))
+        terms, fired = self._loss_terms(z_MTBD, cfg.batch_size, dead_mask, self._div_sample(self.step))
         for param in self.stack.parameters():
             param.grad = None
         terms.total(self._weights_on_device).sum().backward()
