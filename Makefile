@@ -14,11 +14,11 @@ setup:  ## create .venv and install (idempotent)
 run: setup  ## run every stage on the built-in synthetic cohort into runs/demo/
 	$(PY) -m stsae run --config $(CONFIG) --run-dir $(RUN_DIR)
 
-test: setup  ## the full test suite (includes slow end-to-end tests)
-	$(PY) -m pytest -q
+test: setup  ## the full test suite (includes slow end-to-end tests), one pytest-xdist worker per core
+	$(PY) -m pytest -q -n auto
 
 test-fast: setup  ## unit tests only
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n auto -m "not slow"
 
 test-min: setup  ## fast tests against the LOWEST versions pyproject.toml allows (.venv-min)
 	bash scripts/test_bounds.sh lowest

@@ -20,4 +20,4 @@ rm -rf "$VENV"
 "$UV" pip install --quiet --python "$VENV/bin/python" --resolution "$RESOLUTION" "${FIND_LINKS[@]}" \
   -c locks/torch-cpu.txt -e ".[dev]"
 echo "[test-$MODE] $("$VENV/bin/python" -c 'import numpy, pandas, scipy, sklearn, torch; print("numpy", numpy.__version__, "pandas", pandas.__version__, "scipy", scipy.__version__, "scikit-learn", sklearn.__version__, "torch", torch.__version__)')"
-"$VENV/bin/python" -m pytest -q -p no:cacheprovider -m "not slow"
+"$VENV/bin/python" -m pytest -q -n auto -p no:cacheprovider -m "not slow"
