@@ -8,6 +8,12 @@ ratios; absolute figures depend on the machine and its load.
 
     .venv/bin/python benchmarks/bench_train.py [--threads 2] [--steps 5] [--out benchmarks/results/train.json]
     .venv/bin/python benchmarks/bench_train.py --fused 12 [--threads 2] [--out benchmarks/results/train_fused.json]
+    .venv/bin/python benchmarks/bench_train.py --codes-ab [--threads 1] [--steps 3] [--out ...train_codes_ab.json]
+
+--codes-ab times the Top-K step with L_smooth / L_stab / L_sp and the fired latents computed from the k
+active codes against the same step on codes scattered into dense [M, 3B, K], in alternating rounds of
+one process, per K, and checks that both end with identical weights (what the trainer's
+SPARSE_CODE_LOSSES_MIN_RATIO is set from).
 
 Measured 2026-11-30 with --fused 12 (demo grid at K=128: 6 variants x 2 seeds, batch 256, 4973 train
 pairs), on the 2-core machine shared with other jobs (1-min load average 5-10, so absolute seconds are
@@ -129,6 +135,43 @@ def fused_vs_sequential(n_models: int, steps: int | None) -> dict:
             "fused_s": fused, "speedup": sequential / fused, "identical_weights": identical}
 
 
+def codes_ab(steps: int, rounds: int = 30) -> dict:
+    """Per K: median over `rounds` alternating rounds of `steps` steps of the step time with the code
+    losses on the active Top-K entries and on codes scattered into dense [M, 3B, K] (two trainers of
+    the same seed, so every round times the same batches), the per-round ratios, which one the trainer
+    picks at that K, and whether the two trainers' weights are identical at the end."""
+    train, _ = synthetic()
+    cfg = load_config(Path("configs/demo.yaml")).train.model_copy(update={"d_dict_sweep": list(SIZES)})
+    out = {}
+    for size in (128, 256, 512, *SIZES):
+        runs = {name: Trainer(train, None, cfg, "full", size, seed=0, steps=(rounds + 1) * steps)
+                for name in ("sparse", "dense")}
+        default = runs["sparse"].group.sparse_code_losses
+        for name, trainer in runs.items():
+            trainer.group.sparse_code_losses = name == "sparse"
+        times: dict[str, list[float]] = {"sparse": [], "dense": []}
+        for round_ in range(rounds + 1):  # round 0 warms up
+            for name, trainer in runs.items():
+                t0 = time.perf_counter()
+                for _ in range(steps):
+                    trainer.update()
+                if round_:
+                    times[name].append((time.perf_counter() - t0) / steps)
+        ratios = [d / s for s, d in zip(times["sparse"], times["dense"], strict=True)]
+        identical = all(torch.equal(value, runs["dense"].model.tensors()[name])
+                        for name, value in runs["sparse"].model.tensors().items())
+        out[size] = {"sparse_step_s": float(np.median(times["sparse"])),
+                     "dense_step_s": float(np.median(times["dense"])),
+                     "dense_over_sparse_median_ratio": float(np.median(ratios)), "round_ratios": ratios,
+                     "trainer_uses": "sparse" if default else "dense", "identical_weights": identical}
+        print(f"K={size:5d}: sparse {out[size]['sparse_step_s'] * 1e3:6.1f} ms, dense "
+              f"{out[size]['dense_step_s'] * 1e3:6.1f} ms per step; dense/sparse per round: median "
+              f"{np.median(ratios):.2f} [{np.quantile(ratios, 0.25):.2f}, {np.quantile(ratios, 0.75):.2f}]; "
+              f"trainer uses {out[size]['trainer_uses']}; identical weights: {identical}")
+    return {"variant": "full", "batch_size": cfg.batch_size, "k": cfg.k, "steps_per_round": steps,
+            "rounds": rounds, "per_k": out}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -136,9 +179,16 @@ def main() -> None:
                         help="steps per timing (default 5), or per model with --fused (default: the demo's)")
     parser.add_argument("--fused", type=int, default=0, metavar="M",
                         help="only compare M demo-grid models trained one by one vs as one fused group")
+    parser.add_argument("--codes-ab", action="store_true",
+                        help="only time the Top-K step on sparse vs dense codes, paired, per K")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.codes_ab:
+        result = codes_ab(args.steps or 3)
+        result.update(threads=args.threads, machine=platform.processor() or platform.machine())
+        io.write_json(args.out or Path("benchmarks/results/train_codes_ab.json"), result)
+        return
     if args.fused:
         load_before = os.getloadavg()[0]
         fused = fused_vs_sequential(args.fused, args.steps)

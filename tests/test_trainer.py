@@ -17,7 +17,6 @@ from stsae.config import LossWeights, TrainSection
 from stsae.data.dataset import WindowTripletDataset
 from stsae.errors import StsaeError
 from stsae.eval.temporal import lag1_autocorrelation
-from stsae.models.stsae import scatter_codes
 from stsae.train import trainer as trainer_module
 from stsae.train.trainer import FusedTrainer, Member, Trainer, fit_group, fit_stsae, variant_spec
 
@@ -294,22 +293,33 @@ def _group_members(train, val) -> list[Member]:
             Member("no_smooth", 2, train, val)]
 
 
-def test_top_k_step_on_sparse_codes_trains_the_weights_of_dense_codes(monkeypatch):
-    """The step computes L_smooth / L_stab / L_sp and the fired latents from the k active codes only; the
-    same group trained on codes scattered into dense [M, B, K] (the step before) ends bit for bit alike."""
+@pytest.mark.parametrize("sparse_first", [True, False])
+def test_top_k_step_on_sparse_codes_trains_the_weights_of_dense_codes(sparse_first):
+    """At large K/k the step computes L_smooth / L_stab / L_sp and the fired latents from the k active codes
+    only, at small K/k from codes scattered into dense [M, T, B, K]; a group trained either way ends bit
+    for bit alike."""
     z, z_aug, index, _ = planted(n_records=20)
     train, val = datasets(z, z_aug, index)
     cfg = small_cfg(steps=30, eval_every=10, dead_after_samples=1000)  # AuxK active from step 8
-    sparse = FusedTrainer(_group_members(train, val), cfg, 32)
-    sparse.train()
-    sparse_part_codes = trainer_module._part_codes
-    monkeypatch.setattr(trainer_module, "_part_codes", lambda out, part: scatter_codes(
-        out.idx[:, part], out.vals[:, part], 32) if out.idx is not None else sparse_part_codes(out, part))
-    dense = FusedTrainer(_group_members(train, val), cfg, 32)
-    dense.train()
-    for name, value in sparse.stack.named_parameters():
-        assert torch.equal(value, dict(dense.stack.named_parameters())[name]), name
-    assert torch.equal(sparse.since_fired, dense.since_fired)
+    groups = []
+    for sparse in (sparse_first, not sparse_first):
+        group = FusedTrainer(_group_members(train, val), cfg, 32)
+        group.sparse_code_losses = sparse
+        group.train()
+        groups.append(group)
+    for name, value in groups[0].stack.named_parameters():
+        assert torch.equal(value, dict(groups[1].stack.named_parameters())[name]), name
+    assert torch.equal(groups[0].since_fired, groups[1].since_fired)
+
+
+def test_the_step_uses_sparse_code_losses_from_the_measured_k_per_active_latent():
+    z, z_aug, index, _ = planted(n_records=20)
+    train, val = datasets(z, z_aug, index)
+    members = [Member("full", 0, train, val)]
+    ratio = trainer_module.SPARSE_CODE_LOSSES_MIN_RATIO
+    assert FusedTrainer(members, small_cfg(k=4), 4 * ratio).sparse_code_losses
+    assert not FusedTrainer(members, small_cfg(k=4), 4 * ratio - 1).sparse_code_losses
+    assert not FusedTrainer(members, small_cfg(k=4, activation="relu"), 4 * ratio).sparse_code_losses
 
 
 def test_each_member_of_a_fused_group_equals_the_model_trained_alone():

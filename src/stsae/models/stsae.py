@@ -94,9 +94,8 @@ class ForwardOutput(NamedTuple):
     z_t, z_t+1, z_aug_t in that order, B rows, D inputs; standardised space, where the losses live).
 
     x_hat: float32[M, B, D], the reconstruction of the first part (z_t) only; codes: the stacked `Codes`
-    (AuxK selection included). Every part's codes, differentiable: ReLU: f float32[M, T, B, K] (dense);
-    Top-K: idx int64[M, T, B, k] and vals float32[M, T, B, k] (f None: a training step never builds
-    the dense [M, T, B, K] codes)."""
+    (AuxK selection included). Every part's codes, differentiable: f float32[M, T, B, K] (dense; None
+    for Top-K when not asked for) and, for Top-K, idx int64[M, T, B, k] and vals float32[M, T, B, k]."""
 
     x_hat: Tensor
     f: Tensor | None
@@ -652,11 +651,11 @@ class StackedSTSAE(nn.Module):
             self.input_scale.reshape(self.n_models, *extra, 1))
 
     def forward(self, x_MTBD: Tensor, dead_mask: Tensor | None = None, k_aux: int = 0,
-                aux_code: str = "relu") -> ForwardOutput:
+                aux_code: str = "relu", dense_codes: bool = True) -> ForwardOutput:
         """Codes of every part of a standardised stacked triplet and the reconstruction of its z_t part.
 
         dead_mask: bool[M, K] turns on AuxK's selection among each model's dead latents on the z_t rows
-        (codes per `aux_code`, `AUXK_CODES`)."""
+        (codes per `aux_code`, `AUXK_CODES`). dense_codes=False: Top-K codes only as idx / vals (f None)."""
         n_models, n_parts, b, _ = x_MTBD.shape
         codes = stacked_codes(x_MTBD.reshape(n_models, n_parts * b, self.d_in), self.W_enc, self.b_enc,
                               self.b_dec, self.activation, self.k, dead_mask, k_aux, aux_rows=b, aux_code=aux_code)
@@ -664,12 +663,16 @@ class StackedSTSAE(nn.Module):
             assert codes.f is not None
             x_hat_MBD = torch.bmm(codes.f[:, :b], self.W_dec) + self.b_dec[:, None]
             return ForwardOutput(x_hat_MBD, codes.f.reshape(n_models, n_parts, b, self.d_dict), codes)
+        f_MRK = scatter_codes(codes.idx, codes.vals, self.d_dict) if dense_codes else None
         if self.sparse_decode:
             x_hat_MBD = combine_atoms(self.W_dec, codes.idx[:, :b], codes.vals[:, :b])
         else:
-            x_hat_MBD = torch.bmm(scatter_codes(codes.idx[:, :b], codes.vals[:, :b], self.d_dict), self.W_dec)
+            f_MBK = f_MRK[:, :b] if f_MRK is not None else scatter_codes(codes.idx[:, :b], codes.vals[:, :b],
+                                                                           self.d_dict)
+            x_hat_MBD = torch.bmm(f_MBK, self.W_dec)
         shape = (n_models, n_parts, b, self.k)
-        return ForwardOutput(x_hat_MBD + self.b_dec[:, None], None, codes, codes.idx.view(shape),
+        f_MTBK = None if f_MRK is None else f_MRK.reshape(n_models, n_parts, b, self.d_dict)
+        return ForwardOutput(x_hat_MBD + self.b_dec[:, None], f_MTBK, codes, codes.idx.view(shape),
                              codes.vals.view(shape))
 
     def aux_reconstruction(self, codes: Codes) -> Tensor:

@@ -82,6 +82,12 @@ CHECKPOINT_FORMAT = "stsae-train/2"  # /1 held one model and torch.optim.Adam's 
 _VAL_CHUNK = 256
 _CPU = torch.device("cpu")
 _BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults, as before the stacked optimizer
+# Top-K steps compute L_smooth / L_stab / L_sp and the fired latents from the k active codes
+# (`SparseCodes`) once K is at least this many times k, else from codes scattered into dense [M, T, B, K]:
+# the same weights bit for bit either way. Paired rounds on the 2-core CPU (`benchmarks/bench_train.py
+# --codes-ab`, full variant, k = 16, one thread): the dense step took 0.94x / 0.99x the sparse step's time
+# at K = 128 / 256 and 1.05x / 1.15x / 1.23x / 1.30x / 1.34x at K = 512 / 1024 / 2048 / 4096 / 8192.
+SPARSE_CODE_LOSSES_MIN_RATIO = 32
 _EPS = 1e-8
 
 
@@ -137,10 +143,11 @@ def training_code() -> str:
 
 
 def _part_codes(out: ForwardOutput, part: int) -> PartCodes:
-    """The codes of one triplet part of a stacked forward pass: dense [M, B, K] (ReLU) or sparse (Top-K)."""
-    if out.idx is None or out.vals is None:
-        assert out.f is not None
+    """The codes of one triplet part of a stacked forward pass: dense [M, B, K] when the pass built them,
+    else the Top-K codes' active entries."""
+    if out.f is not None:
         return out.f[:, part].float()
+    assert out.idx is not None and out.vals is not None
     return SparseCodes(out.idx[:, part], out.vals[:, part])
 
 
@@ -237,6 +244,7 @@ class FusedTrainer:
         self._epoch_cache: dict[tuple[int, int], tuple[int, np.ndarray]] = {}
         self.val_ids = [self._val_subset(m) for m in self.members]
         self.parts, self.uses_div = self._plan_terms()
+        self.sparse_code_losses = cfg.activation == "topk" and d_dict >= SPARSE_CODE_LOSSES_MIN_RATIO * cfg.k
         if checkpoint is not None and checkpoint.is_file():
             self._load_checkpoint(checkpoint)
 
@@ -363,7 +371,8 @@ class FusedTrainer:
         its zero weight then gives them exactly zero gradient."""
         x_MTBD = self.stack.standardise_(z_MTBD)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
-            out = self.stack(x_MTBD, dead_mask, self.cfg.aux_k, self.cfg.auxk_code)
+            out = self.stack(x_MTBD, dead_mask, self.cfg.aux_k, self.cfg.auxk_code,
+                             dense_codes=not self.sparse_code_losses)
         x_t_MBD, x_hat_MBD, f_t = x_MTBD[:, 0], out.x_hat.float(), _part_codes(out, 0)
         zero = x_t_MBD.new_zeros(len(self.members))
         rec = l_rec(x_t_MBD, x_hat_MBD, self._centred_ss(x_t_MBD, n_global))
