@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
@@ -212,6 +213,12 @@ def test_sparse_l1_distance_counts_shared_latents_once_per_leading_index():
     b = SparseCodes(torch.tensor([[[3, 5]], [[2, 1]]]), torch.tensor([[[0.5, 4.0]], [[0.5, 1.0]]]))
     # model 0: |1 - 0| + |2 - 0.5| + |0 - 4| = 6.5; model 1: |0.5 - 1| + |0 - 0.5| = 1.0
     torch.testing.assert_close(l_smooth(a, b), torch.tensor([6.5, 1.0]))
+
+
+def test_sparse_and_dense_codes_are_not_mixed_in_one_distance():
+    sparse = _top_k_codes(torch.Generator().manual_seed(4), rows=3, n_latents=8, k=2)
+    with pytest.raises(TypeError, match="one kind"):
+        l_smooth(sparse, scatter_codes(sparse.idx, sparse.vals, 8))
 
 
 def test_fired_latents_are_those_with_a_positive_code_on_some_row():

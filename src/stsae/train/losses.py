@@ -47,6 +47,8 @@ def l1_distance_sum(a: PartCodes, b: PartCodes) -> Tensor:
     Sparse: Σ|a − m| + Σ|b| − Σ|m|, m = b's value of the latent a has at each active slot (0 where b does
     not have it), found by a binary search in b's sorted ids: O(B·k log k), no [B, K]. The gradient per
     active entry is the dense one (−, +1 or 0 times the upstream gradient for each of |a−b|, |b|)."""
+    if isinstance(a, SparseCodes) != isinstance(b, SparseCodes):
+        raise TypeError("l1_distance_sum: codes of one kind, both dense or both SparseCodes")
     if not isinstance(a, SparseCodes) or not isinstance(b, SparseCodes):
         return (a - b).abs().sum((-2, -1))
     b_ids, order = b.idx.sort(dim=-1)
