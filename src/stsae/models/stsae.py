@@ -638,14 +638,12 @@ class StackedSTSAE(nn.Module):
         return model
 
     def standardise(self, z: Tensor) -> Tensor:
-        """z: float32[M, ..., d_in] raw embeddings (model m's rows first) -> standardised by model m."""
-        extra = (1,) * (z.ndim - 2)
-        mean = self.input_mean.reshape(self.n_models, *extra, self.d_in)
-        return (z.float() - mean) / self.input_scale.reshape(self.n_models, *extra, 1)
+        """z: float32[M, ..., d_in] raw embeddings (model m's rows first) -> standardised by model m (a copy)."""
+        return self.standardise_(z.float().clone())
 
     def standardise_(self, z: Tensor) -> Tensor:
-        """`standardise` in place on a float32 z the caller owns (a training batch): the same numbers
-        without two more [M, T, B, D] tensors per step."""
+        """`standardise` in place on a float32 z the caller owns (the trainer's batch): no two more
+        [M, T, B, D] tensors per step."""
         extra = (1,) * (z.ndim - 2)
         return z.sub_(self.input_mean.reshape(self.n_models, *extra, self.d_in)).div_(
             self.input_scale.reshape(self.n_models, *extra, 1))

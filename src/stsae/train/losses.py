@@ -80,7 +80,7 @@ def l_rec(x: Tensor, x_hat: Tensor, total_variance: Tensor | None = None) -> Ten
 def l_sp(f: PartCodes, n: int | None = None) -> Tensor:
     """Mean L1 norm of the codes, mean_b ‖f_b‖₁ (ReLU variant's sparsity penalty)."""
     values = f.vals if isinstance(f, SparseCodes) else f
-    return values.abs().sum((-2, -1)) / (n or _rows(f))
+    return values.abs().sum((-2, -1)) / (n or values.shape[-2])
 
 
 def l_div(w_dec: Tensor, sample: Tensor | None = None) -> Tensor:

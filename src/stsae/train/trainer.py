@@ -82,13 +82,13 @@ CHECKPOINT_FORMAT = "stsae-train/2"  # /1 held one model and torch.optim.Adam's 
 _VAL_CHUNK = 256
 _CPU = torch.device("cpu")
 _BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults, as before the stacked optimizer
+_EPS = 1e-8
 # Top-K steps compute L_smooth / L_stab / L_sp and the fired latents from the k active codes
 # (`SparseCodes`) once K is at least this many times k, else from codes scattered into dense [M, T, B, K]:
 # the same weights bit for bit either way. Paired rounds on the 2-core CPU (`benchmarks/bench_train.py
 # --codes-ab`, full variant, k = 16, one thread): the dense step took 0.94x / 0.99x the sparse step's time
 # at K = 128 / 256 and 1.05x / 1.15x / 1.23x / 1.30x / 1.34x at K = 512 / 1024 / 2048 / 4096 / 8192.
 SPARSE_CODE_LOSSES_MIN_RATIO = 32
-_EPS = 1e-8
 
 
 @dataclass(frozen=True)
