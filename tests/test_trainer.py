@@ -412,6 +412,39 @@ def test_a_member_stopped_early_stops_changing_while_the_others_train():
     assert group.result(0)[1]["steps_run"] == 5 and group.result(1)[1]["steps_run"] == 30
 
 
+def _optimizer_state(group: FusedTrainer) -> dict[str, tuple[torch.Tensor, ...]]:
+    params = dict(group.stack.named_parameters())
+    return {name: (params[name].detach().clone(), group.exp_avg[name].clone(), group.exp_avg_sq[name].clone())
+            for name in trainer_module.LATENT_PARAMS}
+
+
+def test_lazy_adam_freezes_latents_without_gradient_and_steps_the_others_as_adam():
+    """Two groups trained alike to step 12, then one step lazy and one dense: latents that took no gradient
+    (neither fired nor AuxK-selected, in any member) keep weights and moments bit for bit under lazy Adam
+    and coast under dense Adam; every other row gets dense Adam's update bit for bit."""
+    z, z_aug, index, _ = planted(n_records=20)
+    train, val = datasets(z, z_aug, index)
+    cfg = small_cfg(d_dict=256, k=2, dead_after_samples=100_000)  # AuxK off: idle rows exist every step
+    groups = [FusedTrainer(_group_members(train, val), cfg, 256, steps=30) for _ in range(2)]
+    for group in groups:
+        for _ in range(12):
+            group.update()
+    groups[1].cfg = cfg.model_copy(update={"lazy_adam": False})
+    before = _optimizer_state(groups[0])
+    for group in groups:
+        group.update()
+    lazy, dense = _optimizer_state(groups[0]), _optimizer_state(groups[1])
+    params = dict(groups[0].stack.named_parameters())
+    for name in trainer_module.LATENT_PARAMS:
+        grad = params[name].grad
+        idle = ~((grad != 0).any(-1) if grad.ndim == 3 else grad != 0)
+        assert 0 < int(idle.sum()) < idle.numel(), name
+        for old, new_lazy, new_dense in zip(before[name], lazy[name], dense[name], strict=True):
+            assert torch.equal(new_lazy[idle], old[idle]), name
+            assert torch.equal(new_lazy[~idle], new_dense[~idle]), name
+        assert not torch.equal(dense[name][0][idle], before[name][0][idle]), f"{name}: dense Adam coasts"
+
+
 @pytest.mark.slow
 def test_ddp_fused_group_with_two_gloo_processes_matches_one_process(tmp_path):
     out = tmp_path / "ddp.pt"

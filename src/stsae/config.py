@@ -355,6 +355,11 @@ class TrainSection(_Section):
         "codes, encoder gradient through the ReLU) or 'linear' (raw pre-activations as codes; "
         "benchmarks/README.md, 'AuxK code')."
     )
+    lazy_adam: bool = Field(
+        True, description="A latent with no gradient in a step (neither among its Top-K nor AuxK's) keeps its "
+        "weights and Adam moments (torch's SparseAdam rule) instead of coasting on the momentum of its last "
+        "firing, which left more latents dead (benchmarks/README.md, 'Lazy Adam')."
+    )
     checkpoint_every: int = Field(500, ge=1, description="Steps between resumable checkpoints.")
     eval_every: int = Field(250, ge=1, description="Steps between validation evaluations.")
     val_triplets: int = Field(1024, ge=1, description="Validation triplets (fixed subset) per evaluation.")

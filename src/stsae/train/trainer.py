@@ -7,7 +7,8 @@ recipe (see the class). `Trainer` is the one-model case of the same code.
 
 One `update` per step in the order of dictionary_learning's trainers: forward on the triplet batch →
 backward → (DDP) sum gradients → remove the decoder-gradient component parallel to each atom →
-clip → Adam step → renormalise the decoder. Learning rate: linear warm-up, constant, then linear
+clip → Adam step → renormalise the decoder → (lazy Adam, train.lazy_adam) put back the weights and moments
+of the latents that took no gradient. Learning rate: linear warm-up, constant, then linear
 decay to 0 from `train.lr_decay_start` (dictionary_learning's schedule), never before the end of the
 warm-up, so that 0 means "decay straight from the peak" whatever the step counts.
 
@@ -83,6 +84,7 @@ _VAL_CHUNK = 256
 _CPU = torch.device("cpu")
 _BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults, as before the stacked optimizer
 _EPS = 1e-8
+LATENT_PARAMS = ("W_enc", "b_enc", "W_dec")  # the stack's parameters indexed [M, K, ...] by latent
 # Top-K steps compute L_smooth / L_stab / L_sp and the fired latents from the k active codes
 # (`SparseCodes`) once K is at least this many times k, else from codes scattered into dense [M, T, B, K]:
 # the same weights bit for bit either way. Paired rounds on the 2-core CPU (`benchmarks/bench_train.py
@@ -434,6 +436,25 @@ class FusedTrainer:
                  [self.adam_steps[i, j] for i in ids for j in range(len(params))], fused=True, amsgrad=False,
                  beta1=_BETAS[0], beta2=_BETAS[1], lr=lr, weight_decay=0.0, eps=_EPS, maximize=False)
 
+    def _hold_idle_latents(self) -> list[tuple[tuple[Tensor, ...], Tensor, tuple[Tensor, ...]]]:
+        """Lazy Adam (train.lazy_adam): per latent-indexed parameter, its weights and Adam moments, the
+        (member, latent) rows whose gradient is exactly zero this step, and copies of those rows, which
+        `update` puts back after the step and the decoder renormalisation. So a latent that neither fired
+        nor took an AuxK gradient keeps its weights and moments (torch.optim.SparseAdam's rule) instead of
+        coasting on the momentum of its last firing, which under dense Adam carries a rare latent ~10x as
+        far as the step that fired it (Σ 0.9^t) and drove latents to die (benchmarks/README.md, "Lazy Adam")."""
+        params = dict(self.stack.named_parameters())
+        held = []
+        for name in LATENT_PARAMS:
+            grad = params[name].grad
+            if grad is None:
+                continue
+            rows = (grad.abs().amax(-1) if grad.ndim == 3 else grad).eq(0).flatten().nonzero().squeeze(1)
+            state = tuple(tensor.view(grad.shape[0] * grad.shape[1], -1)  # rows: member × K + latent
+                          for tensor in (params[name].data, self.exp_avg[name], self.exp_avg_sq[name]))
+            held.append((state, rows, tuple(tensor.index_select(0, rows) for tensor in state)))
+        return held
+
     def update(self) -> list[dict[str, float]]:
         """One optimizer step on every active member's global batch of `self.step`; returns each member's
         global loss terms (a stopped member's last ones)."""
@@ -455,9 +476,13 @@ class FusedTrainer:
             fired = self._sum(fired.to(torch.int32)) > 0
         self.stack.remove_parallel_gradient(self.renorm)
         self._clip_gradients()
+        held = self._hold_idle_latents() if cfg.lazy_adam else []
         self._adam_step(active)
         on = torch.tensor(active, device=self.device)
         self.stack.renormalize_decoder(self.renorm & on)
+        for state, rows, values in held:
+            for tensor, value in zip(state, values, strict=True):
+                tensor.index_copy_(0, rows, value)
         self.since_fired += cfg.batch_size * on[:, None]
         self.since_fired[fired & on[:, None]] = 0
         self.step += 1
