@@ -94,9 +94,9 @@ def step_seconds(train: WindowTripletDataset, cfg: TrainSection, variant: str, d
     return float(np.median(times)), float("nan") if dead is None else float(dead)
 
 
-def auxk_warmup(cfg: TrainSection) -> int:
+def auxk_warmup(cfg: TrainSection, d_dict: int) -> int:
     """Steps until the dead-latent window is full, so AuxK runs on every timed step after it."""
-    return math.ceil(cfg.dead_after_samples / cfg.batch_size) + 2
+    return math.ceil(cfg.dead_window_for(d_dict) / cfg.batch_size) + 2
 
 
 def counted_flops(cfg: TrainSection, variant: str, d_dict: int) -> float:
@@ -213,17 +213,17 @@ def main() -> None:
         fp32, _ = step_seconds(train, cfg, "full", size, args.steps)
         dense, _ = step_seconds(train, dense_cfg, "full", size, args.steps)
         bf16, _ = step_seconds(train, bf16_cfg, "full", size, args.steps)
-        steady, dead = step_seconds(train, cfg, "full", size, args.steps, warmup=auxk_warmup(cfg))
+        steady, dead = step_seconds(train, cfg, "full", size, args.steps, warmup=auxk_warmup(cfg, size))
         gflops = counted_flops(cfg, "full", size) / fp32 / 1e9
         result["per_k"][size] = {
             "triplets_per_s": cfg.batch_size / fp32, "step_s": fp32, "achieved_gflops": gflops,
             "fraction_of_gemm": gflops / peak, "dense_decode_step_s": dense,
             "sparse_over_dense_speedup": dense / fp32, "bf16_step_s": bf16, "bf16_speedup": fp32 / bf16,
-            "auxk_active": {"after_steps": auxk_warmup(cfg), "dead_fraction": dead, "step_s": steady,
+            "auxk_active": {"after_steps": auxk_warmup(cfg, size), "dead_fraction": dead, "step_s": steady,
                             "triplets_per_s": cfg.batch_size / steady, "over_first_steps": fp32 / steady}}
         print(f"K={size:5d}: {cfg.batch_size / fp32:7.0f} triplets/s, {gflops:5.1f} GFLOP/s "
               f"({gflops / peak:4.0%} of GEMM {peak:.1f}), sparse/dense decode x{dense / fp32:.2f}, "
-              f"bf16 x{fp32 / bf16:.2f}; with AuxK active (step {auxk_warmup(cfg)}, {dead:.0%} dead) "
+              f"bf16 x{fp32 / bf16:.2f}; with AuxK active (step {auxk_warmup(cfg, size)}, {dead:.0%} dead) "
               f"{cfg.batch_size / steady:7.0f} triplets/s (x{fp32 / steady:.2f} of the first steps')")
     measured = ("full", "no_smooth", "vanilla")
     per_variant = {v: step_seconds(train, demo, v, demo.d_dict, args.steps)[0] for v in measured}

@@ -88,8 +88,8 @@ def test_held_out_metrics_find_planted_never_firing_latents(bench: ModuleType) -
 
 
 def test_ours_reports_dead_latents_before_the_step_that_trains_them(bench: ModuleType) -> None:
-    _, cfg, ours = _tiny_ours(bench)
-    ours.trainer.since_fired[[1, 4, 9]] = cfg.dead_after_samples
+    *_, ours = _tiny_ours(bench)
+    ours.trainer.since_fired[[1, 4, 9]] = ours.trainer.dead_window
     assert ours.step(0) == 3
     assert ours.trainer.step == 1
 

@@ -54,3 +54,31 @@ def test_a_rare_latent_looks_dead_on_a_small_test_set_but_is_alive_in_training()
     trainer.step = 100  # 3200 samples seen; latent 1 last fired 400 samples ago, latent 0 just now
     trainer.since_fired = torch.tensor([0, 400])
     assert trainer.dead_latents()["dead_fraction_train"] == 0.0
+
+
+def test_the_dead_window_shortens_to_fair_shares_at_small_k_and_never_grows() -> None:
+    """N = min(dead_after_samples, ceil(fair shares · K / k)): a latent of a K = 1024, k = 32 dictionary
+    should fire every 32 samples, so 160 fair shares are 5 120 samples; at K = 8192 the cap holds."""
+    cfg = small_cfg(k=32, dead_after_samples=20_000, dead_after_fair_shares=160)
+    assert [cfg.dead_window_for(size) for size in (1024, 2048, 4096, 8192)] == [5120, 10_240, 20_000, 20_000]
+    assert cfg.model_copy(update={"dead_after_fair_shares": None}).dead_window_for(1024) == 20_000
+    assert cfg.model_copy(update={"activation": "relu"}).dead_window_for(1024) == 20_000
+    assert small_cfg(k=3, dead_after_samples=20_000, dead_after_fair_shares=0.5).dead_window_for(32) == 6
+
+
+def test_the_trainer_counts_dead_and_feeds_auxk_on_its_k_s_window() -> None:
+    """Latents silent for the fair-share window (here 64 samples, shorter than dead_after_samples = 1000)
+    are dead to the report and to AuxK alike; on the 1000-sample window none is, and AuxK stays 0."""
+    z, z_aug, index, _ = planted(n_records=20)
+    train, _ = datasets(z, z_aug, index)
+    auxk = {}
+    for shares in (16, None):
+        cfg = small_cfg(d_dict=4, k=1, steps=1, batch_size=32, dead_after_samples=1000, dead_after_fair_shares=shares)
+        trainer = Trainer(train, None, cfg, "vanilla", 4, seed=0)
+        trainer.step = 100
+        trainer.since_fired = torch.tensor([0, 63, 64, 900])
+        metrics = trainer.dead_latents()
+        assert metrics["dead_window_samples"] == (64 if shares else 1000)
+        assert metrics["dead_fraction_train"] == (0.5 if shares else 0.0)
+        auxk[shares] = trainer.update()["l_auxk"]
+    assert auxk[16] > 0 and auxk[None] == 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import itertools
+import math
 import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -343,6 +344,13 @@ class TrainSection(_Section):
         "rather than 50k: with the fitted AuxK scale an earlier AuxK halved the never-firing latents after 50 "
         "steps (benchmarks/README.md, 'AuxK code')."
     )
+    dead_after_fair_shares: float | None = Field(
+        None, gt=0, description="Top-K: a latent also counts as dead after this many fair-share intervals "
+        "(K/k samples, how often each latent would fire if all fired equally) without firing, when that is "
+        "shorter than dead_after_samples: a fixed window is long for a small dictionary, whose latents should "
+        "fire every few dozen samples, and lets rare latents through (benchmarks/README.md, 'Lazy Adam'). "
+        "null: dead_after_samples at every K."
+    )
     aux_k: int = Field(256, ge=1, description="Dead latents used by the AuxK loss.")
     auxk_fit_scale: bool = Field(
         True, description="Compare the residual with the AuxK reconstruction at its least-squares scale "
@@ -401,6 +409,12 @@ class TrainSection(_Section):
         if self.lr_reference_d_dict is None:
             return self.lr
         return self.lr * (self.lr_reference_d_dict / d_dict) ** self.lr_scale_exponent
+
+    def dead_window_for(self, d_dict: int) -> int:
+        """Samples without firing after which a latent of a `d_dict`-atom dictionary counts as dead."""
+        if self.dead_after_fair_shares is None or self.activation != "topk":
+            return self.dead_after_samples
+        return min(self.dead_after_samples, math.ceil(self.dead_after_fair_shares * d_dict / self.k))
 
     @model_validator(mode="after")
     def _k_within_dictionary(self) -> TrainSection:

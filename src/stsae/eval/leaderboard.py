@@ -97,7 +97,7 @@ class LeaderboardRow:
     """Fraction of latents silent over the last `dead_window_samples` training samples (Gao et al.), from
     the ST-SAE sidecar; None for baselines and before that many samples were seen."""
     dead_window_samples: int | None = None
-    """N of `dead_fraction_train` (train.dead_after_samples when the model trained)."""
+    """N of `dead_fraction_train` (train.dead_after_samples, or shorter by train.dead_after_fair_shares)."""
     never_fired_test_fraction: float | None = None
     """Fraction of atoms inactive on all `n_test_windows` evaluated windows."""
     n_test_windows: int | None = None

@@ -241,6 +241,7 @@ class FusedTrainer:
         self.exp_avg_sq = {name: torch.zeros_like(p) for name, p in params.items()}
         self.adam_steps = torch.zeros(len(self.members), len(params), device=device)
         self.since_fired = torch.zeros(len(self.members), d_dict, dtype=torch.int64, device=device)
+        self.dead_window = cfg.dead_window_for(d_dict)
         self.step = 0
         self.progress = [MemberProgress() for _ in self.members]
         self._epoch_cache: dict[tuple[int, int], tuple[int, np.ndarray]] = {}
@@ -463,7 +464,7 @@ class FusedTrainer:
         z_MTBD = self._batch(self.step)
         dead_mask = None
         if cfg.activation == "topk" and bool(self.use_auxk.any()):
-            dead_mask = (self.since_fired >= cfg.dead_after_samples) & self.use_auxk[:, None]
+            dead_mask = (self.since_fired >= self.dead_window) & self.use_auxk[:, None]
         self.stack.train()
         terms, fired = self._loss_terms(z_MTBD, cfg.batch_size, dead_mask, self._div_sample(self.step))
         for param in self.stack.parameters():
@@ -496,7 +497,7 @@ class FusedTrainer:
         used_MT[:, LossTerms._fields.index("sp")] = True
         values_MT = values_MT * used_MT
         totals = LossTerms(*values_MT.unbind(1)).total(self.weights_MT)
-        dead = (self.since_fired >= self.cfg.dead_after_samples).float().mean(1).cpu()
+        dead = (self.since_fired >= self.dead_window).float().mean(1).cpu()
         results = []
         for i, member in enumerate(self.progress):
             if active[i]:
@@ -618,9 +619,9 @@ class FusedTrainer:
 
     def dead_latents(self, i: int) -> dict[str, Any]:
         """Member i's dead latents as Gao et al. count them: no firing on the last N training samples
-        (N = train.dead_after_samples, stated beside the fraction). Before N samples were seen no latent
+        (N = `TrainSection.dead_window_for` this K, stated beside the fraction). Before N samples were seen no latent
         can qualify, so the fraction is None rather than a reassuring 0."""
-        n, seen = self.cfg.dead_after_samples, self.steps_run(i) * self.cfg.batch_size
+        n, seen = self.dead_window, self.steps_run(i) * self.cfg.batch_size
         fraction = float((self.since_fired[i] >= n).float().mean()) if seen >= n else None
         return {"dead_fraction_train": fraction, "dead_window_samples": n, "samples_seen": seen}
 
@@ -715,6 +716,11 @@ class Trainer:
     @since_fired.setter
     def since_fired(self, value: Tensor) -> None:
         self.group.since_fired[0] = value
+
+    @property
+    def dead_window(self) -> int:
+        """Samples without firing after which a latent counts as dead (`TrainSection.dead_window_for`)."""
+        return self.group.dead_window
 
     @property
     def history(self) -> list[dict[str, float]]:
