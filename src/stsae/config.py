@@ -364,7 +364,7 @@ class TrainSection(_Section):
         "benchmarks/README.md, 'AuxK code')."
     )
     lazy_adam: bool = Field(
-        True, description="A latent with no gradient in a step (neither among its Top-K nor AuxK's) keeps its "
+        True, description="A latent with no gradient in a step (Top-K: neither selected nor AuxK's) keeps its "
         "weights and Adam moments (torch's SparseAdam rule) instead of coasting on the momentum of its last "
         "firing, which left more latents dead (benchmarks/README.md, 'Lazy Adam')."
     )
