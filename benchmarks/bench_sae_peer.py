@@ -237,7 +237,7 @@ class Ours:
 
     def step(self, step: int) -> int:
         assert self.trainer.step == step, "contenders must step in lockstep"
-        n_dead = int((self.trainer.since_fired >= self.trainer.dead_window).sum())
+        n_dead = int(self.trainer.dead().sum())
         self.trainer.update()
         return n_dead
 
@@ -252,7 +252,7 @@ class Ours:
         return x, model.decode_codes(codes), fired
 
     def train_dead_fraction(self) -> float:
-        return float((self.trainer.since_fired >= self.trainer.dead_window).float().mean())
+        return float(self.trainer.dead().float().mean())
 
 
 class Peer:

@@ -464,7 +464,7 @@ class FusedTrainer:
         z_MTBD = self._batch(self.step)
         dead_mask = None
         if cfg.activation == "topk" and bool(self.use_auxk.any()):
-            dead_mask = (self.since_fired >= self.dead_window) & self.use_auxk[:, None]
+            dead_mask = self.dead() & self.use_auxk[:, None]
         self.stack.train()
         terms, fired = self._loss_terms(z_MTBD, cfg.batch_size, dead_mask, self._div_sample(self.step))
         for param in self.stack.parameters():
@@ -497,7 +497,7 @@ class FusedTrainer:
         used_MT[:, LossTerms._fields.index("sp")] = True
         values_MT = values_MT * used_MT
         totals = LossTerms(*values_MT.unbind(1)).total(self.weights_MT)
-        dead = (self.since_fired >= self.dead_window).float().mean(1).cpu()
+        dead = self.dead().float().mean(1).cpu()
         results = []
         for i, member in enumerate(self.progress):
             if active[i]:
@@ -617,12 +617,17 @@ class FusedTrainer:
             metrics["effective_rank"] = model.stats.effective_rank
         return model, metrics
 
+    def dead(self) -> Tensor:
+        """bool[M, K]: the latents silent for the last `dead_window` training samples (Gao et al.'s dead),
+        the one rule AuxK, the step reports and `dead_latents` read."""
+        return self.since_fired >= self.dead_window
+
     def dead_latents(self, i: int) -> dict[str, Any]:
         """Member i's dead latents as Gao et al. count them: no firing on the last N training samples
         (N = `TrainSection.dead_window_for` this K, stated beside the fraction). Before N samples were seen no latent
         can qualify, so the fraction is None rather than a reassuring 0."""
         n, seen = self.dead_window, self.steps_run(i) * self.cfg.batch_size
-        fraction = float((self.since_fired[i] >= n).float().mean()) if seen >= n else None
+        fraction = float(self.dead()[i].float().mean()) if seen >= n else None
         return {"dead_fraction_train": fraction, "dead_window_samples": n, "samples_seen": seen}
 
     # ---- checkpoints ----------------------------------------------------------------------------
@@ -721,6 +726,10 @@ class Trainer:
     def dead_window(self) -> int:
         """Samples without firing after which a latent counts as dead (`TrainSection.dead_window_for`)."""
         return self.group.dead_window
+
+    def dead(self) -> Tensor:
+        """bool[K]: the latents dead by `FusedTrainer.dead`."""
+        return self.group.dead()[0]
 
     @property
     def history(self) -> list[dict[str, float]]:
