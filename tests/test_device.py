@@ -308,15 +308,20 @@ def _sequential_reference(paths: RunDir, config) -> list[np.ndarray]:
     ids = np.sort(qc["window_id"].to_numpy()[qc["qc_pass"].to_numpy()])
     embedder = FastEmbedder(load_encoder(config.encoder, config.run.seed)[0])
     augment, seed = config.data.augment, config.run.seed
+    test = io.read_parquet(paths.meta).set_index("window_id").loc[ids, "split"].to_numpy() == "test"
     out: list[list[np.ndarray]] = [[], [], []]
     for lo in range(0, len(ids), config.extract.chunk_rows):
         chunk_ids = ids[lo:lo + config.extract.chunk_rows]
         clean = np.ascontiguousarray(windows[chunk_ids])
-        views = [clean, augment_windows(clean, 125.0, augment, seed, chunk_ids, augment.stability_families),
-                 augment_windows(clean, 125.0, augment, derive_seed(seed, "heldout"), chunk_ids,
-                                 augment.heldout_families)]
-        for target, view in zip(out, views, strict=True):
-            target.append(_plain_encode(embedder, view, config.extract.batch_size))
+        out[0].append(_plain_encode(embedder, clean, config.extract.batch_size))
+        out[1].append(_plain_encode(embedder, augment_windows(clean, 125.0, augment, seed, chunk_ids,
+                                                              augment.stability_families), config.extract.batch_size))
+        covered = test[lo:lo + config.extract.chunk_rows]  # the held-out view: test windows, NaN elsewhere
+        heldout = np.full((len(chunk_ids), 512), np.nan, dtype=np.float32)
+        heldout[covered] = _plain_encode(embedder, augment_windows(
+            clean[covered], 125.0, augment, derive_seed(seed, "heldout"), chunk_ids[covered],
+            augment.heldout_families), config.extract.batch_size)
+        out[2].append(heldout)
     return [np.concatenate(parts) for parts in out]
 
 

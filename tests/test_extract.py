@@ -97,9 +97,10 @@ def test_z_is_the_encoding_of_the_clean_windows_and_z_aug_differs(tmp_path):
     assert not np.allclose(emb.z_aug[:8], emb.z[:8])
 
 
-def test_heldout_view_encodes_only_the_heldout_families(tmp_path):
-    """z_aug holds the stability families (no warp, no motion by default); z_aug_heldout the held-out
-    motion family under its own seed, so L_stab never sees the view the consistency metric tests."""
+def test_heldout_view_encodes_only_the_heldout_families_on_test_windows(tmp_path):
+    """z_aug holds the stability families (no warp, no motion by default) on every window; z_aug_heldout
+    the held-out motion family under its own seed, so L_stab never sees the view the consistency metric
+    tests, and only on the test windows the metric reads (NaN rows elsewhere)."""
     from stsae.data.augment import augment_windows
     from stsae.utils.seeding import derive_seed
 
@@ -108,14 +109,18 @@ def test_heldout_view_encodes_only_the_heldout_families(tmp_path):
     emb = load_embeddings(paths)
     config = load_config(None, SETTINGS)
     embedder = FastEmbedder(load_encoder(config.encoder, seed=0)[0])
-    ids = emb.index["window_id"].to_numpy()[:8]
-    windows = np.load(paths.windows)[ids]
     augment = config.data.augment
     assert "warp" not in augment.stability_families and augment.heldout_families == ["motion"]
-    for array, families, seed in ((emb.z_aug, augment.stability_families, 0),
-                                  (np.load(paths.z_aug_heldout), augment.heldout_families, derive_seed(0, "heldout"))):
+    heldout = np.load(paths.z_aug_heldout)
+    test = emb.rows("test")
+    np.testing.assert_array_equal(np.flatnonzero(np.isfinite(heldout).all(1)), test)
+    assert np.isnan(heldout[emb.rows("train")]).all()
+    for array, families, seed, rows in ((emb.z_aug, augment.stability_families, 0, np.arange(8)),
+                                        (heldout, augment.heldout_families, derive_seed(0, "heldout"), test[:8])):
+        ids = emb.index["window_id"].to_numpy()[rows]
+        windows = np.load(paths.windows)[ids]
         expected = embed_batches(embedder, augment_windows(windows, 125.0, augment, seed, ids, families), 8, "fp32")
-        np.testing.assert_array_equal(array[:8], expected)
+        np.testing.assert_allclose(array[rows], expected, rtol=1e-5, atol=1e-6)
 
 
 def test_no_heldout_families_means_no_heldout_file(tmp_path):
@@ -157,7 +162,8 @@ def test_a_crashed_run_leaves_no_final_files_and_resumes_to_identical_bytes(tmp_
     assert not paths.z.exists() and not paths.index.exists()
     counted_encoding.update(calls=0, fail_after=None)
     _extract(paths)
-    assert counted_encoding["calls"] == full_calls - 3  # the one committed chunk (3 views) was not redone
+    # the one committed chunk (z and z_aug: it holds no test window for z_aug_heldout) was not redone
+    assert counted_encoding["calls"] == full_calls - 2
     assert _bytes(paths) == _bytes(reference)
 
 
@@ -168,7 +174,8 @@ def test_a_changed_config_restarts_extraction_from_zero(tmp_path, counted_encodi
         _extract(paths)
     counted_encoding.update(calls=0, fail_after=None)
     _extract(paths, "data.augment.noise_std=0.1")
-    assert counted_encoding["calls"] == 3 * 4  # 52 rows / 16 per chunk = 4 chunks; z, z_aug, z_aug_heldout each
+    # 52 rows / 16 per chunk = 4 chunks, z and z_aug each; z_aug_heldout in the 2 chunks holding test windows
+    assert counted_encoding["calls"] == 2 * 4 + 2
 
 
 def test_qc_file_without_qc_pass_is_refused_naming_the_file(tmp_path):

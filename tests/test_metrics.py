@@ -136,3 +136,16 @@ def test_heldout_consistency_catches_what_the_trained_augmentation_hides() -> No
     without = stream_metrics(encode, lambda c: c @ np.linalg.pinv(w), 32, Z, Z.copy(), rows, pairs,
                                 Z.mean(0))
     assert without.consistency_heldout_aug is None
+
+
+def test_heldout_rows_extraction_left_unencoded_are_refused() -> None:
+    """z_aug_heldout holds test windows only (NaN elsewhere): scoring any other row is an error, not NaNs."""
+    heldout = Z.copy()
+    heldout[5] = np.nan
+    rows = np.arange(10, dtype=np.int64)
+    with pytest.raises(ValueError, match="z_aug_heldout: some evaluated rows were never encoded"):
+        stream_metrics(lambda x: x, lambda c: c, 512, Z, Z, rows, np.empty((0, 2), np.int64), Z.mean(0),
+                       z_aug_heldout=heldout)
+    scored = stream_metrics(lambda x: x, lambda c: c, 512, Z, Z, rows[6:], np.empty((0, 2), np.int64), Z.mean(0),
+                            z_aug_heldout=heldout)
+    assert scored.consistency_heldout_aug == pytest.approx(1.0)

@@ -7,6 +7,12 @@ the encoding loop must agree on which. `extract.augment_on` and `extract.augment
                   (`augment_torch.augment_tensor`): windows within 1 float32 ulp of the reference;
   device + philox the device draws too (`philox.philox_draws`): no host work, another random stream.
 Each view is made from its own (seed, families) recipe, so row i of every view depends on window i alone.
+
+Which rows: z_aug covers every window (L_stab trains on train rows, validation and the consistency metrics
+read the others). z_aug_heldout covers only the windows of `HELDOUT_SPLITS`: the evaluation's held-out
+consistency and the dashboard read test windows alone, so encoding the train and validation windows under
+the held-out families (four fifths of the view, a quarter of the demo's extraction) bought nothing. Its
+other rows are NaN, so a reader that strays outside the test split fails loudly instead of using zeros.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from stsae.errors import StsaeError
 from stsae.utils.seeding import derive_seed
 
 AugmentOn = Literal["cpu", "device"]
+HELDOUT_SPLITS = ("test",)  # the splits whose windows z_aug_heldout encodes (module docstring)
 AugmentDraws = Literal["host", "philox"]
 
 
@@ -49,7 +56,9 @@ class ViewPlan:
 
     A chunk goes through two steps: `on_host` (loader thread; or `worker_job` on the workers' share of
     the rows) returns what the loader buffers hold after the clean windows, per `layout`; `encoder_inputs`
-    turns the loaded buffers into the windows the encoder takes, float32[n, L] each."""
+    turns the loaded buffers into the windows the encoder takes, float32[n_v, L] each. Both take the
+    chunk's window ids and `heldout`, bool[n]: the rows the held-out view covers (`HELDOUT_SPLITS`); view v
+    holds the rows `view_rows` selects, in chunk order."""
 
     augment: AugmentSection
     fs: float
@@ -81,22 +90,29 @@ class ViewPlan:
             per_view = [(N_SCALARS, torch.float64), (self.length, torch.float64)] if self.host_work else []
         return [(self.length, torch.float32)] + per_view * len(self.recipes)
 
-    def on_host(self, clean: np.ndarray, ids: np.ndarray) -> list[np.ndarray]:
+    def view_rows(self, heldout: np.ndarray) -> list[np.ndarray]:
+        """int64 positions in the chunk of each view's rows, in view order: all of them for z_aug, the
+        `heldout` ones (bool[n]) for z_aug_heldout when the plan makes it."""
+        return [np.arange(len(heldout)), np.flatnonzero(heldout)][:len(self.recipes)]
+
+    def on_host(self, clean: np.ndarray, ids: np.ndarray, heldout: np.ndarray) -> list[np.ndarray]:
         """The host's share for rows `ids` (windows `clean` float32[n, L]): each view's windows (cpu) or
-        draws u float64[n, 9], noise float64[n, L] (device), in view order; nothing with philox draws."""
+        draws u float64[n_v, 9], noise float64[n_v, L] (device), in view order; nothing with philox draws."""
+        views = list(zip(self.recipes, self.view_rows(heldout), strict=True))
         if self.on == "cpu":
-            return [augment_windows(clean, self.fs, self.augment, view_seed, ids, families)
-                    for view_seed, families in self.recipes]
+            return [augment_windows(clean[rows], self.fs, self.augment, view_seed, ids[rows], families)
+                    for (view_seed, families), rows in views]
         if not self.host_work:
             return []
-        return [draw for view_seed, _ in self.recipes for draw in window_draws(view_seed, ids, self.length)]
+        return [draw for (view_seed, _), rows in views for draw in window_draws(view_seed, ids[rows], self.length)]
 
-    def worker_job(self, windows_path: Path) -> Callable[[np.ndarray], list[np.ndarray]]:
-        """`on_host` as a picklable job of row ids alone: a worker reads its rows of windows.npy itself, so
-        no windows are pickled to it."""
+    def worker_job(self, windows_path: Path) -> Callable[[np.ndarray, np.ndarray], list[np.ndarray]]:
+        """`on_host` as a picklable job of (row ids, held-out mask): a worker reads its rows of windows.npy
+        itself, so no windows are pickled to it."""
         return _WorkerJob(self, windows_path)
 
-    def encoder_inputs(self, loaded: list[torch.Tensor], ids: np.ndarray, device: torch.device) -> list[torch.Tensor]:
+    def encoder_inputs(self, loaded: list[torch.Tensor], ids: np.ndarray, heldout: np.ndarray,
+                       device: torch.device) -> list[torch.Tensor]:
         """Loaded buffers → [clean, view windows …] for the encoder. cpu: unchanged (the encoder copies them).
         device: the clean windows and the draws are copied (asynchronously from pinned buffers; the
         encoder's copy of its results back syncs them before the loader reuses a buffer), or the draws
@@ -106,12 +122,16 @@ class ViewPlan:
         clean = loaded[0].to(device, non_blocking=True)
         host_draws = iter(loaded[1:])
         views = [clean]
-        for view_seed, families in self.recipes:
+        for (view_seed, families), rows in zip(self.recipes, self.view_rows(heldout), strict=True):
             if self.host_work:
                 u, noise = (next(host_draws).to(device, non_blocking=True) for _ in range(2))
-            else:
-                u, noise = philox_draws(view_seed, torch.from_numpy(ids).to(device), self.length)
-            views.append(augment_tensor(clean, u, noise, self.fs, self.augment, families))
+            if len(rows) == 0:  # a chunk without test windows: nothing to draw or augment for the held-out view
+                views.append(clean[:0])
+                continue
+            if not self.host_work:
+                u, noise = philox_draws(view_seed, torch.from_numpy(ids[rows]).to(device), self.length)
+            view_clean = clean if len(rows) == len(ids) else clean[torch.from_numpy(rows).to(device)]
+            views.append(augment_tensor(view_clean, u, noise, self.fs, self.augment, families))
         return views
 
 
@@ -122,6 +142,6 @@ class _WorkerJob:
     plan: ViewPlan
     windows_path: Path
 
-    def __call__(self, ids: np.ndarray) -> list[np.ndarray]:
+    def __call__(self, ids: np.ndarray, heldout: np.ndarray) -> list[np.ndarray]:
         windows = np.load(self.windows_path, mmap_mode="r")
-        return self.plan.on_host(np.ascontiguousarray(windows[ids], dtype=np.float32), ids)
+        return self.plan.on_host(np.ascontiguousarray(windows[ids], dtype=np.float32), ids, heldout)

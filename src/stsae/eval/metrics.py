@@ -187,8 +187,7 @@ def stream_metrics(
         dense, dense_aug = encode(z_chunk), encode(np.asarray(z_aug[chunk], dtype=np.float32))
         inside = (chunk_of[:, 0] == start // chunk_rows) & ~straddling
         local = pos[inside] - start
-        dense_heldout = None if z_aug_heldout is None else encode(
-            np.asarray(z_aug_heldout[chunk], dtype=np.float32))
+        dense_heldout = None if z_aug_heldout is None else encode(_encoded_rows(z_aug_heldout, chunk))
         acc.ev.update(z_chunk, decode(dense))
         acc.sparsity.update(dense)
         acc.consistency.update(dense, dense_aug)
@@ -205,6 +204,15 @@ def stream_metrics(
         second = encode(np.asarray(z[part[:, 1]], dtype=np.float32))
         acc.lag1.update(first, second)
     return acc.result()
+
+
+def _encoded_rows(z_aug_heldout: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """z_aug_heldout[rows] as float32, refusing rows extraction left NaN (it encodes test windows only)."""
+    block = np.asarray(z_aug_heldout[rows], dtype=np.float32)
+    if not np.isfinite(block).all():
+        raise ValueError("z_aug_heldout: some evaluated rows were never encoded (NaN); the held-out view "
+                         "covers the test split only (data/augment_views.py HELDOUT_SPLITS)")
+    return block
 
 
 def streamed_mean(z: np.ndarray, rows: np.ndarray, chunk_rows: int = 65536) -> np.ndarray:

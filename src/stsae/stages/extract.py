@@ -1,6 +1,7 @@
 """extract stage: PaPaGei-S embeddings z (clean windows), z_aug (windows under the stability augmentation
 families, L_stab's view) and, when data.augment.heldout_families is set, z_aug_heldout (windows under the
-held-out families, the evaluation's view) of QC-passed windows.
+held-out families, the evaluation's view; test windows only, NaN elsewhere: data/augment_views.py) of
+QC-passed windows.
 
 Resumable and shardable. Rows are cut into global chunks of `extract.chunk_rows`; each chunk is encoded,
 written into preallocated float32 memmaps (`z.npy.partial`, `z_aug.npy.partial`), flushed, and only
@@ -42,7 +43,7 @@ import torch
 import torch.distributed as torch_dist
 
 from stsae.config import Config
-from stsae.data.augment_views import AugmentDraws, AugmentOn, ViewPlan, resolve_augment_on
+from stsae.data.augment_views import HELDOUT_SPLITS, AugmentDraws, AugmentOn, ViewPlan, resolve_augment_on
 from stsae.data.store import EMBEDDING_DIM, INDEX_COLUMNS
 from stsae.errors import InputDataError
 from stsae.models.encoder_runtime import (
@@ -227,17 +228,18 @@ def _augment_pool(workers: int) -> Iterator[ProcessPoolExecutor | None]:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _split_rows(pool: ProcessPoolExecutor, workers: int, ids: np.ndarray,
-                job: Callable[[np.ndarray], list[np.ndarray]]) -> list[np.ndarray]:
-    """`job(ids)` computed as `job` of contiguous parts of `ids` on the pool's workers, concatenated: the
-    same arrays, since every job's row i depends on its row i alone."""
-    parts = [part for part in np.array_split(ids, workers) if len(part)]
-    pieces = [future.result() for future in [pool.submit(job, part) for part in parts]]
+def _split_rows(pool: ProcessPoolExecutor, workers: int, ids: np.ndarray, heldout: np.ndarray,
+                job: Callable[[np.ndarray, np.ndarray], list[np.ndarray]]) -> list[np.ndarray]:
+    """`job(ids, heldout)` computed as `job` of contiguous parts of (`ids`, `heldout`) on the pool's
+    workers, concatenated: the same arrays, since every job's row i depends on its row i alone."""
+    bounds = [part[[0, -1]] for part in np.array_split(np.arange(len(ids)), workers) if len(part)]
+    futures = [pool.submit(job, ids[lo:hi + 1], heldout[lo:hi + 1]) for lo, hi in bounds]
+    pieces = [future.result() for future in futures]
     return [np.concatenate(view) for view in zip(*pieces, strict=True)]
 
 
-def _chunk_loader(paths: RunDir, windows: np.ndarray, window_ids: np.ndarray, plan: ChunkPlan, views: ViewPlan,
-                  pool: ProcessPoolExecutor | None, workers: int) -> Callable[[int], list[np.ndarray]]:
+def _chunk_loader(paths: RunDir, windows: np.ndarray, window_ids: np.ndarray, heldout: np.ndarray, plan: ChunkPlan,
+                  views: ViewPlan, pool: ProcessPoolExecutor | None, workers: int) -> Callable[[int], list[np.ndarray]]:
     """The loader thread's job for one chunk: its clean windows from the memmap, then the host's share of
     the augmented views (`ViewPlan.on_host`), made in the thread or split across the pool's workers."""
     def produce(chunk: int) -> list[np.ndarray]:
@@ -246,13 +248,29 @@ def _chunk_loader(paths: RunDir, windows: np.ndarray, window_ids: np.ndarray, pl
         clean = np.ascontiguousarray(windows[ids], dtype=np.float32)
         io.release_mapped_pages(windows)
         if pool is None:
-            return [clean, *views.on_host(clean, ids)]
-        return [clean, *_split_rows(pool, workers, ids, views.worker_job(paths.windows))]
+            return [clean, *views.on_host(clean, ids, heldout[lo:hi])]
+        return [clean, *_split_rows(pool, workers, ids, heldout[lo:hi], views.worker_job(paths.windows))]
     return produce
 
 
+def heldout_rows(index: pd.DataFrame) -> np.ndarray:
+    """bool[M]: the rows z_aug_heldout encodes, those of `HELDOUT_SPLITS` (data/augment_views.py)."""
+    return index["split"].isin(HELDOUT_SPLITS).to_numpy()
+
+
+def _write_view(array: np.ndarray, lo: int, hi: int, rows: np.ndarray, embedded: np.ndarray) -> None:
+    """Rows lo + `rows` of a memmap get `embedded`; the chunk's other rows, which this view does not
+    cover, NaN (so no reader can take them for embeddings)."""
+    if len(rows) == hi - lo:
+        array[lo:hi] = embedded
+        return
+    block = np.full((hi - lo, EMBEDDING_DIM), np.nan, dtype=np.float32)
+    block[rows] = embedded
+    array[lo:hi] = block
+
+
 def _encode_chunks(config: Config, paths: RunDir, outputs: list[Path], embedder: torch.nn.Module,
-                   windows: np.ndarray, window_ids: np.ndarray, plan: ChunkPlan, key: str,
+                   windows: np.ndarray, window_ids: np.ndarray, heldout: np.ndarray, plan: ChunkPlan, key: str,
                    runtime: Runtime) -> None:
     """Encode this rank's chunks from its last commit on; write every output's rows; commit each chunk.
 
@@ -269,20 +287,23 @@ def _encode_chunks(config: Config, paths: RunDir, outputs: list[Path], embedder:
     layout = views.layout()
     with _augment_pool(runtime.augment_workers) as pool, \
             progress(plan.n_rank_rows, f"extract r{this_rank}", unit="win") as bar, \
-            ChunkPrefetcher(_chunk_loader(paths, windows, window_ids, plan, views, pool, runtime.augment_workers),
+            ChunkPrefetcher(_chunk_loader(paths, windows, window_ids, heldout, plan, views, pool,
+                                          runtime.augment_workers),
                             range(start, plan.stop), len(layout), plan.chunk_rows, WINDOW_SAMPLES,
                             pin=runtime.device.type == "cuda", layout=layout) as loader:
         bar.update(done_rows)
         for chunk, loaded in loader:
             lo, hi = plan.rows(chunk)
-            windows_in = views.encoder_inputs(loaded, window_ids[lo:hi], runtime.device)
-            for array, view in zip(arrays, windows_in, strict=True):
-                array[lo:hi] = embed_batches(embedder, view, runtime.batch_size, runtime.precision,
-                                             runtime.device)
+            windows_in = views.encoder_inputs(loaded, window_ids[lo:hi], heldout[lo:hi], runtime.device)
+            rows_in = [np.arange(hi - lo), *views.view_rows(heldout[lo:hi])]
+            for array, view, rows in zip(arrays, windows_in, rows_in, strict=True):
+                embedded = (embed_batches(embedder, view, runtime.batch_size, runtime.precision, runtime.device)
+                            if len(rows) else np.empty((0, EMBEDDING_DIM), dtype=np.float32))
+                _write_view(array, lo, hi, rows, embedded)
                 array.flush()
                 io.release_mapped_pages(array)
+                encoded += len(rows)
             io.write_json(progress_file, {"key": key, "first": plan.first, "next_chunk": chunk + 1})
-            encoded += len(arrays) * (hi - lo)
             bar.update(hi - lo)
     seconds = time.perf_counter() - t0
     if encoded:
@@ -330,15 +351,17 @@ def run(ctx: StageContext) -> None:
         embedder = FastEmbedder(model).to(device)
         n_rows = len(window_ids)
         plan = ChunkPlan.for_rank(n_rows, config.extract.chunk_rows, this_rank, world)
-        runtime, cosine = _choose_runtime(config, embedder, windows, window_ids, device, augment_on,
-                                          2 * plan.n_rank_rows)
+        heldout = heldout_rows(index)
+        rank_heldout = heldout[plan.start_row(plan.first):plan.start_row(plan.stop)]
+        n_encodes = 2 * plan.n_rank_rows + (int(rank_heldout.sum()) if config.data.augment.heldout_families else 0)
+        runtime, cosine = _choose_runtime(config, embedder, windows, window_ids, device, augment_on, n_encodes)
         key = _resume_key(ctx.fingerprint, identity["sha256"], runtime, n_rows)
         outputs = embedding_outputs(config, paths)
         if this_rank == 0:
             _prepare_outputs(paths, outputs, n_rows, key)
         barrier()
         encoder = CompiledEmbedder(embedder, runtime.batch_size) if runtime.compiled else embedder
-        _encode_chunks(config, paths, outputs, encoder, windows, window_ids, plan, key, runtime)
+        _encode_chunks(config, paths, outputs, encoder, windows, window_ids, heldout, plan, key, runtime)
         barrier()
         if this_rank == 0:
             _publish(paths, outputs, index)
