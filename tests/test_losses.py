@@ -230,3 +230,21 @@ def test_fired_latents_are_those_with_a_positive_code_on_some_row():
     expected = (scatter_codes(idx, vals, 16) > 0).any(1)
     assert torch.equal(fired_latents(idx, vals, 16), expected)
     assert expected[0].any() and not expected[1].any()
+
+
+@pytest.mark.parametrize(("n", "d"), [(12, 16), (40, 16)])  # the n×n Gram, and the d×d one when n > d
+def test_l_div_hand_written_gradient_matches_autograd_of_the_definition(n: int, d: int) -> None:
+    """`_MeanSquaredCosine`'s gradient against autograd through normalise → cosines → off-diagonal mean,
+    in float64, for two stacked models (a leading axis) and an upstream weight per model."""
+    w = torch.randn(2, n, d, dtype=torch.float64, generator=torch.Generator().manual_seed(n))
+    upstream = torch.tensor([0.7, -1.3], dtype=torch.float64)
+    mine = w.clone().requires_grad_()
+    (l_div(mine) * upstream).sum().backward()
+    reference = w.clone().requires_grad_()
+    unit = F.normalize(reference, dim=-1)
+    cos_sq = (unit @ unit.mT).pow(2)
+    off_diagonal = (cos_sq.sum((-2, -1)) - cos_sq.diagonal(dim1=-2, dim2=-1).sum(-1)) / (n * (n - 1))
+    (off_diagonal * upstream).sum().backward()
+    torch.testing.assert_close(l_div(w), off_diagonal.detach(), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(mine.grad, reference.grad, rtol=1e-10, atol=1e-13)
+    assert torch.autograd.gradcheck(l_div, (w[:1].clone().requires_grad_(),))

@@ -13,7 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from scipy.optimize import linear_sum_assignment
 
-from stsae.config import LossWeights, TrainSection
+from stsae.config import SPARSE_DECODE_MIN_RATIO, LossWeights, TrainSection
 from stsae.data.dataset import WindowTripletDataset
 from stsae.errors import StsaeError
 from stsae.eval.temporal import lag1_autocorrelation
@@ -319,6 +319,21 @@ def test_the_step_uses_sparse_code_losses_from_the_measured_k_per_active_latent(
     assert FusedTrainer(members, small_cfg(k=4), 4 * ratio).sparse_code_losses
     assert not FusedTrainer(members, small_cfg(k=4), 4 * ratio - 1).sparse_code_losses
     assert not FusedTrainer(members, small_cfg(k=4, activation="relu"), 4 * ratio).sparse_code_losses
+
+
+def test_sparse_decode_auto_gathers_atoms_from_the_measured_k_per_active_latent():
+    """auto: a dense decode below SPARSE_DECODE_MIN_RATIO·k latents (faster there), the gather from it on;
+    true/false force either; the trainer builds its models accordingly."""
+    ratio = SPARSE_DECODE_MIN_RATIO
+    assert small_cfg(k=4).sparse_decode == "auto"
+    assert small_cfg(k=4).sparse_decode_for(4 * ratio) and not small_cfg(k=4).sparse_decode_for(4 * ratio - 1)
+    assert small_cfg(k=4, sparse_decode=True).sparse_decode_for(8) and not small_cfg(
+        k=4, sparse_decode=False).sparse_decode_for(4096)
+    z, z_aug, index, _ = planted(n_records=20)
+    train, val = datasets(z, z_aug, index)
+    members = [Member("full", 0, train, val)]
+    assert FusedTrainer(members, small_cfg(k=2), 2 * ratio).stack.sparse_decode
+    assert not FusedTrainer(members, small_cfg(k=2), 2 * ratio - 1).stack.sparse_decode
 
 
 def test_each_member_of_a_fused_group_equals_the_model_trained_alone():

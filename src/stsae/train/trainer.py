@@ -286,7 +286,8 @@ class FusedTrainer:
         `input_statistics`, exactly as a model trained alone starts."""
         cfg = self.cfg
         init = torch.Generator().manual_seed(derive_seed(member.seed, "stsae-init", self.d_dict))
-        model = STSAE(EMBEDDING_DIM, self.d_dict, cfg.activation, cfg.k, cfg.sparse_decode, generator=init)
+        model = STSAE(EMBEDDING_DIM, self.d_dict, cfg.activation, cfg.k, cfg.sparse_decode_for(self.d_dict),
+                      generator=init)
         model.init_from_data(z, init, cfg.init, cfg.init_fit_scale, statistics=statistics)
         return model
 
