@@ -9,11 +9,13 @@ ratios; absolute figures depend on the machine and its load.
     .venv/bin/python benchmarks/bench_train.py [--threads 2] [--steps 5] [--out benchmarks/results/train.json]
     .venv/bin/python benchmarks/bench_train.py --fused 12 [--threads 2] [--out benchmarks/results/train_fused.json]
     .venv/bin/python benchmarks/bench_train.py --codes-ab [--threads 1] [--steps 3] [--out ...train_codes_ab.json]
+    .venv/bin/python benchmarks/bench_train.py --decode-ab [--threads 1] [--steps 3] [--out ...train_decode_ab.json]
 
 --codes-ab times the Top-K step with L_smooth / L_stab / L_sp and the fired latents computed from the k
 active codes against the same step on codes scattered into dense [M, 3B, K], in alternating rounds of
 one process, per K, and checks that both end with identical weights (what the trainer's
-SPARSE_CODE_LOSSES_MIN_RATIO is set from).
+SPARSE_CODE_LOSSES_MIN_RATIO is set from). --decode-ab does the same for the decode by gathering the active
+atoms against a dense matmul of the scattered codes (what `train.sparse_decode: auto` is set from).
 
 Measured 2026-11-30 with --fused 12 (demo grid at K=128: 6 variants x 2 seeds, batch 256, 4973 train
 pairs), on the 2-core machine shared with other jobs (1-min load average 5-10, so absolute seconds are
@@ -135,20 +137,37 @@ def fused_vs_sequential(n_models: int, steps: int | None) -> dict:
             "fused_s": fused, "speedup": sequential / fused, "identical_weights": identical}
 
 
-def codes_ab(steps: int, rounds: int = 30) -> dict:
-    """Per K: median over `rounds` alternating rounds of `steps` steps of the step time with the code
-    losses on the active Top-K entries and on codes scattered into dense [M, 3B, K] (two trainers of
-    the same seed, so every round times the same batches), the per-round ratios, which one the trainer
-    picks at that K, and whether the two trainers' weights are identical at the end."""
+AB_SETTINGS = {
+    "codes": "L_smooth / L_stab / L_sp and the fired latents on the active Top-K entries vs dense [M, 3B, K] codes",
+    "decode": "the reconstruction by gathering the k active atoms vs a dense matmul of the scattered codes",
+}
+
+
+def _ab_trainers(kind: str, train: WindowTripletDataset, cfg: TrainSection, size: int,
+                 steps: int) -> tuple[dict[str, Trainer], str]:
+    """The "sparse" and "dense" trainer of one A/B setting (same seed, so both see the same batches) and
+    which of the two the trainer's default picks at this K."""
+    if kind == "decode":
+        runs = {name: Trainer(train, None, cfg.model_copy(update={"sparse_decode": name == "sparse"}), "full",
+                              size, seed=0, steps=steps) for name in ("sparse", "dense")}
+        return runs, "sparse" if cfg.sparse_decode_for(size) else "dense"
+    runs = {name: Trainer(train, None, cfg, "full", size, seed=0, steps=steps) for name in ("sparse", "dense")}
+    default = runs["sparse"].group.sparse_code_losses
+    for name, trainer in runs.items():
+        trainer.group.sparse_code_losses = name == "sparse"
+    return runs, "sparse" if default else "dense"
+
+
+def paired_ab(kind: str, steps: int, rounds: int = 30) -> dict:
+    """Per K: median over `rounds` alternating rounds of `steps` steps of the step time with the sparse
+    and the dense form of `AB_SETTINGS[kind]`, the per-round ratios, which one the trainer picks at that
+    K, and whether the two trainers' weights are identical at the end (the code losses are exact; the
+    two decodes add in different orders)."""
     train, _ = synthetic()
     cfg = load_config(Path("configs/demo.yaml")).train.model_copy(update={"d_dict_sweep": list(SIZES)})
     out = {}
     for size in (128, 256, 512, *SIZES):
-        runs = {name: Trainer(train, None, cfg, "full", size, seed=0, steps=(rounds + 1) * steps)
-                for name in ("sparse", "dense")}
-        default = runs["sparse"].group.sparse_code_losses
-        for name, trainer in runs.items():
-            trainer.group.sparse_code_losses = name == "sparse"
+        runs, default = _ab_trainers(kind, train, cfg, size, (rounds + 1) * steps)
         times: dict[str, list[float]] = {"sparse": [], "dense": []}
         for round_ in range(rounds + 1):  # round 0 warms up
             for name, trainer in runs.items():
@@ -163,13 +182,13 @@ def codes_ab(steps: int, rounds: int = 30) -> dict:
         out[size] = {"sparse_step_s": float(np.median(times["sparse"])),
                      "dense_step_s": float(np.median(times["dense"])),
                      "dense_over_sparse_median_ratio": float(np.median(ratios)), "round_ratios": ratios,
-                     "trainer_uses": "sparse" if default else "dense", "identical_weights": identical}
+                     "trainer_uses": default, "identical_weights": identical}
         print(f"K={size:5d}: sparse {out[size]['sparse_step_s'] * 1e3:6.1f} ms, dense "
               f"{out[size]['dense_step_s'] * 1e3:6.1f} ms per step; dense/sparse per round: median "
               f"{np.median(ratios):.2f} [{np.quantile(ratios, 0.25):.2f}, {np.quantile(ratios, 0.75):.2f}]; "
-              f"trainer uses {out[size]['trainer_uses']}; identical weights: {identical}")
-    return {"variant": "full", "batch_size": cfg.batch_size, "k": cfg.k, "steps_per_round": steps,
-            "rounds": rounds, "per_k": out}
+              f"trainer uses {default}; identical weights: {identical}")
+    return {"setting": AB_SETTINGS[kind], "variant": "full", "batch_size": cfg.batch_size, "k": cfg.k,
+            "steps_per_round": steps, "rounds": rounds, "per_k": out}
 
 
 def main() -> None:
@@ -179,15 +198,17 @@ def main() -> None:
                         help="steps per timing (default 5), or per model with --fused (default: the demo's)")
     parser.add_argument("--fused", type=int, default=0, metavar="M",
                         help="only compare M demo-grid models trained one by one vs as one fused group")
-    parser.add_argument("--codes-ab", action="store_true",
+    parser.add_argument("--codes-ab", action="store_const", const="codes", dest="ab",
                         help="only time the Top-K step on sparse vs dense codes, paired, per K")
+    parser.add_argument("--decode-ab", action="store_const", const="decode", dest="ab",
+                        help="only time the Top-K step with the gathered vs the dense decode, paired, per K")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    if args.codes_ab:
-        result = codes_ab(args.steps or 3)
+    if args.ab:
+        result = paired_ab(args.ab, args.steps or 3)
         result.update(threads=args.threads, machine=platform.processor() or platform.machine())
-        io.write_json(args.out or Path("benchmarks/results/train_codes_ab.json"), result)
+        io.write_json(args.out or Path(f"benchmarks/results/train_{args.ab}_ab.json"), result)
         return
     if args.fused:
         load_before = os.getloadavg()[0]
