@@ -114,7 +114,7 @@ def main() -> None:
     thread_options = sorted({1, cores})
     for threads in thread_options:
         variants[f"fp32_eager_b64_t{threads}"] = (threads, lambda: encode(model, windows, batch_size=64))
-        for batch in (32, 128):
+        for batch in (32, 64, 128, 256):
             variants[f"fast_fp32_b{batch}_t{threads}"] = (
                 threads, lambda batch=batch: embed_batches(fast, windows, batch, "fp32"))
     if native_bf16():

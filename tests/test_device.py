@@ -166,7 +166,7 @@ def test_batch_from_memory_is_capped_and_never_zero():
 
 def test_auto_batch_size_on_cpu_is_the_measured_cpu_default():
     model = FastEmbedder(random_papagei_s(0))
-    assert resolve_batch_size("auto", model, "fp32", torch.device("cpu")) == 256
+    assert resolve_batch_size("auto", model, "fp32", torch.device("cpu")) == encoder_runtime.CPU_BATCH_SIZE == 64
     assert resolve_batch_size(32, model, "fp32", torch.device("cpu")) == 32
 
 

@@ -254,7 +254,7 @@ class EncoderSection(_Section):
 class ExtractSection(_Section):
     device: str = Field("auto", pattern=DEVICE_PATTERN, description=DEVICE_HELP)
     batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
-        "auto", description="Windows per encoder forward pass; auto: 256 on the CPU, on CUDA the largest "
+        "auto", description="Windows per encoder forward pass; auto: 64 on the CPU, on CUDA the largest "
         "power of two whose measured activation memory fits in half the free GPU memory.")
     chunk_rows: int = Field(2048, ge=1, description="Rows flushed and committed per resumable chunk.")
     precision: Literal["fp32", "bf16", "auto"] = Field(

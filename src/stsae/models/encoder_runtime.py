@@ -284,8 +284,12 @@ def resolve_augment_workers(requested: int | Literal["auto"], device: torch.devi
     return max(0, usable_cores() // world_size - 1) if device.type == "cuda" else 0
 
 
-CPU_BATCH_SIZE = 256
-"""`extract.batch_size: auto` on the CPU: the batch size every CPU measurement above was made with."""
+CPU_BATCH_SIZE = 64
+"""`extract.batch_size: auto` on the CPU. `bench_extract.py` (512 windows, 5 interleaved rounds, fp32
+channels-last path, 2-core AVX-512 box): 628 / 595 / 553 / 447 windows/s at batch 64 / 128 / 32 / 256 on two
+threads, 324 / 305 / 315 / 260 on one; a batch of 256 windows' activations outgrows the 2 MiB L2."""
+CALIBRATION_WINDOWS = 256
+"""Windows `choose_precision` checks the bf16 cosine bound on, whatever the batch size."""
 MAX_CUDA_BATCH = 65_536
 CUDA_MEMORY_FRACTION = 0.5
 """Share of the free GPU memory a batch's activations may take; the rest is left to cuDNN workspaces

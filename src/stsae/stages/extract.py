@@ -47,6 +47,7 @@ from stsae.data.augment_views import HELDOUT_SPLITS, AugmentDraws, AugmentOn, Vi
 from stsae.data.store import EMBEDDING_DIM, INDEX_COLUMNS
 from stsae.errors import InputDataError
 from stsae.models.encoder_runtime import (
+    CALIBRATION_WINDOWS,
     CPU_BATCH_SIZE,
     ChunkPrefetcher,
     CompiledEmbedder,
@@ -322,10 +323,10 @@ def _choose_runtime(config: Config, embedder: FastEmbedder, windows: np.ndarray,
     """Resolve precision (on a calibration batch), batch size and compile; every rank takes rank 0's."""
     world = world_size()
     requested = config.extract.batch_size
-    calibration_rows = CPU_BATCH_SIZE if requested == "auto" else requested
-    calibration = np.ascontiguousarray(windows[window_ids[:calibration_rows]])
+    calibration = np.ascontiguousarray(windows[window_ids[:CALIBRATION_WINDOWS]])
     precision, cosine = _agree(world, choose_precision(
-        config.extract.precision, embedder, calibration, calibration_rows, device))
+        config.extract.precision, embedder, calibration, CPU_BATCH_SIZE if requested == "auto" else requested,
+        device))
     batch_size = _agree(world, resolve_batch_size(requested, embedder, precision, device))
     if requested == "auto":  # a batch never spans chunks; a compiled one would be zero-padded up to its size
         batch_size = min(batch_size, config.extract.chunk_rows)
