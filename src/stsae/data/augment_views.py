@@ -33,8 +33,8 @@ from stsae.errors import StsaeError
 from stsae.utils.seeding import derive_seed
 
 AugmentOn = Literal["cpu", "device"]
-HELDOUT_SPLITS = ("test",)  # the splits whose windows z_aug_heldout encodes (module docstring)
 AugmentDraws = Literal["host", "philox"]
+HELDOUT_SPLITS = ("test",)  # the splits whose windows z_aug_heldout encodes (module docstring)
 
 
 def resolve_augment_on(requested: Literal["auto", "cpu", "device"], device: torch.device,

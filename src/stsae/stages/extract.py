@@ -233,9 +233,8 @@ def _split_rows(pool: ProcessPoolExecutor, workers: int, ids: np.ndarray, heldou
                 job: Callable[[np.ndarray, np.ndarray], list[np.ndarray]]) -> list[np.ndarray]:
     """`job(ids, heldout)` computed as `job` of contiguous parts of (`ids`, `heldout`) on the pool's
     workers, concatenated: the same arrays, since every job's row i depends on its row i alone."""
-    bounds = [part[[0, -1]] for part in np.array_split(np.arange(len(ids)), workers) if len(part)]
-    futures = [pool.submit(job, ids[lo:hi + 1], heldout[lo:hi + 1]) for lo, hi in bounds]
-    pieces = [future.result() for future in futures]
+    parts = [part for part in np.array_split(np.arange(len(ids)), workers) if len(part)]
+    pieces = [future.result() for future in [pool.submit(job, ids[part], heldout[part]) for part in parts]]
     return [np.concatenate(view) for view in zip(*pieces, strict=True)]
 
 
